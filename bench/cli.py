@@ -1,0 +1,276 @@
+"""The `bench` command. The only module that prints or exits: it catches the BenchError tree and
+prints one line; tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress as RichBar, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import BenchError, UsageError
+
+HOST_DEVICES = ("host",)
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+class _BarTask:
+    def __init__(self, bar: RichBar, task_id, total):
+        self.bar, self.id = bar, task_id
+
+    def advance(self, amount: float = 1) -> None:
+        self.bar.advance(self.id, amount)
+
+    def update(self, *, completed=None, total=None, label=None) -> None:
+        fields = {k: v for k, v in (("completed", completed), ("total", total), ("description", label)) if v is not None}
+        self.bar.update(self.id, **fields)
+
+    def done(self) -> None:
+        task = self.bar.tasks[[t.id for t in self.bar.tasks].index(self.id)]
+        self.bar.update(self.id, completed=task.total if task.total is not None else task.completed, total=task.total or 1)
+        self.bar.stop_task(self.id)
+
+
+class BarProgress:
+    """Live bars on stderr for every step a user waits for (downloads, load, repetitions)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = RichBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                           TimeElapsedColumn(), console=console, transient=False)
+        self.bytes_bar = RichBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), console=console, transient=False)
+        self._live: list[RichBar] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for bar in self._live:
+            bar.stop()
+
+    def _start(self, bar: RichBar) -> RichBar:
+        if bar not in self._live:
+            for other in self._live:
+                other.stop()
+            self._live = [bar]
+            bar.start()
+        return bar
+
+    def task(self, label: str, total: float | None = None, unit: str = "") -> _BarTask:
+        bar = self._start(self.bytes_bar if unit == "B" else self.bar)
+        return _BarTask(bar, bar.add_task(label, total=total), total)
+
+    def note(self, message: str) -> None:
+        self.console.print(message)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse's default prints usage too)
+        raise UsageError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bench", description="Benchmark and profile LLMs on Android phones and on the host.")
+    parser.add_argument("--version", action="version", version=f"bench {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a scenario on a device and store the results")
+    run.add_argument("--device", default="host", help="host (default), a device profile id, a serial, or any")
+    run.add_argument("--model", default="smollm2-135m", help="catalog alias or .gguf path (default smollm2-135m)")
+    run.add_argument("--scenario", default="quick", help="scenario name or .toml path (default quick)")
+    run.add_argument("--out", default="results", type=Path, help="results root (default results/)")
+    run.add_argument("--repetitions", type=_positive_int, help="override the scenario's repetitions")
+    run.add_argument("--threads", type=_positive_int, help="override the scenario's threads")
+    run.add_argument("--telemetry-hz", type=_positive_float, default=10.0, help="sampling rate (default 10)")
+    run.add_argument("--no-telemetry", action="store_true", help="do not sample telemetry")
+    run.add_argument("--allow", action="append", default=[], metavar="CHECK", help="turn a failed preflight check into a warning")
+    run.add_argument("--json", action="store_true", help="print one JSON object: run_dir, status, summary")
+
+    models = commands.add_parser("models", help="list catalog models, or pull one")
+    models.add_argument("--json", action="store_true")
+    models_sub = models.add_subparsers(dest="models_command", parser_class=_Parser)
+    pull = models_sub.add_parser("pull", help="download a model into the cache and verify it")
+    pull.add_argument("alias")
+    pull.add_argument("--force", action="store_true", help="download again even if cached")
+
+    scenarios = commands.add_parser("scenarios", help="list scenarios")
+    scenarios.add_argument("--json", action="store_true")
+
+    report = commands.add_parser("report", help="regenerate report.md and plots from a stored run")
+    report.add_argument("run_dir", type=Path)
+    return parser
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def _resolve_device(name: str) -> str:
+    from .config import closest
+
+    if name in HOST_DEVICES:
+        return name
+    raise UsageError(f"unknown device '{name}'", f"closest known: {closest(name, list(HOST_DEVICES))}")
+
+
+def cmd_run(args) -> int:
+    from .catalog import lookup, model_info
+    from .config import resolve_scenario
+    from .runner import RunOptions, run_benchmark
+
+    device = _resolve_device(args.device)
+    scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=args.threads)
+    if not Path(args.model).suffix == ".gguf" and "/" not in args.model:
+        lookup(args.model)  # an unknown alias fails here, before any download
+    console = err if args.json else err
+    with BarProgress(console) as progress:
+        model = model_info(args.model, progress)
+        options = RunOptions(device=device, scenario=scenario, model=model, out_root=args.out,
+                             telemetry_hz=None if args.no_telemetry else args.telemetry_hz, allow=frozenset(args.allow))
+        result = run_benchmark(options, progress)
+    summary = result.summary
+    if args.json:
+        out.print_json(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "reason": result.reason,
+                                   "summary": summary}, default=str))
+    else:
+        _print_summary(result)
+    if result.status == "complete":
+        return 0
+    if result.reason and "interrupted" in result.reason:
+        return 130
+    err.print(f"run {result.status}: {result.reason}; measured rows are kept in {result.run_dir}")
+    return 3
+
+
+def _print_summary(result) -> None:
+    summary = result.summary
+    table = Table(title=f"{result.run_dir.name} ({result.status})")
+    for column in ("metric", "median", "spread (IQR)", "unit"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    rows = [("prefill", "prefill_tps", "tokens/s"), ("decode", "decode_tps", "tokens/s"),
+            ("time to first token", "ttft_ms", "ms"), ("inter-token p50", "itl_p50_ms", "ms"),
+            ("inter-token p95", "itl_p95_ms", "ms")]
+    for label, key, unit in rows:
+        median, iqr = summary.get(f"{key}_median"), summary.get(f"{key}_iqr")
+        table.add_row(label, "n/a" if median is None else f"{median:,.1f}", "n/a" if iqr is None else f"{iqr:,.1f}", unit)
+    peak = summary.get("peak_rss_bytes")
+    table.add_row("peak RSS", "n/a" if peak is None else f"{peak / 2**20:,.1f}", "", "MiB")
+    if summary.get("roofline_efficiency"):
+        table.add_row("share of bandwidth ceiling", f"{summary['roofline_efficiency']:.0%}", "",
+                      f"of {summary['roofline_ceiling_tps']:,.0f} t/s")
+    out.print(table)
+    for warning in result.warnings:
+        out.print(f"[yellow]warning:[/yellow] {warning}")
+    out.print(f"Report: {result.run_dir / 'report.md'}")
+
+
+def cmd_models(args) -> int:
+    from .catalog import is_downloaded, load_catalog, lookup, model_info, model_path
+
+    if args.models_command == "pull":
+        entry = lookup(args.alias)
+        with BarProgress(err) as progress:
+            from .catalog import pull
+
+            path = pull(entry, progress, force=args.force)
+            info = model_info(str(path), progress)
+        out.print(f"{entry.alias}: {path} ({info.bytes / 2**20:.1f} MiB, sha256 {info.sha256}"
+                  f"{', pinned' if entry.pinned else ', unpinned: hash recorded now'})")
+        return 0
+    catalog = load_catalog()
+    rows = []
+    for alias, entry in catalog.items():
+        rows.append({"alias": alias, "description": entry.description, "source": entry.source,
+                     "file": entry.filename, "sha256": entry.sha256, "pinned": entry.pinned,
+                     "size_bytes": entry.size_bytes, "approx_bytes": entry.approx_bytes,
+                     "downloaded": is_downloaded(entry), "path": str(model_path(entry)),
+                     "catalog_file": entry.catalog_file})
+    if args.json:
+        out.print_json(json.dumps({"schema_version": 1, "models": rows}))
+        return 0
+    table = Table(title="Models (bench models pull ALIAS)")
+    for column in ("alias", "source", "size", "pinned", "downloaded", "description"):
+        table.add_column(column)
+    for row in rows:
+        size = row["size_bytes"] or row["approx_bytes"]
+        table.add_row(row["alias"], row["source"], "?" if not size else f"{size / 1e9:.2f} GB" + ("" if row["size_bytes"] else " (approx)"),
+                      "yes" if row["pinned"] else "no", "yes" if row["downloaded"] else "no", row["description"])
+    out.print(table)
+    return 0
+
+
+def cmd_scenarios(args) -> int:
+    from .config import known_scenarios, parse_scenario
+    from .records import to_dict
+
+    scenarios = [parse_scenario(path) for path in known_scenarios().values()]
+    if args.json:
+        out.print_json(json.dumps({"schema_version": 1, "scenarios": [to_dict(s) for s in scenarios]}))
+        return 0
+    table = Table(title="Scenarios (bench run --scenario NAME)")
+    for column in ("name", "reps", "warmup", "n_predict", "prompts", "duration", "description"):
+        table.add_column(column)
+    for s in scenarios:
+        table.add_row(s.name, str(s.repetitions), str(s.warmup), str(s.n_predict), str(len(s.prompts)),
+                      f"{s.duration_s:.0f} s" if s.duration_s else "", s.description)
+    out.print(table)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .render import write_report
+
+    path = write_report(args.run_dir)
+    out.print(f"Report: {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except BenchError as error:
+        if debug:
+            raise
+        err.print(f"bench: {error}", markup=False, soft_wrap=True)
+        return error.exit_code
+    except KeyboardInterrupt:
+        err.print("bench: interrupted", markup=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

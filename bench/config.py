@@ -1,0 +1,196 @@
+"""Scenario TOML -> Scenario records. Errors name the file, the key and its line."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UsageError
+from .records import CooldownRule, PromptSpec, Scenario
+
+SCENARIO_SCHEMA_VERSION = 1
+
+_SCENARIO_KEYS = {
+    "schema_version", "name", "description", "repetitions", "warmup", "seed", "temperature",
+    "n_ctx", "n_batch", "threads", "n_predict", "ignore_eos", "prompts", "keep_history",
+    "duration_s", "cooldown",
+}
+_COOLDOWN_KEYS = {"mode", "max_wait_s", "idle_delta_c", "max_temp_c", "poll_s"}
+
+
+def key_line(text: str, key: str, table: str | None = None) -> int | None:
+    """Line (1-based) where `key = ...` is set, inside `[table]` when given; None if absent."""
+    in_table = table is None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]+", line)
+        if header:
+            in_table = table is not None and header.group(1) == table
+            continue
+        if in_table and re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return number
+        if table is None and header:
+            break
+    return None
+
+
+def load_toml(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(str(path), f"cannot read: {error.strerror}") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as error:
+        match = re.search(r"line (\d+)", str(error))
+        line = int(match.group(1)) if match else (len(text.splitlines()) if "end of document" in str(error) else None)
+        raise ConfigError(str(path), f"malformed TOML: {error}", line,
+                          "fix the syntax at that line") from None
+
+
+class _Checker:
+    """Typed access to one TOML table that reports the offending key and line."""
+
+    def __init__(self, path: Path, text: str, data: dict[str, Any], table: str | None, allowed: set[str]):
+        self.path, self.text, self.data, self.table = path, text, data, table
+        for key in data:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(allowed))}"
+                self.fail(key, f"unknown key '{key}'", hint)
+
+    def fail(self, key: str, message: str, hint: str | None = None):
+        name = f"{self.table}.{key}" if self.table else key
+        raise ConfigError(str(self.path), message.replace(f"'{key}'", f"'{name}'"),
+                          key_line(self.text, key, self.table), hint)
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False,
+            minimum: float | None = None) -> Any:
+        if key not in self.data:
+            if required:
+                raise ConfigError(str(self.path), f"missing key '{key}'", None,
+                                  f"add `{key} = ...`" + (f" under [{self.table}]" if self.table else ""))
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a TOML `true` must not pass as a count.
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            self.fail(key, f"'{key}' must be {names}, got {type(value).__name__} {value!r}")
+        if minimum is not None and value < minimum:
+            self.fail(key, f"'{key}' must be >= {minimum}, got {value!r}")
+        return value
+
+
+def _prompts(check: _Checker, base_dir: Path) -> tuple[PromptSpec, ...]:
+    raw = check.get("prompts", list, required=True)
+    if not raw:
+        check.fail("prompts", "'prompts' is empty", "give at least one prompt")
+    prompts = []
+    for index, item in enumerate(raw):
+        if isinstance(item, str):
+            prompts.append(PromptSpec(text=item))
+            continue
+        if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in {"text", "file", "synthetic_tokens"}:
+            check.fail("prompts", f"'prompts' item {index} must be a string or one of "
+                                  "{ text = \"...\" }, { file = \"path\" }, { synthetic_tokens = N }")
+        kind, value = next(iter(item.items()))
+        if kind == "synthetic_tokens":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                check.fail("prompts", f"'prompts' item {index}: synthetic_tokens must be an integer >= 1")
+            prompts.append(PromptSpec(synthetic_tokens=value))
+        elif kind == "file":
+            prompt_path = (base_dir / str(value)).resolve()
+            try:
+                prompts.append(PromptSpec(text=prompt_path.read_text(encoding="utf-8")))
+            except OSError:
+                check.fail("prompts", f"'prompts' item {index}: prompt file {prompt_path} cannot be read",
+                           "paths are relative to the scenario file")
+        else:
+            prompts.append(PromptSpec(text=str(value)))
+    return tuple(prompts)
+
+
+def parse_scenario(path: Path) -> Scenario:
+    data, text = load_toml(path)
+    check = _Checker(path, text, data, None, _SCENARIO_KEYS)
+    version = check.get("schema_version", int, SCENARIO_SCHEMA_VERSION)
+    if version > SCENARIO_SCHEMA_VERSION:
+        check.fail("schema_version", f"'schema_version' {version} is newer than this bench understands "
+                   f"({SCENARIO_SCHEMA_VERSION})", "upgrade bench")
+    cooldown_data = check.get("cooldown", dict, {})
+    cool = _Checker(path, text, cooldown_data, "cooldown", _COOLDOWN_KEYS)
+    mode = cool.get("mode", str, "none")
+    if mode not in {"none", "temperature"}:
+        cool.fail("mode", f"'mode' must be 'none' or 'temperature', got {mode!r}")
+    max_temp = cool.get("max_temp_c", (int, float))
+    cooldown = CooldownRule(
+        mode=mode,
+        max_wait_s=float(cool.get("max_wait_s", (int, float), 120.0, minimum=0)),
+        idle_delta_c=float(cool.get("idle_delta_c", (int, float), 3.0, minimum=0)),
+        max_temp_c=None if max_temp is None else float(max_temp),
+        poll_s=float(cool.get("poll_s", (int, float), 1.0, minimum=0.05)),
+    )
+    threads = check.get("threads", int, None, minimum=1)
+    duration = check.get("duration_s", (int, float), None, minimum=0.001)
+    fields = dict(
+        name=check.get("name", str, path.stem),
+        path=str(path),
+        description=check.get("description", str, ""),
+        repetitions=check.get("repetitions", int, 3, minimum=1),
+        warmup=check.get("warmup", int, 1, minimum=0),
+        seed=check.get("seed", int, 42),
+        temperature=float(check.get("temperature", (int, float), 0.0, minimum=0)),
+        n_ctx=check.get("n_ctx", int, 2048, minimum=16),
+        n_batch=check.get("n_batch", int, 512, minimum=1),
+        threads=threads,
+        n_predict=check.get("n_predict", int, 64, minimum=1),
+        ignore_eos=check.get("ignore_eos", bool, True),
+        prompts=_prompts(check, path.parent),
+        keep_history=check.get("keep_history", bool, False),
+        duration_s=None if duration is None else float(duration),
+        cooldown=cooldown,
+    )
+    canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description"}},
+                           default=lambda o: o.__dict__, sort_keys=True)
+    return Scenario(**fields, content_hash=hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def scenario_dirs() -> list[Path]:
+    """Where scenario names are looked up: ./scenarios, then the one beside this package."""
+    candidates = [Path.cwd() / "scenarios", Path(__file__).resolve().parent.parent / "scenarios"]
+    unique: list[Path] = []
+    for candidate in candidates:
+        if candidate.is_dir() and candidate.resolve() not in [u.resolve() for u in unique]:
+            unique.append(candidate)
+    return unique
+
+
+def known_scenarios() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for directory in scenario_dirs():
+        for path in sorted(directory.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def closest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+    return ", ".join(close or known[:8])
+
+
+def resolve_scenario(name_or_path: str) -> Scenario:
+    as_path = Path(name_or_path)
+    if as_path.suffix == ".toml" or as_path.is_file():
+        if not as_path.is_file():
+            raise UsageError(f"scenario file {name_or_path} does not exist", "give a name from `bench scenarios` or an existing .toml path")
+        return parse_scenario(as_path)
+    known = known_scenarios()
+    if name_or_path not in known:
+        raise UsageError(f"unknown scenario '{name_or_path}'",
+                         f"closest known: {closest(name_or_path, sorted(known))} (see `bench scenarios`)")
+    return parse_scenario(known[name_or_path])

@@ -1,0 +1,115 @@
+"""Host telemetry on its own thread: process RSS and peak, available memory, CPU use and
+frequency, temperatures and battery where the OS has them. A sensor the OS lacks is listed in
+`absent` with the reason and never written as zero."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from ..clock import RunClock
+from ..records import Sample
+from .device import temperatures
+
+Sink = Callable[[list[Sample]], None]
+
+
+def proc_status_bytes(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    """VmRSS/VmHWM/VmSwap from /proc/PID/status (kB -> bytes); empty off Linux."""
+    found: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in keys:
+                found[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
+class HostSampler:
+    def __init__(self, clock: RunClock, sink: Sink, hz: float, pid: int):
+        self.clock, self.sink, self.interval_s, self.pid = clock, sink, 1.0 / hz, pid
+        self.process = psutil.Process(pid)
+        self.absent: dict[str, str] = {}
+        self.ticks = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-host-sampler", daemon=True)
+        self._probe()
+
+    def _probe(self) -> None:
+        """Decide once which sources exist so absence is recorded, not sampled as zero."""
+        if not proc_status_bytes(self.pid, ("VmHWM",)):
+            self.absent["process/peak_rss"] = "no /proc/PID/status VmHWM on this OS; peak is the max sampled RSS"
+        try:
+            frequency = psutil.cpu_freq()
+        except (OSError, NotImplementedError):
+            frequency = None
+        if not frequency or not frequency.current:
+            self.absent["cpu/freq"] = "psutil.cpu_freq() reports no frequency (common in VMs)"
+        if not temperatures():
+            self.absent["thermal/*"] = "psutil.sensors_temperatures() reports no sensors"
+        battery = getattr(psutil, "sensors_battery", lambda: None)()
+        if battery is None:
+            self.absent["battery/*"] = "psutil.sensors_battery() reports no battery"
+        psutil.cpu_percent(interval=None)
+        self.process.cpu_percent(interval=None)
+
+    def start(self) -> "HostSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def sample_once(self) -> list[Sample]:
+        t_s = self.clock.now_s()
+        samples: list[Sample] = []
+
+        def add(source: str, name: str, value: float, unit: str) -> None:
+            samples.append(Sample(t_s, source, name, float(value), unit))
+
+        status = proc_status_bytes(self.pid, ("VmRSS", "VmHWM", "VmSwap"))
+        rss = status.get("VmRSS") or self.process.memory_info().rss
+        add("process", "rss", rss, "B")
+        if "VmHWM" in status:
+            add("process", "peak_rss", status["VmHWM"], "B")
+        if "VmSwap" in status:
+            add("process", "swap", status["VmSwap"], "B")
+        add("process", "cpu", self.process.cpu_percent(interval=None), "%")
+        add("system", "mem_available", psutil.virtual_memory().available, "B")
+        add("cpu", "utilization", psutil.cpu_percent(interval=None), "%")
+        if "cpu/freq" not in self.absent:
+            frequency = psutil.cpu_freq()
+            if frequency and frequency.current:
+                add("cpu", "freq", frequency.current, "MHz")
+        if "thermal/*" not in self.absent:
+            for sensor, celsius in temperatures().items():
+                add("thermal", sensor, celsius, "C")
+        if "battery/*" not in self.absent:
+            battery = psutil.sensors_battery()
+            if battery is not None:
+                add("battery", "level", battery.percent, "%")
+                add("battery", "plugged", 1.0 if battery.power_plugged else 0.0, "bool")
+        return samples
+
+    def _loop(self) -> None:
+        next_tick = self.clock.now_s()
+        while not self._stop.is_set():
+            try:
+                self.sink(self.sample_once())
+                self.ticks += 1
+            except (psutil.Error, OSError):
+                self.errors += 1
+            next_tick += self.interval_s
+            # Fixed-rate schedule: a slow tick is not followed by a burst to catch up.
+            delay = next_tick - self.clock.now_s()
+            if delay < 0:
+                next_tick = self.clock.now_s()
+                delay = 0
+            self._stop.wait(delay)

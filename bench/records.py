@@ -1,0 +1,170 @@
+"""Frozen records passed between layers. Dicts appear only at file boundaries (`to_dict`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def to_dict(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+@dataclass(frozen=True)
+class CooldownRule:
+    """Before each repetition: wait until the hottest sensor is within `idle_delta_c` of the
+    baseline taken before warmup, or under `max_temp_c`, for at most `max_wait_s`."""
+
+    mode: str = "none"  # none | temperature
+    max_wait_s: float = 120.0
+    idle_delta_c: float = 3.0
+    max_temp_c: float | None = None
+    poll_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Either literal text, or a synthetic prompt of exactly `synthetic_tokens` tokens (the
+    llama-bench pp shapes), built by the runtime from its own tokenizer."""
+
+    text: str | None = None
+    synthetic_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: str
+    description: str
+    repetitions: int
+    warmup: int
+    seed: int
+    temperature: float
+    n_ctx: int
+    n_batch: int
+    threads: int | None
+    n_predict: int
+    ignore_eos: bool
+    prompts: tuple[PromptSpec, ...]
+    keep_history: bool
+    duration_s: float | None
+    cooldown: CooldownRule
+    content_hash: str
+
+    def with_overrides(self, repetitions: int | None = None, threads: int | None = None) -> "Scenario":
+        return dataclasses.replace(
+            self,
+            repetitions=self.repetitions if repetitions is None else repetitions,
+            threads=self.threads if threads is None else threads,
+        )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One catalog alias: where the file comes from and what its publisher states about it."""
+
+    alias: str
+    description: str
+    source: str  # path | pypi | pypi_chunks | hf
+    filename: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    approx_bytes: int | None = None
+    path: str | None = None
+    package: str | None = None
+    version: str | None = None
+    member: str | None = None
+    chunks: tuple[tuple[str, str], ...] = ()  # (package==version, member) in order
+    repo: str | None = None
+    revision: str | None = None
+    catalog_file: str = ""
+
+    @property
+    def pinned(self) -> bool:
+        return self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    version: int
+    architecture: str | None
+    name: str | None
+    file_type: int | None
+    quantization: str | None
+    parameters: int
+    tensor_count: int
+    context_length: int | None
+    block_count: int | None
+    embedding_length: int | None
+    head_count: int | None
+    head_count_kv: int | None
+    key_length: int | None
+    value_length: int | None
+    file_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    alias: str
+    path: str
+    sha256: str
+    pinned: bool
+    bytes: int
+    gguf: GGUFInfo
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    repetition: int
+    step: int
+    warmup: bool
+    t_start_s: float
+    prompt_tokens: int
+    cached_tokens: int
+    gen_tokens: int
+    ttft_ms: float | None
+    prefill_ms: float | None
+    decode_ms: float | None
+    prefill_tps: float | None
+    decode_tps: float | None
+    itl_p50_ms: float | None
+    itl_p95_ms: float | None
+    e2e_ms: float | None
+    stop_reason: str
+    error: str | None = None
+
+
+REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(RequestRecord))
+
+
+@dataclass(frozen=True)
+class Sample:
+    t_s: float
+    source: str
+    name: str
+    value: float
+    unit: str
+
+
+SAMPLE_COLUMNS = ("t_s", "source", "name", "value", "unit")
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    kind: str  # host | android
+    profile: str
+    serial: str
+    manufacturer: str | None
+    model: str | None
+    device: str | None
+    soc: str | None
+    abi: str | None
+    os: str | None
+    cpu_model: str | None
+    cores_logical: int | None
+    cores_physical: int | None
+    ram_bytes: int | None
+    memory_bandwidth_gbs: float | None = None
+    memory_bandwidth_source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

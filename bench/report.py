@@ -1,0 +1,114 @@
+"""report.md from a stored run. Pure: takes the loaded tables, returns Markdown. Every number says
+its unit and where it came from."""
+
+from __future__ import annotations
+
+from .summary import request_metrics
+
+_SOURCES = {
+    "prefill_tps": "runtime timings (prompt tokens / prompt eval time)",
+    "decode_tps": "runtime timings ((generated - 1) / eval time)",
+    "ttft_ms": "host clock, request sent to first token",
+    "itl_p50_ms": "host clock, gaps between token arrivals",
+    "itl_p95_ms": "host clock, gaps between token arrivals",
+    "e2e_ms": "host clock, request sent to last token",
+}
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _mib(value) -> str:
+    return "n/a" if value is None else f"{value / 2**20:,.1f} MiB"
+
+
+def _flag(value) -> str:
+    return {True: "yes", False: "no", None: "unknown"}[value]
+
+
+def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
+    summary = run.get("summary") or {}
+    device, model, runtime = run.get("device", {}), run.get("model", {}), run.get("runtime", {})
+    scenario, telemetry = run.get("scenario", {}), run.get("telemetry", {})
+    lines = [f"# bench run `{run.get('run_id')}`", ""]
+    status = run.get("status")
+    lines.append(f"**Status: {status}**" + (f" ({run['reason']})" if run.get("reason") else ""))
+    lines += ["", f"Started {run.get('started_at')}, finished {run.get('finished_at')}. "
+              f"Harness {run.get('harness', {}).get('version')} (commit {run.get('harness', {}).get('git_commit') or 'unknown'}).", ""]
+
+    lines += ["## Results", "",
+              f"Median over {summary.get('repetitions_measured', 0)} measured repetitions "
+              f"({summary.get('requests_measured', 0)} requests; warmup excluded). Each repetition's value is the "
+              "median of its requests; spread is the interquartile range and the coefficient of variation.", "",
+              "| metric | median | IQR | min | max | CV | n | unit | source |",
+              "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for name, metric in request_metrics(requests).items():
+        s = metric.summary
+        lines.append(f"| {metric.label} | {_fmt(s.median)} | {_fmt(s.iqr)} | {_fmt(s.minimum)} | {_fmt(s.maximum)} | "
+                     f"{'n/a' if s.cv is None else f'{s.cv:.1%}'} | {s.n} | {metric.unit} | {_SOURCES[name]} |")
+    peak_source = ("VmHWM / VmRSS+VmSwap of the runtime process" +
+                   (" (bench's own process: llama-cpp-python runs in-process)" if runtime.get("kind") == "llama-cpp-python" else ""))
+    lines.append(f"| Peak RSS | {_mib(summary.get('peak_rss_bytes'))} | | | | | | MiB | {peak_source} |")
+    lines.append(f"| Max temperature | {_fmt(summary.get('max_temperature_c'))} | | | | | | C | hottest temperature sensor sampled |")
+    if summary.get("decode_tps_drift") is not None:
+        lines.append(f"| Decode drift, last vs first repetition | {summary['decode_tps_drift']:+.1%} | | | | | | % | runtime timings |")
+    lines.append("")
+
+    bandwidth = device.get("memory_bandwidth_gbs")
+    lines += ["## Roofline", ""]
+    if summary.get("roofline_ceiling_tps"):
+        lines.append(f"Memory bandwidth {bandwidth:.1f} GB/s ({device.get('memory_bandwidth_source')}); "
+                     f"model {model.get('bytes', 0) / 1e9:.3f} GB read per token gives a decode ceiling of "
+                     f"{summary['roofline_ceiling_tps']:.1f} tokens/s. Measured median decode is "
+                     f"**{summary['roofline_efficiency']:.0%} of the ceiling**.")
+    else:
+        lines.append("No ceiling: memory bandwidth or decode speed unknown.")
+    lines.append("")
+
+    validity = summary.get("validity") or {}
+    lines += ["## Validity", "", "| flag | value | rule |", "|---|---|---|",
+              f"| charging | {_flag(validity.get('charging'))} | on external power at any sample (energy figures invalid) |",
+              f"| throttled | {_flag(validity.get('throttled'))} | thermal status above NONE, or a CPU capped below its max under load |",
+              f"| unstable | {_flag(validity.get('unstable'))} | {validity.get('unstable_rule', '')} |", ""]
+
+    lines += ["## Facts", "", "| | |", "|---|---|",
+              f"| device | {device.get('kind')} `{device.get('profile')}` {device.get('manufacturer') or ''} {device.get('model') or ''} |",
+              f"| OS | {device.get('os')} |",
+              f"| CPU | {device.get('cpu_model')}, {device.get('cores_physical')} cores / {device.get('cores_logical')} threads |",
+              f"| RAM | {_mib(device.get('ram_bytes'))} |",
+              f"| model | `{model.get('alias')}` {model.get('file')} ({model.get('arch')}, {_fmt(model.get('params') and model['params'] / 1e6)} M params, {model.get('quant')}, {_mib(model.get('bytes'))}) |",
+              f"| model sha256 | `{model.get('sha256')}` ({'pinned in the catalog' if model.get('pinned') else 'unpinned: computed locally'}) |",
+              f"| runtime | {runtime.get('kind')} {runtime.get('version')}, llama.cpp {runtime.get('llama_cpp_commit') or 'unknown'}; "
+              f"{runtime.get('threads')} threads, n_ctx {runtime.get('n_ctx')}, n_batch {runtime.get('n_batch')}; load {_fmt(runtime.get('load_ms'))} ms |",
+              f"| scenario | `{scenario.get('name')}` (hash `{str(scenario.get('hash'))[:12]}`): {scenario.get('repetitions')} repetitions, "
+              f"{scenario.get('warmup')} warmup, n_predict {scenario.get('n_predict')}, temperature {scenario.get('temperature')}, seed {scenario.get('seed')} |",
+              f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |", ""]
+    absent = telemetry.get("absent") or {}
+    if absent:
+        lines += ["Sensors not available (recorded as absent, not zero):", ""]
+        lines += [f"- `{name}`: {why}" for name, why in absent.items()]
+        lines.append("")
+
+    warnings = list(run.get("warnings") or [])
+    errors = [e.get("message") for e in events if e.get("kind") == "error"]
+    cooldowns = [e for e in events if e.get("kind") == "cooldown"]
+    if warnings or errors or cooldowns:
+        lines += ["## Warnings and events", ""]
+        lines += [f"- warning: {w}" for w in warnings]
+        lines += [f"- error: {e}" for e in errors]
+        lines += [f"- cooldown at {e.get('t_s', 0):.1f} s: {e.get('message')}" for e in cooldowns]
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{name}](plots/{name})" for name in plots]
+        lines.append("")
+    lines += ["---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, unit), "
+              "`events.jsonl`. Times are seconds since run start on one host clock."]
+    return "\n".join(lines) + "\n"
+
+

@@ -1,0 +1,192 @@
+"""Results layout (DESIGN section 4): one directory per run, written as the run goes.
+
+- run.json: rewritten atomically at each phase.
+- requests.csv, samples.csv: first line `#schema_version=N`, then a CSV header, then rows appended
+  and flushed as they are measured, so a crash keeps every finished row.
+- events.jsonl: a header object with schema_version, then one event per line.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from .errors import StoreError
+from .files import atomic_write_json
+from .records import REQUEST_COLUMNS, SAMPLE_COLUMNS, RequestRecord, Sample, to_dict
+
+SCHEMA_VERSION = 1
+RUN_FILE, REQUESTS_FILE, SAMPLES_FILE, EVENTS_FILE = "run.json", "requests.csv", "samples.csv", "events.jsonl"
+
+
+def make_run_id(when: dt.datetime, device: str, model: str, scenario: str) -> str:
+    stamp = when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", part).strip("_") or "x"
+                    for part in (stamp, device, model, scenario))
+
+
+class _Table:
+    def __init__(self, path: Path, columns: Sequence[str]):
+        self.columns = list(columns)
+        self.lock = threading.Lock()
+        self.handle = path.open("x", newline="", encoding="utf-8")
+        self.handle.write(f"#schema_version={SCHEMA_VERSION}\n")
+        self.writer = csv.writer(self.handle)
+        self.writer.writerow(self.columns)
+        self.handle.flush()
+
+    def append(self, rows: Iterable[Sequence[Any]]) -> None:
+        with self.lock:
+            self.writer.writerows(["" if v is None else v for v in row] for row in rows)
+            self.handle.flush()
+
+    def close(self) -> None:
+        with self.lock:
+            self.handle.close()
+
+
+class RunWriter:
+    """Appends one run's rows as they happen. Thread-safe: the sampler writes from its thread."""
+
+    def __init__(self, root: Path, run_id: str):
+        root.mkdir(parents=True, exist_ok=True)
+        candidate, suffix = root / run_id, 2
+        while True:
+            try:
+                candidate.mkdir()
+                break
+            except FileExistsError:
+                candidate, suffix = root / f"{run_id}-{suffix}", suffix + 1
+        self.dir = candidate
+        self.run_id = candidate.name
+        self._requests = _Table(self.dir / REQUESTS_FILE, REQUEST_COLUMNS)
+        self._samples = _Table(self.dir / SAMPLES_FILE, SAMPLE_COLUMNS)
+        self._events_lock = threading.Lock()
+        self._events = (self.dir / EVENTS_FILE).open("x", encoding="utf-8")
+        self._write_event_line({"schema_version": SCHEMA_VERSION, "kind": "header", "run_id": self.run_id})
+
+    def _write_event_line(self, value: dict[str, Any]) -> None:
+        with self._events_lock:
+            self._events.write(json.dumps(value, default=str) + "\n")
+            self._events.flush()
+
+    def event(self, t_s: float, kind: str, message: str, **data: Any) -> None:
+        self._write_event_line({"t_s": round(t_s, 6), "kind": kind, "message": message, **data})
+
+    def request(self, record: RequestRecord) -> None:
+        row = to_dict(record)
+        self._requests.append([[row[c] for c in REQUEST_COLUMNS]])
+
+    def samples(self, samples: Iterable[Sample]) -> None:
+        self._samples.append([(round(s.t_s, 6), s.source, s.name, s.value, s.unit) for s in samples])
+
+    def write_run(self, run: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / RUN_FILE, {"schema_version": SCHEMA_VERSION, **run})
+
+    def close(self) -> None:
+        self._requests.close()
+        self._samples.close()
+        with self._events_lock:
+            self._events.close()
+
+
+@dataclass(frozen=True)
+class RunData:
+    dir: Path
+    run: dict[str, Any]
+    requests: pd.DataFrame
+    samples: pd.DataFrame
+    events: tuple[dict[str, Any], ...]
+
+
+def _check_version(path: Path, version: Any) -> None:
+    if not isinstance(version, int):
+        raise StoreError(f"{path}: no schema_version", "this is not a bench result file")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema_version {version} is newer than this bench reads ({SCHEMA_VERSION})",
+                         "upgrade bench to read it")
+
+
+def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise StoreError(f"{path} is missing", "the run directory is incomplete")
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline().strip()
+    match = re.fullmatch(r"#schema_version=(\d+)", first)
+    _check_version(path, int(match.group(1)) if match else None)
+    try:
+        frame = pd.read_csv(path, skiprows=1, keep_default_na=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise StoreError(f"{path} is corrupt: {str(error).splitlines()[0]}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise StoreError(f"{path} lacks columns {', '.join(missing)}")
+    return frame
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_FILE).is_file()
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    directory = Path(run_dir)
+    run_path = directory / RUN_FILE
+    if not run_path.is_file():
+        raise StoreError(f"{directory} is not a run directory (no {RUN_FILE})", "give a directory under results/")
+    try:
+        run = json.loads(run_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise StoreError(f"{run_path} is corrupt: {error}") from None
+    if not isinstance(run, dict):
+        raise StoreError(f"{run_path} is corrupt: not a JSON object")
+    _check_version(run_path, run.get("schema_version"))
+    requests = _read_table(directory / REQUESTS_FILE, REQUEST_COLUMNS)
+    samples = _read_table(directory / SAMPLES_FILE, SAMPLE_COLUMNS)
+    events = []
+    events_path = directory / EVENTS_FILE
+    if events_path.is_file():
+        for number, line in enumerate(events_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                # A crash can cut the last line short; anything earlier is corruption.
+                if number == len(events_path.read_text(encoding="utf-8").splitlines()):
+                    break
+                raise StoreError(f"{events_path}:{number} is not JSON") from None
+        if events and events[0].get("kind") == "header":
+            _check_version(events_path, events[0].get("schema_version"))
+            events = events[1:]
+    return RunData(directory, run, requests, samples, tuple(events))
+
+
+def find_runs(path: str | Path) -> list[Path]:
+    """A run directory, or every run directory below a folder of runs (sorted by name = time)."""
+    root = Path(path)
+    if is_run_dir(root):
+        return [root]
+    if not root.is_dir():
+        raise StoreError(f"{root} does not exist", "give a run directory or a folder of runs")
+    runs = sorted(p.parent for p in root.rglob(RUN_FILE))
+    if not runs:
+        raise StoreError(f"{root} holds no runs (no {RUN_FILE} below it)", "run `bench run` first or check the path")
+    return runs
+
+
+def clean_number(value: Any) -> float | None:
+    """A table cell as a float, or None for empty / NaN."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

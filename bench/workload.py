@@ -1,0 +1,82 @@
+"""One scenario repetition on one runtime -> RequestRecords (DESIGN section 5 metrics)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from .clock import RunClock
+from .records import PromptSpec, RequestRecord, Scenario
+from .runtimes.base import Completion, Runtime
+from .stats import percentile
+
+# Deterministic filler for synthetic prompts (llama-bench's pp shapes): ordinary English, so the
+# tokenizer sees realistic tokens, cut to exactly N tokens.
+_FILLER = ("The quick brown fox jumps over the lazy dog while the morning sun rises above the quiet "
+           "village, and the baker opens the shop to sell fresh bread to the people who pass by. ")
+
+
+def synthetic_prompt(runtime: Runtime, n_tokens: int) -> list[int]:
+    text = _FILLER
+    tokens = runtime.tokenize(text)
+    while len(tokens) < n_tokens:
+        text += _FILLER
+        tokens = runtime.tokenize(text)
+    return tokens[:n_tokens]
+
+
+def resolve_prompts(runtime: Runtime, prompts: Sequence[PromptSpec]) -> list[str | list[int]]:
+    return [synthetic_prompt(runtime, p.synthetic_tokens) if p.synthetic_tokens else p.text for p in prompts]
+
+
+def to_record(completion: Completion, *, repetition: int, step: int, warmup: bool, clock: RunClock) -> RequestRecord:
+    times = completion.token_ns
+    gaps_ms = [(b - a) / 1e6 for a, b in zip(times, times[1:])]
+
+    def rate(count: int | None, ms: float | None) -> float | None:
+        return count / ms * 1000 if count and ms else None
+
+    return RequestRecord(
+        repetition=repetition,
+        step=step,
+        warmup=warmup,
+        t_start_s=clock.to_run_s(completion.sent_ns),
+        prompt_tokens=completion.prompt_tokens,
+        cached_tokens=completion.cached_tokens,
+        gen_tokens=completion.gen_tokens,
+        ttft_ms=(times[0] - completion.sent_ns) / 1e6 if times else None,
+        prefill_ms=completion.prefill_ms,
+        decode_ms=completion.decode_ms,
+        prefill_tps=rate(completion.prefill_n, completion.prefill_ms),
+        decode_tps=rate(completion.decode_n, completion.decode_ms),
+        itl_p50_ms=percentile(gaps_ms, 50),
+        itl_p95_ms=percentile(gaps_ms, 95),
+        e2e_ms=(completion.done_ns - completion.sent_ns) / 1e6,
+        stop_reason=completion.stop_reason,
+        error=completion.error,
+    )
+
+
+def run_repetition(runtime: Runtime, scenario: Scenario, prompts: Sequence[str | list[int]], *, repetition: int,
+                   warmup: bool, clock: RunClock, on_request: Callable[[RequestRecord], None]) -> list[RequestRecord]:
+    """Send the scenario's prompts in order. With keep_history each turn carries the transcript so
+    far, and the runtime may reuse the cached prefix; otherwise every prompt starts cold."""
+    records = []
+    history = ""
+    for step, prompt in enumerate(prompts):
+        if scenario.keep_history and isinstance(prompt, str):
+            request: str | list[int] = f"{history}User: {prompt}\nAssistant:"
+        else:
+            request = prompt
+        completion = runtime.complete(
+            request, n_predict=scenario.n_predict, ignore_eos=scenario.ignore_eos,
+            keep_cache=scenario.keep_history and step > 0, temperature=scenario.temperature,
+            seed=scenario.seed,
+        )
+        if scenario.keep_history and isinstance(request, str):
+            history = f"{request}{completion.text}\n"
+        record = to_record(completion, repetition=repetition, step=step, warmup=warmup, clock=clock)
+        on_request(record)
+        records.append(record)
+        if completion.error:
+            break
+    return records
