@@ -34,8 +34,9 @@ class _BarTask:
         self.bar.update(self.id, **fields)
 
     def done(self) -> None:
-        task = self.bar.tasks[[t.id for t in self.bar.tasks].index(self.id)]
-        self.bar.update(self.id, completed=task.total if task.total is not None else task.completed, total=task.total or 1)
+        task = next(t for t in self.bar.tasks if t.id == self.id)
+        total = task.total if task.total else 1
+        self.bar.update(self.id, total=total, completed=total)
         self.bar.stop_task(self.id)
 
 

@@ -54,6 +54,9 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
     peak_source = ("VmHWM / VmRSS+VmSwap of the runtime process" +
                    (" (bench's own process: llama-cpp-python runs in-process)" if runtime.get("kind") == "llama-cpp-python" else ""))
     lines.append(f"| Peak RSS | {_mib(summary.get('peak_rss_bytes'))} | | | | | | MiB | {peak_source} |")
+    if summary.get("peak_rss_bytes") and runtime.get("rss_before_load_bytes"):
+        growth = summary["peak_rss_bytes"] - runtime["rss_before_load_bytes"]
+        lines.append(f"| Peak RSS above pre-load | {_mib(growth)} | | | | | | MiB | peak minus the process RSS just before model load |")
     lines.append(f"| Max temperature | {_fmt(summary.get('max_temperature_c'))} | | | | | | C | hottest temperature sensor sampled |")
     if summary.get("decode_tps_drift") is not None:
         lines.append(f"| Decode drift, last vs first repetition | {summary['decode_tps_drift']:+.1%} | | | | | | % | runtime timings |")

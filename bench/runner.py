@@ -199,12 +199,13 @@ class _Run:
                 sampler = HostSampler(self.clock, self.writer.samples, options.telemetry_hz, runtime.process_id()).start()
                 self.meta["telemetry"]["absent"] = sampler.absent
             baseline = max(host_device.temperatures().values(), default=None)
+            rss_before_load = proc_status_bytes(runtime.process_id(), ("VmRSS",)).get("VmRSS")
             load_task = self.progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB)")
             self.event("phase", "model load started")
             load_ms = runtime.load()
             load_task.done()
             self.event("phase", "model loaded", load_ms=load_ms)
-            self.meta["runtime"] = {**runtime.info(), "load_ms": load_ms}
+            self.meta["runtime"] = {**runtime.info(), "load_ms": load_ms, "rss_before_load_bytes": rss_before_load}
             self.write_meta("running")
             prompts = resolve_prompts(runtime, scenario.prompts)
             self._repetitions(runtime, prompts, baseline)

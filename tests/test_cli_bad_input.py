@@ -1,0 +1,84 @@
+"""Bad input: one line naming the problem and the fix, exit 2, and no results directory."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import bench_cli, write_gguf
+
+
+def _one_line_exit_2(result, *needles):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--device", "pixle8"], ["unknown device 'pixle8'"]),
+    (["--model", "smollm3-135m"], ["unknown model 'smollm3-135m'", "smollm2-135m"]),
+    (["--scenario", "quik"], ["unknown scenario 'quik'", "quick"]),
+    (["--threads", "0"], ["--threads", "must be >= 1"]),
+    (["--threads", "-2"], ["--threads"]),
+    (["--repetitions", "x"], ["--repetitions", "not an integer"]),
+    (["--telemetry-hz", "0"], ["--telemetry-hz"]),
+])
+def test_run_bad_flags(tmp_path: Path, args, needles):
+    out = tmp_path / "results"
+    result = bench_cli("run", "--out", str(out), *args)
+    _one_line_exit_2(result, *needles)
+    assert not out.exists()
+
+
+def test_malformed_scenario_names_file_and_line(tmp_path: Path):
+    scenario = tmp_path / "broken.toml"
+    scenario.write_text('name = "broken"\nprompts = ["a"]\nn_predict = "many"\n')
+    out = tmp_path / "results"
+    result = bench_cli("run", "--out", str(out), "--scenario", str(scenario))
+    _one_line_exit_2(result, "broken.toml:3", "n_predict")
+    assert not out.exists()
+
+
+def test_not_gguf_model(tmp_path: Path):
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"\x89PNG" + b"\0" * 64)
+    out = tmp_path / "results"
+    result = bench_cli("run", "--out", str(out), "--model", str(fake))
+    _one_line_exit_2(result, "not a GGUF")
+    assert not out.exists()
+
+
+def test_truncated_gguf_model(tmp_path: Path):
+    meta = {"general.architecture": "llama", "general.file_type": 2}
+    cut = write_gguf(tmp_path / "cut.gguf", meta, [("w", [1024, 1024], 0)], data_bytes=4096)
+    out = tmp_path / "results"
+    result = bench_cli("run", "--out", str(out), "--model", str(cut))
+    _one_line_exit_2(result, "truncated")
+    assert not out.exists()
+
+
+def test_missing_model_file(tmp_path: Path):
+    out = tmp_path / "results"
+    result = bench_cli("run", "--out", str(out), "--model", str(tmp_path / "nope.gguf"))
+    _one_line_exit_2(result, "does not exist")
+    assert not out.exists()
+
+
+def test_report_on_missing_dir(tmp_path: Path):
+    result = bench_cli("report", str(tmp_path / "nothing"))
+    _one_line_exit_2(result, "not a run directory")
+
+
+def test_unknown_model_pull():
+    result = bench_cli("models", "pull", "7b-q5")
+    _one_line_exit_2(result, "unknown model '7b-q5'", "7b-q4")
+
+
+def test_listing_commands_json():
+    import json
+
+    models = json.loads(bench_cli("models", "--json").stdout)
+    assert models["schema_version"] == 1 and any(m["alias"] == "smollm2-135m" for m in models["models"])
+    scenarios = json.loads(bench_cli("scenarios", "--json").stdout)
+    assert {s["name"] for s in scenarios["scenarios"]} >= {"quick", "chat", "long-prompt", "sustained", "pp512-tg128"}

