@@ -127,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     scenarios = commands.add_parser("scenarios", help="list scenarios")
     scenarios.add_argument("--json", action="store_true")
 
+    compare = commands.add_parser("compare", help="compare run sets: did head get slower, hotter, hungrier?")
+    compare.add_argument("paths", nargs="+", type=Path, metavar="RUNS",
+                         help="BASE HEAD [MORE...]: run directories or folders of runs (only heads with --baseline)")
+    compare.add_argument("--baseline", metavar="NAME", help="use RESULTS/baselines/NAME as the base")
+    compare.add_argument("--results", type=Path, default=Path("results"), help="results root for --baseline (default results/)")
+    compare.add_argument("--threshold", type=_positive_float, default=5.0, help="smallest change that counts, in %% (default 5)")
+    compare.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    compare.add_argument("--plot", type=Path, metavar="PNG", help="write the comparison plot here")
+    compare.add_argument("--fail-on-regression", nargs="?", const=-1.0, type=_positive_float, metavar="PCT",
+                         help="exit 1 when any metric regressed (PCT, if given, sets the threshold)")
+    compare.add_argument("--ignore", action="append", default=[], choices=("device", "model", "scenario", "runtime", "threads"),
+                         help="compare even though this match key differs (e.g. two models on purpose)")
+
     report = commands.add_parser("report", help="regenerate report.md and plots from a stored run")
     report.add_argument("run_dir", type=Path)
     return parser
@@ -254,7 +267,56 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
+def cmd_compare(args) -> int:
+    from .compare import compare_sides, make_side, markdown, run_key, to_json, MATCH_KEYS
+    from .store import find_runs, load_runs
+
+    if args.baseline:
+        base_path = args.results / "baselines" / args.baseline
+        if not base_path.exists():
+            raise UsageError(f"no baseline '{args.baseline}' at {base_path}",
+                             f"save one with `mkdir -p {base_path.parent} && cp -r RUN_DIR {base_path}`")
+        paths = [base_path, *args.paths]
+    else:
+        paths = list(args.paths)
+    if len(paths) < 2:
+        raise UsageError("compare needs a base and at least one head", "bench compare BASE HEAD [MORE...] or --baseline NAME HEAD")
+    threshold = (args.fail_on_regression if args.fail_on_regression and args.fail_on_regression > 0 else args.threshold) / 100
+
+    def groups(path: Path) -> dict[tuple, list]:
+        found: dict[tuple, list] = {}
+        for data in load_runs(find_runs(path)):
+            key = run_key(data.run)
+            found.setdefault(tuple(key[k] for k in MATCH_KEYS if k not in args.ignore), []).append(data)
+        return found
+
+    base_groups = groups(paths[0])
+    comparisons = []
+    for head_path in paths[1:]:
+        head_groups = groups(head_path)
+        for key, head_runs in head_groups.items():
+            # Without a base of the same key, pair with the first base set so the rows show the mismatch.
+            base_runs = base_groups.get(key) or next(iter(base_groups.values()))
+            suffix = f" ({head_runs[0].run.get('scenario', {}).get('name')})" if len(head_groups) > 1 else ""
+            comparisons.append(compare_sides(make_side(f"base {paths[0].name}{suffix}", base_runs),
+                                             make_side(f"head {head_path.name}{suffix}", head_runs),
+                                             threshold=threshold, ignore=args.ignore))
+    if not any(c.comparable for c in comparisons):
+        raise UsageError(f"runs are not comparable: {comparisons[0].mismatches[0]}",
+                         "compare runs of the same device, model, scenario, runtime and threads, or pass --ignore KEY")
+    if args.plot:
+        from .plots import write_compare_plot
+
+        write_compare_plot(args.plot, comparisons)
+    if args.format == "json":
+        out.print_json(json.dumps(to_json(comparisons)))
+    else:
+        sys.stdout.write(markdown(comparisons))
+    regressed = any(c.regressed for c in comparisons)
+    return 1 if args.fail_on_regression is not None and regressed else 0
+
+
+COMMANDS = {"run": cmd_run, "compare": cmd_compare, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

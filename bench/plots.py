@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .summary import sample_series  # noqa: E402
+from .summary import sample_series, warmup_mask  # noqa: E402
 
 
 def _save(figure, path: Path) -> str:
@@ -28,7 +28,7 @@ def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame) ->
     written = []
     if not requests.empty and requests["decode_tps"].notna().any():
         figure, axis = plt.subplots(figsize=(8, 3.5))
-        warm = requests["warmup"].astype(str).str.lower().isin(["true", "1"])
+        warm = warmup_mask(requests)
         for label, frame, marker in (("warmup", requests[warm], "x"), ("measured", requests[~warm], "o")):
             if not frame.empty:
                 axis.plot(frame["t_start_s"], frame["decode_tps"], marker=marker, linestyle="-" if label == "measured" else "",
@@ -68,3 +68,27 @@ def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame) ->
             axis.legend(fontsize=7)
         written.append(_save(figure, plots_dir / "temperature.png"))
     return written
+
+
+def write_compare_plot(path: Path, comparisons) -> Path:
+    """Change of each metric head vs base with its 95% interval, coloured by verdict."""
+    colours = {"improved": "tab:green", "regressed": "tab:red", "unchanged": "tab:gray",
+               "inconclusive": "tab:olive", "not compared": "lightgray"}
+    rows = [(f"{m.spec.label}" + (f" [{c.head.label}]" if len(comparisons) > 1 else ""), m)
+            for c in comparisons for m in c.metrics if m.change is not None]
+    figure, axis = plt.subplots(figsize=(8, 0.45 * max(len(rows), 2) + 1.2))
+    for index, (label, m) in enumerate(rows):
+        low, high = (m.ci[0] - 1, m.ci[1] - 1) if m.ci else (m.change, m.change)
+        axis.errorbar(m.change * 100, index, xerr=[[max(0.0, (m.change - low) * 100)], [max(0.0, (high - m.change) * 100)]],
+                      fmt="o", color=colours[m.verdict], capsize=4)
+    axis.set_yticks(range(len(rows)), [label for label, _ in rows])
+    threshold = comparisons[0].threshold * 100 if comparisons else 5
+    axis.axvspan(-threshold, threshold, color="0.92", zorder=0)
+    axis.axvline(0, color="0.5", linewidth=0.8)
+    axis.set_xlabel("head vs base, median change (%) with 95% bootstrap interval")
+    axis.set_title("bench compare (band = threshold; direction per metric in the table)")
+    axis.invert_yaxis()
+    axis.grid(axis="x", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(figure, path)
+    return path

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
 import datetime as dt
 import json
 import math
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from .errors import StoreError
 from .files import atomic_write_json
@@ -119,13 +123,14 @@ def _check_version(path: Path, version: Any) -> None:
 def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     if not path.is_file():
         raise StoreError(f"{path} is missing", "the run directory is incomplete")
-    with path.open(encoding="utf-8") as handle:
-        first = handle.readline().strip()
+    with path.open("rb") as handle:
+        first = handle.readline().decode("utf-8", errors="replace").strip()
     match = re.fullmatch(r"#schema_version=(\d+)", first)
     _check_version(path, int(match.group(1)) if match else None)
     try:
-        frame = pd.read_csv(path, skiprows=1, keep_default_na=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        # pyarrow's reader is several times faster than pandas' on the long samples table.
+        frame = pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(skip_rows=1)).to_pandas()
+    except (pa.ArrowInvalid, UnicodeDecodeError, ValueError) as error:
         raise StoreError(f"{path} is corrupt: {str(error).splitlines()[0]}") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -181,6 +186,14 @@ def find_runs(path: str | Path) -> list[Path]:
     if not runs:
         raise StoreError(f"{root} holds no runs (no {RUN_FILE} below it)", "run `bench run` first or check the path")
     return runs
+
+
+def load_runs(run_dirs: Sequence[Path]) -> list[RunData]:
+    """Load many runs; threads overlap pyarrow's parsing, which releases the GIL."""
+    if len(run_dirs) < 4:
+        return [load_run(d) for d in run_dirs]
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        return list(pool.map(load_run, run_dirs))
 
 
 def clean_number(value: Any) -> float | None:

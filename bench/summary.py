@@ -26,9 +26,22 @@ def measured_requests(requests: pd.DataFrame) -> pd.DataFrame:
     """Requests that count: not warmup, no error."""
     if requests.empty:
         return requests
-    warm = requests["warmup"].astype(str).str.lower().isin(["true", "1"])
-    failed = requests["error"].notna() & (requests["error"].astype(str) != "")
-    return requests[~warm & ~failed]
+    return requests[~warmup_mask(requests) & ~failed_mask(requests)]
+
+
+def warmup_mask(requests: pd.DataFrame) -> np.ndarray:
+    column = requests["warmup"]
+    if column.dtype == bool:
+        return column.to_numpy()
+    return column.astype(str).str.lower().isin(["true", "1"]).to_numpy()
+
+
+def failed_mask(requests: pd.DataFrame) -> np.ndarray:
+    column = requests["error"]
+    present = column.notna().to_numpy()
+    if not present.any():
+        return present
+    return present & (column.astype(str) != "").to_numpy()
 
 
 def per_repetition(requests: pd.DataFrame, column: str) -> list[float]:
@@ -100,7 +113,7 @@ def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss
     summary: dict = {
         "repetitions_measured": int(measured["repetition"].nunique()) if not measured.empty else 0,
         "requests_measured": int(len(measured)),
-        "requests_failed": int((requests["error"].notna() & (requests["error"].astype(str) != "")).sum()) if not requests.empty else 0,
+        "requests_failed": int(failed_mask(requests).sum()) if not requests.empty else 0,
         "gen_tokens_total": int(pd.to_numeric(measured["gen_tokens"]).sum()) if not measured.empty else 0,
     }
     for name, metric in metrics.items():

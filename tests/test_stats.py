@@ -38,3 +38,38 @@ def test_mann_whitney_separates_shifted_samples():
 def test_trapezoid():
     assert trapezoid([0, 1, 2], [0, 2, 2]) == 3.0
     assert trapezoid([0], [5]) == 0.0
+
+
+def test_integrate_window_interpolates_edges():
+    from bench.stats import integrate_window
+
+    assert integrate_window([0, 1, 2], [2, 2, 2], 0.25, 1.75) == 1.5 * 2
+    assert abs(integrate_window([0, 2], [0, 4], 1, 2) - 3.0) < 1e-12  # v = 2t over [1, 2]
+    assert integrate_window([0, 1], [1, 1], 0.5, 3) is None  # not covered
+
+
+def test_mann_whitney_matches_scipy_exact_and_asymptotic():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        m, n = rng.integers(2, 15, 2)
+        x, y = rng.normal(0, 1, m), rng.normal(rng.uniform(-1, 1), 1, n)
+        expected = mannwhitneyu(x, y, alternative="two-sided", method="exact").pvalue
+        assert abs(mann_whitney_p(x, y) - expected) < 1e-9, (m, n)
+    for trial in range(30):  # ties and large samples: normal approximation with corrections
+        x, y = rng.integers(0, 6, 30).astype(float), rng.integers(1, 7, 25).astype(float)
+        expected = mannwhitneyu(x, y, alternative="two-sided", method="asymptotic", use_continuity=True).pvalue
+        assert abs(mann_whitney_p(x, y) - expected) < 1e-9
+
+
+def test_bootstrap_medians_are_resample_medians():
+    from bench.stats import _bootstrap_medians
+
+    data = np.random.default_rng(3).normal(10, 2, 9)
+    rng = np.random.default_rng(4)
+    fast = _bootstrap_medians(data, 50, rng)
+    rng = np.random.default_rng(4)
+    indices = rng.integers(0, data.size, (50, data.size))
+    slow = np.median(np.sort(data)[indices], axis=1)
+    assert np.allclose(fast, slow)

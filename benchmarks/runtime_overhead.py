@@ -1,0 +1,61 @@
+"""Runtime overhead: bench's host decode t/s vs a bare llama-cpp-python generate loop on the same
+model, threads, prompt and n_predict, interleaved in one process. Both rates come from llama.cpp's
+perf counters, so the ratio shows what bench's loop (timestamps, records, sampler off) costs.
+
+    .venv/bin/python benchmarks/runtime_overhead.py [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import llama_cpp
+
+from _common import bench_decode_tps, model_info, resolve_scenario
+
+
+def bare_decode_tps(llm: llama_cpp.Llama, prompt: str, n_predict: int) -> float:
+    tokens = llm.tokenize(prompt.encode(), add_bos=True)
+    llm.reset()
+    llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+    for count, _ in enumerate(llm.generate(tokens, temp=0.0), start=1):
+        if count >= n_predict:
+            break
+    perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+    return perf.n_eval / perf.t_eval_ms * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--repetitions", type=int, default=3)
+    args = parser.parse_args()
+    scenario = resolve_scenario("quick")
+    threads = len(os.sched_getaffinity(0))
+    model = model_info(args.model)
+    llm = llama_cpp.Llama(model_path=model.path, n_ctx=scenario.n_ctx, n_batch=scenario.n_batch, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+    bare_decode_tps(llm, scenario.prompts[0].text, scenario.n_predict)  # warmup, as bench does
+    bare, ours = [], []
+    def measure_bare() -> None:
+        bare.append(statistics.median(bare_decode_tps(llm, scenario.prompts[0].text, scenario.n_predict)
+                                      for _ in range(args.repetitions)))
+
+    def measure_bench() -> None:
+        ours.append(bench_decode_tps(args.model, "quick", telemetry_hz=None, repetitions=args.repetitions, threads=threads))
+
+    for round_index in range(args.rounds):
+        # Alternate the order so drift over the session does not favour one side.
+        for measure in ((measure_bare, measure_bench) if round_index % 2 == 0 else (measure_bench, measure_bare)):
+            measure()
+        print(f"round {round_index + 1}: bare loop {bare[-1]:.2f} t/s, bench {ours[-1]:.2f} t/s")
+    ratio = statistics.median(ours) / statistics.median(bare)
+    print(f"threads {threads}; median decode t/s: bench {statistics.median(ours):.2f}, bare {statistics.median(bare):.2f}")
+    print(f"ratio bench/bare = {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
