@@ -268,8 +268,21 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_sides, make_side, markdown, run_key, to_json, MATCH_KEYS
-    from .store import find_runs, load_runs
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .compare import MATCH_KEYS, RunValues, compare_sides, make_side, markdown, run_key, to_json
+    from .store import find_runs, load_run, load_run_meta
+    from .summary import REPETITION_METRICS, repetition_values
+
+    def run_values(run_dir: Path) -> RunValues:
+        # Finished runs store their per-repetition values in run.json; older ones are recomputed.
+        run = load_run_meta(run_dir)
+        summary = run.get("summary") or {}
+        stored = summary.get("per_repetition")
+        if isinstance(stored, dict) and all(isinstance(stored.get(k), list) for k in REPETITION_METRICS):
+            return RunValues(str(run_dir), run, stored)
+        data = load_run(run_dir)
+        return RunValues(str(run_dir), run, repetition_values(data.requests, data.samples, summary.get("peak_rss_bytes")))
 
     if args.baseline:
         base_path = args.results / "baselines" / args.baseline
@@ -285,9 +298,11 @@ def cmd_compare(args) -> int:
 
     def groups(path: Path) -> dict[tuple, list]:
         found: dict[tuple, list] = {}
-        for data in load_runs(find_runs(path)):
-            key = run_key(data.run)
-            found.setdefault(tuple(key[k] for k in MATCH_KEYS if k not in args.ignore), []).append(data)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            loaded = list(pool.map(run_values, find_runs(path)))
+        for item in loaded:
+            key = run_key(item.run)
+            found.setdefault(tuple(key[k] for k in MATCH_KEYS if k not in args.ignore), []).append(item)
         return found
 
     base_groups = groups(paths[0])
@@ -297,7 +312,7 @@ def cmd_compare(args) -> int:
         for key, head_runs in head_groups.items():
             # Without a base of the same key, pair with the first base set so the rows show the mismatch.
             base_runs = base_groups.get(key) or next(iter(base_groups.values()))
-            suffix = f" ({head_runs[0].run.get('scenario', {}).get('name')})" if len(head_groups) > 1 else ""
+            suffix = f" ({(head_runs[0].run.get('scenario') or {}).get('name')})" if len(head_groups) > 1 else ""
             comparisons.append(compare_sides(make_side(f"base {paths[0].name}{suffix}", base_runs),
                                              make_side(f"head {head_path.name}{suffix}", head_runs),
                                              threshold=threshold, ignore=args.ignore))

@@ -13,11 +13,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
-from .stats import bootstrap_ratio_ci, integrate_window, mann_whitney_p
-from .store import RunData
-from .summary import measured_requests
+from .stats import bootstrap_ratio_ci, mann_whitney_p
 
 MIN_REPETITIONS = 4   # 4 vs 4 is the smallest design whose Mann-Whitney p can go below 0.05
 ALPHA = 0.05
@@ -57,81 +54,6 @@ def run_key(run: dict) -> dict[str, str]:
     }
 
 
-def _series(samples: pd.DataFrame) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, str]]:
-    """(source, name) -> (t_s sorted, value, unit), split once per run."""
-    if samples.empty:
-        return {}
-    times = samples["t_s"].to_numpy(dtype=float)
-    values = samples["value"].to_numpy(dtype=float)
-    units = samples["unit"].to_numpy()
-    source_codes, sources = pd.factorize(samples["source"])
-    name_codes, names = pd.factorize(samples["name"])
-    codes = source_codes * len(names) + name_codes
-    order = np.lexsort((times, codes))  # by series, then by time
-    boundaries = np.flatnonzero(np.diff(codes[order])) + 1
-    found = {}
-    for index in np.split(order, boundaries):
-        code = codes[index[0]]
-        key = (str(sources[code // len(names)]), str(names[code % len(names)]))
-        found[key] = (times[index], values[index], str(units[index[0]]))
-    return found
-
-
-def _window(series: tuple[np.ndarray, np.ndarray, str], start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
-    times, values, _ = series
-    low, high = np.searchsorted(times, start, "left"), np.searchsorted(times, end, "right")
-    return times[low:high], values[low:high]
-
-
-def repetition_values(data: RunData) -> dict[str, list[float]]:
-    """Per-repetition values of every metric for one run (empty list = not measured). Sample-based
-    metrics are taken over each repetition's window, first request sent to last token."""
-    values: dict[str, list[float]] = {spec.name: [] for spec in METRICS}
-    requests = measured_requests(data.requests)
-    if not requests.empty:
-        repetitions = requests["repetition"].to_numpy()
-        starts = pd.to_numeric(requests["t_start_s"]).to_numpy(dtype=float)
-        ends = starts + pd.to_numeric(requests["e2e_ms"]).to_numpy(dtype=float) / 1000
-        tokens = pd.to_numeric(requests["gen_tokens"]).to_numpy(dtype=float)
-        columns = {name: pd.to_numeric(requests[name], errors="coerce").to_numpy(dtype=float)
-                   for name in ("prefill_tps", "decode_tps", "ttft_ms", "itl_p95_ms")}
-        series = _series(data.samples)
-        thermal = [s for (source, _), s in series.items() if source == "thermal" and s[2] == "C"]
-        for repetition in np.unique(repetitions):
-            mask = repetitions == repetition
-            for name, column in columns.items():
-                picked = column[mask]
-                picked = picked[np.isfinite(picked)]
-                if picked.size:
-                    values[name].append(float(np.median(picked)))
-            start, end = float(starts[mask].min()), float(np.nanmax(ends[mask]))
-            if ("process", "rss") in series:
-                _, rss = _window(series[("process", "rss")], start, end)
-                if rss.size:
-                    swap = 0.0
-                    if ("process", "swap") in series:
-                        _, swap_values = _window(series[("process", "swap")], start, end)
-                        swap = float(swap_values.max()) if swap_values.size else 0.0
-                    values["peak_rss_bytes"].append(float(rss.max()) + swap)
-            window_temps = [w.max() for w in (_window(s, start, end)[1] for s in thermal) if w.size]
-            if window_temps:
-                values["max_temperature_c"].append(float(max(window_temps)))
-            if ("battery", "power") in series and tokens[mask].sum():
-                times, power, _ = series[("battery", "power")]
-                energy = integrate_window(times, power, start, end)
-                if energy is not None:
-                    values["j_per_token"].append(energy / float(tokens[mask].sum()))
-            if ("thermal", "status") in series:
-                times, status = _window(series[("thermal", "status")], start, end)
-                if times.size >= 2:
-                    values["time_throttled_s"].append(float(np.sum(np.diff(times)[status[:-1] > 0])))
-    if not values["peak_rss_bytes"]:
-        peak = (data.run.get("summary") or {}).get("peak_rss_bytes")
-        if peak:
-            values["peak_rss_bytes"] = [float(peak)]
-    return values
-
-
 @dataclass(frozen=True)
 class Side:
     label: str
@@ -142,20 +64,29 @@ class Side:
     facts: dict
 
 
-def make_side(label: str, runs: Sequence[RunData]) -> Side:
+@dataclass(frozen=True)
+class RunValues:
+    """One stored run as compare sees it: its run.json and its per-repetition metric values."""
+
+    dir: str
+    run: dict
+    values: dict[str, list[float]]
+
+
+def make_side(label: str, runs: Sequence[RunValues]) -> Side:
     pooled: dict[str, list[float]] = {spec.name: [] for spec in METRICS}
     flags = {"charging": False, "throttled": False, "unstable": False}
-    for data in runs:
-        for name, items in repetition_values(data).items():
-            pooled[name].extend(items)
-        validity = (data.run.get("summary") or {}).get("validity") or {}
+    for item in runs:
+        for name in pooled:
+            pooled[name].extend(item.values.get(name) or [])
+        validity = (item.run.get("summary") or {}).get("validity") or {}
         for flag in flags:
             flags[flag] = flags[flag] or bool(validity.get(flag))
     first = runs[0].run
     facts = {"device": first.get("device", {}), "model": first.get("model", {}), "runtime": first.get("runtime", {}),
              "scenario": {k: (first.get("scenario") or {}).get(k) for k in ("name", "hash")},
-             "harness": first.get("harness", {}), "statuses": sorted({d.run.get("status") for d in runs})}
-    return Side(label, tuple(str(d.dir) for d in runs), run_key(first), {k: tuple(v) for k, v in pooled.items()},
+             "harness": first.get("harness", {}), "statuses": sorted({str(r.run.get("status")) for r in runs})}
+    return Side(label, tuple(r.dir for r in runs), run_key(first), {k: tuple(v) for k, v in pooled.items()},
                 flags, facts)
 
 

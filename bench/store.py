@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import csv
-import os
-from concurrent.futures import ThreadPoolExecutor
 import datetime as dt
 import json
 import math
@@ -120,13 +118,17 @@ def _check_version(path: Path, version: Any) -> None:
                          "upgrade bench to read it")
 
 
-def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+def _check_table_header(path: Path) -> None:
     if not path.is_file():
         raise StoreError(f"{path} is missing", "the run directory is incomplete")
     with path.open("rb") as handle:
         first = handle.readline().decode("utf-8", errors="replace").strip()
     match = re.fullmatch(r"#schema_version=(\d+)", first)
     _check_version(path, int(match.group(1)) if match else None)
+
+
+def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    _check_table_header(path)
     try:
         # pyarrow's reader is several times faster than pandas' on the long samples table.
         frame = pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(skip_rows=1)).to_pandas()
@@ -142,8 +144,16 @@ def is_run_dir(path: Path) -> bool:
     return (path / RUN_FILE).is_file()
 
 
-def load_run(run_dir: str | Path) -> RunData:
+def load_run_meta(run_dir: str | Path) -> dict[str, Any]:
+    """run.json, checked, with the tables' schema lines checked too (cheap: no table is parsed)."""
     directory = Path(run_dir)
+    run = _load_run_json(directory)
+    for name in (REQUESTS_FILE, SAMPLES_FILE):
+        _check_table_header(directory / name)
+    return run
+
+
+def _load_run_json(directory: Path) -> dict[str, Any]:
     run_path = directory / RUN_FILE
     if not run_path.is_file():
         raise StoreError(f"{directory} is not a run directory (no {RUN_FILE})", "give a directory under results/")
@@ -154,6 +164,12 @@ def load_run(run_dir: str | Path) -> RunData:
     if not isinstance(run, dict):
         raise StoreError(f"{run_path} is corrupt: not a JSON object")
     _check_version(run_path, run.get("schema_version"))
+    return run
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    directory = Path(run_dir)
+    run = _load_run_json(directory)
     requests = _read_table(directory / REQUESTS_FILE, REQUEST_COLUMNS)
     samples = _read_table(directory / SAMPLES_FILE, SAMPLE_COLUMNS)
     events = []
@@ -186,14 +202,6 @@ def find_runs(path: str | Path) -> list[Path]:
     if not runs:
         raise StoreError(f"{root} holds no runs (no {RUN_FILE} below it)", "run `bench run` first or check the path")
     return runs
-
-
-def load_runs(run_dirs: Sequence[Path]) -> list[RunData]:
-    """Load many runs; threads overlap pyarrow's parsing, which releases the GIL."""
-    if len(run_dirs) < 4:
-        return [load_run(d) for d in run_dirs]
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        return list(pool.map(load_run, run_dirs))
 
 
 def clean_number(value: Any) -> float | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .stats import Summary, summarize
+from .stats import Summary, integrate_window, summarize
 
 # metric -> (requests column, unit, higher_is_better, label)
 REQUEST_METRICS = {
@@ -121,6 +121,7 @@ def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss
         summary[f"{name}_iqr"] = metric.summary.iqr
         summary[f"{name}_cv"] = metric.summary.cv
     summary["peak_rss_bytes"] = peak_rss_bytes(samples, final_peak_rss)
+    summary["per_repetition"] = repetition_values(requests, samples, summary["peak_rss_bytes"])
     summary["max_temperature_c"] = max_temperature_c(samples)
     if bandwidth_gbs and model_bytes and decode.median:
         ceiling = bandwidth_gbs * 1e9 / model_bytes
@@ -136,6 +137,83 @@ def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss
         "unstable_rule": f"decode t/s CV over repetitions > {UNSTABLE_CV:.0%}",
     }
     return summary
+
+
+REPETITION_METRICS = ("prefill_tps", "decode_tps", "ttft_ms", "itl_p95_ms", "peak_rss_bytes", "max_temperature_c",
+                      "j_per_token", "time_throttled_s")
+
+
+def _series(samples: pd.DataFrame) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, str]]:
+    """(source, name) -> (t_s sorted, value, unit), split once per run."""
+    if samples.empty:
+        return {}
+    times = samples["t_s"].to_numpy(dtype=float)
+    values = samples["value"].to_numpy(dtype=float)
+    units = samples["unit"].to_numpy()
+    source_codes, sources = pd.factorize(samples["source"])
+    name_codes, names = pd.factorize(samples["name"])
+    codes = source_codes * len(names) + name_codes
+    order = np.lexsort((times, codes))  # by series, then by time
+    boundaries = np.flatnonzero(np.diff(codes[order])) + 1
+    found = {}
+    for index in np.split(order, boundaries):
+        code = codes[index[0]]
+        key = (str(sources[code // len(names)]), str(names[code % len(names)]))
+        found[key] = (times[index], values[index], str(units[index[0]]))
+    return found
+
+
+def _window(series: tuple[np.ndarray, np.ndarray, str], start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+    times, values, _ = series
+    low, high = np.searchsorted(times, start, "left"), np.searchsorted(times, end, "right")
+    return times[low:high], values[low:high]
+
+
+def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rss: float | None = None) -> dict[str, list[float]]:
+    """Per-repetition values of every compared metric (empty list = not measured). Sample-based
+    metrics are taken over each repetition's window, first request sent to last token."""
+    values: dict[str, list[float]] = {name: [] for name in REPETITION_METRICS}
+    requests = measured_requests(requests)
+    if not requests.empty:
+        repetitions = requests["repetition"].to_numpy()
+        starts = pd.to_numeric(requests["t_start_s"]).to_numpy(dtype=float)
+        ends = starts + pd.to_numeric(requests["e2e_ms"]).to_numpy(dtype=float) / 1000
+        tokens = pd.to_numeric(requests["gen_tokens"]).to_numpy(dtype=float)
+        columns = {name: pd.to_numeric(requests[name], errors="coerce").to_numpy(dtype=float)
+                   for name in ("prefill_tps", "decode_tps", "ttft_ms", "itl_p95_ms")}
+        series = _series(samples)
+        thermal = [s for (source, _), s in series.items() if source == "thermal" and s[2] == "C"]
+        for repetition in np.unique(repetitions):
+            mask = repetitions == repetition
+            for name, column in columns.items():
+                picked = column[mask]
+                picked = picked[np.isfinite(picked)]
+                if picked.size:
+                    values[name].append(float(np.median(picked)))
+            start, end = float(starts[mask].min()), float(np.nanmax(ends[mask]))
+            if ("process", "rss") in series:
+                _, rss = _window(series[("process", "rss")], start, end)
+                if rss.size:
+                    swap = 0.0
+                    if ("process", "swap") in series:
+                        _, swap_values = _window(series[("process", "swap")], start, end)
+                        swap = float(swap_values.max()) if swap_values.size else 0.0
+                    values["peak_rss_bytes"].append(float(rss.max()) + swap)
+            window_temps = [w.max() for w in (_window(s, start, end)[1] for s in thermal) if w.size]
+            if window_temps:
+                values["max_temperature_c"].append(float(max(window_temps)))
+            if ("battery", "power") in series and tokens[mask].sum():
+                times, power, _ = series[("battery", "power")]
+                energy = integrate_window(times, power, start, end)
+                if energy is not None:
+                    values["j_per_token"].append(energy / float(tokens[mask].sum()))
+            if ("thermal", "status") in series:
+                times, status = _window(series[("thermal", "status")], start, end)
+                if times.size >= 2:
+                    values["time_throttled_s"].append(float(np.sum(np.diff(times)[status[:-1] > 0])))
+    if not values["peak_rss_bytes"] and run_peak_rss:
+        values["peak_rss_bytes"] = [float(run_peak_rss)]  # no telemetry: one figure for the whole run
+    return values
 
 
 def decode_drift(requests: pd.DataFrame) -> float | None:

@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from bench.records import RequestRecord, Sample
-from bench.store import RunWriter
+from bench.store import RunWriter, load_run
+from bench.summary import run_summary
 
 
 def write_run(root: Path, decode_tps: Sequence[float], *, ttft_ms: Sequence[float] | None = None,
@@ -31,16 +32,19 @@ def write_run(root: Path, decode_tps: Sequence[float], *, ttft_ms: Sequence[floa
                 samples.append(Sample(ts, "battery", "power", power_w, "W"))
         t += e2e / 1000 + 0.5
     writer.samples(samples)
-    writer.write_run({
+    meta = {
         "status": "complete",
         "device": {"kind": "host", "profile": "host", "manufacturer": None, "model": "cpu", "device": "box"},
         "model": {"alias": "m", "sha256": model_sha, "quant": "Q4_0"},
         "runtime": {"kind": "llama-cpp-python", "version": "0.3.36", "threads": 2},
         "scenario": {"name": "quick", "hash": scenario_hash},
         "harness": {"version": "test"},
-        "summary": {"validity": {"charging": charging, "throttled": False, "unstable": False}},
-    })
+    }
+    writer.write_run(meta)
     writer.close()
+    # As the runner does: the summary is computed from the stored tables.
+    data = load_run(writer.dir)
+    writer.write_run({**meta, "summary": run_summary(data.requests, data.samples, charging=charging, throttled=False)})
     return writer.dir
 
 

@@ -4,8 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.compare import METRICS, compare_metric, compare_sides, make_side
+from bench.compare import METRICS, RunValues, compare_metric, compare_sides, make_side
 from bench.store import load_run
+from bench.summary import repetition_values
 from conftest import bench_cli
 from synth import noisy, write_run
 
@@ -52,15 +53,26 @@ def test_tight_equal_sides_are_unchanged():
     assert result.ci[0] > 0.95 and result.ci[1] < 1.05
 
 
+def _values(run_dir: Path) -> RunValues:
+    data = load_run(run_dir)
+    return RunValues(str(run_dir), data.run, repetition_values(data.requests, data.samples))
+
+
+def test_stored_per_repetition_values_match_the_tables(tmp_path: Path):
+    run_dir = write_run(tmp_path, noisy(50, 6, 0.02, 1), power_w=3.0)
+    stored = load_run(run_dir).run["summary"]["per_repetition"]
+    assert stored == _values(run_dir).values and len(stored["decode_tps"]) == 6 and len(stored["j_per_token"]) == 6
+
+
 def test_sides_from_stored_runs_and_energy_rules(tmp_path: Path):
-    base = load_run(write_run(tmp_path / "a", noisy(50, 8, 0.02, 1), power_w=3.0, name="a"))
-    head = load_run(write_run(tmp_path / "b", noisy(44, 8, 0.02, 2), power_w=3.3, name="b"))
+    base = _values(write_run(tmp_path / "a", noisy(50, 8, 0.02, 1), power_w=3.0, name="a"))
+    head = _values(write_run(tmp_path / "b", noisy(44, 8, 0.02, 2), power_w=3.3, name="b"))
     comparison = compare_sides(make_side("base", [base]), make_side("head", [head]))
     by_name = {m.spec.name: m for m in comparison.metrics}
     assert by_name["decode_tps"].verdict == "regressed"
     assert by_name["j_per_token"].base_n == 8 and by_name["j_per_token"].verdict == "regressed"  # more W, fewer t/s
     assert by_name["peak_rss_bytes"].verdict == "unchanged"
-    charging = load_run(write_run(tmp_path / "c", noisy(44, 8, 0.02, 2), power_w=3.3, charging=True, name="c"))
+    charging = _values(write_run(tmp_path / "c", noisy(44, 8, 0.02, 2), power_w=3.3, charging=True, name="c"))
     comparison = compare_sides(make_side("base", [base]), make_side("head", [charging]))
     energy = next(m for m in comparison.metrics if m.spec.name == "j_per_token")
     assert energy.verdict == "not compared" and "charging" in energy.reason
@@ -68,8 +80,8 @@ def test_sides_from_stored_runs_and_energy_rules(tmp_path: Path):
 
 
 def test_mismatched_model_is_not_comparable(tmp_path: Path):
-    base = load_run(write_run(tmp_path / "a", [50] * 5, name="a"))
-    head = load_run(write_run(tmp_path / "b", [50] * 5, model_sha="b" * 64, name="b"))
+    base = _values(write_run(tmp_path / "a", [50] * 5, name="a"))
+    head = _values(write_run(tmp_path / "b", [50] * 5, model_sha="b" * 64, name="b"))
     comparison = compare_sides(make_side("base", [base]), make_side("head", [head]))
     assert not comparison.comparable and "model differs" in comparison.mismatches[0]
     assert all(m.verdict == "not compared" for m in comparison.metrics)
