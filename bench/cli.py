@@ -140,6 +140,34 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--ignore", action="append", default=[], choices=("device", "model", "scenario", "runtime", "threads"),
                          help="compare even though this match key differs (e.g. two models on purpose)")
 
+    sim = commands.add_parser("sim", help="an emulated Android phone on loopback, behind the real adb server")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True, parser_class=_Parser)
+    sim_start = sim_sub.add_parser("start", help="start a sim in the background and connect it to adb")
+    sim_start.add_argument("--name", default="sim")
+    sim_start.add_argument("--port", type=_positive_int, help="loopback port (default: first free from 6520)")
+    sim_start.add_argument("--profile", default="default", help="sim profile (default, hot)")
+    sim_start.add_argument("--replay", type=Path, metavar="DIR", help="answer with captured text from DIR")
+    sim_start.add_argument("--unplugged", action="store_true", help="battery really discharges (default: on USB)")
+    sim_stop = sim_sub.add_parser("stop", help="disconnect and stop a sim")
+    sim_stop.add_argument("--name", default=None)
+    sim_stop.add_argument("--all", action="store_true")
+    sim_sub.add_parser("status", help="list running sims")
+
+    capture = commands.add_parser("capture", help="save a device's getprop/dumpsys/sysfs text for --replay")
+    capture.add_argument("--device", required=True, help="serial")
+    capture.add_argument("dir", type=Path)
+
+    runtime = commands.add_parser("runtime", help="build or list llama.cpp runtimes")
+    runtime_sub = runtime.add_subparsers(dest="runtime_command", required=True, parser_class=_Parser)
+    runtime_build = runtime_sub.add_parser("build", help="build llama-server, llama-bench and llama-completion")
+    runtime_build.add_argument("--target", required=True, choices=("host", "android-arm64"))
+    runtime_build.add_argument("--ndk", help="Android NDK root (default $ANDROID_NDK_HOME)")
+    runtime_build.add_argument("--src", help="a llama.cpp source tree (default: the one vendored in llama-cpp-python's sdist)")
+    runtime_build.add_argument("--jobs", type=_positive_int)
+    runtime_build.add_argument("--arm-arch", default=None, help="GGML_CPU_ARM_ARCH for android-arm64")
+    runtime_build.add_argument("--print-plan", action="store_true", help="print the cmake configuration and stop")
+    runtime_sub.add_parser("list", help="list cached runtimes")
+
     report = commands.add_parser("report", help="regenerate report.md and plots from a stored run")
     report.add_argument("run_dir", type=Path)
     return parser
@@ -331,7 +359,85 @@ def cmd_compare(args) -> int:
     return 1 if args.fail_on_regression is not None and regressed else 0
 
 
-COMMANDS = {"run": cmd_run, "compare": cmd_compare, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
+def cmd_sim(args) -> int:
+    from .android import adb
+    from .catalog import cache_root
+    from .sim import control
+
+    cache = cache_root()
+    if args.sim_command == "start":
+        port = control.plan_start(cache, name=args.name, port=args.port, profile=args.profile, replay=args.replay)
+        with BarProgress(err) as progress:
+            task = progress.task(f"starting sim '{args.name}' on 127.0.0.1:{port}")
+            info = control.start(cache, name=args.name, port=port, profile=args.profile, replay=args.replay,
+                                 unplugged=args.unplugged)
+            try:
+                adb.connect(info.serial)
+                adb.wait_for_state(info.serial, "device", timeout=20)
+            except BenchError:
+                control.stop(info)
+                raise
+            task.done()
+        if info.replay_missing:
+            err.print(f"replay: not in {info.replay}, simulated instead: {', '.join(info.replay_missing)}")
+        out.print(f"sim '{info.name}' ({info.profile}{', unplugged' if info.unplugged else ', on USB'}) "
+                  f"on 127.0.0.1:{info.port}, pid {info.pid}")
+        out.print(info.serial)
+        return 0
+    sims = control.running(cache)
+    if args.sim_command == "status":
+        if not sims:
+            out.print("no sim is running")
+        for info in sims:
+            out.print(f"{info.name}\t{info.serial}\tpid {info.pid}\tprofile {info.profile}")
+        return 0
+    targets = sims if args.all else [s for s in sims if s.name == (args.name or "sim")]
+    if not targets:
+        out.print("no sim is running" if not sims else f"no sim named '{args.name or 'sim'}' is running "
+                  f"(running: {', '.join(s.name for s in sims)})")
+        return 0
+    for info in targets:
+        adb.disconnect(info.serial)
+        control.stop(info)
+        out.print(f"stopped sim '{info.name}' ({info.serial})")
+    return 0
+
+
+def cmd_capture(args) -> int:
+    from .android.adb import Device
+    from .android.capture import capture
+
+    written = capture(Device(args.device), args.dir)
+    out.print(f"wrote {len(written)} files to {args.dir} (replay with `bench sim start --replay {args.dir}`)")
+    return 0
+
+
+def cmd_runtime(args) -> int:
+    from .catalog import cache_root
+    from .runtimes import build as builder
+
+    cache = cache_root()
+    if args.runtime_command == "list":
+        found = builder.list_runtimes(cache)
+        if not found:
+            out.print("no runtime built yet (bench runtime build --target host)")
+        for item in found:
+            out.print(f"{item['target']}\tllama.cpp {item['llama_cpp_commit']}\t{item['path']}")
+        return 0
+    with BarProgress(err) as progress:
+        plan = builder.plan_build(args.target, cache, src=args.src, ndk=args.ndk, jobs=args.jobs,
+                                  arm_arch=args.arm_arch or builder.DEFAULT_ARM_ARCH, progress=progress)
+        if args.print_plan:
+            out.print_json(json.dumps({"target": plan.target, "source": str(plan.source), "commit": plan.commit,
+                                       "cmake_flags": list(plan.configure), "install_dir": str(plan.install_dir)}))
+            return 0
+        cached = builder.installed(plan)
+        path = builder.build(plan, progress)
+    out.print(f"{'cached' if cached else 'built'}: {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

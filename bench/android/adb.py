@@ -1,0 +1,256 @@
+"""The only module that talks to adbutils (and the adb server). Every call has a timeout; errors
+come out as AdbFailure with the serial, the command and what adb said."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import BenchError
+
+DEFAULT_TIMEOUT_S = 30.0
+SERVER_PORT_ENV = "ANDROID_ADB_SERVER_PORT"
+
+
+class AdbFailure(BenchError):
+    """adb or the device did not do what was asked."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, serial: str | None = None, command: str | None = None, output: str = "",
+                 hint: str | None = None):
+        detail = f"{message}" + (f" [{serial}]" if serial else "") + (f" running `{command}`" if command else "")
+        if output:
+            detail += f": {output.strip().splitlines()[-1][:200]}" if output.strip() else ""
+        super().__init__(detail, hint)
+        self.serial, self.command, self.output = serial, command, output
+
+
+def server_port() -> int:
+    return int(os.environ.get(SERVER_PORT_ENV, "5037"))
+
+
+def adb_binary() -> str:
+    explicit = os.environ.get("BENCH_ADB")
+    if explicit:
+        return explicit
+    try:
+        import adbutils
+
+        bundled = adbutils.adb_path()
+        if bundled and os.access(bundled, os.X_OK):
+            return bundled
+    except Exception:  # adbutils raises its own error types when no binary is bundled
+        pass
+    found = shutil.which("adb")
+    if found:
+        return found
+    raise AdbFailure("no adb binary", hint="pip install adbutils (it bundles adb) or apt-get install adb")
+
+
+def _server_up(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_server(timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    port = server_port()
+    if _server_up(port):
+        return
+    command = [adb_binary(), "-P", str(port), "start-server"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AdbFailure("adb start-server timed out", command=" ".join(command)) from None
+    if result.returncode != 0 or not _server_up(port):
+        raise AdbFailure("the adb server did not start", command=" ".join(command), output=result.stderr)
+
+
+def client(timeout: float = DEFAULT_TIMEOUT_S):
+    import adbutils
+
+    ensure_server(timeout)
+    return adbutils.AdbClient(host="127.0.0.1", port=server_port(), socket_timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Listed:
+    serial: str
+    state: str  # device | unauthorized | offline | ...
+
+
+def list_devices(timeout: float = 10) -> list[Listed]:
+    import adbutils
+
+    try:
+        return [Listed(d.serial, d.state) for d in client(timeout).list()]
+    except adbutils.AdbError as error:
+        raise AdbFailure("adb devices failed", output=str(error)) from None
+
+
+def connect(address: str, timeout: float = 10) -> str:
+    import adbutils
+
+    try:
+        return client(timeout).connect(address, timeout=timeout)
+    except (adbutils.AdbError, adbutils.AdbTimeout) as error:
+        raise AdbFailure("adb connect failed", serial=address, output=str(error)) from None
+
+
+def disconnect(address: str, timeout: float = 10) -> None:
+    import adbutils
+
+    try:
+        client(timeout).disconnect(address)
+    except (adbutils.AdbError, adbutils.AdbTimeout):
+        pass  # not connected: nothing to undo
+
+
+def wait_for_state(serial: str, state: str = "device", timeout: float = 20) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        found = {d.serial: d.state for d in list_devices(timeout=5)}
+        last = found.get(serial)
+        if last == state:
+            return
+        time.sleep(0.2)
+    raise AdbFailure(f"device is '{last or 'absent'}', not '{state}', after {timeout:.0f} s", serial=serial)
+
+
+@dataclass(frozen=True)
+class ShellResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Device:
+    """One device by serial. Commands go through shell v2 (exit codes, separate stderr)."""
+
+    def __init__(self, serial: str, timeout: float = DEFAULT_TIMEOUT_S):
+        self.serial, self.timeout = serial, timeout
+        self._device = client(timeout).device(serial)
+
+    def shell(self, command: str, timeout: float | None = None, check: bool = False) -> ShellResult:
+        import adbutils
+
+        try:
+            result = self._device.shell2(command, timeout=timeout or self.timeout, v2=True)
+        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
+            raise AdbFailure("shell failed", serial=self.serial, command=command, output=str(error)) from None
+        out = ShellResult(result.returncode, result.stdout, result.stderr)
+        if check and out.returncode != 0:
+            raise AdbFailure(f"exit {out.returncode}", serial=self.serial, command=command, output=out.stderr or out.stdout)
+        return out
+
+    def push(self, local: Path, remote: str, on_bytes: Callable[[int], None] | None = None,
+             timeout: float | None = None) -> int:
+        """Push a file in chunks (so progress can be drawn) through sync SEND; returns bytes sent."""
+        import adbutils
+
+        size = local.stat().st_size
+        try:
+            with local.open("rb") as handle:
+                reader = _CountingReader(handle, on_bytes)
+                self._device.sync.push(reader, remote, mode=0o755)
+        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
+            raise AdbFailure("push failed", serial=self.serial, command=f"push {local} {remote}", output=str(error)) from None
+        return size
+
+    def pull_text(self, remote: str) -> str:
+        import adbutils
+
+        try:
+            return self._device.sync.read_text(remote)
+        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
+            raise AdbFailure("pull failed", serial=self.serial, command=f"pull {remote}", output=str(error)) from None
+
+    def forward(self, local_port: int, remote_port: int) -> None:
+        import adbutils
+
+        try:
+            self._device.forward(f"tcp:{local_port}", f"tcp:{remote_port}")
+        except (adbutils.AdbError, adbutils.AdbTimeout) as error:
+            raise AdbFailure("forward failed", serial=self.serial, output=str(error)) from None
+
+    def forward_remove(self, local_port: int) -> None:
+        import adbutils
+
+        try:
+            self._device.forward_remove(f"tcp:{local_port}", raise_non_found=False)
+        except (adbutils.AdbError, adbutils.AdbTimeout, OSError):
+            pass  # gone with the device: nothing left to remove
+
+    def forwards(self) -> list[tuple[str, str]]:
+        import adbutils
+
+        try:
+            return [(f.local, f.remote) for f in self._device.forward_list()]
+        except (adbutils.AdbError, adbutils.AdbTimeout, OSError):
+            return []
+
+    def open_shell_stream(self, command: str, timeout: float | None = None) -> "ShellStream":
+        """A long-lived shell v2 session whose stdout is read as it comes (telemetry, servers)."""
+        import adbutils
+
+        try:
+            connection = self._device.open_transport(timeout=timeout or self.timeout)
+            connection.send_command(f"shell,v2:{command}")
+            connection.check_okay()
+        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
+            raise AdbFailure("shell failed", serial=self.serial, command=command, output=str(error)) from None
+        return ShellStream(connection)
+
+
+class _CountingReader:
+    def __init__(self, handle, on_bytes):
+        self.handle, self.on_bytes = handle, on_bytes
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        if data and self.on_bytes:
+            self.on_bytes(len(data))
+        return data
+
+
+class ShellStream:
+    """Reads shell v2 packets: stdout chunks, stderr chunks, then the exit code."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.exit_code: int | None = None
+        self.stderr = bytearray()
+
+    def read_stdout(self) -> bytes | None:
+        """The next stdout bytes; None when the shell has exited or the stream broke."""
+        while True:
+            try:
+                header = self.connection.read_exact(5)
+                kind, length = header[0], int.from_bytes(header[1:5], "little")
+                data = self.connection.read_exact(length) if length else b""
+            except Exception:  # adbutils raises AdbError/OSError/socket.timeout when the device goes
+                return None
+            if kind == 1:
+                return data
+            if kind == 2:
+                self.stderr += data
+            elif kind == 3:
+                self.exit_code = data[0] if data else 255
+                return None
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except OSError:
+            pass

@@ -1,0 +1,55 @@
+"""`bench capture --device ID DIR`: the text a device shows the harness, in the layout
+`bench sim start --replay DIR` reads, so a user can attach it to a bug report."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from ..files import atomic_write_bytes
+from .adb import Device
+
+TEXT_COMMANDS = {
+    "getprop.txt": "getprop",
+    "dumpsys_battery.txt": "dumpsys battery",
+    "dumpsys_thermalservice.txt": "dumpsys thermalservice",
+    "proc_meminfo.txt": "cat /proc/meminfo",
+}
+SYS_GLOBS = (
+    "/sys/class/thermal/thermal_zone*/type",
+    "/sys/class/thermal/thermal_zone*/temp",
+    "/sys/class/power_supply/battery/capacity",
+    "/sys/class/power_supply/battery/status",
+    "/sys/class/power_supply/battery/current_now",
+    "/sys/class/power_supply/battery/voltage_now",
+    "/sys/class/power_supply/battery/charge_counter",
+    "/sys/class/power_supply/battery/temp",
+    "/sys/class/power_supply/battery/uevent",
+    "/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq",
+    "/sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq",
+    "/sys/devices/system/cpu/cpu*/cpufreq/related_cpus",
+)
+# One marker line per file, so a single shell call returns the whole tree.
+_MARK = "@@bench-capture@@"
+
+
+def capture(device: Device, directory: Path) -> list[str]:
+    """Write the capture; returns the files written (relative to DIR)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, command in TEXT_COMMANDS.items():
+        result = device.shell(command, timeout=30)
+        if result.returncode == 0 and result.stdout:
+            atomic_write_bytes(directory / name, result.stdout.encode())
+            written.append(name)
+    script = "for f in " + " ".join(SYS_GLOBS) + "; do [ -r \"$f\" ] || continue; echo " + shlex.quote(_MARK) + \
+             "\"$f\"; cat \"$f\" 2>/dev/null; done"
+    output = device.shell(script, timeout=60).stdout
+    for block in output.split(_MARK)[1:]:
+        path, _, content = block.partition("\n")
+        if not path.startswith("/sys/"):
+            continue
+        relative = Path("sys") / path[len("/sys/"):]
+        atomic_write_bytes(directory / relative, content.encode())
+        written.append(str(relative))
+    return written

@@ -1,0 +1,270 @@
+"""`bench runtime build`: llama-server, llama-bench and llama-completion from the llama.cpp tree that
+the installed llama-cpp-python's sdist vendors (or from --src), cached per commit + target + flags."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import BenchError, UsageError
+from ..files import atomic_write_json
+from ..progress import NullProgress, Progress
+from .base import VENDORED_LLAMA_CPP
+
+TOOLS = ("llama-server", "llama-bench", "llama-completion")
+TARGETS = ("host", "android-arm64")
+ANDROID_ABI, ANDROID_PLATFORM = "arm64-v8a", "android-28"
+# Phones since 2019 (Cortex-A76/A55 and later, Tensor, Snapdragon 8xx) have dotprod; the i8mm
+# kernels need armv8.6-a, which Tensor G3 and Snapdragon 8 Gen 2+ have. The default picks dotprod
+# + i8mm + fp16 for current phones; `--arm-arch armv8.2-a+dotprod` builds for older ones.
+DEFAULT_ARM_ARCH = "armv8.2-a+dotprod+i8mm+fp16"
+BUILD_TIMEOUT_S = 3 * 3600
+
+COMMON_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",  # it would download the web UI at configure time
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_CURL=OFF",
+)
+
+
+class BuildError(BenchError):
+    """A runtime build cannot start or failed; the message names what is missing."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    target: str
+    source: Path
+    commit: str
+    configure: tuple[str, ...]
+    build_dir: Path
+    install_dir: Path
+    jobs: int
+
+    @property
+    def key(self) -> str:
+        return self.install_dir.name
+
+
+def runtimes_root(cache: Path) -> Path:
+    return cache / "runtimes"
+
+
+def cmake_flags(target: str, ndk: Path | None, arm_arch: str = DEFAULT_ARM_ARCH) -> tuple[str, ...]:
+    if target == "host":
+        return COMMON_FLAGS + ("-DGGML_NATIVE=ON",)
+    if target == "android-arm64":
+        if ndk is None:
+            raise BuildError("android-arm64 needs the Android NDK",
+                             "pass --ndk PATH or set ANDROID_NDK_HOME (install it with Android Studio's SDK manager or sdkmanager 'ndk;27.2.12479018')")
+        toolchain = ndk / "build" / "cmake" / "android.toolchain.cmake"
+        return COMMON_FLAGS + (
+            f"-DCMAKE_TOOLCHAIN_FILE={toolchain}",
+            f"-DANDROID_ABI={ANDROID_ABI}",
+            f"-DANDROID_PLATFORM={ANDROID_PLATFORM}",
+            "-DGGML_NATIVE=OFF",
+            "-DGGML_OPENMP=OFF",
+            "-DGGML_LLAMAFILE=OFF",
+            f"-DGGML_CPU_ARM_ARCH={arm_arch}",
+        )
+    raise UsageError(f"unknown target '{target}'", f"use one of: {', '.join(TARGETS)}")
+
+
+def find_ndk(explicit: str | None) -> Path | None:
+    for candidate in (explicit, os.environ.get("ANDROID_NDK_HOME"), os.environ.get("ANDROID_NDK_ROOT")):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if not (path / "build" / "cmake" / "android.toolchain.cmake").is_file():
+                raise BuildError(f"{path} is not an Android NDK (no build/cmake/android.toolchain.cmake)",
+                                 "point --ndk at the NDK's root folder")
+            return path
+    return None
+
+
+def fetch_vendored_source(cache: Path, progress: Progress) -> tuple[Path, str]:
+    """The llama.cpp tree inside the sdist of the installed llama-cpp-python, extracted once."""
+    try:
+        version = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        raise BuildError("llama-cpp-python is not installed, so there is no vendored llama.cpp to build",
+                         "run the README's set-up, or pass --src PATH to a llama.cpp checkout") from None
+    source_root = cache / "src" / f"llama-cpp-python-{version}"
+    tree = source_root / "vendor" / "llama.cpp"
+    if not (tree / "CMakeLists.txt").is_file():
+        sdist_dir = cache / "sdist"
+        sdist_dir.mkdir(parents=True, exist_ok=True)
+        archives = sorted(sdist_dir.glob(f"llama_cpp_python-{version}.tar.gz"))
+        if not archives:
+            task = progress.task(f"pip download llama-cpp-python=={version} (sdist)")
+            result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                     "-q", "-d", str(sdist_dir), f"llama-cpp-python=={version}"],
+                                    capture_output=True, text=True, timeout=1800)
+            task.done()
+            archives = sorted(sdist_dir.glob(f"llama_cpp_python-{version}.tar.gz"))
+            if result.returncode != 0 or not archives:
+                raise BuildError(f"cannot download the llama-cpp-python {version} sdist: "
+                                 f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}", "check the package index")
+        task = progress.task(f"extract {archives[0].name}")
+        staging = source_root.with_name(source_root.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(archives[0]) as archive:
+            prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+            members = [m for m in archive.getmembers() if m.name.startswith(prefix)]
+            archive.extractall(staging, members=members, filter="data")
+        shutil.rmtree(source_root, ignore_errors=True)
+        (staging / f"llama_cpp_python-{version}").rename(source_root)
+        staging.rmdir()
+        task.done()
+    return tree, VENDORED_LLAMA_CPP.get(version) or f"llama-cpp-python-{version}"
+
+
+def source_commit(tree: Path) -> str:
+    try:
+        result = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short=9", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    digest = hashlib.sha256()
+    for name in ("CMakeLists.txt", "include/llama.h", "src/llama.cpp"):
+        path = tree / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return "src-" + digest.hexdigest()[:10]
+
+
+def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | None = None, jobs: int | None = None,
+               arm_arch: str = DEFAULT_ARM_ARCH, progress: Progress | None = None) -> BuildPlan:
+    progress = progress or NullProgress()
+    if target not in TARGETS:
+        raise UsageError(f"unknown target '{target}'", f"use one of: {', '.join(TARGETS)}")
+    ndk_path = find_ndk(ndk) if target == "android-arm64" else None
+    flags = cmake_flags(target, ndk_path, arm_arch)  # fails early when the NDK is missing
+    for tool in ("cmake", "c++" if target == "host" else "cmake"):
+        if shutil.which(tool) is None:
+            raise BuildError(f"no {tool} on PATH", f"install it (Debian: apt-get install {'cmake' if tool == 'cmake' else 'g++'})")
+    if src:
+        tree = Path(src).expanduser().resolve()
+        if not (tree / "CMakeLists.txt").is_file() or not (tree / "tools" / "server").is_dir():
+            raise UsageError(f"{tree} is not a llama.cpp source tree (no CMakeLists.txt and tools/server)",
+                             "pass the root of a llama.cpp checkout")
+        commit = source_commit(tree)
+    else:
+        tree, commit = fetch_vendored_source(cache, progress)
+    flags_hash = hashlib.sha256("\n".join(flags).encode()).hexdigest()[:10]
+    key = f"{commit}-{target}-{flags_hash}"
+    root = runtimes_root(cache)
+    return BuildPlan(target, tree, commit, flags, root / "build" / key, root / key, jobs or os.cpu_count() or 1)
+
+
+def installed(plan: BuildPlan) -> bool:
+    return all((plan.install_dir / "bin" / tool).is_file() for tool in TOOLS) and (plan.install_dir / "runtime.json").is_file()
+
+
+def _run_logged(command: list[str], log: Path, on_line: Callable[[str], None]) -> int:
+    with log.open("a") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        started = time.monotonic()
+        for line in process.stdout:
+            handle.write(line)
+            handle.flush()
+            on_line(line)
+            if time.monotonic() - started > BUILD_TIMEOUT_S:
+                process.kill()
+                break
+        return process.wait()
+
+
+def build(plan: BuildPlan, progress: Progress | None = None) -> Path:
+    """Configure and build the tools, then install them atomically into the cache."""
+    progress = progress or NullProgress()
+    if installed(plan):
+        return plan.install_dir
+    plan.build_dir.mkdir(parents=True, exist_ok=True)
+    log = plan.build_dir / "build.log"
+    configure = progress.task(f"cmake configure ({plan.target})")
+    code = _run_logged(["cmake", "-S", str(plan.source), "-B", str(plan.build_dir), *plan.configure], log, lambda _: None)
+    configure.done()
+    if code != 0:
+        raise BuildError(f"cmake configure failed (exit {code})", f"see {log}")
+    task = progress.task(f"compile llama.cpp {plan.commit} for {plan.target} ({plan.jobs} jobs)", 100, "%")
+    percent = re.compile(r"^\[\s*(\d+)%\]")
+
+    def on_line(line: str) -> None:
+        match = percent.match(line)
+        if match:
+            task.update(completed=int(match.group(1)))
+
+    code = _run_logged(["cmake", "--build", str(plan.build_dir), "--config", "Release", "-j", str(plan.jobs),
+                        "--target", *TOOLS], log, on_line)
+    task.done()
+    if code != 0:
+        raise BuildError(f"build failed (exit {code})", f"see {log}")
+    staging = plan.install_dir.with_name(plan.install_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "bin").mkdir(parents=True)
+    for tool in TOOLS:
+        built = next((p for p in (plan.build_dir / "bin" / tool, plan.build_dir / tool) if p.is_file()), None)
+        if built is None:
+            raise BuildError(f"the build produced no {tool}", f"see {log}")
+        shutil.copy2(built, staging / "bin" / tool)
+    atomic_write_json(staging / "runtime.json", {
+        "schema_version": 1, "target": plan.target, "llama_cpp_commit": plan.commit, "source": str(plan.source),
+        "cmake_flags": list(plan.configure), "tools": list(TOOLS),
+        "abi": ANDROID_ABI if plan.target == "android-arm64" else os.uname().machine,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    shutil.rmtree(plan.install_dir, ignore_errors=True)
+    staging.rename(plan.install_dir)
+    return plan.install_dir
+
+
+def list_runtimes(cache: Path) -> list[dict]:
+    found = []
+    root = runtimes_root(cache)
+    for meta in sorted(root.glob("*/runtime.json")):
+        try:
+            found.append({**json.loads(meta.read_text()), "path": str(meta.parent)})
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def describe_runtime_dir(path: Path) -> dict:
+    """A prebuilt runtime folder passed with --runtime: our cache layout, or an extracted llama.cpp
+    release (binaries in bin/ or at the top, shared libraries beside them)."""
+    path = path.expanduser().resolve()
+    meta_file = path / "runtime.json"
+    if meta_file.is_file():
+        return {**json.loads(meta_file.read_text()), "path": str(path), "bin": str(path / "bin")}
+    for bin_dir in (path / "bin", path, path / "build" / "bin"):
+        if (bin_dir / "llama-server").is_file():
+            return {"schema_version": 1, "target": "prebuilt", "llama_cpp_commit": None, "source": str(path),
+                    "cmake_flags": None, "tools": [t for t in TOOLS if (bin_dir / t).is_file()], "path": str(path),
+                    "bin": str(bin_dir)}
+    raise UsageError(f"{path} holds no llama-server (looked in bin/, the folder itself and build/bin/)",
+                     "pass a folder from `bench runtime build` or an extracted llama.cpp release")

@@ -1,0 +1,190 @@
+"""Device side of the ADB transport protocol over TCP (what adbd speaks to the host's adb server).
+
+Messages are a 24-byte header (command, arg0, arg1, data length, data checksum, magic = command ^
+0xffffffff) plus payload. Since version 0x01000001 checksums are optional, so none are checked and
+0 is sent. Each stream allows one WRTE in flight until the peer's OKAY; services are plugged in
+through `ServiceFactory`, which gets a Stream to read from and write to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+A_CNXN, A_OPEN, A_OKAY, A_CLSE, A_WRTE, A_AUTH, A_STLS = (
+    int.from_bytes(name, "little") for name in (b"CNXN", b"OPEN", b"OKAY", b"CLSE", b"WRTE", b"AUTH", b"STLS"))
+A_VERSION = 0x01000001
+MAX_PAYLOAD = 256 * 1024
+HEADER = struct.Struct("<6I")
+
+
+@dataclass(frozen=True)
+class Banner:
+    product: str
+    model: str
+    device: str
+    features: tuple[str, ...] = ("shell_v2", "fixed_push_mkdir")
+
+    def encode(self) -> bytes:
+        # Do not advertise stat_v2/ls_v2/sendrecv_v2/delayed_ack: they are not implemented and
+        # the host would use them.
+        return (f"device::ro.product.name={self.product};ro.product.model={self.model};"
+                f"ro.product.device={self.device};features={','.join(self.features)}").encode()
+
+
+class StreamClosed(Exception):
+    pass
+
+
+class Stream:
+    """One ADB stream: bytes from the host arrive in `incoming`; `write` respects flow control."""
+
+    def __init__(self, connection: "Connection", local_id: int, remote_id: int):
+        self.connection, self.local_id, self.remote_id = connection, local_id, remote_id
+        self.incoming: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+        self._may_send = asyncio.Event()
+        self._may_send.set()
+        self.closed = False
+        self._buffer = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            await self._may_send.wait()
+            if self.closed:
+                raise StreamClosed()
+            chunk, view = view[: self.connection.max_payload], view[self.connection.max_payload:]
+            self._may_send.clear()
+            await self.connection.send(A_WRTE, self.local_id, self.remote_id, bytes(chunk))
+
+    async def read(self) -> bytes | None:
+        """Next chunk from the host, or None once the host closed the stream."""
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            return data
+        return await self.incoming.get()
+
+    async def read_exactly(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            chunk = await self.incoming.get()
+            if chunk is None:
+                raise StreamClosed()
+            self._buffer += chunk
+        data, self._buffer = bytes(self._buffer[:count]), self._buffer[count:]
+        return data
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._may_send.set()
+            await self.connection.send(A_CLSE, self.local_id, self.remote_id)
+            self.connection.streams.pop(self.local_id, None)
+
+    # -- called by the connection --------------------------------------------------------------
+    def acked(self) -> None:
+        self._may_send.set()
+
+    def host_closed(self) -> None:
+        self.closed = True
+        self._may_send.set()
+        try:
+            self.incoming.put_nowait(None)
+        except asyncio.QueueFull:
+            pass
+
+
+ServiceFactory = Callable[[str], "Callable[[Stream], Awaitable[None]] | None"]
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, banner: Banner,
+                 services: ServiceFactory):
+        self.reader, self.writer, self.banner, self.services = reader, writer, banner, services
+        self.streams: dict[int, Stream] = {}
+        self.max_payload = MAX_PAYLOAD
+        self._next_id = 1
+        self._send_lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task] = set()
+
+    async def send(self, command: int, arg0: int, arg1: int, data: bytes = b"") -> None:
+        async with self._send_lock:
+            self.writer.write(HEADER.pack(command, arg0, arg1, len(data), 0, command ^ 0xFFFFFFFF) + data)
+            await self.writer.drain()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                header = await self.reader.readexactly(HEADER.size)
+                command, arg0, arg1, length, _checksum, magic = HEADER.unpack(header)
+                if magic != command ^ 0xFFFFFFFF:
+                    break  # not ADB: drop the connection as adbd does
+                data = await self.reader.readexactly(length) if length else b""
+                await self.dispatch(command, arg0, arg1, data)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            for stream in list(self.streams.values()):
+                stream.host_closed()
+            for task in list(self.tasks):
+                task.cancel()
+            self.writer.close()
+
+    async def dispatch(self, command: int, arg0: int, arg1: int, data: bytes) -> None:
+        if command == A_CNXN:
+            self.max_payload = min(MAX_PAYLOAD, arg1 or MAX_PAYLOAD)
+            await self.send(A_CNXN, A_VERSION, self.max_payload, self.banner.encode())
+        elif command == A_OPEN:
+            service = data.rstrip(b"\0").decode("utf-8", errors="replace")
+            handler = self.services(service)
+            if handler is None:
+                await self.send(A_CLSE, 0, arg0)
+                return
+            local_id = self._next_id
+            self._next_id += 1
+            stream = Stream(self, local_id, arg0)
+            self.streams[local_id] = stream
+            await self.send(A_OKAY, local_id, arg0)
+            task = asyncio.create_task(self._serve(handler, stream))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif command == A_WRTE:
+            stream = self.streams.get(arg1)
+            if stream is None:
+                await self.send(A_CLSE, arg1, arg0)
+                return
+            # Acknowledge only once the service has room: this is the flow control back to the host.
+            await stream.incoming.put(data)
+            await self.send(A_OKAY, arg1, arg0)
+        elif command == A_OKAY:
+            stream = self.streams.get(arg1)
+            if stream is not None:
+                stream.acked()
+        elif command == A_CLSE:
+            stream = self.streams.pop(arg1, None)
+            if stream is not None:
+                stream.host_closed()
+                if not stream.closed:
+                    stream.closed = True
+                await self.send(A_CLSE, arg1, arg0)
+        # AUTH/STLS are never asked for: the banner answers CNXN directly.
+
+    async def _serve(self, handler, stream: Stream) -> None:
+        try:
+            await handler(stream)
+        except (StreamClosed, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if not stream.closed and not self.writer.is_closing():
+                try:
+                    await stream.close()
+                except ConnectionError:
+                    pass
+
+
+async def serve(host: str, port: int, banner: Banner, services: ServiceFactory) -> asyncio.base_events.Server:
+    async def on_connect(reader, writer):
+        await Connection(reader, writer, banner, services).run()
+
+    return await asyncio.start_server(on_connect, host, port, reuse_address=True)

@@ -1,0 +1,86 @@
+"""Sim profiles (bench/sim/profiles/*.toml): props, CPU, power, thermal zones, battery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import closest, load_toml
+from ..errors import ConfigError, UsageError
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str
+    type: int
+    gain_c_per_w: float
+    tau_s: float
+
+
+@dataclass(frozen=True)
+class SimProfile:
+    name: str
+    props: dict[str, str]
+    min_khz: int
+    max_khz: int
+    idle_w: float
+    per_core_w: float
+    ambient_c: float
+    throttle_start_c: float
+    status_step_c: float
+    throttle_span_c: float
+    max_duty: float
+    zones: tuple[Zone, ...]
+    capacity_mah: float
+    level_pct: float
+    charge_current_a: float
+    voltage_empty_v: float
+    voltage_full_v: float
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def known_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def _raw(name: str, seen: tuple[str, ...] = ()) -> tuple[dict, Path]:
+    path = PROFILE_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UsageError(f"unknown sim profile '{name}'", f"closest known: {closest(name, known_profiles())}")
+    data, _ = load_toml(path)
+    parent = data.pop("inherit", None)
+    if parent:
+        if parent in seen:
+            raise ConfigError(str(path), f"inherit loop through '{parent}'")
+        base, _ = _raw(parent, seen + (name,))
+        data = _merge(base, data)
+    return data, path
+
+
+def load_profile(name: str) -> SimProfile:
+    data, path = _raw(name)
+    try:
+        cpu, power, thermal, battery = data["cpu"], data["power"], data["thermal"], data["battery"]
+        return SimProfile(
+            name=data.get("name", name), props={str(k): str(v) for k, v in data.get("props", {}).items()},
+            min_khz=int(cpu["min_khz"]), max_khz=int(cpu["max_khz"]),
+            idle_w=float(power["idle_w"]), per_core_w=float(power["per_core_w"]),
+            ambient_c=float(thermal["ambient_c"]), throttle_start_c=float(thermal["throttle_start_c"]),
+            status_step_c=float(thermal["status_step_c"]), throttle_span_c=float(thermal["throttle_span_c"]),
+            max_duty=float(thermal["max_duty"]),
+            zones=tuple(Zone(str(z["name"]), int(z["type"]), float(z["gain_c_per_w"]), float(z["tau_s"]))
+                        for z in thermal["zones"]),
+            capacity_mah=float(battery["capacity_mah"]), level_pct=float(battery["level_pct"]),
+            charge_current_a=float(battery["charge_current_a"]), voltage_empty_v=float(battery["voltage_empty_v"]),
+            voltage_full_v=float(battery["voltage_full_v"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(str(path), f"sim profile is missing or has a bad value: {error}") from None

@@ -1,0 +1,249 @@
+"""An Android-looking root for the emulated phone's shell commands and file transfers.
+
+The root is a folder (under the sim's state dir) with /data/local/tmp (writable, executable),
+/system/bin shims (getprop, dumpsys, logcat), a /sys tree of plain files the physics loop keeps
+current, and the host's /usr, /etc (read-only), /dev and /proc bound in. A long-lived holder
+process owns an unprivileged user + mount namespace with those binds; each command enters it with
+nsenter and chroots into the root, so commands see Android paths and nothing of the host outside
+the sandbox is written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .physics import PhoneState
+from .render import battery_uevent, dumpsys_battery, dumpsys_thermalservice, getprop, status_word
+
+REPLAY_FILES = ("getprop.txt", "dumpsys_battery.txt", "dumpsys_thermalservice.txt", "proc_meminfo.txt")
+SHELL_CANDIDATES = ("/usr/bin/mksh", "/bin/mksh", "/usr/bin/bash", "/bin/bash")
+ENV = {
+    "PATH": "/system/bin:/system/xbin:/vendor/bin:/usr/bin:/bin",
+    "HOME": "/",
+    "TMPDIR": "/data/local/tmp",  # mksh writes here-documents there; Android has no /tmp
+    "ANDROID_DATA": "/data",
+    "ANDROID_ROOT": "/system",
+    "LANG": "C.UTF-8",
+}
+
+_GETPROP = r"""#!/system/bin/sh
+# getprop [KEY]: all properties as "[key]: [value]", or one value
+if [ $# -eq 0 ]; then exec cat /sim/state/getprop.txt; fi
+while IFS= read -r line; do
+  case "$line" in "[$1]: ["*) v=${line#*]: [}; echo "${v%]}"; exit 0;; esac
+done < /sim/state/getprop.txt
+echo
+"""
+
+_DUMPSYS = r"""#!/system/bin/sh
+# dumpsys SERVICE [ARGS]: battery (with unplug/reset/set), thermalservice, meminfo PID, power
+service=$1; [ $# -gt 0 ] && shift
+case "$service" in
+  battery)
+    if [ $# -eq 0 ]; then exec cat /sim/state/dumpsys_battery.txt; fi
+    # Hand the arguments to the physics loop and wait until it has applied them, as
+    # BatteryService does synchronously.
+    id=$$.${RANDOM:-0}
+    printf '%s\n' "$*" > /sim/control/.$id.tmp && mv /sim/control/.$id.tmp /sim/control/$id.cmd
+    n=0
+    while [ -e /sim/control/$id.cmd ] && [ $n -lt 100 ]; do sleep 0.02; n=$((n+1)); done
+    [ -f /sim/control/$id.out ] && cat /sim/control/$id.out && rm -f /sim/control/$id.out
+    exit 0;;
+  thermalservice) exec cat /sim/state/dumpsys_thermalservice.txt;;
+  meminfo)
+    pid=$1
+    if [ -z "$pid" ] || [ ! -r /proc/$pid/status ]; then echo "No process found for: $pid"; exit 0; fi
+    rss=0; swap=0; name=?
+    while IFS= read -r line; do
+      set -- $line
+      case "$1" in Name:) name=$2;; VmRSS:) rss=$2;; VmSwap:) swap=$2;; esac
+    done < /proc/$pid/status
+    echo "Applications Memory Usage (in Kilobytes):"
+    echo "Uptime: 0 Realtime: 0"
+    echo "                   Pss  Private  Private     Swap      Rss     Heap     Heap     Heap"
+    echo "                 Total    Dirty    Clean    Dirty    Total     Size    Alloc     Free"
+    echo "                ------   ------   ------   ------   ------   ------   ------   ------"
+    printf '        TOTAL %8d %8d %8d %8d %8d %8d %8d %8d\n' $rss $rss 0 $swap $rss 0 0 0
+    exit 0;;
+  power) exec cat /sim/state/dumpsys_power.txt;;
+  *) echo "Can't find service: $service"; exit 0;;
+esac
+"""
+
+_LOGCAT = r"""#!/system/bin/sh
+# logcat: the sim keeps no log buffers; -d prints what /sim/state/logcat.txt holds and exits
+for a in "$@"; do case "$a" in -d) exec cat /sim/state/logcat.txt;; esac; done
+exec cat /sim/state/logcat.txt
+"""
+
+_SETUP = r"""
+set -e
+R="$1"
+mount --rbind /usr "$R/usr"; mount -o remount,bind,ro "$R/usr"
+mount --rbind /etc "$R/etc"; mount -o remount,bind,ro "$R/etc"
+mount --rbind /dev "$R/dev"
+mount --rbind /proc "$R/proc"
+if [ -f "$R/sim/replay/proc_meminfo.txt" ]; then mount --bind "$R/sim/replay/proc_meminfo.txt" "$R/proc/meminfo"; fi
+: > "$R/sim/ready"
+exec sleep 2147483647
+"""
+
+
+def find_shell() -> str:
+    for candidate in SHELL_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("no mksh or bash on this machine (apt-get install mksh)")
+
+
+class Sandbox:
+    def __init__(self, root: Path, cpus: int, replay: Path | None = None):
+        self.root, self.cpus, self.replay = root, cpus, replay
+        self.shell = find_shell()
+        self.holder: subprocess.Popen | None = None
+        self.mount_ns: str | None = None
+        self.replayed: set[str] = set()  # sandbox paths whose text comes from the replay DIR
+        self.missing_replay: list[str] = []
+
+    # -- set-up --------------------------------------------------------------------------------
+    def create(self) -> None:
+        root = self.root
+        if root.exists():
+            shutil.rmtree(root)
+        for folder in ("usr", "etc", "dev", "proc", "data/local/tmp", "system/bin", "system/xbin", "vendor/bin",
+                       "sim/state", "sim/control", "sim/replay", "sys/class/thermal", "sys/class/power_supply/battery",
+                       "sys/devices/system/cpu"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")):
+            (root / link).symlink_to(target)
+        os.chmod(root / "data/local/tmp", 0o777)
+        (root / "system/bin/sh").symlink_to(self.shell)
+        for name, text in (("getprop", _GETPROP), ("dumpsys", _DUMPSYS), ("logcat", _LOGCAT)):
+            path = root / "system/bin" / name
+            path.write_text(text)
+            path.chmod(0o755)
+        self._write("sim/state/logcat.txt", "")
+        self._write("sim/state/dumpsys_power.txt", "POWER MANAGER (dumpsys power)\n  mWakefulness=Asleep\n  mIsPowered=true\n")
+        for cpu in range(self.cpus):
+            base = f"sys/devices/system/cpu/cpu{cpu}/cpufreq"
+            self._write(f"{base}/related_cpus", " ".join(str(c) for c in range(self.cpus)) + "\n")
+        self._write("sys/devices/system/cpu/possible", f"0-{self.cpus - 1}\n")
+        self._write("sys/devices/system/cpu/present", f"0-{self.cpus - 1}\n")
+        if self.replay is not None:
+            self._load_replay(self.replay)
+
+    def _load_replay(self, replay: Path) -> None:
+        targets = {"getprop.txt": "sim/state/getprop.txt", "dumpsys_battery.txt": "sim/state/dumpsys_battery.txt",
+                   "dumpsys_thermalservice.txt": "sim/state/dumpsys_thermalservice.txt",
+                   "proc_meminfo.txt": "sim/replay/proc_meminfo.txt"}
+        for name, target in targets.items():
+            source = replay / name
+            if source.is_file():
+                shutil.copyfile(source, self.root / target)
+                self.replayed.add(target)
+            else:
+                self.missing_replay.append(name)
+        sys_tree = replay / "sys"
+        if sys_tree.is_dir():
+            for path in sys_tree.rglob("*"):
+                if path.is_file():
+                    relative = "sys/" + str(path.relative_to(sys_tree))
+                    destination = self.root / relative
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, destination)
+                    self.replayed.add(relative)
+        else:
+            self.missing_replay.append("sys/")
+
+    def start(self) -> None:
+        script = _SETUP
+        self.holder = subprocess.Popen(
+            ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c", script,
+             "setup", str(self.root)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while not (self.root / "sim/ready").exists():
+            if self.holder.poll() is not None or time.monotonic() > deadline:
+                error = self.holder.stderr.read().decode(errors="replace").strip() if self.holder.poll() is not None else "timeout"
+                raise RuntimeError(f"sandbox namespace could not be set up: {error}")
+            time.sleep(0.02)
+        self.mount_ns = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+
+    def argv(self, command: str | None) -> list[str]:
+        """The host command that runs `command` (or an interactive shell) inside the sandbox."""
+        inner = [self.shell] if command is None else [self.shell, "-c", command]
+        return ["nsenter", f"--target={self.holder.pid}", "--user", "--mount", "--preserve-credentials", "--",
+                "chroot", str(self.root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in ENV.items()), *inner]
+
+    def stop(self) -> None:
+        if self.holder is not None and self.holder.poll() is None:
+            self.holder.send_signal(signal.SIGTERM)
+            try:
+                self.holder.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.holder.kill()
+                self.holder.wait(timeout=5)
+
+    # -- files ---------------------------------------------------------------------------------
+    def _write(self, relative: str, text: str) -> None:
+        if relative in self.replayed:
+            return
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.tmp")
+        temp.write_text(text)
+        os.replace(temp, path)
+
+    def host_path(self, device_path: str) -> Path | None:
+        """Where a device path lives on the host, or None when it leaves the sandbox's own files
+        (bound host folders, links pointing out): sync never reaches the host through the sim."""
+        if not device_path.startswith("/"):
+            device_path = "/data/local/tmp/" + device_path
+        candidate = Path(os.path.realpath(self.root / device_path.lstrip("/")))
+        root = Path(os.path.realpath(self.root))
+        if candidate != root and root not in candidate.parents:
+            return None
+        for bound in ("usr", "etc", "dev", "proc", "sim"):
+            if candidate == root / bound or (root / bound) in candidate.parents:
+                return None
+        return candidate
+
+    def publish(self, state: PhoneState) -> None:
+        """Render the phone's state into the files the shims and sysfs readers see."""
+        props = dict(state.profile.props)
+        self._write("sim/state/getprop.txt", getprop(props))
+        view = state.view()
+        self._write("sim/state/dumpsys_battery.txt", dumpsys_battery(view))
+        zones = [(z.name, z.type, state.temps[z.name]) for z in state.profile.zones]
+        self._write("sim/state/dumpsys_thermalservice.txt", dumpsys_thermalservice(zones, state.thermal_status))
+        for index, zone in enumerate(state.profile.zones):
+            self._write(f"sys/class/thermal/thermal_zone{index}/type", zone.name + "\n")
+            self._write(f"sys/class/thermal/thermal_zone{index}/temp", f"{int(state.temps[zone.name] * 1000)}\n")
+        battery = "sys/class/power_supply/battery"
+        current_ua = int(state.current_a * 1e6)  # Pixel convention: + charging, - discharging, in uA
+        voltage_uv = int(state.voltage_v * 1e6)
+        temp_dc = int(round(state.temps.get("battery", state.profile.ambient_c) * 10))
+        level = int(round(state.level_pct))
+        for name, value in (("capacity", level), ("status", status_word(state.hardware_status)),
+                            ("current_now", current_ua), ("voltage_now", voltage_uv),
+                            ("charge_counter", state.charge_counter_uah), ("temp", temp_dc)):
+            self._write(f"{battery}/{name}", f"{value}\n")
+        self._write(f"{battery}/uevent", battery_uevent(
+            capacity=level, status=state.hardware_status, current_ua=current_ua, voltage_uv=voltage_uv,
+            charge_counter_uah=state.charge_counter_uah, temp_dc=temp_dc,
+            charge_full_uah=int(state.profile.capacity_mah * 1000)))
+        cur = state.cur_khz
+        for cpu in range(self.cpus):
+            base = f"sys/devices/system/cpu/cpu{cpu}/cpufreq"
+            self._write(f"{base}/scaling_cur_freq", f"{cur}\n")
+            self._write(f"{base}/cpuinfo_max_freq", f"{state.profile.max_khz}\n")
+            self._write(f"{base}/cpuinfo_min_freq", f"{state.profile.min_khz}\n")
+            self._write(f"{base}/scaling_max_freq", f"{int(state.profile.max_khz * (1 - state.duty))}\n")
+
+    def take_commands(self) -> list[tuple[Path, list[str]]]:
+        control = self.root / "sim/control"
+        return [(path, path.read_text().split()) for path in sorted(control.glob("*.cmd"))]

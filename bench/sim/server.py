@@ -1,0 +1,107 @@
+"""The emulated phone's process: `python -m bench.sim.server --name N --port P ...`, started in the
+background by `bench sim start`. It serves ADB on 127.0.0.1:PORT, runs the physics loop, and on
+SIGTERM resumes and kills every process of its sandbox, ends the namespace and removes its root."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..files import atomic_write_json
+from .adbd import Banner, serve
+from .physics import PhoneState, PhysicsLoop, namespace_members
+from .profile import load_profile
+from .sandbox import Sandbox
+from .services import Services
+
+
+def sim_dir(cache: Path, name: str) -> Path:
+    return cache / "sim" / name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.sim.server")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--replay", type=Path)
+    parser.add_argument("--unplugged", action="store_true")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    state_dir: Path = args.state_dir
+    profile = load_profile(args.profile)
+    cpus = os.cpu_count() or 1
+    sandbox = Sandbox(state_dir / "root", cpus, args.replay)
+    sandbox.create()
+    sandbox.start()
+    state = PhoneState(profile, cpus, usb_plugged=not args.unplugged)
+    sandbox.publish(state)
+    serial = f"127.0.0.1:{args.port}"
+    props = profile.props
+    banner = Banner(product=props.get("ro.product.name", "bench_sim"), model=props.get("ro.product.model", "Bench Sim").replace(" ", "_"),
+                    device=props.get("ro.product.device", "benchsim"))
+
+    def apply_commands() -> None:
+        for path, words in sandbox.take_commands():
+            output = state.battery_command(words[1:] if words[:1] == ["battery"] else words)
+            if output:
+                path.with_suffix(".out").write_text(output)
+            path.unlink(missing_ok=True)
+
+    physics = PhysicsLoop(state, sandbox.mount_ns, {sandbox.holder.pid}, sandbox.publish)
+    physics_thread = threading.Thread(target=physics.run, args=(apply_commands,), name="physics", daemon=True)
+    processes: set = set()
+
+    async def amain() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        server = await serve("127.0.0.1", args.port, banner, Services(sandbox, processes))
+        physics_thread.start()
+        atomic_write_json(state_dir / "sim.json", {
+            "schema_version": 1, "name": args.name, "port": args.port, "serial": serial, "pid": os.getpid(),
+            "profile": profile.name, "replay": str(args.replay) if args.replay else None,
+            "replay_missing": sandbox.missing_replay, "unplugged": args.unplugged, "root": str(sandbox.root),
+            "shell": sandbox.shell, "holder_pid": sandbox.holder.pid, "started_at": time.time(),
+        })
+        await stop.wait()
+        server.close()
+
+    try:
+        asyncio.run(amain())
+    finally:
+        physics.stop()
+        physics_thread.join(timeout=5) if physics_thread.is_alive() else None
+        physics.throttle.resume()
+        # Everything that ran inside the sandbox is ours: resume it (it may be stopped by the
+        # throttle) and kill it by PID before the namespace goes.
+        if sandbox.mount_ns:
+            for _ in range(3):
+                members = namespace_members(sandbox.mount_ns, {sandbox.holder.pid})
+                if not members:
+                    break
+                for pid in members:
+                    for signum in (signal.SIGCONT, signal.SIGKILL):
+                        try:
+                            os.kill(pid, signum)
+                        except ProcessLookupError:
+                            pass
+                time.sleep(0.1)
+        sandbox.stop()
+        shutil.rmtree(sandbox.root, ignore_errors=True)
+        (state_dir / "sim.json").unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
