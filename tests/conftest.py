@@ -20,6 +20,74 @@ def smollm2_path() -> Path:
     return pull(lookup("smollm2-135m"))
 
 
+@pytest.fixture(scope="session")
+def host_runtime() -> Path:
+    """llama-server, llama-bench and llama-completion built for this machine (cached after the first
+    build, which takes about 15 minutes on 2 cores)."""
+    from bench.catalog import cache_root
+    from bench.runtimes.build import build, plan_build
+
+    return build(plan_build("host", cache_root()))
+
+
+def _free_port(start: int) -> int:
+    import socket
+
+    for port in range(start, start + 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture(scope="session")
+def adb_server():
+    """A real adb server of our own on a private port (the user's on 5037 is left alone)."""
+    from bench.android import adb
+
+    port = _free_port(5140)
+    previous = os.environ.get(adb.SERVER_PORT_ENV)
+    os.environ[adb.SERVER_PORT_ENV] = str(port)
+    adb.ensure_server()
+    yield port
+    subprocess.run([adb.adb_binary(), "-P", str(port), "kill-server"], capture_output=True, timeout=30)
+    if previous is None:
+        os.environ.pop(adb.SERVER_PORT_ENV, None)
+    else:
+        os.environ[adb.SERVER_PORT_ENV] = previous
+
+
+@pytest.fixture
+def start_sim(adb_server):
+    """Start emulated phones for one test (connected to the test adb server); all are stopped after."""
+    from bench.android import adb
+    from bench.catalog import cache_root
+    from bench.sim import control
+
+    started = []
+
+    def start(**options):
+        options.setdefault("name", f"pytest-{os.getpid()}-{len(started)}")
+        info = control.start(cache_root(), **options)
+        started.append(info)
+        adb.connect(info.serial)
+        adb.wait_for_state(info.serial, "device")
+        return info
+
+    yield start
+    for info in started:
+        adb.disconnect(info.serial)
+        control.stop(info)
+
+
+@pytest.fixture
+def sim(start_sim):
+    return start_sim()
+
+
 def bench_cli(*args: str, cwd: Path | None = None, timeout: float = 900, env: dict | None = None):
     """Run the installed `bench` command for real, as a user would."""
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd or REPO, capture_output=True,

@@ -47,9 +47,13 @@ COMMON_FLAGS = (
 
 
 class BuildError(BenchError):
-    """A runtime build cannot start or failed; the message names what is missing."""
+    """A runtime build failed after it started."""
 
     exit_code = 3
+
+
+class MissingPrerequisite(BenchError):
+    """Nothing was built: a compiler, cmake or the NDK is missing (the message names it)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ def cmake_flags(target: str, ndk: Path | None, arm_arch: str = DEFAULT_ARM_ARCH)
         return COMMON_FLAGS + ("-DGGML_NATIVE=ON",)
     if target == "android-arm64":
         if ndk is None:
-            raise BuildError("android-arm64 needs the Android NDK",
+            raise MissingPrerequisite("android-arm64 needs the Android NDK",
                              "pass --ndk PATH or set ANDROID_NDK_HOME (install it with Android Studio's SDK manager or sdkmanager 'ndk;27.2.12479018')")
         toolchain = ndk / "build" / "cmake" / "android.toolchain.cmake"
         return COMMON_FLAGS + (
@@ -96,7 +100,7 @@ def find_ndk(explicit: str | None) -> Path | None:
         if candidate:
             path = Path(candidate).expanduser()
             if not (path / "build" / "cmake" / "android.toolchain.cmake").is_file():
-                raise BuildError(f"{path} is not an Android NDK (no build/cmake/android.toolchain.cmake)",
+                raise MissingPrerequisite(f"{path} is not an Android NDK (no build/cmake/android.toolchain.cmake)",
                                  "point --ndk at the NDK's root folder")
             return path
     return None
@@ -107,7 +111,7 @@ def fetch_vendored_source(cache: Path, progress: Progress) -> tuple[Path, str]:
     try:
         version = importlib.metadata.version("llama-cpp-python")
     except importlib.metadata.PackageNotFoundError:
-        raise BuildError("llama-cpp-python is not installed, so there is no vendored llama.cpp to build",
+        raise MissingPrerequisite("llama-cpp-python is not installed, so there is no vendored llama.cpp to build",
                          "run the README's set-up, or pass --src PATH to a llama.cpp checkout") from None
     source_root = cache / "src" / f"llama-cpp-python-{version}"
     tree = source_root / "vendor" / "llama.cpp"
@@ -162,9 +166,10 @@ def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | N
         raise UsageError(f"unknown target '{target}'", f"use one of: {', '.join(TARGETS)}")
     ndk_path = find_ndk(ndk) if target == "android-arm64" else None
     flags = cmake_flags(target, ndk_path, arm_arch)  # fails early when the NDK is missing
-    for tool in ("cmake", "c++" if target == "host" else "cmake"):
+    compiler = os.environ.get("CXX", "c++")
+    for tool, package in (("cmake", "cmake"), (compiler, "g++")) if target == "host" else (("cmake", "cmake"),):
         if shutil.which(tool) is None:
-            raise BuildError(f"no {tool} on PATH", f"install it (Debian: apt-get install {'cmake' if tool == 'cmake' else 'g++'})")
+            raise MissingPrerequisite(f"no {tool} on PATH, so nothing can be built", f"install it (Debian: apt-get install {package})")
     if src:
         tree = Path(src).expanduser().resolve()
         if not (tree / "CMakeLists.txt").is_file() or not (tree / "tools" / "server").is_dir():

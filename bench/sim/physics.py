@@ -75,7 +75,10 @@ class PhoneState:
     frozen_view: BatteryView | None = None
 
     def __post_init__(self):
-        self.temps = {zone.name: self.profile.ambient_c for zone in self.profile.zones}
+        p = self.profile
+        # A phone lying idle sits at its idle steady state, not at ambient.
+        self.temps = {zone.name: p.initial_c if p.initial_c is not None else p.ambient_c + zone.gain_c_per_w * p.idle_w
+                      for zone in p.zones}
         self.level_pct = self.profile.level_pct
 
     # -- derived -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class SimProfile:
     idle_w: float
     per_core_w: float
     ambient_c: float
+    initial_c: float | None  # None: each zone starts at its idle steady state
     throttle_start_c: float
     status_step_c: float
     throttle_span_c: float
@@ -73,7 +74,8 @@ def load_profile(name: str) -> SimProfile:
             name=data.get("name", name), props={str(k): str(v) for k, v in data.get("props", {}).items()},
             min_khz=int(cpu["min_khz"]), max_khz=int(cpu["max_khz"]),
             idle_w=float(power["idle_w"]), per_core_w=float(power["per_core_w"]),
-            ambient_c=float(thermal["ambient_c"]), throttle_start_c=float(thermal["throttle_start_c"]),
+            ambient_c=float(thermal["ambient_c"]), initial_c=float(thermal["initial_c"]) if "initial_c" in thermal else None,
+            throttle_start_c=float(thermal["throttle_start_c"]),
             status_step_c=float(thermal["status_step_c"]), throttle_span_c=float(thermal["throttle_span_c"]),
             max_duty=float(thermal["max_duty"]),
             zones=tuple(Zone(str(z["name"]), int(z["type"]), float(z["gain_c_per_w"]), float(z["tau_s"]))

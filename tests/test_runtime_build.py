@@ -1,0 +1,70 @@
+"""`bench runtime build`: the generated configurations, prerequisites, and the real host build."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.catalog import cache_root
+from bench.runtimes import build as builder
+from conftest import bench_cli
+
+
+def _fake_ndk(tmp_path: Path) -> Path:
+    ndk = tmp_path / "ndk"
+    (ndk / "build" / "cmake").mkdir(parents=True)
+    (ndk / "build" / "cmake" / "android.toolchain.cmake").write_text("# stand-in: only the path is checked\n")
+    return ndk
+
+
+def test_android_configuration(tmp_path):
+    ndk = _fake_ndk(tmp_path)
+    result = bench_cli("runtime", "build", "--target", "android-arm64", "--ndk", str(ndk), "--print-plan")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    flags = plan["cmake_flags"]
+    for expected in (f"-DCMAKE_TOOLCHAIN_FILE={ndk}/build/cmake/android.toolchain.cmake", "-DANDROID_ABI=arm64-v8a",
+                     "-DANDROID_PLATFORM=android-28", "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF", "-DGGML_LLAMAFILE=OFF",
+                     "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF"):
+        assert expected in flags
+    arch = next(f for f in flags if f.startswith("-DGGML_CPU_ARM_ARCH="))
+    assert "dotprod" in arch and "i8mm" in arch
+    assert plan["commit"] == "0c1e57098" and "android-arm64" in plan["install_dir"]
+    older = bench_cli("runtime", "build", "--target", "android-arm64", "--ndk", str(ndk), "--arm-arch",
+                      "armv8.2-a+dotprod", "--print-plan")
+    assert json.loads(older.stdout)["install_dir"] != plan["install_dir"]  # flags are part of the cache key
+
+
+def test_missing_ndk_and_compiler_are_named(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANDROID_NDK")}
+    no_ndk = bench_cli("runtime", "build", "--target", "android-arm64", env={**env, "ANDROID_NDK_HOME": ""})
+    assert no_ndk.returncode == 2 and "needs the Android NDK" in no_ndk.stderr and "--ndk" in no_ndk.stderr
+    not_ndk = bench_cli("runtime", "build", "--target", "android-arm64", "--ndk", str(tmp_path))
+    assert not_ndk.returncode == 2 and "is not an Android NDK" in not_ndk.stderr
+    no_compiler = bench_cli("runtime", "build", "--target", "host", env={"CXX": "no-such-compiler++"})
+    assert no_compiler.returncode == 2 and "no no-such-compiler++ on PATH" in no_compiler.stderr
+    bad_src = bench_cli("runtime", "build", "--target", "host", "--src", str(tmp_path))
+    assert bad_src.returncode == 2 and "not a llama.cpp source tree" in bad_src.stderr
+
+
+def test_prebuilt_runtime_dir(tmp_path):
+    release = tmp_path / "llama-b1234-bin-android-arm64"
+    (release / "bin").mkdir(parents=True)
+    (release / "bin" / "llama-server").write_text("#!/bin/sh\n")
+    described = builder.describe_runtime_dir(release)
+    assert described["bin"] == str(release / "bin") and described["tools"] == ["llama-server"]
+    with pytest.raises(Exception, match="holds no llama-server"):
+        builder.describe_runtime_dir(tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_host_build_is_real_and_cached(host_runtime):
+    meta = json.loads((host_runtime / "runtime.json").read_text())
+    assert meta["schema_version"] == 1 and meta["target"] == "host" and meta["llama_cpp_commit"] == "0c1e57098"
+    for tool in builder.TOOLS:
+        assert os.access(host_runtime / "bin" / tool, os.X_OK)
+    again = bench_cli("runtime", "build", "--target", "host")
+    assert again.returncode == 0 and again.stdout.startswith("cached:")
+    listed = bench_cli("runtime", "list")
+    assert str(host_runtime) in listed.stdout
