@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    own_server = adb.SERVER_PORT_ENV not in os.environ
     os.environ.setdefault(adb.SERVER_PORT_ENV, "5139")  # a private adb server, not the user's
     info = control.start(cache_root(), name=f"bench-push-{os.getpid()}")
     try:
@@ -59,6 +60,8 @@ def main() -> None:
     finally:
         adb.disconnect(info.serial)
         control.stop(info)
+        if own_server:
+            subprocess.run([adb.adb_binary(), "-P", os.environ[adb.SERVER_PORT_ENV], "kill-server"], capture_output=True, timeout=30)
 
 
 if __name__ == "__main__":

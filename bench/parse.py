@@ -1,0 +1,271 @@
+"""Device text -> records. Pure functions: no I/O, unknown lines ignored, vendor variants handled
+(DESIGN section 6; every capture in tests/data/android must parse)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# -- getprop -------------------------------------------------------------------------------------
+
+_PROP = re.compile(r"^\[([^\]]+)\]:\s*\[(.*)\]\s*$")
+
+
+def parse_getprop(text: str) -> dict[str, str]:
+    props = {}
+    for line in text.splitlines():
+        match = _PROP.match(line.strip())
+        if match:
+            props[match.group(1)] = match.group(2)
+    return props
+
+
+# -- dumpsys battery -----------------------------------------------------------------------------
+
+STATUS_NAMES = {1: "unknown", 2: "charging", 3: "discharging", 4: "not_charging", 5: "full"}
+_KEY_VALUE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9 _]*?)\s*:\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class BatteryReport:
+    level_pct: float | None
+    status: str                  # charging | discharging | not_charging | full | unknown
+    plugged: str                 # ac | usb | wireless | dock | none
+    temperature_c: float | None
+    voltage_v: float | None
+    charge_counter_uah: float | None
+    current_ma_vendor: float | None  # Samsung's `current now:` (mA), sign as printed
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    match = re.match(r"^\[?\s*(-?\d+(?:\.\d+)?)", text.strip())
+    return float(match.group(1)) if match else None
+
+
+def parse_dumpsys_battery(text: str) -> BatteryReport:
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _KEY_VALUE.match(line)
+        if match:
+            fields.setdefault(match.group(1).lower(), match.group(2))  # first occurrence wins
+
+    def flag(key: str) -> bool:
+        return fields.get(key, "").strip().lower() == "true"
+
+    plugged = next((name for name, key in (("ac", "ac powered"), ("usb", "usb powered"), ("wireless", "wireless powered"),
+                                            ("dock", "dock powered")) if flag(key)), "none")
+    level, scale = _number(fields.get("level")), _number(fields.get("scale")) or 100.0
+    status_code = _number(fields.get("status"))
+    voltage_mv = _number(fields.get("voltage"))
+    temperature = _number(fields.get("temperature"))
+    counter = _number(fields.get("charge counter"))
+    if counter is not None and 0 < counter < 20_000:
+        counter *= 1000  # some vendors print mAh; a phone battery holds at least 1,000 mAh = 1e6 uAh
+    return BatteryReport(
+        level_pct=None if level is None else level * 100.0 / scale,
+        status=STATUS_NAMES.get(int(status_code), "unknown") if status_code is not None else "unknown",
+        plugged=plugged,
+        # 0 mV / 0 tenths-of-C is what emulators and stubs print: absent, not a reading.
+        temperature_c=temperature / 10 if temperature else None,
+        voltage_v=voltage_mv / 1000 if voltage_mv else None,
+        charge_counter_uah=counter if counter else None,
+        current_ma_vendor=_number(fields.get("current now")),
+    )
+
+
+# -- dumpsys thermalservice ----------------------------------------------------------------------
+
+# android.os.Temperature types; 6/7/8 are battery limits (mV, mA, %), not temperatures.
+TEMPERATURE_TYPES = {-1: "unknown", 0: "cpu", 1: "gpu", 2: "battery", 3: "skin", 4: "usb_port", 5: "power_amplifier",
+                     9: "npu", 10: "tpu", 11: "display", 12: "modem", 13: "soc", 14: "wifi", 15: "camera",
+                     16: "flashlight", 17: "speaker", 18: "ambient", 19: "pogo"}
+NON_TEMPERATURE_TYPES = {6, 7, 8}
+_TEMPERATURE = re.compile(r"Temperature\{mValue=(-?[\d.eE+-]+),\s*mType=(-?\d+),\s*mName=([^,]*),\s*mStatus=(-?\d+)\}")
+
+
+@dataclass(frozen=True)
+class ThermalSensor:
+    name: str
+    type: str
+    celsius: float
+    status: int
+
+
+@dataclass(frozen=True)
+class ThermalReport:
+    status: int | None              # 0 NONE .. 6 SHUTDOWN
+    hal_connected: bool | None
+    sensors: tuple[ThermalSensor, ...]
+
+
+def parse_thermalservice(text: str) -> ThermalReport:
+    status = None
+    match = re.search(r"^\s*Thermal Status:\s*(\d+)", text, re.MULTILINE)
+    if match:
+        status = int(match.group(1))
+    hal = re.search(r"ThermalHAL[^\n]*?connected:\s*(yes|no)", text)
+    sensors = []
+    in_current = False
+    for line in text.splitlines():
+        if not line[:1].isspace():
+            # Only "Current temperatures from HAL:"; "Cached temperatures:" can be minutes old.
+            in_current = line.strip().startswith("Current temperatures from HAL")
+            continue
+        if not in_current:
+            continue
+        found = _TEMPERATURE.search(line)
+        if not found:
+            continue
+        kind = int(found.group(2))
+        if kind in NON_TEMPERATURE_TYPES:
+            continue
+        sensors.append(ThermalSensor(found.group(3).strip(), TEMPERATURE_TYPES.get(kind, f"type{kind}"),
+                                     float(found.group(1)), int(found.group(4))))
+    return ThermalReport(status, None if hal is None else hal.group(1) == "yes", tuple(sensors))
+
+
+# -- sysfs ---------------------------------------------------------------------------------------
+
+def parse_uevent(text: str) -> dict[str, str]:
+    """POWER_SUPPLY_X=value (or X=value, as some tools print it) -> {"X": value}."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and key.replace("_", "").isalnum() and key.isupper():
+            values[key.removeprefix("POWER_SUPPLY_")] = value.strip()
+    return values
+
+
+def thermal_zone_celsius(zone_type: str, raw: str) -> float | None:
+    """A thermal_zone*/temp reading in C, or None when it is a placeholder or not a temperature.
+    Millidegrees by the kernel ABI; a few zones report whole degrees; -40000-style values and
+    zones named for current, voltage or capacity are not temperatures."""
+    value = _number(raw)
+    if value is None:
+        return None
+    lowered = zone_type.lower()
+    if any(word in lowered for word in ("ocp", "vdroop", "soc_", "batoilo", "smpl", "cycle", "ibat", "vbat")) or lowered == "soc":
+        return None
+    celsius = value / 1000 if abs(value) >= 200 else value
+    if celsius <= -30 or celsius >= 150:
+        return None
+    return celsius
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo -> bytes per key."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if sep and parts and parts[0].isdigit():
+            values[key.strip()] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1)
+    return values
+
+
+def parse_proc_status(text: str) -> dict[str, int]:
+    """/proc/PID/status memory lines (VmRSS, VmHWM, VmSwap, ...) -> bytes; other lines ignored."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, rest = line.strip().partition(":")
+        parts = rest.split()
+        if sep and key.startswith(("Vm", "Rss")) and parts and parts[0].isdigit():
+            values[key] = int(parts[0]) * 1024
+    return values
+
+
+def parse_dumpsys_meminfo_total_kb(text: str) -> dict[str, int] | None:
+    """TOTAL row of `dumpsys meminfo PID` (PSS and RSS in kB); None for "No process found"."""
+    if "No process found" in text:
+        return None
+    header_rss = None
+    for line in text.splitlines():
+        if "Rss" in line and "Pss" in line:
+            header_rss = True
+        stripped = line.strip()
+        if stripped.startswith("TOTAL") and not stripped.startswith("TOTAL PSS"):
+            numbers = [int(n) for n in re.findall(r"-?\d+", stripped)]
+            if numbers:
+                result = {"pss_kb": numbers[0]}
+                if header_rss and len(numbers) >= 5:
+                    result["rss_kb"] = numbers[4]
+                return result
+        match = re.match(r"TOTAL PSS:\s*(\d+)", stripped)
+        if match:
+            return {"pss_kb": int(match.group(1))}
+    return None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    cpus: tuple[int, ...]
+    max_khz: int | None
+
+
+def parse_cpufreq_topology(text: str) -> tuple[Cluster, ...]:
+    """`path: value` lines (or shell output of `grep -H . .../cpufreq/*`) -> clusters by related_cpus."""
+    related: dict[int, tuple[int, ...]] = {}
+    max_khz: dict[int, int] = {}
+    for line in text.splitlines():
+        match = re.match(r"^/sys/devices/system/cpu/cpu(\d+)/cpufreq/(\w+):\s*(.*)$", line.strip())
+        if not match:
+            continue
+        cpu, name, value = int(match.group(1)), match.group(2), match.group(3).strip()
+        if name == "related_cpus":
+            related[cpu] = tuple(int(c) for c in value.split() if c.isdigit())
+        elif name == "cpuinfo_max_freq" and value.isdigit():
+            max_khz[cpu] = int(value)
+    clusters = {}
+    for cpu, group in sorted(related.items()):
+        clusters.setdefault(group, Cluster(group, max_khz.get(cpu)))
+    return tuple(sorted(clusters.values(), key=lambda c: c.cpus[0]))
+
+
+def parse_df_available_bytes(text: str) -> int | None:
+    """`df -k PATH` (toybox or coreutils): available kB of the last data line."""
+    lines = [l for l in text.splitlines() if l.strip()]
+    if len(lines) < 2:
+        return None
+    header = lines[0].replace("Mounted on", "Mounted_on").split()
+    values = lines[-1].split()
+    for name in ("Available", "Avail"):
+        if name in header:
+            index = header.index(name)
+            # toybox can wrap a long filesystem name onto its own line
+            offset = len(header) - len(values)
+            try:
+                return int(values[index - offset]) * 1024
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+# -- battery current normalisation ---------------------------------------------------------------
+
+def current_unit_scale(raw_values: list[float], pinned: str | None = None) -> tuple[float, str]:
+    """(factor to amperes, how it was decided). The kernel ABI says uA; some vendors (Samsung)
+    report mA. Phones draw 10 mA to 6 A, so readings whose magnitude reaches 10,000 are uA."""
+    if pinned in ("uA", "mA"):
+        return (1e-6 if pinned == "uA" else 1e-3), f"pinned by the profile ({pinned})"
+    magnitudes = [abs(v) for v in raw_values if v]
+    if not magnitudes:
+        return 1e-6, "assumed uA (no non-zero readings)"
+    return (1e-6, "detected uA (readings of 10,000 or more)") if max(magnitudes) >= 10_000 else \
+        (1e-3, "detected mA (all readings under 10,000)")
+
+
+def current_discharge_sign(raw_values: list[float], *, discharging: bool | None, pinned: str | None = None) -> tuple[int, str]:
+    """Multiplier that makes discharge positive, and how it was decided. A profile can pin it
+    ("negative_discharge": kernel ABI, Pixels; "positive_discharge"). Otherwise, readings taken
+    while the phone is really discharging tell the sign; failing that, the kernel ABI is assumed."""
+    if pinned == "negative_discharge":
+        return -1, "pinned by the profile (negative while discharging)"
+    if pinned == "positive_discharge":
+        return 1, "pinned by the profile (positive while discharging)"
+    values = sorted(v for v in raw_values if v)
+    if discharging and values:
+        median = values[len(values) // 2]
+        return (1, "detected: positive while discharging") if median > 0 else (-1, "detected: negative while discharging")
+    return -1, "assumed kernel ABI (negative while discharging)"
