@@ -115,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--telemetry-hz", type=_positive_float, default=10.0, help="sampling rate (default 10)")
     run.add_argument("--no-telemetry", action="store_true", help="do not sample telemetry")
     run.add_argument("--allow", action="append", default=[], metavar="CHECK", help="turn a failed preflight check into a warning")
+    run.add_argument("--runtime", type=Path, metavar="DIR",
+                     help="prebuilt llama.cpp runtime for a phone (from `bench runtime build` or an extracted release)")
     run.add_argument("--json", action="store_true", help="print one JSON object: run_dir, status, summary")
+
+    devices = commands.add_parser("devices", help="attached devices: profile, battery, thermal")
+    devices.add_argument("--json", action="store_true")
 
     models = commands.add_parser("models", help="list catalog models, or pull one")
     models.add_argument("--json", action="store_true")
@@ -175,12 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ---------------------------------------------------------------------------------
 
-def _resolve_device(name: str) -> str:
-    from .config import closest
+def _runtime_bundle(explicit: Path | None, abi: str | None):
+    """The llama.cpp build to push: --runtime DIR, else a cached build for the device's ABI."""
+    from .android.device import RuntimeBundle
+    from .catalog import cache_root
+    from .runtimes.build import describe_runtime_dir, list_runtimes
 
-    if name in HOST_DEVICES:
-        return name
-    raise UsageError(f"unknown device '{name}'", f"closest known: {closest(name, list(HOST_DEVICES))}")
+    if explicit is not None:
+        meta = describe_runtime_dir(explicit)
+        return RuntimeBundle(Path(meta["bin"]) / "llama-server", {**meta, "abi": meta.get("abi") or abi})
+    for meta in reversed(list_runtimes(cache_root())):
+        if meta.get("abi") == abi or (abi == "arm64-v8a" and meta.get("abi") == "aarch64"):
+            return RuntimeBundle(Path(meta["path"]) / "bin" / "llama-server", meta)
+    return None
+
+
+def _target(args):
+    """--device -> (label for the run id, target). Unknown names fail before anything is written."""
+    from .catalog import cache_root
+    from .host.membw import host_bandwidth_gbs
+
+    if args.device in HOST_DEVICES:
+        from .host.target import HostTarget
+
+        return "host", HostTarget(host_bandwidth_gbs(cache_root()))
+    from .android.device import AndroidTarget, resolve
+
+    listed = resolve(args.device)
+    target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()))
+    target.runtime = _runtime_bundle(args.runtime, target.snap.props.get("ro.product.cpu.abi"))
+    return target.profile.id, target
 
 
 def cmd_run(args) -> int:
@@ -188,16 +217,15 @@ def cmd_run(args) -> int:
     from .config import resolve_scenario
     from .runner import RunOptions, run_benchmark
 
-    device = _resolve_device(args.device)
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=args.threads)
     if not Path(args.model).suffix == ".gguf" and "/" not in args.model:
         lookup(args.model)  # an unknown alias fails here, before any download
-    console = err if args.json else err
-    with BarProgress(console) as progress:
+    label, target = _target(args)
+    with BarProgress(err) as progress:
         model = model_info(args.model, progress)
-        options = RunOptions(device=device, scenario=scenario, model=model, out_root=args.out,
+        options = RunOptions(device=label, scenario=scenario, model=model, out_root=args.out,
                              telemetry_hz=None if args.no_telemetry else args.telemetry_hz, allow=frozenset(args.allow))
-        result = run_benchmark(options, progress)
+        result = run_benchmark(options, target, progress)
     summary = result.summary
     if args.json:
         out.print_json(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "reason": result.reason,
@@ -232,6 +260,34 @@ def _print_summary(result) -> None:
     for warning in result.warnings:
         out.print(f"[yellow]warning:[/yellow] {warning}")
     out.print(f"Report: {result.run_dir / 'report.md'}")
+
+
+def cmd_devices(args) -> int:
+    from .android.adb import Device, list_devices
+    from .android.device import STATE_FIXES, describe, snapshot
+
+    entries = []
+    for item in list_devices():
+        if item.state != "device":
+            entries.append({"serial": item.serial, "state": item.state, "fix": STATE_FIXES.get(item.state, "check `adb devices`")})
+            continue
+        entries.append(describe(snapshot(Device(item.serial))))
+    if args.json:
+        out.print_json(json.dumps({"schema_version": 1, "devices": entries}))
+        return 0
+    if not entries:
+        out.print("no device attached (`bench run` without --device runs on the host; `bench sim start` gives an emulated phone)")
+    for entry in entries:
+        if entry["state"] != "device":
+            out.print(f"{entry['serial']}\t{entry['state']}\t{entry['fix']}")
+            continue
+        battery, thermal = entry["battery"], entry["thermal"]
+        hottest = max((s["celsius"] for s in thermal["sensors"]), default=None)
+        out.print(f"{entry['serial']}\t{entry['profile']}\t{entry['manufacturer']} {entry['model']} ({entry['device']}), "
+                  f"{entry['soc']}, {entry['abi']}, SDK {entry['sdk']}, RAM {(entry['ram_available_bytes'] or 0) / 2**30:.1f}/"
+                  f"{(entry['ram_total_bytes'] or 0) / 2**30:.1f} GiB free; battery {battery['level_pct']}% {battery['status']} "
+                  f"({battery['plugged']}); thermal status {thermal['status']}, hottest {hottest} C")
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -437,7 +493,7 @@ def cmd_runtime(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "devices": cmd_devices, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

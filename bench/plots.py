@@ -42,13 +42,21 @@ def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame) ->
     panels = [
         ("process", "rss", "RSS (MiB)", 1 / 2**20, "rss.png", "Runtime process memory"),
         ("cpu", "freq", "CPU frequency (MHz)", 1, "cpu_freq.png", "CPU frequency"),
+        ("battery", "power", "power (W, discharge positive)", 1, "power.png", "Battery power (V x I)"),
+        ("battery", "level", "battery level (%)", 1, "battery_level.png", "Battery level"),
     ]
     for source, name, ylabel, scale, filename, title in panels:
         series = sample_series(samples, source, name)
+        if series.empty and source == "cpu":  # phones: one frequency per cluster
+            series = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("freq_")] \
+                if not samples.empty else series
         if series.empty:
             continue
         figure, axis = plt.subplots(figsize=(8, 3.5))
-        axis.plot(series["t_s"], series["value"] * scale)
+        for label, frame in series.groupby("name"):
+            axis.plot(frame["t_s"], frame["value"] * scale, label=str(label))
+        if series["name"].nunique() > 1:
+            axis.legend(fontsize=7)
         axis.set_xlabel("time since run start (s)")
         axis.set_ylabel(ylabel)
         axis.set_title(title)

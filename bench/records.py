@@ -168,3 +168,11 @@ class DeviceFacts:
     memory_bandwidth_gbs: float | None = None
     memory_bandwidth_source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreflightCheck:
+    name: str
+    ok: bool
+    detail: str
+    severity: str = "error"  # error | warning

@@ -73,24 +73,53 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
         lines.append("No ceiling: memory bandwidth or decode speed unknown.")
     lines.append("")
 
+    energy = summary.get("energy") or {}
+    if energy.get("energy_j") is not None:
+        lines += ["## Energy", ""]
+        if not energy.get("valid"):
+            lines += [f"**Invalid:** {energy.get('reason', 'not measured')}. The figures below are shown for reference only.", ""]
+        lines += ["| metric | value | unit |", "|---|---:|---|",
+                  f"| energy over the measured requests | {_fmt(energy.get('energy_j'), 2)} | J |",
+                  f"| energy per generated token | {_fmt(energy.get('j_per_token'), 4)} | J/token |",
+                  f"| charge per 1,000 generated tokens | {_fmt(energy.get('mah_per_1k_tokens'), 2)} | mAh |",
+                  f"| charge-counter drop over the whole run (cross-check) | {_fmt(energy.get('charge_counter_drop_mah_whole_run'), 2)} | mAh |",
+                  "", f"Source: {energy.get('source')}; {energy.get('windows_covered')} of {energy.get('windows')} request windows covered "
+                  f"by power samples. Current normalisation: {telemetry.get('current_normalisation', {}).get('unit', 'n/a')}; "
+                  f"{telemetry.get('current_normalisation', {}).get('sign', 'n/a')}.", ""]
     validity = summary.get("validity") or {}
     lines += ["## Validity", "", "| flag | value | rule |", "|---|---|---|",
               f"| charging | {_flag(validity.get('charging'))} | on external power at any sample (energy figures invalid) |",
               f"| throttled | {_flag(validity.get('throttled'))} | thermal status above NONE, or a CPU capped below its max under load |",
               f"| unstable | {_flag(validity.get('unstable'))} | {validity.get('unstable_rule', '')} |", ""]
 
+    extra = device.get("extra") or {}
+    cores = (f"{device.get('cores_physical')} cores / {device.get('cores_logical')} threads" if device.get("cores_physical")
+             else f"{device.get('cores_logical')} CPUs")
     lines += ["## Facts", "", "| | |", "|---|---|",
-              f"| device | {device.get('kind')} `{device.get('profile')}` {device.get('manufacturer') or ''} {device.get('model') or ''} |",
-              f"| OS | {device.get('os')} |",
-              f"| CPU | {device.get('cpu_model')}, {device.get('cores_physical')} cores / {device.get('cores_logical')} threads |",
+              f"| device | {device.get('kind')} `{device.get('profile')}` {device.get('manufacturer') or ''} {device.get('model') or ''}"
+              f" ({device.get('device')}, serial `{device.get('serial')}`) |",
+              f"| OS | {device.get('os')}" + (f", build `{extra['build_fingerprint']}`" if extra.get("build_fingerprint") else "") + " |",
+              f"| CPU | {device.get('cpu_model')}, {cores}, ABI {device.get('abi')} |"]
+    if extra.get("clusters"):
+        clusters = "; ".join(f"cpu{','.join(map(str, c['cpus']))} <= {(c.get('max_khz') or 0) / 1e6:.2f} GHz" for c in extra["clusters"])
+        lines.append(f"| clusters | {clusters} |")
+    lines += [
               f"| RAM | {_mib(device.get('ram_bytes'))} |",
               f"| model | `{model.get('alias')}` {model.get('file')} ({model.get('arch')}, {_fmt(model.get('params') and model['params'] / 1e6)} M params, {model.get('quant')}, {_mib(model.get('bytes'))}) |",
               f"| model sha256 | `{model.get('sha256')}` ({'pinned in the catalog' if model.get('pinned') else 'unpinned: computed locally'}) |",
-              f"| runtime | {runtime.get('kind')} {runtime.get('version')}, llama.cpp {runtime.get('llama_cpp_commit') or 'unknown'}; "
-              f"{runtime.get('threads')} threads, n_ctx {runtime.get('n_ctx')}, n_batch {runtime.get('n_batch')}; load {_fmt(runtime.get('load_ms'))} ms |",
+              f"| runtime | {runtime.get('kind')} {runtime.get('version') or ''}, llama.cpp {runtime.get('llama_cpp_commit') or 'unknown'}; "
+              f"{runtime.get('threads')} threads" + (f" pinned to cpu {runtime['affinity']}" if runtime.get("affinity") else "") +
+              f", n_ctx {runtime.get('n_ctx')}, n_batch {runtime.get('n_batch')}; load {_fmt(runtime.get('load_ms'))} ms |",
               f"| scenario | `{scenario.get('name')}` (hash `{str(scenario.get('hash'))[:12]}`): {scenario.get('repetitions')} repetitions, "
               f"{scenario.get('warmup')} warmup, n_predict {scenario.get('n_predict')}, temperature {scenario.get('temperature')}, seed {scenario.get('seed')} |",
-              f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |", ""]
+              f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |"]
+    for kind, item in (run.get("pushed") or {}).items():
+        if item.get("cached"):
+            how = "already on the device (0 bytes pushed)"
+        else:
+            how = f"{item.get('bytes_pushed', 0) / 1e6:.1f} MB pushed at {item.get('mb_per_s')} MB/s"
+        lines.append(f"| {kind} on the device | {how}: `{item.get('path')}` |")
+    lines.append("")
     absent = telemetry.get("absent") or {}
     if absent:
         lines += ["Sensors not available (recorded as absent, not zero):", ""]

@@ -234,3 +234,63 @@ def jsonable(value):
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+def validity_from_samples(samples: pd.DataFrame) -> dict:
+    """charging: on external power at any sample (sysfs status Charging/Full, or a plugged flag);
+    throttled: thermal status above NONE, or a CPU's frequency cap below its maximum. None where
+    the device gave no such samples."""
+    status = sample_series(samples, "battery", "status_code")
+    plugged = sample_series(samples, "battery", "plugged")
+    charging = None
+    if not status.empty or not plugged.empty:
+        charging = bool(status["value"].isin([2.0, 5.0]).any() if not status.empty else False) or \
+            bool((plugged["value"] > 0).any() if not plugged.empty else False)
+    thermal_status = sample_series(samples, "thermal", "status")
+    caps = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")] if not samples.empty else samples
+    throttled = None
+    if not thermal_status.empty or not caps.empty:
+        throttled = bool((thermal_status["value"] > 0).any() if not thermal_status.empty else False) or \
+            bool((caps["value"] < 0.99).any() if not caps.empty else False)
+    return {"charging": charging, "throttled": throttled}
+
+
+def energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, charging: bool | None) -> dict:
+    """Energy over the measured generation windows from battery power (W, discharge positive):
+    J, J/token, mAh per 1,000 tokens, and the charge-counter drop as a cross-check."""
+    power = sample_series(samples, "battery", "power")
+    current = sample_series(samples, "battery", "current")
+    frame = measured_requests(requests)
+    if power.empty or frame.empty:
+        return {"valid": False, "reason": "no battery power samples"}
+    starts = pd.to_numeric(frame["t_start_s"]).to_numpy(dtype=float)
+    ends = starts + pd.to_numeric(frame["e2e_ms"]).to_numpy(dtype=float) / 1000
+    tokens = float(pd.to_numeric(frame["gen_tokens"]).sum())
+    p_t, p_v = power["t_s"].to_numpy(dtype=float), power["value"].to_numpy(dtype=float)
+    c_t, c_v = current["t_s"].to_numpy(dtype=float), current["value"].to_numpy(dtype=float)
+    energy = coulombs = 0.0
+    covered = 0
+    for start, end in zip(starts, ends):
+        joules = integrate_window(p_t, p_v, start, end)
+        amp_seconds = integrate_window(c_t, c_v, start, end) if c_t.size else None
+        if joules is not None:
+            energy += joules
+            covered += 1
+        if amp_seconds is not None:
+            coulombs += amp_seconds
+    counter = sample_series(samples, "battery", "charge_counter")
+    counter_drop = float(counter["value"].iloc[0] - counter["value"].iloc[-1]) / 1000 if len(counter) >= 2 else None
+    result = {
+        "energy_j": energy, "j_per_token": energy / tokens if tokens else None,
+        "mah_per_1k_tokens": coulombs / 3.6 / tokens * 1000 if tokens else None,
+        "windows_covered": covered, "windows": int(len(starts)),
+        "charge_counter_drop_mah_whole_run": counter_drop,
+        "source": "battery voltage x current (discharge positive), trapezoid over each request's window",
+        "valid": not charging and covered > 0,
+    }
+    if charging:
+        result["reason"] = ("the device was charging during the run, so battery current does not measure the load; "
+                            "use Wi-Fi adb with the cable out, or a rooted input suspend")
+    elif not covered:
+        result["reason"] = "power samples do not cover the generation windows"
+    return result

@@ -39,6 +39,7 @@ class LlamaCppRuntime:
         self.threads = threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self._llm = None
         self._eos: int | None = None
+        self.load_ms: float | None = None
 
     def load(self) -> float:
         try:
@@ -56,7 +57,8 @@ class LlamaCppRuntime:
         except (ValueError, RuntimeError) as error:
             raise ModelError(f"llama.cpp could not load {self.model.path}: {error}") from None
         self._eos = self._llm.token_eos()
-        return (time.perf_counter() - started) * 1000
+        self.load_ms = (time.perf_counter() - started) * 1000
+        return self.load_ms
 
     def info(self) -> dict:
         version = importlib.metadata.version("llama-cpp-python")
@@ -73,6 +75,7 @@ class LlamaCppRuntime:
             "threads": self.threads,
             "n_ctx": self.n_ctx,
             "n_batch": self.n_batch,
+            "load_ms": self.load_ms,
         }
 
     def tokenize(self, text: str) -> list[int]:

@@ -59,7 +59,9 @@ class Services:
             code = await process.wait()
             feeder.cancel()
             if v2:
-                await stream.write(_packet(SHELL_EXIT, bytes([code & 0xFF])))
+                # adbd reports a signal as 128 + signal number, like a shell's $?
+                status = 128 - code if code < 0 else code
+                await stream.write(_packet(SHELL_EXIT, bytes([status & 0xFF])))
         finally:
             if process.returncode is None:
                 # The host went away (adb killed, Ctrl-C): end what this shell started.

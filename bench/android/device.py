@@ -1,0 +1,450 @@
+"""A phone (or the emulated phone) over ADB: facts, preflight, the artifact cache under
+/data/local/tmp/bench, llama-server start/stop with a forwarded port, and cleanup that always runs.
+The same code path serves a Pixel and `bench sim`; nothing here knows which it talks to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .. import parse
+from ..errors import PreflightError, RunFailed, UsageError
+from ..gguf import kv_cache_bytes
+from ..profiles import DeviceProfile, load_profiles, match_profile
+from ..progress import NullProgress, Progress
+from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario
+from ..runtimes.llama_server import LlamaServerRuntime
+from .adb import AdbFailure, Device, Listed, list_devices
+
+ROOT = "/data/local/tmp/bench"
+RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
+MIN_BATTERY_PCT = 25
+_MARK = "@@bench@@"
+
+STATE_FIXES = {
+    "unauthorized": "unlock the phone and accept the 'Allow USB debugging' prompt, then retry",
+    "offline": "reconnect the cable or run `adb reconnect`, then retry",
+    "no permissions": "add a udev rule for the phone (see `adb devices` output) and replug it",
+    "authorizing": "accept the prompt on the phone and retry in a few seconds",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    serial: str
+    props: dict[str, str]
+    profile: DeviceProfile
+    meminfo: dict[str, int]
+    free_tmp_bytes: int | None
+    battery: parse.BatteryReport
+    battery_sysfs: dict[str, str]
+    thermal: parse.ThermalReport
+    clusters: tuple[parse.Cluster, ...]
+    screen_on: bool | None
+
+
+def _sections(output: str) -> dict[str, str]:
+    sections = {}
+    for block in output.split(_MARK)[1:]:
+        name, _, body = block.partition("\n")
+        sections[name.strip()] = body
+    return sections
+
+
+_SNAPSHOT_SCRIPT = " ; ".join([
+    f"echo {_MARK}getprop; getprop",
+    f"echo {_MARK}meminfo; cat /proc/meminfo",
+    f"echo {_MARK}df; df -k {ROOT.rsplit('/', 1)[0]}",
+    f"echo {_MARK}battery; dumpsys battery",
+    f"echo {_MARK}thermal; dumpsys thermalservice",
+    f"echo {_MARK}power; dumpsys power | grep -m1 mWakefulness=",
+    f"echo {_MARK}sysbattery; for f in status current_now voltage_now capacity charge_counter temp; do "
+    "[ -r /sys/class/power_supply/battery/$f ] && echo $f=$(cat /sys/class/power_supply/battery/$f); done",
+    f"echo {_MARK}cpufreq; for f in /sys/devices/system/cpu/cpu*/cpufreq/related_cpus /sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq; do "
+    "[ -r $f ] && echo $f: $(cat $f); done",
+])
+
+
+def snapshot(device: Device, profiles: dict[str, DeviceProfile] | None = None) -> Snapshot:
+    sections = _sections(device.shell(_SNAPSHOT_SCRIPT, timeout=60).stdout)
+    props = parse.parse_getprop(sections.get("getprop", ""))
+    profile = match_profile(props, profiles or load_profiles())
+    power = sections.get("power", "")
+    return Snapshot(
+        serial=device.serial, props=props, profile=profile, meminfo=parse.parse_meminfo(sections.get("meminfo", "")),
+        free_tmp_bytes=parse.parse_df_available_bytes(sections.get("df", "")),
+        battery=parse.parse_dumpsys_battery(sections.get("battery", "")),
+        battery_sysfs=dict(line.split("=", 1) for line in sections.get("sysbattery", "").splitlines() if "=" in line),
+        thermal=parse.parse_thermalservice(sections.get("thermal", "")),
+        clusters=parse.parse_cpufreq_topology(sections.get("cpufreq", "")),
+        screen_on=None if "mWakefulness=" not in power else "Awake" in power,
+    )
+
+
+def battery_current_a(snap: Snapshot) -> float | None:
+    raw = parse._number(snap.battery_sysfs.get("current_now"))
+    if raw is None:
+        return None
+    scale, _ = parse.current_unit_scale([raw], None if snap.profile.current_unit == "auto" else snap.profile.current_unit)
+    sign, _ = parse.current_discharge_sign([raw], discharging=snap.battery_sysfs.get("status") == "Discharging",
+                                           pinned=None if snap.profile.current_sign == "auto" else snap.profile.current_sign)
+    return raw * scale * sign
+
+
+def describe(snap: Snapshot) -> dict:
+    """The `bench devices --json` entry for a connected device."""
+    props, battery = snap.props, snap.battery
+    return {
+        "serial": snap.serial, "state": "device", "profile": snap.profile.id,
+        "manufacturer": props.get("ro.product.manufacturer"), "model": props.get("ro.product.model"),
+        "device": props.get("ro.product.device"), "soc": props.get("ro.soc.model") or snap.profile.soc or None,
+        "abi": props.get("ro.product.cpu.abi"), "sdk": int(props["ro.build.version.sdk"]) if props.get("ro.build.version.sdk", "").isdigit() else None,
+        "ram_total_bytes": snap.meminfo.get("MemTotal"), "ram_available_bytes": snap.meminfo.get("MemAvailable"),
+        "free_tmp_bytes": snap.free_tmp_bytes,
+        "battery": {"level_pct": battery.level_pct, "status": battery.status, "plugged": battery.plugged,
+                    "temperature_c": battery.temperature_c, "voltage_v": battery.voltage_v,
+                    "current_a": battery_current_a(snap), "charge_counter_uah": battery.charge_counter_uah},
+        "thermal": {"status": snap.thermal.status,
+                    "sensors": [{"name": s.name, "type": s.type, "celsius": s.celsius} for s in snap.thermal.sensors]},
+        "screen_on": snap.screen_on,
+    }
+
+
+def resolve(selector: str) -> Listed:
+    """--device: a profile id, a serial, or `any` -> the one attached device it names."""
+    attached = list_devices()
+    for item in attached:
+        if item.serial == selector:
+            _usable(item)
+            return item
+    profiles = load_profiles()
+    if selector != "any" and selector not in profiles:
+        from ..config import closest
+
+        names = ["host", "any", *profiles, *(d.serial for d in attached)]
+        raise UsageError(f"unknown device '{selector}'", f"closest known: {closest(selector, names)} (see `bench devices`)")
+    candidates = []
+    for item in attached:
+        if item.state != "device":
+            continue
+        if selector == "any" or match_profile(parse.parse_getprop(Device(item.serial).shell("getprop", timeout=20).stdout), profiles).id == selector:
+            candidates.append(item)
+    if not candidates:
+        unusable = [d for d in attached if d.state != "device"]
+        if unusable:
+            _usable(unusable[0])
+        listing = ", ".join(f"{d.serial} ({d.state})" for d in attached) or "none"
+        raise UsageError(f"no attached device matches '{selector}' (attached: {listing})",
+                         "connect the phone and enable USB debugging, or start one with `bench sim start`")
+    if len(candidates) > 1:
+        raise UsageError(f"{len(candidates)} devices match '{selector}': {', '.join(d.serial for d in candidates)}",
+                         "pass --device SERIAL")
+    return candidates[0]
+
+
+def _usable(item: Listed) -> None:
+    if item.state != "device":
+        raise UsageError(f"device {item.serial} is {item.state}", STATE_FIXES.get(item.state, "check `adb devices`"))
+
+
+def _free_local_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RuntimeBundle:
+    """A llama.cpp build for the device's ABI: its llama-server and what runtime.json says."""
+
+    server: Path
+    meta: dict
+
+
+class AndroidTarget:
+    kind = "android"
+
+    def __init__(self, serial: str, runtime: RuntimeBundle | None, event: Callable[..., None] | None = None,
+                 host_bandwidth: tuple[float | None, str] | None = None):
+        self.host_bandwidth = host_bandwidth
+        self.device = Device(serial)
+        self.serial = serial
+        self.runtime = runtime
+        self.event = event or (lambda *args, **kwargs: None)
+        self.snap = snapshot(self.device)
+        self.profile = self.snap.profile
+        self._server_stream = None
+        self._server_pid: int | None = None
+        self._forward_port: int | None = None
+        self.pushed: dict[str, dict] = {}
+        self.stale_killed = self._kill_stale_server()
+
+    def _kill_stale_server(self) -> int | None:
+        """A run that lost its device can leave llama-server behind; its PID file names it. Kill it
+        only if that PID still runs our binary from /data/local/tmp/bench."""
+        pidfile = f"{ROOT}/run/llama-server.pid"
+        out = self.device.shell(f"cat {pidfile} 2>/dev/null", timeout=10).stdout.strip()
+        if not out.isdigit():
+            return None
+        cmdline = self.device.shell(f"tr '\\0' ' ' < /proc/{out}/cmdline 2>/dev/null", timeout=10).stdout
+        self.device.shell(f"rm -f {pidfile}", timeout=10)
+        if f"{ROOT}/" not in cmdline:
+            return None
+        self.device.shell(f"kill -9 {out} 2>/dev/null; true", timeout=10)
+        self.event("warning", f"killed llama-server {out} left over from an earlier run")
+        return int(out)
+
+    # -- facts and checks ----------------------------------------------------------------------
+    def facts(self) -> DeviceFacts:
+        props, profile, host_bandwidth = self.snap.props, self.profile, self.host_bandwidth
+        clusters = [{"cpus": list(c.cpus), "max_khz": c.max_khz} for c in self.snap.clusters] or \
+                   [{"cpus": list(c.cpus), "max_khz": c.max_khz, "name": c.name, "core": c.core} for c in profile.clusters]
+        bandwidth, source = profile.memory_bandwidth_gbs, profile.memory_bandwidth_source
+        if bandwidth is None and host_bandwidth and profile.id == "sim":
+            bandwidth, source = host_bandwidth[0], f"the host's, since the sim runs on it: {host_bandwidth[1]}"
+        return DeviceFacts(
+            kind="android", profile=profile.id, serial=self.serial, manufacturer=props.get("ro.product.manufacturer"),
+            model=props.get("ro.product.model"), device=props.get("ro.product.device"),
+            soc=props.get("ro.soc.model") or profile.soc or None, abi=props.get("ro.product.cpu.abi"),
+            os=f"Android {props.get('ro.build.version.release', '?')} (SDK {props.get('ro.build.version.sdk', '?')})",
+            cpu_model=props.get("ro.soc.model") or profile.soc or None,
+            cores_logical=sum(len(c["cpus"]) for c in clusters) or None, cores_physical=None,
+            ram_bytes=self.snap.meminfo.get("MemTotal"), memory_bandwidth_gbs=bandwidth,
+            memory_bandwidth_source=source,
+            extra={"build_fingerprint": props.get("ro.build.fingerprint"), "sdk": props.get("ro.build.version.sdk"),
+                   "kernel": None, "clusters": clusters, "profile_file": profile.path,
+                   "screen_on": self.snap.screen_on},
+        )
+
+    def threads(self, scenario: Scenario) -> int:
+        if scenario.threads:
+            return scenario.threads
+        if self.profile.threads:
+            return self.profile.threads
+        clusters = self.snap.clusters
+        if len(clusters) > 1:  # every cluster but the slowest: llama.cpp's default includes little cores
+            slowest = min(clusters, key=lambda c: c.max_khz or 0)
+            return max(1, sum(len(c.cpus) for c in clusters if c is not slowest))
+        return max(1, sum(len(c.cpus) for c in clusters) or 4)
+
+    def preflight(self, model: ModelInfo, scenario: Scenario) -> list[PreflightCheck]:
+        snap, checks = self.snap, []
+        level = snap.battery.level_pct
+        checks.append(PreflightCheck("battery", level is None or level >= MIN_BATTERY_PCT,
+                                     f"battery at {level if level is not None else '?'}% (need >= {MIN_BATTERY_PCT}%)"))
+        status = snap.thermal.status
+        checks.append(PreflightCheck("thermal", status in (None, 0), f"thermal status {status} (0 = NONE)"))
+        kv = kv_cache_bytes(model.gguf, scenario.n_ctx) or 0
+        needed = model.bytes + kv + RUNTIME_OVERHEAD_BYTES
+        available = snap.meminfo.get("MemAvailable")
+        checks.append(PreflightCheck(
+            "memory", available is None or needed <= available,
+            f"model {model.bytes / 2**20:.0f} MiB + KV {kv / 2**20:.0f} MiB at n_ctx {scenario.n_ctx} + "
+            f"{RUNTIME_OVERHEAD_BYTES >> 20} MiB = {needed / 2**20:.0f} MiB; MemAvailable "
+            f"{'?' if available is None else f'{available / 2**20:.0f} MiB'} of {snap.meminfo.get('MemTotal', 0) / 2**20:.0f} MiB"))
+        storage_needed = self._bytes_to_push(model)
+        free = snap.free_tmp_bytes
+        checks.append(PreflightCheck("storage", free is None or storage_needed <= free,
+                                     f"{storage_needed / 2**20:.0f} MiB to push, {'?' if free is None else f'{free / 2**20:.0f} MiB'} free in /data/local/tmp"))
+        abi = snap.props.get("ro.product.cpu.abi", "")
+        runtime_abi = (self.runtime.meta.get("abi") if self.runtime else None) or ""
+        abi_ok = self.runtime is not None and (runtime_abi == abi or (runtime_abi == "aarch64" and abi == "arm64-v8a"))
+        checks.append(PreflightCheck("runtime", abi_ok,
+                                     f"device ABI {abi or '?'}; runtime {runtime_abi or 'none'}"
+                                     + ("" if abi_ok else " (build one: `bench runtime build --target android-arm64`, or pass --runtime DIR)")))
+        charging = snap.battery.plugged != "none" or snap.battery_sysfs.get("status") in ("Charging", "Full")
+        checks.append(PreflightCheck("charging", not charging,
+                                     f"battery {snap.battery.status}, plugged {snap.battery.plugged}: energy figures will be "
+                                     "invalid (use Wi-Fi adb with the cable out, or a rooted input suspend)", "warning"))
+        checks.append(PreflightCheck("screen", snap.screen_on is not True, "the screen is on (it draws power and heat)", "warning"))
+        return checks
+
+    def memory_hint(self, model: ModelInfo) -> str:
+        available = self.snap.meminfo.get("MemAvailable")
+        return (f"model {model.bytes / 2**20:.0f} MiB vs MemAvailable "
+                f"{'?' if available is None else f'{available / 2**20:.0f} MiB'} at start")
+
+    # -- artifacts -----------------------------------------------------------------------------
+    def _artifacts(self, model: ModelInfo) -> list[tuple[str, Path, str, str]]:
+        """(kind, local file, sha256, device path). Device names are derived from hashes, never
+        from file names, so nothing a user named reaches a device shell."""
+        items = [("model", Path(model.path), model.sha256, f"{ROOT}/models/{model.sha256[:32]}.gguf")]
+        if self.runtime is not None:
+            digest = self.runtime.meta.get("server_sha256") or _file_sha256(self.runtime.server)
+            items.append(("runtime", self.runtime.server, digest, f"{ROOT}/bin/{digest[:16]}/llama-server"))
+        return items
+
+    def _remote_digest(self, remote: str) -> tuple[str | None, int | None]:
+        result = self.device.shell(f"cat {remote}.sha256 2>/dev/null; stat -c %s {remote} 2>/dev/null", timeout=20)
+        lines = result.stdout.split()
+        digest = lines[0] if lines and len(lines[0]) == 64 else None
+        size = int(lines[-1]) if lines and lines[-1].isdigit() else None
+        return digest, size
+
+    def _bytes_to_push(self, model: ModelInfo) -> int:
+        total = 0
+        for _, local, digest, remote in self._artifacts(model):
+            cached, size = self._remote_digest(remote)
+            if cached != digest or size != local.stat().st_size:
+                total += local.stat().st_size
+        return total
+
+    def push_artifacts(self, model: ModelInfo, progress: Progress) -> dict[str, dict]:
+        """Push what the device lacks: temp name, verify sha256 on the device, rename, sidecar."""
+        for kind, local, digest, remote in self._artifacts(model):
+            size = local.stat().st_size
+            cached, remote_size = self._remote_digest(remote)
+            if cached == digest and remote_size == size:
+                self.pushed[kind] = {"bytes_pushed": 0, "cached": True, "path": remote, "sha256": digest}
+                continue
+            folder = remote.rsplit("/", 1)[0]
+            partial = f"{remote}.partial"
+            self.device.shell(f"mkdir -p {folder} && rm -f {partial}", check=True)
+            task = progress.task(f"push {kind} {local.name}", size, "B")
+            started = time.monotonic()
+            self.device.push(local, partial, on_bytes=task.advance, timeout=max(120, size / 5e6))
+            task.done()
+            seconds = time.monotonic() - started
+            check = self.device.shell(f"sha256sum {partial}", timeout=max(60, size / 50e6)).stdout.split()
+            if not check or check[0] != digest:
+                self.device.shell(f"rm -f {partial}")
+                raise RunFailed(f"{kind} arrived corrupt on {self.serial} (sha256 mismatch after push)", hint="retry the run")
+            self.device.shell(f"chmod 755 {partial} && mv {partial} {remote} && echo {digest} > {remote}.sha256", check=True)
+            self.pushed[kind] = {"bytes_pushed": size, "cached": False, "path": remote, "sha256": digest,
+                                 "seconds": round(seconds, 3), "mb_per_s": round(size / 1e6 / seconds, 1) if seconds else None}
+            self.event("push", f"pushed {kind} {size / 1e6:.1f} MB at {size / 1e6 / seconds:.1f} MB/s", **self.pushed[kind])
+        return self.pushed
+
+    # -- runtime -------------------------------------------------------------------------------
+    def start_server(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaServerRuntime:
+        if self.runtime is None:
+            raise PreflightError(f"no llama.cpp runtime for {self.serial}", "pass --runtime DIR or run `bench runtime build`")
+        model_remote = self.pushed["model"]["path"]
+        server_remote = self.pushed["runtime"]["path"]
+        threads = self.threads(scenario)
+        affinity = self.profile.affinity if not scenario.threads else ()
+        mask = f" --cpu-mask {sum(1 << c for c in affinity):x} --cpu-strict 1" if affinity else ""
+        device_port = random.randint(20000, 45000)
+        log = f"{ROOT}/run/llama-server.log"
+        command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo $$ > run/llama-server.pid && echo PID $$ && exec {server_remote} -m {model_remote}"
+                   f" --host 127.0.0.1 --port {device_port} -np 1 -c {scenario.n_ctx} -b {scenario.n_batch}"
+                   f" -t {threads} -tb {threads}{mask} --seed {scenario.seed} > {log} 2>&1")
+        self.event("phase", "llama-server starting", threads=threads, affinity=list(affinity), device_port=device_port)
+        task = progress.task(f"load {model.alias} in llama-server on {self.serial}")
+        started = time.monotonic()
+        self._server_stream = self.device.open_shell_stream(command)
+        first = (self._server_stream.read_stdout() or b"").decode(errors="replace")
+        if first.startswith("PID "):
+            self._server_pid = int(first.split()[1])
+        self._forward_port = _free_local_port()
+        self.device.forward(self._forward_port, device_port)
+        runtime_info = {
+            "kind": "llama-server", "version": None, "llama_cpp_commit": self.runtime.meta.get("llama_cpp_commit"),
+            "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),
+            "threads": threads, "affinity": list(affinity), "n_ctx": scenario.n_ctx, "n_batch": scenario.n_batch,
+            "parallel": 1, "device_port": device_port, "server_pid": self._server_pid,
+        }
+        server = LlamaServerRuntime(self._forward_port, info=runtime_info, process_id=self._server_pid)
+        deadline = started + 60 + model.bytes / 1e8
+        while True:
+            status = server.health(timeout=5)
+            if status == 200:
+                break
+            if not self.server_alive() or time.monotonic() > deadline:
+                raise RunFailed(f"llama-server did not become healthy on {self.serial}: {self.server_failure(model)}",
+                                hint="see the log tail above; a smaller model or n_ctx may fit")
+            time.sleep(0.2)
+        load_ms = (time.monotonic() - started) * 1000
+        task.done()
+        server._info["load_ms"] = load_ms
+        self.event("phase", "llama-server healthy", load_ms=load_ms)
+        return server
+
+    def server_alive(self) -> bool:
+        if self._server_pid is None:
+            return self._server_stream is not None and self._server_stream.exit_code is None
+        try:
+            return self.device.shell(f"kill -0 {self._server_pid} 2>/dev/null && echo alive", timeout=10).stdout.strip() == "alive"
+        except AdbFailure:
+            return False
+
+    def server_failure(self, model: ModelInfo) -> str:
+        """Why the server died: exit status or signal, the log's last lines, low-memory-killer lines."""
+        parts = []
+        if self._server_stream is not None and self._server_stream.exit_code is not None:
+            code = self._server_stream.exit_code
+            parts.append(f"exit status {code}" + (f" (signal {code - 128})" if code > 128 else ""))
+        try:
+            tail = self.device.shell(f"tail -n 5 {ROOT}/run/llama-server.log 2>/dev/null", timeout=10).stdout.strip()
+            if tail:
+                parts.append("log: " + " | ".join(tail.splitlines()[-3:]))
+            lmk = self.device.shell("logcat -d -b main,system,events 2>/dev/null | grep -i -m3 -E 'lowmemorykiller|lmkd'",
+                                    timeout=20).stdout.strip()
+            if lmk:
+                parts.append(f"low-memory killer: {lmk.splitlines()[-1]} ({self.memory_hint(model)})")
+        except AdbFailure:
+            parts.append("the device stopped answering")
+        return "; ".join(parts) or "no exit status or log"
+
+    def stop_server(self) -> None:
+        """Always safe to call: stops our llama-server by PID, closes its shell, removes our forward."""
+        if self._forward_port is not None:
+            self.device.forward_remove(self._forward_port)
+            self._forward_port = None
+        if self._server_pid is not None:
+            try:
+                self.device.shell(f"kill {self._server_pid} 2>/dev/null; sleep 0.3; kill -9 {self._server_pid} 2>/dev/null; true",
+                                  timeout=10)
+            except AdbFailure:
+                pass  # the device is gone; adbd ends the shell's processes when the stream drops
+        if self._server_stream is not None:
+            self._server_stream.close()
+            self._server_stream = None
+        if self._server_pid is not None:
+            try:
+                self.device.shell(f"rm -f {ROOT}/run/llama-server.pid", timeout=10)
+            except AdbFailure:
+                pass
+        self._server_pid = None
+
+    # -- the runner's Target interface ---------------------------------------------------------
+    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaServerRuntime:
+        self.push_artifacts(model, progress)
+        return self.start_server(model, scenario, progress)
+
+    def sampler(self, clock, sink, hz: float, pid: int | None):
+        from .sampler import AndroidSampler
+
+        return AndroidSampler(self.device, clock, sink, hz, pid or 0, self.profile)
+
+    def cleanup(self) -> None:
+        self.stop_server()
+
+    # -- thermal -------------------------------------------------------------------------------
+    def temperatures(self) -> dict[str, float]:
+        report = parse.parse_thermalservice(self.device.shell("dumpsys thermalservice", timeout=20).stdout)
+        return {s.name: s.celsius for s in report.sensors if s.type in ("cpu", "skin", "battery", "soc")}
+
+    def cpu_temperature(self) -> tuple[float | None, int | None]:
+        """Hottest CPU sensor (C) and the thermal status, for the cooldown gate."""
+        report = parse.parse_thermalservice(self.device.shell("dumpsys thermalservice", timeout=20).stdout)
+        cpu = [s.celsius for s in report.sensors if s.type == "cpu"]
+        return (max(cpu) if cpu else max((s.celsius for s in report.sensors), default=None)), report.status
+
+    def runtime_json(self) -> str:
+        return json.dumps(self.pushed)

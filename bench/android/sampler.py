@@ -1,0 +1,255 @@
+"""Telemetry on the device: one long-lived adb shell running a fork-free mksh loop (builtin `read`
+from sysfs and /proc, `$EPOCHREALTIME` stamps, `read -t` on a FIFO as the sleep), parsed on the host
+into samples on the run's clock. Only `dumpsys thermalservice` forks, about once a second.
+
+The loop script is generated from paths the device itself listed and pushed as a file: no text
+from users or files is interpolated into a device shell."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import parse
+from ..clock import RunClock
+from ..profiles import DeviceProfile
+from ..records import Sample
+from .adb import AdbFailure, Device
+
+BATTERY = "/sys/class/power_supply/battery"
+BATTERY_FIELDS = ("current_now", "voltage_now", "capacity", "charge_counter", "status", "temp")
+STATUS_CODES = {"Charging": 2, "Discharging": 3, "Not charging": 4, "Full": 5}
+SCRIPT_PATH = "/data/local/tmp/bench/run/telemetry.sh"
+
+
+@dataclass(frozen=True)
+class Layout:
+    zones: tuple[tuple[int, str], ...]        # (thermal_zone index, type) of temperature zones
+    clusters: tuple[tuple[int, int], ...]     # (first cpu, cpuinfo_max_freq kHz)
+    battery_fields: tuple[str, ...]
+    absent: dict[str, str] = field(default_factory=dict)
+
+
+def discover(device: Device) -> Layout:
+    """Which zones are temperatures (types read once), which clusters and battery files exist."""
+    output = device.shell(
+        "for z in /sys/class/thermal/thermal_zone*; do [ -r $z/temp ] && echo Z ${z##*thermal_zone} $(cat $z/type) $(cat $z/temp); done; "
+        "for c in /sys/devices/system/cpu/cpu*/cpufreq; do [ -r $c/related_cpus ] && echo C $(cat $c/related_cpus) - $(cat $c/cpuinfo_max_freq); done; "
+        f"for f in {' '.join(BATTERY_FIELDS)}; do [ -r {BATTERY}/$f ] && echo B $f; done", timeout=30).stdout
+    zones, clusters, battery, absent = [], {}, [], {}
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:1] == ["Z"] and len(parts) >= 4 and parts[1].isdigit():
+            if parse.thermal_zone_celsius(parts[2], parts[3]) is not None:
+                zones.append((int(parts[1]), parts[2]))
+        elif parts[:1] == ["C"] and "-" in parts:
+            cpus = [int(p) for p in parts[1:parts.index("-")] if p.isdigit()]
+            tail = parts[parts.index("-") + 1:]
+            if cpus:
+                clusters.setdefault(cpus[0], int(tail[0]) if tail and tail[0].isdigit() else 0)
+        elif parts[:1] == ["B"] and len(parts) == 2:
+            battery.append(parts[1])
+    if not zones:
+        absent["thermal/*"] = "no readable thermal_zone reports a temperature"
+    if not clusters:
+        absent["cpu/freq"] = "no readable cpufreq policy"
+    for name in BATTERY_FIELDS:
+        if name not in battery:
+            absent[f"battery/{name}"] = f"{BATTERY}/{name} is not readable"
+    return Layout(tuple(zones), tuple(sorted(clusters.items())), tuple(battery), absent)
+
+
+def loop_script(layout: Layout) -> str:
+    reads = [f'read -r b_{name} < {BATTERY}/{name}' for name in layout.battery_fields]
+    fields = [f'b_{name}=$b_{name}' for name in layout.battery_fields]
+    for index, _ in layout.zones:
+        reads.append(f"read -r z{index} < /sys/class/thermal/thermal_zone{index}/temp")
+        fields.append(f"z{index}=$z{index}")
+    for cpu, _ in layout.clusters:
+        reads.append(f"read -r f{cpu} < /sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq")
+        reads.append(f"read -r m{cpu} < /sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_max_freq")
+        fields += [f"f{cpu}=$f{cpu}", f"m{cpu}=$m{cpu}"]
+    body = "\n  ".join(reads)
+    line = " ".join(fields)
+    return f"""# bench telemetry loop (generated; see bench/android/sampler.py)
+interval=$1; pid=$2; every=$3
+fifo=/data/local/tmp/bench/run/telemetry.$$.fifo
+rm -f $fifo; mkfifo $fifo; exec 3<>$fifo; rm -f $fifo
+n=0
+while :; do
+  t=$EPOCHREALTIME
+  {body}
+  rss=; hwm=; swp=; ut=; st=
+  if [ -r /proc/$pid/status ]; then
+    while read -r k v u; do case $k in VmRSS:) rss=$v;; VmHWM:) hwm=$v;; VmSwap:) swp=$v;; esac; done < /proc/$pid/status
+    read -r _p _c _s _1 _2 _3 _4 _5 _6 _7 _8 _9 _10 ut st _r < /proc/$pid/stat
+  fi
+  while read -r k v u; do case $k in MemAvailable:) ma=$v; break;; esac; done < /proc/meminfo
+  echo "S $t {line} rss=$rss hwm=$hwm swap=$swp ut=$ut st=$st ma=$ma"
+  n=$((n+1))
+  if [ $((n % every)) -eq 1 ] || [ $every -eq 1 ]; then
+    ts=$(dumpsys thermalservice 2>/dev/null | grep -m1 'Thermal Status')
+    echo "T $EPOCHREALTIME ${{ts##*: }}"
+  fi
+  read -t $interval -u 3 _ 2>/dev/null
+done
+"""
+
+
+class AndroidSampler:
+    """Runs the loop on the device and turns its lines into samples, on its own thread."""
+
+    def __init__(self, device: Device, clock: RunClock, sink: Callable[[list[Sample]], None], hz: float, pid: int,
+                 profile: DeviceProfile):
+        self.device, self.clock, self.sink, self.hz, self.pid, self.profile = device, clock, sink, hz, pid, profile
+        self.layout = discover(device)
+        self.absent = dict(self.layout.absent)
+        self.zone_names = {index: kind for index, kind in self.layout.zones}
+        self.cluster_max = dict(self.layout.clusters)
+        self.raw_current: list[tuple[float, float]] = []      # (t_s, raw current_now)
+        self.raw_voltage: list[tuple[float, float]] = []      # (t_s, volts)
+        self.statuses: list[tuple[float, str]] = []
+        self.ticks = 0
+        self.errors = 0
+        self.offset_s = 0.0
+        self.offset_uncertainty_s = 0.0
+        self._stream = None
+        self._thread = threading.Thread(target=self._loop, name="bench-android-sampler", daemon=True)
+        self._lines = b""
+
+    def _clock_offset(self) -> None:
+        """device epoch - run clock, from a round trip; half the round trip is the uncertainty."""
+        before = self.clock.now_s()
+        out = self.device.shell("echo $EPOCHREALTIME", timeout=10).stdout.strip()
+        after = self.clock.now_s()
+        self.offset_s = float(out) - (before + after) / 2
+        self.offset_uncertainty_s = (after - before) / 2
+
+    def start(self) -> "AndroidSampler":
+        self._clock_offset()
+        with tempfile.TemporaryDirectory() as scratch:
+            script = Path(scratch) / "telemetry.sh"
+            script.write_text(loop_script(self.layout))
+            self.device.shell("mkdir -p /data/local/tmp/bench/run", check=True)
+            self.device.push(script, SCRIPT_PATH)
+        interval = f"{1 / self.hz:.3f}"
+        every = max(1, round(self.hz))  # thermal status about once a second
+        self._stream = self.device.open_shell_stream(f"exec sh {SCRIPT_PATH} {interval} {int(self.pid)} {every}")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            chunk = self._stream.read_stdout()
+            if chunk is None:
+                break
+            self._lines += chunk
+            *complete, self._lines = self._lines.split(b"\n")
+            samples: list[Sample] = []
+            for raw in complete:
+                try:
+                    samples += self.parse_line(raw.decode(errors="replace"))
+                except (ValueError, IndexError):
+                    self.errors += 1
+            if samples:
+                self.sink(samples)
+
+    def parse_line(self, line: str) -> list[Sample]:
+        parts = line.split()
+        if len(parts) < 2:
+            return []
+        t_s = float(parts[1]) - self.offset_s
+        if parts[0] == "T":
+            if len(parts) >= 3 and parts[2].isdigit():
+                return [Sample(t_s, "thermal", "status", float(parts[2]), "level")]
+            return []
+        if parts[0] != "S":
+            return []
+        self.ticks += 1
+        values = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+        samples: list[Sample] = []
+
+        def number(key: str) -> float | None:
+            text = values.get(key, "")
+            try:
+                return float(text)
+            except ValueError:
+                return None
+
+        for index, kind in self.zone_names.items():
+            raw = values.get(f"z{index}")
+            celsius = parse.thermal_zone_celsius(kind, raw) if raw else None
+            if celsius is not None:
+                samples.append(Sample(t_s, "thermal", kind, celsius, "C"))
+        for cpu, max_khz in self.cluster_max.items():
+            cur, cap = number(f"f{cpu}"), number(f"m{cpu}")
+            if cur is not None:
+                samples.append(Sample(t_s, "cpu", f"freq_cpu{cpu}", cur / 1000, "MHz"))
+            if cap is not None and max_khz:
+                samples.append(Sample(t_s, "cpu", f"cap_cpu{cpu}", cap / max_khz, "ratio"))
+        current = number("b_current_now")
+        if current is not None:
+            self.raw_current.append((t_s, current))
+            samples.append(Sample(t_s, "battery", "current_now_raw", current, "raw"))
+        voltage = number("b_voltage_now")
+        if voltage is not None:
+            volts = voltage / 1e6 if voltage > 1000 else voltage / 1000 if voltage > 100 else voltage
+            self.raw_voltage.append((t_s, volts))
+            samples.append(Sample(t_s, "battery", "voltage", volts, "V"))
+        for key, name, unit, scale in (("b_capacity", "level", "%", 1), ("b_charge_counter", "charge_counter", "uAh", 1),
+                                       ("b_temp", "temperature", "C", 0.1)):
+            value = number(key)
+            if value is not None:
+                samples.append(Sample(t_s, "battery", name, value * scale, unit))
+        status = values.get("b_status")
+        if status:
+            self.statuses.append((t_s, status))
+            samples.append(Sample(t_s, "battery", "status_code", float(STATUS_CODES.get(status, 1)), "code"))
+        for key, name in (("rss", "rss"), ("hwm", "peak_rss"), ("swap", "swap")):
+            value = number(key)
+            if value is not None:
+                samples.append(Sample(t_s, "process", name, value * 1024, "B"))
+        user, system = number("ut"), number("st")
+        if user is not None and system is not None:
+            samples.append(Sample(t_s, "process", "cpu_time", (user + system) / 100, "s"))  # USER_HZ = 100
+        available = number("ma")
+        if available is not None:
+            samples.append(Sample(t_s, "system", "mem_available", available * 1024, "B"))
+        return samples
+
+    def normalised_power(self, load_windows: list[tuple[float, float]]) -> tuple[list[Sample], dict]:
+        """Current in A (discharge positive) and power in W, decided after the run from all raw
+        readings: unit by magnitude unless pinned, sign from a discharging status or from idle vs
+        load (load draws more), unless pinned. Returns the samples and how it was decided."""
+        if not self.raw_current:
+            return [], {"decided": "no current readings"}
+        values = [v for _, v in self.raw_current]
+        pinned_unit = None if self.profile.current_unit == "auto" else self.profile.current_unit
+        scale, unit_how = parse.current_unit_scale(values, pinned_unit)
+        discharging = bool(self.statuses) and all(s == "Discharging" for _, s in self.statuses)
+        pinned_sign = None if self.profile.current_sign == "auto" else self.profile.current_sign
+        sign, sign_how = parse.current_discharge_sign(values, discharging=discharging or None, pinned=pinned_sign)
+        if pinned_sign is None and not discharging and load_windows:
+            in_load = [v for t, v in self.raw_current if any(a <= t <= b for a, b in load_windows)]
+            idle = [v for t, v in self.raw_current if not any(a <= t <= b for a, b in load_windows)]
+            if in_load and idle:
+                delta = sorted(in_load)[len(in_load) // 2] - sorted(idle)[len(idle) // 2]
+                if abs(delta) * scale > 0.02:  # load must move the reading by 20 mA to tell the sign
+                    sign, sign_how = (1 if delta > 0 else -1), "detected: the reading moved this way under load"
+        voltages = dict(self.raw_voltage)
+        samples = []
+        for t_s, raw in self.raw_current:
+            amps = raw * scale * sign
+            samples.append(Sample(t_s, "battery", "current", amps, "A"))
+            if t_s in voltages:
+                samples.append(Sample(t_s, "battery", "power", amps * voltages[t_s], "W"))
+        return samples, {"unit": unit_how, "sign": sign_how, "scale_to_A": scale, "discharge_sign": sign}

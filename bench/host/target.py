@@ -1,0 +1,67 @@
+"""The host as a run target: llama-cpp-python in this process, psutil telemetry."""
+
+from __future__ import annotations
+
+import os
+
+from ..clock import RunClock
+from ..gguf import kv_cache_bytes
+from ..progress import Progress
+from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario, to_dict
+from ..runtimes.llama_cpp import LlamaCppRuntime
+from . import device as host_device
+from .sampler import HostSampler
+
+RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
+
+
+class HostTarget:
+    kind = "host"
+    label = "host"
+
+    def __init__(self, bandwidth: tuple[float | None, str]):
+        self.bandwidth = bandwidth
+        self.pushed: dict = {}
+
+    def facts(self) -> DeviceFacts:
+        facts = host_device.host_facts()
+        return DeviceFacts(**{**to_dict(facts), "memory_bandwidth_gbs": self.bandwidth[0],
+                              "memory_bandwidth_source": self.bandwidth[1]})
+
+    def threads(self, scenario: Scenario) -> int:
+        if scenario.threads:
+            return scenario.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def preflight(self, model: ModelInfo, scenario: Scenario) -> list[PreflightCheck]:
+        kv = kv_cache_bytes(model.gguf, scenario.n_ctx)
+        needed = model.bytes + (kv or 0) + RUNTIME_OVERHEAD_BYTES
+        available = host_device.memory_available_bytes()
+        kv_text = f"{kv / 2**20:.0f} MiB KV at n_ctx {scenario.n_ctx}" if kv is not None else "KV size unknown"
+        checks = [PreflightCheck(
+            "memory", needed <= available,
+            f"model {model.bytes / 2**20:.0f} MiB + {kv_text} + {RUNTIME_OVERHEAD_BYTES >> 20} MiB overhead "
+            f"= {needed / 2**20:.0f} MiB; available {available / 2**20:.0f} MiB")]
+        cores = host_device.host_facts().cores_logical or 1
+        threads = self.threads(scenario)
+        if threads > cores:
+            checks.append(PreflightCheck("threads", False, f"{threads} threads on {cores} logical CPUs oversubscribes them",
+                                         "warning"))
+        return checks
+
+    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaCppRuntime:
+        runtime = LlamaCppRuntime(model, n_ctx=scenario.n_ctx, n_batch=scenario.n_batch, threads=self.threads(scenario),
+                                  seed=scenario.seed)
+        task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB)")
+        runtime.load()
+        task.done()
+        return runtime
+
+    def sampler(self, clock: RunClock, sink, hz: float, pid: int | None):
+        return HostSampler(clock, sink, hz, pid or os.getpid())
+
+    def cpu_temperature(self) -> tuple[float | None, int | None]:
+        return max(host_device.temperatures().values(), default=None), None
+
+    def cleanup(self) -> None:
+        pass

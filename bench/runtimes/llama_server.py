@@ -1,0 +1,121 @@
+"""A llama-server reached over HTTP (on a phone, through an adb forward): /completion streamed
+with tokens timed on the host, prefill/decode from the server's own `timings`."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from typing import Sequence
+
+from ..errors import RunFailed
+from .base import Completion
+
+
+class ServerGone(RunFailed):
+    """The connection to llama-server broke: it crashed, was killed, or the device went away."""
+
+
+class LlamaServerRuntime:
+    kind = "llama-server"
+
+    def __init__(self, host_port: int, *, info: dict, process_id: int | None, request_timeout_s: float = 600):
+        self.host_port, self._info, self._pid, self.timeout = host_port, info, process_id, request_timeout_s
+
+    def _connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.host_port, timeout=timeout or self.timeout)
+
+    def _post(self, path: str, body: dict, timeout: float | None = None) -> dict:
+        connection = self._connection(timeout)
+        try:
+            connection.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            raise ServerGone(f"llama-server did not answer {path}: {error}") from None
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise RunFailed(f"llama-server answered {path} with HTTP {response.status}: {payload[:200]!r}")
+        return json.loads(payload)
+
+    def health(self, timeout: float = 5) -> int | None:
+        """HTTP status of /health (503 while loading, 200 when ready), None when nothing answers."""
+        connection = self._connection(timeout)
+        try:
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            connection.close()
+
+    def load(self) -> float:
+        return float(self._info.get("load_ms") or 0.0)
+
+    def info(self) -> dict:
+        return dict(self._info)
+
+    def process_id(self) -> int | None:
+        return self._pid
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._post("/tokenize", {"content": text, "add_special": True}, timeout=60)["tokens"])
+
+    def complete(self, prompt: str | Sequence[int], *, n_predict: int, ignore_eos: bool, keep_cache: bool,
+                 temperature: float, seed: int) -> Completion:
+        body = {"prompt": prompt if isinstance(prompt, str) else list(prompt), "n_predict": n_predict, "seed": seed,
+                "temperature": temperature, "ignore_eos": ignore_eos, "cache_prompt": keep_cache, "stream": True,
+                "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+        connection = self._connection()
+        token_ns: list[int] = []
+        text_parts: list[str] = []
+        final: dict = {}
+        sent_ns = time.perf_counter_ns()
+        try:
+            # The prompt travels as JSON in an HTTP body: it never meets a device shell.
+            connection.request("POST", "/completion", body=json.dumps(body), headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            if response.status != 200:
+                raise RunFailed(f"llama-server answered /completion with HTTP {response.status}: {response.read()[:200]!r}")
+            for raw in response:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                event = json.loads(line[5:])
+                if event.get("content"):
+                    token_ns.append(time.perf_counter_ns())
+                    text_parts.append(event["content"])
+                if event.get("stop"):
+                    final = event
+                    break
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            raise ServerGone(f"the stream from llama-server broke: {error}") from None
+        finally:
+            connection.close()
+        done_ns = time.perf_counter_ns()
+        timings = final.get("timings") or {}
+        generated = int(final.get("tokens_predicted") or timings.get("predicted_n") or len(token_ns))
+        stop_type = final.get("stop_type") or ("eos" if final.get("stopped_eos") else "length")
+        prompt_n = timings.get("prompt_n")
+        cached = int(timings.get("cache_n") or 0)
+        return Completion(
+            prompt_tokens=int(final.get("tokens_evaluated") or ((prompt_n or 0) + cached)),
+            cached_tokens=cached,
+            gen_tokens=generated,
+            sent_ns=sent_ns,
+            token_ns=tuple(token_ns),
+            done_ns=done_ns,
+            prefill_ms=timings.get("prompt_ms"),
+            prefill_n=prompt_n,
+            decode_ms=timings.get("predicted_ms"),
+            # predicted_per_second excludes the first token: (n - 1) / time, llama.cpp's convention
+            decode_n=max(0, generated - 1) if timings.get("predicted_ms") else None,
+            stop_reason={"limit": "length", "eos": "eos", "word": "stop_word"}.get(stop_type, str(stop_type)),
+            text="".join(text_parts),
+        )
+
+    def close(self) -> None:
+        pass  # the device side owns the process; AndroidTarget stops it
