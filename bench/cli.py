@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_start.add_argument("--profile", default="default", help="sim profile (default, hot)")
     sim_start.add_argument("--replay", type=Path, metavar="DIR", help="answer with captured text from DIR")
     sim_start.add_argument("--unplugged", action="store_true", help="battery really discharges (default: on USB)")
+    sim_start.add_argument("--unauthorized", action="store_true", help="act like a phone that never accepts this host's key")
     sim_stop = sim_sub.add_parser("stop", help="disconnect and stop a sim")
     sim_stop.add_argument("--name", default=None)
     sim_stop.add_argument("--all", action="store_true")
@@ -426,10 +427,10 @@ def cmd_sim(args) -> int:
         with BarProgress(err) as progress:
             task = progress.task(f"starting sim '{args.name}' on 127.0.0.1:{port}")
             info = control.start(cache, name=args.name, port=port, profile=args.profile, replay=args.replay,
-                                 unplugged=args.unplugged)
+                                 unplugged=args.unplugged, unauthorized=args.unauthorized)
             try:
                 adb.connect(info.serial)
-                adb.wait_for_state(info.serial, "device", timeout=20)
+                adb.wait_for_state(info.serial, "unauthorized" if args.unauthorized else "device", timeout=20)
             except BenchError:
                 control.stop(info)
                 raise

@@ -74,7 +74,7 @@ def start_sim(adb_server):
         info = control.start(cache_root(), **options)
         started.append(info)
         adb.connect(info.serial)
-        adb.wait_for_state(info.serial, "device")
+        adb.wait_for_state(info.serial, "unauthorized" if options.get("unauthorized") else "device")
         return info
 
     yield start
@@ -95,7 +95,7 @@ def bench_cli(*args: str, cwd: Path | None = None, timeout: float = 900, env: di
 
 
 def write_gguf(path: Path, metadata: dict, tensors: list[tuple[str, list[int], int]], *,
-               data_bytes: int | None = None, string_array: list[str] | None = None) -> Path:
+               data_bytes: int | None = None, string_array: list[str] | None = None, sparse: bool = False) -> Path:
     """A small, valid GGUF v3 file: metadata (str/int/float), an optional string array, tensor
     infos and (zero) tensor data, so header parsing and truncation checks have known truth."""
 
@@ -131,6 +131,11 @@ def write_gguf(path: Path, metadata: dict, tensors: list[tuple[str, list[int], i
         offset += (size + 31) // 32 * 32
     body += b"\0" * (-len(body) % 32)
     total = end if data_bytes is None else data_bytes
+    if sparse:  # a multi-GB model without writing GBs: the data region is a hole
+        with path.open("wb") as handle:
+            handle.write(bytes(body))
+            handle.truncate(len(body) + total)
+        return path
     body += b"\0" * total
     path.write_bytes(bytes(body))
     return path

@@ -9,6 +9,7 @@ through `ServiceFactory`, which gets a Stream to read from and write to.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import Awaitable, Callable
 A_CNXN, A_OPEN, A_OKAY, A_CLSE, A_WRTE, A_AUTH, A_STLS = (
     int.from_bytes(name, "little") for name in (b"CNXN", b"OPEN", b"OKAY", b"CLSE", b"WRTE", b"AUTH", b"STLS"))
 A_VERSION = 0x01000001
+AUTH_TOKEN, AUTH_SIGNATURE, AUTH_RSAPUBLICKEY = 1, 2, 3
 MAX_PAYLOAD = 256 * 1024
 HEADER = struct.Struct("<6I")
 
@@ -100,8 +102,9 @@ ServiceFactory = Callable[[str], "Callable[[Stream], Awaitable[None]] | None"]
 
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, banner: Banner,
-                 services: ServiceFactory):
+                 services: ServiceFactory, unauthorized: bool = False):
         self.reader, self.writer, self.banner, self.services = reader, writer, banner, services
+        self.unauthorized = unauthorized
         self.streams: dict[int, Stream] = {}
         self.max_payload = MAX_PAYLOAD
         self._next_id = 1
@@ -134,7 +137,16 @@ class Connection:
     async def dispatch(self, command: int, arg0: int, arg1: int, data: bytes) -> None:
         if command == A_CNXN:
             self.max_payload = min(MAX_PAYLOAD, arg1 or MAX_PAYLOAD)
+            if self.unauthorized:
+                # A phone whose user has not accepted this host's key: ask for a signature, and
+                # never accept one. The adb server then lists the device as "unauthorized".
+                await self.send(A_AUTH, AUTH_TOKEN, 0, os.urandom(20))
+                return
             await self.send(A_CNXN, A_VERSION, self.max_payload, self.banner.encode())
+        elif command == A_AUTH:
+            if arg0 == AUTH_SIGNATURE:
+                await self.send(A_AUTH, AUTH_TOKEN, 0, os.urandom(20))
+            # AUTH_RSAPUBLICKEY: a real phone shows its prompt now; nobody accepts it here.
         elif command == A_OPEN:
             service = data.rstrip(b"\0").decode("utf-8", errors="replace")
             handler = self.services(service)
@@ -168,7 +180,7 @@ class Connection:
                 if not stream.closed:
                     stream.closed = True
                 await self.send(A_CLSE, arg1, arg0)
-        # AUTH/STLS are never asked for: the banner answers CNXN directly.
+        # STLS is never asked for: the banner answers CNXN directly.
 
     async def _serve(self, handler, stream: Stream) -> None:
         try:
@@ -183,8 +195,9 @@ class Connection:
                     pass
 
 
-async def serve(host: str, port: int, banner: Banner, services: ServiceFactory) -> asyncio.base_events.Server:
+async def serve(host: str, port: int, banner: Banner, services: ServiceFactory,
+                unauthorized: bool = False) -> asyncio.base_events.Server:
     async def on_connect(reader, writer):
-        await Connection(reader, writer, banner, services).run()
+        await Connection(reader, writer, banner, services, unauthorized).run()
 
     return await asyncio.start_server(on_connect, host, port, reuse_address=True)

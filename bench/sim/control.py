@@ -107,7 +107,7 @@ def plan_start(cache: Path, *, name: str = "sim", port: int | None = None, profi
 
 
 def start(cache: Path, *, name: str = "sim", port: int | None = None, profile: str = "default",
-          replay: Path | None = None, unplugged: bool = False) -> SimInfo:
+          replay: Path | None = None, unplugged: bool = False, unauthorized: bool = False) -> SimInfo:
     port = plan_start(cache, name=name, port=port, profile=profile, replay=replay)
     state_dir = sims_root(cache) / name
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +118,8 @@ def start(cache: Path, *, name: str = "sim", port: int | None = None, profile: s
         command += ["--replay", str(replay.resolve())]
     if unplugged:
         command.append("--unplugged")
+    if unauthorized:
+        command.append("--unauthorized")
     with log.open("w") as handle:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle, stderr=handle,
                                    start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))

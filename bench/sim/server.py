@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--replay", type=Path)
     parser.add_argument("--unplugged", action="store_true")
+    parser.add_argument("--unauthorized", action="store_true", help="never accept the host's key (tests)")
     parser.add_argument("--state-dir", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        server = await serve("127.0.0.1", args.port, banner, Services(sandbox, processes))
+        server = await serve("127.0.0.1", args.port, banner, Services(sandbox, processes), args.unauthorized)
         physics_thread.start()
         atomic_write_json(state_dir / "sim.json", {
             "schema_version": 1, "name": args.name, "port": args.port, "serial": serial, "pid": os.getpid(),

@@ -1,0 +1,201 @@
+"""The Android path for real: the emulated phone behind the real adb server, the real
+llama-server built by `bench runtime build --target host`, and SmolLM2 from PyPI."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.android import adb
+from bench.android.device import ROOT, AndroidTarget
+from bench.sim import control
+from bench.store import load_run
+from conftest import REPO, bench_cli, write_gguf
+
+pytestmark = pytest.mark.slow
+FIXTURES = Path(__file__).resolve().parent / "data" / "android"
+
+
+@pytest.fixture
+def phone(start_sim, host_runtime, smollm2_path):
+    return start_sim()
+
+
+def _run(serial: str, out: Path, *args: str) -> dict:
+    result = bench_cli("run", "--device", serial, "--out", str(out), "--json", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def _samples(run_dir: str):
+    data = load_run(run_dir)
+    return data, {(s, n) for s, n in zip(data.samples["source"], data.samples["name"])}
+
+
+def test_quick_run_on_the_sim_then_cached_push(phone, tmp_path):
+    first = _run("sim", tmp_path, "--repetitions", "2")
+    assert first["status"] == "complete"
+    data, kinds = _samples(first["run_dir"])
+    assert data.run["device"]["kind"] == "android" and data.run["device"]["profile"] == "sim"
+    assert data.run["runtime"]["kind"] == "llama-server" and data.run["runtime"]["llama_cpp_commit"] == "0c1e57098"
+    measured = data.requests[data.requests["warmup"] == False]  # noqa: E712
+    assert (measured["gen_tokens"] == 64).all() and (measured["decode_tps"] > 0).all() and (measured["prefill_tps"] > 0).all()
+    for expected in (("thermal", "BIG"), ("battery", "current"), ("battery", "power"), ("battery", "level"),
+                     ("cpu", "freq_cpu0"), ("process", "rss"), ("process", "peak_rss"), ("thermal", "status")):
+        assert expected in kinds, expected
+    rss = data.samples[(data.samples["source"] == "process") & (data.samples["name"] == "rss")]["value"]
+    assert rss.max() > 50 * 2**20  # llama-server holding a 94 MiB model
+    summary = first["summary"]
+    assert summary["bytes_pushed"] > 98_000_000
+    assert summary["validity"]["charging"] is True  # a sim on USB, like a phone on a cable
+    assert summary["energy"]["valid"] is False and "charging" in summary["energy"]["reason"]
+    assert (Path(first["run_dir"]) / "plots" / "power.png").is_file()
+    assert "Invalid:" in (Path(first["run_dir"]) / "report.md").read_text()
+
+    second = _run("sim", tmp_path, "--repetitions", "2")
+    assert second["status"] == "complete" and second["summary"]["bytes_pushed"] == 0
+    pushed = load_run(second["run_dir"]).run["pushed"]
+    assert pushed["model"]["cached"] and pushed["runtime"]["cached"]
+    device = adb.Device(phone.serial)
+    assert "llama-server" not in device.shell("ps -A -o args").stdout  # nothing of ours left running
+    assert not device.forwards()
+
+
+def test_unplugged_sim_gives_valid_energy(start_sim, host_runtime, smollm2_path, tmp_path):
+    info = start_sim(unplugged=True)
+    result = _run(info.serial, tmp_path, "--repetitions", "2")
+    energy = result["summary"]["energy"]
+    assert result["summary"]["validity"]["charging"] is False
+    assert energy["valid"] and energy["j_per_token"] > 0 and energy["mah_per_1k_tokens"] > 0
+
+
+def test_sustained_on_a_hot_sim_is_flagged_throttled_with_cooldown_waits(start_sim, host_runtime, smollm2_path, tmp_path):
+    info = start_sim(profile="hot")
+    scenario = tmp_path / "soak.toml"
+    scenario.write_text('name = "hot-soak"\nrepetitions = 3\nwarmup = 0\nn_predict = 16\nduration_s = 6\n'
+                        'prompts = ["Tell me about lighthouses."]\n[cooldown]\nmode = "temperature"\nmax_wait_s = 1.5\npoll_s = 0.5\n')
+    result = bench_cli("run", "--device", info.serial, "--out", str(tmp_path), "--scenario", str(scenario), "--json",
+                       "--allow", "thermal")
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = json.loads(result.stdout)
+    assert payload["summary"]["validity"]["throttled"] is True
+    assert len(payload["summary"]["cooldown_waits_s"]) >= 2 and min(payload["summary"]["cooldown_waits_s"]) > 1
+    data = load_run(payload["run_dir"])
+    assert any(e["kind"] == "cooldown" and not e.get("reached") for e in data.events)
+    assert "decode_tps_drift" in payload["summary"]
+    assert "throttled | yes" in (Path(payload["run_dir"]) / "report.md").read_text()
+
+
+def test_hot_sim_fails_the_thermal_preflight(start_sim, host_runtime, tmp_path):
+    info = start_sim(profile="hot")
+    result = bench_cli("run", "--device", info.serial, "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "preflight 'thermal'" in result.stderr and "--allow thermal" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_devices_json_on_a_replayed_capture(start_sim, tmp_path):
+    replay = tmp_path / "capture"
+    replay.mkdir()
+    (replay / "dumpsys_battery.txt").write_text((FIXTURES / "dumpsys-battery_samsung-oneui_zebrunner-mcloud-device-150.txt").read_text())
+    (replay / "dumpsys_thermalservice.txt").write_text(
+        (FIXTURES / "dumpsys-thermalservice_pixel-tensor-gs101-class_thermalhal2_skia-buildbot.txt").read_text())
+    info = start_sim(replay=replay)
+    result = bench_cli("devices", "--json")
+    assert result.returncode == 0, result.stderr
+    entry = next(d for d in json.loads(result.stdout)["devices"] if d["serial"] == info.serial)
+    battery, thermal = entry["battery"], entry["thermal"]
+    assert (battery["level_pct"], battery["status"], battery["plugged"]) == (100.0, "full", "usb")
+    assert battery["temperature_c"] == 30.9 and battery["voltage_v"] == 4.312 and battery["charge_counter_uah"] == 2967000
+    sensors = {s["name"]: s for s in thermal["sensors"]}
+    assert thermal["status"] == 0 and sensors["TPU"]["celsius"] == 25.000002 and "soft_ocp_gpu" not in sensors
+    assert entry["profile"] == "sim" and entry["model"] == "Bench Sim"
+
+
+def test_unauthorized_device_gets_one_line_with_the_fix(start_sim, tmp_path):
+    info = start_sim(unauthorized=True)
+    result = bench_cli("run", "--device", info.serial, "--out", str(tmp_path / "r"))
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "unauthorized" in lines[0] and "Allow USB debugging" in lines[0]
+    assert not (tmp_path / "r").exists()
+    listed = json.loads(bench_cli("devices", "--json").stdout)["devices"]
+    assert any(d["serial"] == info.serial and d["state"] == "unauthorized" and d["fix"] for d in listed)
+
+
+def test_model_larger_than_device_ram_fails_before_any_push(start_sim, host_runtime, tmp_path):
+    replay = tmp_path / "capture"
+    replay.mkdir()
+    (replay / "proc_meminfo.txt").write_text((FIXTURES / "proc-meminfo_device-unknown-arm64-3GB_aosp-libmeminfo-test.txt").read_text())
+    info = start_sim(replay=replay)
+    big = write_gguf(tmp_path / "big.gguf", {"general.architecture": "llama", "general.file_type": 1},
+                     [("w", [1024, 1024, 1600], 1)], sparse=True)  # 3.2 GB of f16
+    result = bench_cli("run", "--device", info.serial, "--model", str(big), "--out", str(tmp_path / "r"))
+    lines = [l for l in result.stderr.splitlines() if l.strip() and "sha256" not in l]
+    assert result.returncode == 2 and "preflight 'memory'" in result.stderr and "MemAvailable 2487 MiB" in result.stderr, result.stderr
+    assert not (tmp_path / "r").exists()
+    assert adb.Device(info.serial).shell(f"ls {ROOT}/models 2>/dev/null | wc -l").stdout.strip() in ("", "0")
+
+
+def test_hostile_prompt_reaches_the_model_verbatim_and_runs_nothing(phone, tmp_path):
+    import llama_cpp
+
+    prompt = ("He said \"hi\" and 'bye'; touch /data/local/tmp/pwned1\n$(touch /data/local/tmp/pwned2) "
+              "`touch /data/local/tmp/pwned3` && echo $HOME | sh\n\\n %s {} ;;")
+    scenario = tmp_path / "hostile.toml"
+    scenario.write_text("name = \"hostile\"\nrepetitions = 1\nwarmup = 0\nn_predict = 4\nprompts = [" + json.dumps(prompt) + "]\n")
+    result = _run(phone.serial, tmp_path, "--scenario", str(scenario), "--no-telemetry")
+    requests = load_run(result["run_dir"]).requests
+    llm = llama_cpp.Llama(model_path=str(Path(load_run(result["run_dir"]).run["model"]["path"])), vocab_only=True, verbose=False)
+    assert int(requests["prompt_tokens"].iloc[0]) == len(llm.tokenize(prompt.encode(), add_bos=True))
+    listing = adb.Device(phone.serial).shell("ls /data/local/tmp").stdout
+    assert "pwned" not in listing
+
+
+def test_device_disappearing_mid_run_keeps_rows_and_leaves_nothing(start_sim, host_runtime, smollm2_path, tmp_path):
+    info = start_sim()
+    scenario = tmp_path / "long.toml"
+    scenario.write_text('name = "long"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 120\nprompts = ["Go on."]\n'
+                        '[cooldown]\nmode = "none"\n')
+    out = tmp_path / "r"
+    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", info.serial, "--out", str(out),
+                                "--scenario", str(scenario), "--json"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list(out.glob("*/requests.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("no request rows appeared")
+    control.stop(info)  # the phone goes away mid-run
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr[-2000:]
+    payload = json.loads(stdout)
+    assert payload["status"] == "partial"
+    data = load_run(payload["run_dir"])
+    assert data.run["status"] == "partial" and len(data.requests) >= 3
+    assert (Path(payload["run_dir"]) / "report.md").is_file()
+    # it comes back: nothing of ours runs there, and no forward of ours is left on the host
+    back = start_sim(name=info.name, port=info.port)
+    device = adb.Device(back.serial)
+    assert "llama-server" not in device.shell("ps -A -o args").stdout
+    assert not any(item for item in adb.client().forward_list() if item.serial == back.serial)
+
+
+def test_stale_server_from_a_lost_run_is_killed_by_pid(phone):
+    device = adb.Device(phone.serial)
+    device.shell(f"mkdir -p {ROOT}/bin/stale {ROOT}/run && cp /usr/bin/sleep {ROOT}/bin/stale/llama-server", check=True)
+    stream = device.open_shell_stream(f"{ROOT}/bin/stale/llama-server 600 & echo $! > {ROOT}/run/llama-server.pid; wait")
+    time.sleep(0.5)
+    pid = device.shell(f"cat {ROOT}/run/llama-server.pid").stdout.strip()
+    assert device.shell(f"kill -0 {pid} && echo alive").stdout.strip() == "alive"
+    target = AndroidTarget(phone.serial, None)
+    assert target.stale_killed == int(pid)
+    time.sleep(0.3)
+    assert device.shell(f"kill -0 {pid} 2>/dev/null && echo alive").stdout.strip() == ""
+    stream.close()
