@@ -1,5 +1,6 @@
-"""Push throughput through the emulated phone: adbutils' sync push vs `adb push` of the same file,
-side by side in one run, alternating order. Prints MB/s for each and the ratio.
+"""Push throughput through the emulated phone: bench's push (sync SEND through the adb server in
+64 KiB chunks; adbutils' own sync push uses 4 KiB and ran at 0.26x adb push here) vs `adb push` of
+the same file, side by side in one run, alternating order. Prints MB/s for each and the ratio.
 
     .venv/bin/python benchmarks/sim_push.py [--mb 100] [--rounds 3]
 """
@@ -37,12 +38,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             payload = Path(scratch) / "payload.bin"
             payload.write_bytes(os.urandom(args.mb * 1024 * 1024))
-            rates = {"adbutils sync push": [], "adb push": []}
+            rates = {"bench push": [], "adb push": []}
 
             def via_adbutils() -> None:
                 started = time.perf_counter()
                 device.push(payload, "/data/local/tmp/push-a.bin")
-                rates["adbutils sync push"].append(args.mb * 1.048576 / (time.perf_counter() - started))
+                rates["bench push"].append(args.mb * 1.048576 / (time.perf_counter() - started))
 
             def via_adb() -> None:
                 started = time.perf_counter()
@@ -53,10 +54,10 @@ def main() -> None:
             for round_index in range(args.rounds):
                 for measure in (via_adbutils, via_adb) if round_index % 2 == 0 else (via_adb, via_adbutils):
                     measure()
-                print(f"round {round_index + 1}: adbutils {rates['adbutils sync push'][-1]:.1f} MB/s, "
+                print(f"round {round_index + 1}: bench push {rates['bench push'][-1]:.1f} MB/s, "
                       f"adb push {rates['adb push'][-1]:.1f} MB/s")
-        ours, theirs = statistics.median(rates["adbutils sync push"]), statistics.median(rates["adb push"])
-        print(f"{args.mb} MB through the sim: adbutils {ours:.1f} MB/s, adb push {theirs:.1f} MB/s, ratio {ours / theirs:.2f}")
+        ours, theirs = statistics.median(rates["bench push"]), statistics.median(rates["adb push"])
+        print(f"{args.mb} MB through the sim: bench (sync SEND, 64 KiB chunks) {ours:.1f} MB/s, adb push {theirs:.1f} MB/s, ratio {ours / theirs:.2f}")
     finally:
         adb.disconnect(info.serial)
         control.stop(info)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,6 +16,7 @@ from typing import Callable
 from ..errors import BenchError
 
 DEFAULT_TIMEOUT_S = 30.0
+SYNC_CHUNK = 64 * 1024  # the sync protocol's largest DATA payload
 SERVER_PORT_ENV = "ANDROID_ADB_SERVER_PORT"
 
 
@@ -115,8 +118,6 @@ def disconnect(address: str, timeout: float = 10) -> None:
 
 
 def wait_for_state(serial: str, state: str = "device", timeout: float = 20) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -155,17 +156,36 @@ class Device:
         return out
 
     def push(self, local: Path, remote: str, on_bytes: Callable[[int], None] | None = None,
-             timeout: float | None = None) -> int:
-        """Push a file in chunks (so progress can be drawn) through sync SEND; returns bytes sent."""
+             timeout: float | None = None, mode: int = 0o755) -> int:
+        """Push a file with the sync protocol's SEND in 64 KiB DATA chunks (adb push's size;
+        adbutils' own push sends 4 KiB chunks, about 4x slower); returns bytes sent."""
         import adbutils
 
         size = local.stat().st_size
+        command = f"push {local} {remote}"
         try:
-            with local.open("rb") as handle:
-                reader = _CountingReader(handle, on_bytes)
-                self._device.sync.push(reader, remote, mode=0o755)
+            connection = self._device.open_transport(timeout=timeout or self.timeout)
+            try:
+                connection.send_command("sync:")
+                connection.check_okay()
+                target = f"{remote},{0o100000 | mode}".encode()
+                socket_ = connection.conn
+                socket_.sendall(b"SEND" + struct.pack("<I", len(target)) + target)
+                with local.open("rb") as handle:
+                    while chunk := handle.read(SYNC_CHUNK):
+                        socket_.sendall(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
+                        if on_bytes:
+                            on_bytes(len(chunk))
+                socket_.sendall(b"DONE" + struct.pack("<I", int(time.time())))
+                reply = connection.read_exact(8)
+                if reply[:4] != b"OKAY":
+                    length = struct.unpack("<I", reply[4:])[0]
+                    message = connection.read_exact(length).decode(errors="replace") if reply[:4] == b"FAIL" else repr(reply)
+                    raise AdbFailure("push refused", serial=self.serial, command=command, output=message)
+            finally:
+                connection.close()
         except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
-            raise AdbFailure("push failed", serial=self.serial, command=f"push {local} {remote}", output=str(error)) from None
+            raise AdbFailure("push failed", serial=self.serial, command=command, output=str(error)) from None
         return size
 
     def pull_text(self, remote: str) -> str:
@@ -211,17 +231,6 @@ class Device:
         except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
             raise AdbFailure("shell failed", serial=self.serial, command=command, output=str(error)) from None
         return ShellStream(connection)
-
-
-class _CountingReader:
-    def __init__(self, handle, on_bytes):
-        self.handle, self.on_bytes = handle, on_bytes
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.handle.read(size)
-        if data and self.on_bytes:
-            self.on_bytes(len(data))
-        return data
 
 
 class ShellStream:
