@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and entry points. Every command first makes sure .venv is ready:
 #   ./dev.sh run [bench run flags]   set up, then `bench run` on the host (default model + scenario)
-#   ./dev.sh test [pytest flags]     set up, then the test suite
+#   ./dev.sh test [pytest flags]     set up (+ mksh, Debian adb, the host llama.cpp runtime), then the tests
 #   ./dev.sh setup                   set up only
 # llama-cpp-python is sdist-only and takes ~13 minutes to compile on 2 cores, so its wheel is
 # built once into ~/.cache/bench/wheels and reused by every later set-up.
@@ -39,6 +39,22 @@ build_llama_wheel() {
   say "llama-cpp-python wheel cached in $WHEELS after $(( (SECONDS - started) / 60 )) min"
 }
 
+system_packages() {
+  # The emulated phone's shell is mksh (Android's); its tests also drive it with Debian's adb 29.
+  # Without them the sim falls back to bash and that one test is skipped.
+  local missing=()
+  command -v mksh >/dev/null || missing+=(mksh)
+  command -v adb >/dev/null || missing+=(adb)
+  [ ${#missing[@]} -eq 0 ] && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing ${missing[*]} (apt-get)"
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || say "could not install ${missing[*]}; continuing without"
+  else
+    say "optional: install ${missing[*]} (Debian: sudo apt-get install ${missing[*]})"
+  fi
+}
+
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
@@ -60,6 +76,11 @@ command="${1:-setup}"
 case "$command" in
   setup) setup ;;
   run) setup; exec "$VENV/bin/bench" run "$@" ;;
-  test) setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)
+    setup
+    system_packages
+    # llama-server & co. for the emulated phone, from the same llama.cpp as the wheel (cached).
+    "$VENV/bin/bench" runtime build --target host
+    exec "$VENV/bin/python" -m pytest "$@" ;;
   *) say "usage: ./dev.sh run|test|setup [args]"; exit 2 ;;
 esac
