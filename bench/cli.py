@@ -307,21 +307,24 @@ def cmd_models(args) -> int:
     catalog = load_catalog()
     rows = []
     for alias, entry in catalog.items():
+        downloaded = is_downloaded(entry)
         rows.append({"alias": alias, "description": entry.description, "source": entry.source,
                      "file": entry.filename, "sha256": entry.sha256, "pinned": entry.pinned,
                      "size_bytes": entry.size_bytes, "approx_bytes": entry.approx_bytes,
-                     "downloaded": is_downloaded(entry), "path": str(model_path(entry)),
+                     "local_bytes": model_path(entry).stat().st_size if downloaded else None,
+                     "downloaded": downloaded, "path": str(model_path(entry)),
                      "catalog_file": entry.catalog_file})
     if args.json:
         out.print_json(json.dumps({"schema_version": 1, "models": rows}))
         return 0
     table = Table(title="Models (bench models pull ALIAS)")
     for column in ("alias", "source", "size", "pinned", "downloaded", "description"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "description")
     for row in rows:
-        size = row["size_bytes"] or row["approx_bytes"]
-        table.add_row(row["alias"], row["source"], "?" if not size else f"{size / 1e9:.2f} GB" + ("" if row["size_bytes"] else " (approx)"),
-                      "yes" if row["pinned"] else "no", "yes" if row["downloaded"] else "no", row["description"])
+        exact = row["local_bytes"] or row["size_bytes"]
+        size = f"{exact / 1e9:.2f} GB" if exact else f"~{row['approx_bytes'] / 1e9:.2f} GB" if row["approx_bytes"] else "?"
+        table.add_row(row["alias"], row["source"], size, "yes" if row["pinned"] else "no",
+                      "yes" if row["downloaded"] else "no", row["description"])
     out.print(table)
     return 0
 

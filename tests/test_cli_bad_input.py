@@ -24,7 +24,7 @@ def _one_line_exit_2(result, *needles):
     (["--repetitions", "x"], ["--repetitions", "not an integer"]),
     (["--telemetry-hz", "0"], ["--telemetry-hz"]),
 ])
-def test_run_bad_flags(tmp_path: Path, args, needles):
+def test_run_bad_flags(tmp_path: Path, adb_server, args, needles):  # a private adb server answers --device
     out = tmp_path / "results"
     result = bench_cli("run", "--out", str(out), *args)
     _one_line_exit_2(result, *needles)
