@@ -199,3 +199,37 @@ def test_stale_server_from_a_lost_run_is_killed_by_pid(phone):
     time.sleep(0.3)
     assert device.shell(f"kill -0 {pid} 2>/dev/null && echo alive").stdout.strip() == ""
     stream.close()
+
+
+def test_capture_then_replay_round_trip(start_sim, tmp_path):
+    source = start_sim()
+    device = adb.Device(source.serial)
+    device.shell("dumpsys battery set level 33")  # something the replay must carry over
+    capture = tmp_path / "capture"
+    result = bench_cli("capture", "--device", source.serial, str(capture))
+    assert result.returncode == 0, result.stderr
+    for name in ("getprop.txt", "dumpsys_battery.txt", "dumpsys_thermalservice.txt", "proc_meminfo.txt"):
+        assert (capture / name).is_file(), name
+    assert (capture / "sys/class/thermal/thermal_zone0/temp").is_file()
+    assert (capture / "sys/class/power_supply/battery/uevent").is_file()
+    replayed = start_sim(replay=capture)
+    assert not replayed.replay_missing
+    again = adb.Device(replayed.serial)
+    assert again.shell("dumpsys battery").stdout == (capture / "dumpsys_battery.txt").read_text()
+    assert "level: 33" in again.shell("dumpsys battery").stdout
+    assert again.shell("cat /sys/class/thermal/thermal_zone0/temp").stdout == \
+        (capture / "sys/class/thermal/thermal_zone0/temp").read_text()
+
+
+def test_low_battery_fails_the_preflight_unless_allowed(start_sim, host_runtime, smollm2_path, tmp_path):
+    replay = tmp_path / "capture"
+    replay.mkdir()
+    (replay / "dumpsys_battery.txt").write_text((FIXTURES / "dumpsys-battery_pixel-c-dragon_android7_syzkaller-79.txt")
+                                                .read_text().split("\n", 1)[1])  # level 19, on AC
+    info = start_sim(replay=replay)
+    refused = bench_cli("run", "--device", info.serial, "--out", str(tmp_path / "r"))
+    assert refused.returncode == 2 and "preflight 'battery' failed: battery at 19.0%" in refused.stderr
+    assert not (tmp_path / "r").exists()
+    allowed = _run(info.serial, tmp_path / "r", "--allow", "battery", "--repetitions", "1", "--no-telemetry")
+    assert allowed["status"] == "complete"
+    assert any("battery" in w for w in load_run(allowed["run_dir"]).run["warnings"])
