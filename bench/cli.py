@@ -23,7 +23,7 @@ out = Console(highlight=False)
 
 
 class _BarTask:
-    def __init__(self, bar: RichBar, task_id, total):
+    def __init__(self, bar: RichBar, task_id):
         self.bar, self.id = bar, task_id
 
     def advance(self, amount: float = 1) -> None:
@@ -68,10 +68,7 @@ class BarProgress:
 
     def task(self, label: str, total: float | None = None, unit: str = "") -> _BarTask:
         bar = self._start(self.bytes_bar if unit == "B" else self.bar)
-        return _BarTask(bar, bar.add_task(label, total=total), total)
-
-    def note(self, message: str) -> None:
-        self.console.print(message)
+        return _BarTask(bar, bar.add_task(label, total=total))
 
 
 class _Parser(argparse.ArgumentParser):

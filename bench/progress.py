@@ -15,7 +15,6 @@ class Task(Protocol):
 
 class Progress(Protocol):
     def task(self, label: str, total: float | None = None, unit: str = "") -> Task: ...
-    def note(self, message: str) -> None: ...
 
 
 class _NullTask:
@@ -32,6 +31,3 @@ class _NullTask:
 class NullProgress:
     def task(self, label: str, total: float | None = None, unit: str = "") -> Task:
         return _NullTask()
-
-    def note(self, message: str) -> None:
-        pass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import math
 import re
 import threading
 from dataclasses import dataclass
@@ -202,12 +201,3 @@ def find_runs(path: str | Path) -> list[Path]:
     if not runs:
         raise StoreError(f"{root} holds no runs (no {RUN_FILE} below it)", "run `bench run` first or check the path")
     return runs
-
-
-def clean_number(value: Any) -> float | None:
-    """A table cell as a float, or None for empty / NaN."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

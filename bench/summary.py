@@ -224,18 +224,6 @@ def decode_drift(requests: pd.DataFrame) -> float | None:
     return values[-1] / values[0] - 1
 
 
-def jsonable(value):
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def validity_from_samples(samples: pd.DataFrame) -> dict:
     """charging: on external power at any sample (sysfs status Charging/Full, or a plugged flag);
     throttled: thermal status above NONE, or a CPU's frequency cap below its maximum. None where

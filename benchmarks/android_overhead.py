@@ -12,25 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import adb, adb_push, emulated_phone, interleaved
 
-from bench.android import adb  # noqa: E402
-from bench.android.device import ROOT, AndroidTarget, RuntimeBundle  # noqa: E402
-from bench.catalog import cache_root, model_info  # noqa: E402
-from bench.config import resolve_scenario  # noqa: E402
-from bench.host.membw import host_bandwidth_gbs  # noqa: E402
-from bench.progress import NullProgress  # noqa: E402
-from bench.runner import RunOptions, run_benchmark  # noqa: E402
-from bench.runtimes.build import build, plan_build  # noqa: E402
-from bench.sim import control  # noqa: E402
+from bench.android.device import ROOT, AndroidTarget, RuntimeBundle
+from bench.catalog import cache_root, model_info
+from bench.config import resolve_scenario
+from bench.host.membw import host_bandwidth_gbs
+from bench.progress import NullProgress
+from bench.runner import RunOptions, run_benchmark
+from bench.runtimes.build import build, plan_build
 
 
 def bench_decode(serial: str, bundle: RuntimeBundle, model, telemetry_hz: float | None, repetitions: int) -> float:
@@ -49,15 +44,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repetitions", type=int, default=3)
     args = parser.parse_args()
-    own_server = adb.SERVER_PORT_ENV not in os.environ
-    os.environ.setdefault(adb.SERVER_PORT_ENV, "5138")
     runtime_dir = build(plan_build("host", cache_root()))
     bundle = RuntimeBundle(runtime_dir / "bin" / "llama-server", json.loads((runtime_dir / "runtime.json").read_text()))
     model = model_info("smollm2-135m")
-    info = control.start(cache_root(), name=f"bench-android-{os.getpid()}")
-    try:
-        adb.connect(info.serial)
-        adb.wait_for_state(info.serial)
+    with emulated_phone("bench-android") as info:
         device = adb.Device(info.serial)
 
         # 1. decode: bench vs llama-bench tg64, same model, threads, phone
@@ -72,33 +62,30 @@ def main() -> None:
 
         # 2. telemetry at 10 Hz vs off, interleaved
         on, off = [], []
-        for round_index in range(args.rounds):
-            order = ((10.0, on), (None, off)) if round_index % 2 == 0 else ((None, off), (10.0, on))
-            for hz, bucket in order:
-                bucket.append(bench_decode(info.serial, bundle, model, hz, args.repetitions)[0])
+        interleaved(args.rounds, lambda: on.append(bench_decode(info.serial, bundle, model, 10.0, args.repetitions)[0]),
+                    lambda: off.append(bench_decode(info.serial, bundle, model, None, args.repetitions)[0]))
         print(f"telemetry: decode {statistics.median(on):.2f} t/s at 10 Hz vs {statistics.median(off):.2f} t/s off: "
               f"ratio {statistics.median(on) / statistics.median(off):.3f}")
 
-        # 3. model push through bench vs adb push
+        # 3. model push through bench (temp name, on-device sha256, rename) vs adb push
         target = AndroidTarget(info.serial, bundle)
         rates_bench, rates_adb = [], []
-        for _ in range(args.rounds):
+
+        def push_bench():
             device.shell(f"rm -rf {ROOT}/models", check=True)
             started = time.perf_counter()
             target.push_artifacts(model, NullProgress())
             rates_bench.append(model.bytes / 1e6 / (time.perf_counter() - started))
+
+        def push_adb():
             started = time.perf_counter()
-            subprocess.run([adb.adb_binary(), "-P", os.environ[adb.SERVER_PORT_ENV], "-s", info.serial, "push",
-                            model.path, f"{ROOT}/adb-push.gguf"], check=True, capture_output=True, timeout=600)
+            adb_push(info.serial, model.path, f"{ROOT}/adb-push.gguf")
             rates_adb.append(model.bytes / 1e6 / (time.perf_counter() - started))
+
+        interleaved(args.rounds, push_bench, push_adb)
         print(f"push {model.bytes / 1e6:.0f} MB: bench {statistics.median(rates_bench):.1f} MB/s (including the "
               f"on-device sha256 and rename) vs adb push {statistics.median(rates_adb):.1f} MB/s: "
               f"ratio {statistics.median(rates_bench) / statistics.median(rates_adb):.2f}")
-    finally:
-        adb.disconnect(info.serial)
-        control.stop(info)
-        if own_server:
-            subprocess.run([adb.adb_binary(), "-P", os.environ[adb.SERVER_PORT_ENV], "kill-server"], capture_output=True, timeout=30)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import statistics
 
 import llama_cpp
 
-from _common import bench_decode_tps, model_info, resolve_scenario
+from _common import bench_decode_tps, interleaved, model_info, resolve_scenario
 
 
 def bare_decode_tps(llm: llama_cpp.Llama, prompt: str, n_predict: int) -> float:
@@ -47,11 +47,8 @@ def main() -> None:
     def measure_bench() -> None:
         ours.append(bench_decode_tps(args.model, "quick", telemetry_hz=None, repetitions=args.repetitions, threads=threads))
 
-    for round_index in range(args.rounds):
-        # Alternate the order so drift over the session does not favour one side.
-        for measure in ((measure_bare, measure_bench) if round_index % 2 == 0 else (measure_bench, measure_bare)):
-            measure()
-        print(f"round {round_index + 1}: bare loop {bare[-1]:.2f} t/s, bench {ours[-1]:.2f} t/s")
+    interleaved(args.rounds, measure_bare, measure_bench,
+                lambda index: print(f"round {index + 1}: bare loop {bare[-1]:.2f} t/s, bench {ours[-1]:.2f} t/s"))
     ratio = statistics.median(ours) / statistics.median(bare)
     print(f"threads {threads}; median decode t/s: bench {statistics.median(ours):.2f}, bare {statistics.median(bare):.2f}")
     print(f"ratio bench/bare = {ratio:.3f}")

@@ -10,17 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.android import adb  # noqa: E402
-from bench.catalog import cache_root  # noqa: E402
-from bench.sim import control  # noqa: E402
+from _common import adb, adb_push, emulated_phone, interleaved
 
 
 def main() -> None:
@@ -28,41 +22,24 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    own_server = adb.SERVER_PORT_ENV not in os.environ
-    os.environ.setdefault(adb.SERVER_PORT_ENV, "5139")  # a private adb server, not the user's
-    info = control.start(cache_root(), name=f"bench-push-{os.getpid()}")
-    try:
-        adb.connect(info.serial)
-        adb.wait_for_state(info.serial)
+    with emulated_phone("bench-push") as info, tempfile.TemporaryDirectory() as scratch:
         device = adb.Device(info.serial)
-        with tempfile.TemporaryDirectory() as scratch:
-            payload = Path(scratch) / "payload.bin"
-            payload.write_bytes(os.urandom(args.mb * 1024 * 1024))
-            rates = {"bench push": [], "adb push": []}
+        payload = Path(scratch) / "payload.bin"
+        payload.write_bytes(os.urandom(args.mb * 1024 * 1024))
+        ours, theirs = [], []
 
-            def via_adbutils() -> None:
+        def timed(bucket, push):
+            def run():
                 started = time.perf_counter()
-                device.push(payload, "/data/local/tmp/push-a.bin")
-                rates["bench push"].append(args.mb * 1.048576 / (time.perf_counter() - started))
+                push()
+                bucket.append(args.mb * 1.048576 / (time.perf_counter() - started))
+            return run
 
-            def via_adb() -> None:
-                started = time.perf_counter()
-                subprocess.run([adb.adb_binary(), "-P", os.environ[adb.SERVER_PORT_ENV], "-s", info.serial, "push",
-                                str(payload), "/data/local/tmp/push-b.bin"], check=True, capture_output=True, timeout=600)
-                rates["adb push"].append(args.mb * 1.048576 / (time.perf_counter() - started))
-
-            for round_index in range(args.rounds):
-                for measure in (via_adbutils, via_adb) if round_index % 2 == 0 else (via_adb, via_adbutils):
-                    measure()
-                print(f"round {round_index + 1}: bench push {rates['bench push'][-1]:.1f} MB/s, "
-                      f"adb push {rates['adb push'][-1]:.1f} MB/s")
-        ours, theirs = statistics.median(rates["bench push"]), statistics.median(rates["adb push"])
-        print(f"{args.mb} MB through the sim: bench (sync SEND, 64 KiB chunks) {ours:.1f} MB/s, adb push {theirs:.1f} MB/s, ratio {ours / theirs:.2f}")
-    finally:
-        adb.disconnect(info.serial)
-        control.stop(info)
-        if own_server:
-            subprocess.run([adb.adb_binary(), "-P", os.environ[adb.SERVER_PORT_ENV], "kill-server"], capture_output=True, timeout=30)
+        interleaved(args.rounds, timed(ours, lambda: device.push(payload, "/data/local/tmp/push-a.bin")),
+                    timed(theirs, lambda: adb_push(info.serial, str(payload), "/data/local/tmp/push-b.bin")),
+                    lambda index: print(f"round {index + 1}: bench push {ours[-1]:.1f} MB/s, adb push {theirs[-1]:.1f} MB/s"))
+        print(f"{args.mb} MB through the sim: bench push {statistics.median(ours):.1f} MB/s, "
+              f"adb push {statistics.median(theirs):.1f} MB/s, ratio {statistics.median(ours) / statistics.median(theirs):.2f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from _common import bench_decode_tps
+from _common import bench_decode_tps, interleaved
 
 
 def main() -> None:
@@ -21,12 +21,12 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     args = parser.parse_args()
     on, off = [], []
-    for pair in range(args.pairs):
-        # Alternate which side goes first so drift over the session does not favour one side.
-        order = [(args.hz, on), (None, off)] if pair % 2 == 0 else [(None, off), (args.hz, on)]
-        for hz, bucket in order:
-            bucket.append(bench_decode_tps(args.model, args.scenario, telemetry_hz=hz, repetitions=args.repetitions))
-        print(f"pair {pair + 1}: sampler {args.hz:g} Hz {on[-1]:.2f} t/s, off {off[-1]:.2f} t/s")
+
+    def measure(hz, bucket):
+        return lambda: bucket.append(bench_decode_tps(args.model, args.scenario, telemetry_hz=hz, repetitions=args.repetitions))
+
+    interleaved(args.pairs, measure(args.hz, on), measure(None, off),
+                lambda index: print(f"pair {index + 1}: sampler {args.hz:g} Hz {on[-1]:.2f} t/s, off {off[-1]:.2f} t/s"))
     ratio = statistics.median(on) / statistics.median(off)
     print(f"median decode t/s: sampler on {statistics.median(on):.2f}, off {statistics.median(off):.2f}")
     print(f"ratio on/off = {ratio:.3f} (overhead {1 - ratio:+.1%})")

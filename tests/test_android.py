@@ -2,7 +2,6 @@
 llama-server built by `bench runtime build --target host`, and SmolLM2 from PyPI."""
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -133,7 +132,6 @@ def test_model_larger_than_device_ram_fails_before_any_push(start_sim, host_runt
     big = write_gguf(tmp_path / "big.gguf", {"general.architecture": "llama", "general.file_type": 1},
                      [("w", [1024, 1024, 1600], 1)], sparse=True)  # 3.2 GB of f16
     result = bench_cli("run", "--device", info.serial, "--model", str(big), "--out", str(tmp_path / "r"))
-    lines = [l for l in result.stderr.splitlines() if l.strip() and "sha256" not in l]
     assert result.returncode == 2 and "preflight 'memory'" in result.stderr and "MemAvailable 2487 MiB" in result.stderr, result.stderr
     assert not (tmp_path / "r").exists()
     assert adb.Device(info.serial).shell(f"ls {ROOT}/models 2>/dev/null | wc -l").stdout.strip() in ("", "0")

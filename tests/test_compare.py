@@ -1,8 +1,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
-import pytest
 
 from bench.compare import METRICS, RunValues, compare_metric, compare_sides, make_side
 from bench.store import load_run

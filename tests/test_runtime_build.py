@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.catalog import cache_root
 from bench.runtimes import build as builder
 from conftest import bench_cli
 

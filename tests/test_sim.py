@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.android import adb
-from bench.catalog import cache_root
-from bench.sim import control
 from bench.sim.physics import namespace_members
-from conftest import DATA, bench_cli
+from conftest import bench_cli
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "android"
 
@@ -182,6 +180,7 @@ def test_stop_leaves_no_process_port_or_device(start_sim, adb_server):
         probe.bind(("127.0.0.1", info.port))  # the port is free again
     assert info.serial not in _adb_devices(adb.adb_binary(), adb_server)
     assert not Path(sim_data["root"]).exists()
+    sleepers.close()
 
 
 def test_cli_bad_input(start_sim, adb_server, tmp_path):

@@ -5,9 +5,7 @@ The same code path serves a Pixel and `bench sim`; nothing here knows which it t
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import shlex
 import socket
 import time
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from .. import parse
 from ..errors import PreflightError, RunFailed, UsageError
 from ..gguf import kv_cache_bytes
 from ..profiles import DeviceProfile, load_profiles, match_profile
-from ..progress import NullProgress, Progress
+from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario
 from ..runtimes.llama_server import LlamaServerRuntime
 from .adb import AdbFailure, Device, Listed, list_devices
@@ -436,15 +434,8 @@ class AndroidTarget:
         self.stop_server()
 
     # -- thermal -------------------------------------------------------------------------------
-    def temperatures(self) -> dict[str, float]:
-        report = parse.parse_thermalservice(self.device.shell("dumpsys thermalservice", timeout=20).stdout)
-        return {s.name: s.celsius for s in report.sensors if s.type in ("cpu", "skin", "battery", "soc")}
-
     def cpu_temperature(self) -> tuple[float | None, int | None]:
         """Hottest CPU sensor (C) and the thermal status, for the cooldown gate."""
         report = parse.parse_thermalservice(self.device.shell("dumpsys thermalservice", timeout=20).stdout)
         cpu = [s.celsius for s in report.sensors if s.type == "cpu"]
         return (max(cpu) if cpu else max((s.celsius for s in report.sensors), default=None)), report.status
-
-    def runtime_json(self) -> str:
-        return json.dumps(self.pushed)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from .. import parse
 from ..clock import RunClock
 from ..profiles import DeviceProfile
 from ..records import Sample
-from .adb import AdbFailure, Device
+from .adb import Device
 
 BATTERY = "/sys/class/power_supply/battery"
 BATTERY_FIELDS = ("current_now", "voltage_now", "capacity", "charge_counter", "status", "temp")

@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from .profile import SimProfile
@@ -203,7 +202,6 @@ class PhysicsLoop:
         self.throttle = Throttle()
         self._last_ticks: dict[int, int] = {}
         self._running = True
-        self.stopped_seconds = 0.0
 
     def _cpu_seconds(self) -> tuple[float, list[int]]:
         members = namespace_members(self.mount_ns, self.exclude)
@@ -236,7 +234,6 @@ class PhysicsLoop:
                 self.throttle.stop(members)
                 time.sleep(pause)
                 self.throttle.resume()
-                self.stopped_seconds += pause
                 remaining -= pause
             if remaining > 0:
                 time.sleep(remaining)

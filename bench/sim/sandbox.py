@@ -19,7 +19,10 @@ from pathlib import Path
 from .physics import PhoneState
 from .render import battery_uevent, dumpsys_battery, dumpsys_thermalservice, getprop, status_word
 
-REPLAY_FILES = ("getprop.txt", "dumpsys_battery.txt", "dumpsys_thermalservice.txt", "proc_meminfo.txt")
+# `bench capture` file -> where the sandbox keeps it
+REPLAY_FILES = {"getprop.txt": "sim/state/getprop.txt", "dumpsys_battery.txt": "sim/state/dumpsys_battery.txt",
+                "dumpsys_thermalservice.txt": "sim/state/dumpsys_thermalservice.txt",
+                "proc_meminfo.txt": "sim/replay/proc_meminfo.txt"}
 SHELL_CANDIDATES = ("/usr/bin/mksh", "/bin/mksh", "/usr/bin/bash", "/bin/bash")
 ENV = {
     "PATH": "/system/bin:/system/xbin:/vendor/bin:/usr/bin:/bin",
@@ -137,10 +140,7 @@ class Sandbox:
             self._load_replay(self.replay)
 
     def _load_replay(self, replay: Path) -> None:
-        targets = {"getprop.txt": "sim/state/getprop.txt", "dumpsys_battery.txt": "sim/state/dumpsys_battery.txt",
-                   "dumpsys_thermalservice.txt": "sim/state/dumpsys_thermalservice.txt",
-                   "proc_meminfo.txt": "sim/replay/proc_meminfo.txt"}
-        for name, target in targets.items():
+        for name, target in REPLAY_FILES.items():
             source = replay / name
             if source.is_file():
                 shutil.copyfile(source, self.root / target)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import struct
-from pathlib import Path
 
 from .adbd import Stream, StreamClosed
 from .sandbox import Sandbox
