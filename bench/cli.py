@@ -186,9 +186,9 @@ def _runtime_bundle(explicit: Path | None, abi: str | None):
 
     if explicit is not None:
         meta = describe_runtime_dir(explicit)
-        return RuntimeBundle(Path(meta["bin"]) / "llama-server", {**meta, "abi": meta.get("abi") or abi})
+        return RuntimeBundle(Path(meta["bin"]) / "llama-server", meta)
     for meta in reversed(list_runtimes(cache_root())):
-        if meta.get("abi") == abi or (abi == "arm64-v8a" and meta.get("abi") == "aarch64"):
+        if meta.get("abi") == abi:
             return RuntimeBundle(Path(meta["path"]) / "bin" / "llama-server", meta)
     return None
 

@@ -231,3 +231,15 @@ def test_low_battery_fails_the_preflight_unless_allowed(start_sim, host_runtime,
     allowed = _run(info.serial, tmp_path / "r", "--allow", "battery", "--repetitions", "1", "--no-telemetry")
     assert allowed["status"] == "complete"
     assert any("battery" in w for w in load_run(allowed["run_dir"]).run["warnings"])
+
+
+def test_runtime_for_another_abi_fails_the_preflight(start_sim, smollm2_path, tmp_path):
+    release = tmp_path / "llama-b9999-bin-android-arm64"
+    (release / "bin").mkdir(parents=True)
+    header = bytearray(64)
+    header[:4], header[4], header[5], header[18:20] = b"\x7fELF", 2, 1, (0xB7).to_bytes(2, "little")  # aarch64
+    (release / "bin" / "llama-server").write_bytes(bytes(header))
+    info = start_sim()
+    result = bench_cli("run", "--device", info.serial, "--runtime", str(release), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "preflight 'runtime' failed" in result.stderr
+    assert "device ABI x86_64; runtime arm64-v8a" in result.stderr and not (tmp_path / "r").exists()

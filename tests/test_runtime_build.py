@@ -67,3 +67,17 @@ def test_host_build_is_real_and_cached(host_runtime):
     assert again.returncode == 0 and again.stdout.startswith("cached:")
     listed = bench_cli("runtime", "list")
     assert str(host_runtime) in listed.stdout
+
+
+def test_elf_abi(tmp_path):
+    header = bytearray(64)
+    header[:4], header[18:20] = b"\x7fELF", (0xB7).to_bytes(2, "little")
+    (tmp_path / "arm").write_bytes(bytes(header))
+    (tmp_path / "text").write_text("#!/bin/sh\n")
+    assert builder.elf_abi(tmp_path / "arm") == "arm64-v8a"
+    assert builder.elf_abi(tmp_path / "text") is None
+    import platform
+    import sys
+
+    expected = {"x86_64": "x86_64", "aarch64": "arm64-v8a"}[platform.machine()]
+    assert builder.elf_abi(Path(os.path.realpath(sys.executable))) == expected

@@ -197,3 +197,10 @@ def test_cli_bad_input(start_sim, adb_server, tmp_path):
         assert len([l for l in result.stderr.splitlines() if l.strip()]) == 1
     nothing = bench_cli("sim", "stop", "--name", "never-started")
     assert nothing.returncode == 0 and "no sim" in nothing.stdout
+
+
+def test_stdin_reaches_the_shell_through_both_adbs(sim, adb_server):
+    for binary in filter(None, (adb.adb_binary(), shutil.which("adb"))):
+        result = subprocess.run([binary, "-P", str(adb_server), "-s", sim.serial, "shell", "cat; echo done"],
+                                input="line one\nline two\n", capture_output=True, text=True, timeout=30)
+        assert result.stdout == "line one\nline two\ndone\n", (binary, result)

@@ -261,7 +261,7 @@ class AndroidTarget:
                                      f"{storage_needed / 2**20:.0f} MiB to push, {'?' if free is None else f'{free / 2**20:.0f} MiB'} free in /data/local/tmp"))
         abi = snap.props.get("ro.product.cpu.abi", "")
         runtime_abi = (self.runtime.meta.get("abi") if self.runtime else None) or ""
-        abi_ok = self.runtime is not None and (runtime_abi == abi or (runtime_abi == "aarch64" and abi == "arm64-v8a"))
+        abi_ok = self.runtime is not None and runtime_abi == abi
         checks.append(PreflightCheck("runtime", abi_ok,
                                      f"device ABI {abi or '?'}; runtime {runtime_abi or 'none'}"
                                      + ("" if abi_ok else " (build one: `bench runtime build --target android-arm64`, or pass --runtime DIR)")))

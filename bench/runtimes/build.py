@@ -240,7 +240,7 @@ def build(plan: BuildPlan, progress: Progress | None = None) -> Path:
     atomic_write_json(staging / "runtime.json", {
         "schema_version": 1, "target": plan.target, "llama_cpp_commit": plan.commit, "source": str(plan.source),
         "cmake_flags": list(plan.configure), "tools": list(TOOLS),
-        "abi": ANDROID_ABI if plan.target == "android-arm64" else os.uname().machine,
+        "abi": elf_abi(staging / "bin" / "llama-server"),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     shutil.rmtree(plan.install_dir, ignore_errors=True)
@@ -259,6 +259,21 @@ def list_runtimes(cache: Path) -> list[dict]:
     return found
 
 
+_ELF_MACHINES = {0x3E: "x86_64", 0xB7: "arm64-v8a", 0x28: "armeabi-v7a", 0x03: "x86"}
+
+
+def elf_abi(binary: Path) -> str | None:
+    """The Android ABI name of an ELF executable, from its e_machine field; None if not ELF."""
+    try:
+        with binary.open("rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return None
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return None
+    return _ELF_MACHINES.get(int.from_bytes(header[18:20], "little"))
+
+
 def describe_runtime_dir(path: Path) -> dict:
     """A prebuilt runtime folder passed with --runtime: our cache layout, or an extracted llama.cpp
     release (binaries in bin/ or at the top, shared libraries beside them)."""
@@ -270,6 +285,6 @@ def describe_runtime_dir(path: Path) -> dict:
         if (bin_dir / "llama-server").is_file():
             return {"schema_version": 1, "target": "prebuilt", "llama_cpp_commit": None, "source": str(path),
                     "cmake_flags": None, "tools": [t for t in TOOLS if (bin_dir / t).is_file()], "path": str(path),
-                    "bin": str(bin_dir)}
+                    "bin": str(bin_dir), "abi": elf_abi(bin_dir / "llama-server")}
     raise UsageError(f"{path} holds no llama-server (looked in bin/, the folder itself and build/bin/)",
                      "pass a folder from `bench runtime build` or an extracted llama.cpp release")
