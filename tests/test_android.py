@@ -243,3 +243,13 @@ def test_runtime_for_another_abi_fails_the_preflight(start_sim, smollm2_path, tm
     result = bench_cli("run", "--device", info.serial, "--runtime", str(release), "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "preflight 'runtime' failed" in result.stderr
     assert "device ABI x86_64; runtime arm64-v8a" in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_two_matching_devices_is_an_error_listing_serials(start_sim, tmp_path):
+    first, second = start_sim(), start_sim()
+    result = bench_cli("run", "--device", "sim", "--out", str(tmp_path / "r"))
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "2 devices match 'sim'" in lines[0]
+    assert first.serial in lines[0] and second.serial in lines[0] and "--device SERIAL" in lines[0]
+    unknown = bench_cli("run", "--device", "pixle8", "--out", str(tmp_path / "r"))
+    assert unknown.returncode == 2 and "pixel8" in unknown.stderr
