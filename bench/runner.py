@@ -150,8 +150,7 @@ class _Run:
 
         run_id = make_run_id(self.started, options.device, model.alias, scenario.name)
         self.writer = RunWriter(options.out_root, run_id)
-        if hasattr(target, "event"):
-            target.event = self.event
+        target.event = self.event  # the target reports pushes and server phases into this run's events
         self.meta = {
             "run_id": self.writer.run_id, "status": "running",
             "started_at": self.started.isoformat(), "finished_at": None,
@@ -219,21 +218,18 @@ class _Run:
                 self.meta["telemetry"].update(ticks=sampler.ticks, errors=sampler.errors)
         self._final_peak = None
         if runtime is not None:
-            from .host.sampler import proc_status_bytes
-
-            if self.target.kind == "host":
-                self._final_peak = proc_status_bytes(runtime.process_id(), ("VmHWM",)).get("VmHWM")
+            self._final_peak = runtime.peak_rss_bytes()
             runtime.close()
         try:
             self.target.cleanup()
         except BenchError as error:
             self.warn(f"cleanup on the device failed: {error}")
-        if sampler is not None and hasattr(sampler, "normalised_power"):
+        if sampler is not None:
             windows = [(r.t_start_s, r.t_start_s + (r.e2e_ms or 0) / 1000) for r in self.requests]
-            power, how = sampler.normalised_power(windows)
-            if power:
-                self.writer.samples(power)
-            self.meta["telemetry"].update(current_normalisation=how, clock_offset_uncertainty_s=sampler.offset_uncertainty_s)
+            derived, how = sampler.finish(windows)
+            if derived:
+                self.writer.samples(derived)
+            self.meta["telemetry"].update(how)
 
     def _repetitions(self, runtime, prompts, baseline: float | None) -> None:
         scenario = self.scenario

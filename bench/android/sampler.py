@@ -225,6 +225,11 @@ class AndroidSampler:
             samples.append(Sample(t_s, "system", "mem_available", available * 1024, "B"))
         return samples
 
+    def finish(self, load_windows: list[tuple[float, float]]) -> tuple[list[Sample], dict]:
+        """After the run: normalised current and power samples, and how they were decided."""
+        power, how = self.normalised_power(load_windows)
+        return power, {"current_normalisation": how, "clock_offset_uncertainty_s": self.offset_uncertainty_s}
+
     def normalised_power(self, load_windows: list[tuple[float, float]]) -> tuple[list[Sample], dict]:
         """Current in A (discharge positive) and power in W, decided after the run from all raw
         readings: unit by magnitude unless pinned, sign from a discharging status or from idle vs

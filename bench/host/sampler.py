@@ -11,6 +11,7 @@ from typing import Callable
 import psutil
 
 from ..clock import RunClock
+from ..parse import parse_proc_status
 from ..records import Sample
 from .device import temperatures
 
@@ -18,16 +19,12 @@ Sink = Callable[[list[Sample]], None]
 
 
 def proc_status_bytes(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
-    """VmRSS/VmHWM/VmSwap from /proc/PID/status (kB -> bytes); empty off Linux."""
-    found: dict[str, int] = {}
+    """VmRSS/VmHWM/VmSwap from /proc/PID/status in bytes; empty off Linux."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in keys:
-                found[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return found
+        values = parse_proc_status(Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return {}
+    return {key: values[key] for key in keys if key in values}
 
 
 class HostSampler:
@@ -66,6 +63,10 @@ class HostSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def finish(self, load_windows: list[tuple[float, float]]) -> tuple[list[Sample], dict]:
+        """Samples derived after the run (none on the host) and notes for run.json."""
+        return [], {}
 
     def sample_once(self) -> list[Sample]:
         t_s = self.clock.now_s()

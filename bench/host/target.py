@@ -17,11 +17,11 @@ RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
 
 class HostTarget:
     kind = "host"
-    label = "host"
 
     def __init__(self, bandwidth: tuple[float | None, str]):
         self.bandwidth = bandwidth
         self.pushed: dict = {}
+        self.event = lambda *args, **kwargs: None
 
     def facts(self) -> DeviceFacts:
         facts = host_device.host_facts()

@@ -10,9 +10,11 @@ import contextlib
 import importlib.metadata
 import os
 import time
+from pathlib import Path
 from typing import Sequence
 
 from ..errors import ModelError, RunFailed
+from ..parse import parse_proc_status
 from ..records import ModelInfo
 from .base import VENDORED_LLAMA_CPP, Completion
 
@@ -30,6 +32,13 @@ def _quiet_stderr():
             os.close(saved)
 
 
+def _own_status() -> dict[str, int]:
+    try:
+        return parse_proc_status(Path(f"/proc/{os.getpid()}/status").read_text())
+    except OSError:
+        return {}
+
+
 class LlamaCppRuntime:
     kind = "llama-cpp-python"
 
@@ -40,6 +49,7 @@ class LlamaCppRuntime:
         self._llm = None
         self._eos: int | None = None
         self.load_ms: float | None = None
+        self.rss_before_load: int | None = None
 
     def load(self) -> float:
         try:
@@ -47,6 +57,7 @@ class LlamaCppRuntime:
         except ImportError as error:
             raise RunFailed(f"llama-cpp-python is not importable: {error}", hint="run the README's set-up command") from None
         self._lib = llama_cpp
+        self.rss_before_load = _own_status().get("VmRSS")
         started = time.perf_counter()
         try:
             with _quiet_stderr():
@@ -76,6 +87,7 @@ class LlamaCppRuntime:
             "n_ctx": self.n_ctx,
             "n_batch": self.n_batch,
             "load_ms": self.load_ms,
+            "rss_before_load_bytes": self.rss_before_load,
         }
 
     def tokenize(self, text: str) -> list[int]:
@@ -83,6 +95,10 @@ class LlamaCppRuntime:
 
     def process_id(self) -> int | None:
         return os.getpid()
+
+    def peak_rss_bytes(self) -> float | None:
+        """VmHWM of this process (llama-cpp-python runs in it); None off Linux."""
+        return _own_status().get("VmHWM")
 
     def complete(self, prompt: str | Sequence[int], *, n_predict: int, ignore_eos: bool, keep_cache: bool,
                  temperature: float, seed: int) -> Completion:

@@ -61,6 +61,9 @@ class LlamaServerRuntime:
     def process_id(self) -> int | None:
         return self._pid
 
+    def peak_rss_bytes(self) -> float | None:
+        return None  # on the device: the telemetry loop samples its VmHWM
+
     def tokenize(self, text: str) -> list[int]:
         return list(self._post("/tokenize", {"content": text, "add_special": True}, timeout=60)["tokens"])
 
