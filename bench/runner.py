@@ -10,7 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from . import __version__
 from .clock import RunClock
@@ -25,6 +25,8 @@ from .workload import resolve_prompts, run_repetition
 
 class Target(Protocol):
     kind: str
+    pushed: dict          # artifact -> bytes pushed, cached or not (empty on the host)
+    event: Callable[..., None]
 
     def facts(self) -> DeviceFacts: ...
     def threads(self, scenario: Scenario) -> int: ...
@@ -180,7 +182,6 @@ class _Run:
             self.event("phase", "prepare started (push, load)")
             runtime = target.prepare(model, scenario, self.progress)
             self.meta["runtime"] = runtime.info()
-            self.meta["pushed"] = dict(getattr(target, "pushed", {}))
             self.event("phase", "model loaded", load_ms=runtime.info().get("load_ms"))
             if options.telemetry_hz:
                 sampler = target.sampler(self.clock, self.writer.samples, options.telemetry_hz, runtime.process_id())
@@ -198,8 +199,9 @@ class _Run:
             status, reason = ("partial" if self.requests else "failed"), str(error)
             self.event("error", str(error))
         finally:
+            self.meta["pushed"] = dict(target.pushed)  # also what was pushed before a failure
             self._finish(sampler, runtime)
-            summary = self._summary(facts, sampler)
+            summary = self._summary(facts)
             self.event("phase", "run finished", status=status)
             self.writer.close()
             self.write_meta(status, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(), reason=reason,
@@ -259,7 +261,7 @@ class _Run:
         if records and records[-1].error:
             raise RunFailed(f"request failed in repetition {repetition}: {records[-1].error}", str(self.writer.dir))
 
-    def _summary(self, facts: DeviceFacts, sampler) -> dict:
+    def _summary(self, facts: DeviceFacts) -> dict:
         data = load_run(self.writer.dir)  # the stored tables are the truth the summary is taken from
         validity = validity_from_samples(data.samples)
         summary = run_summary(data.requests, data.samples, final_peak_rss=self._final_peak,
