@@ -71,6 +71,11 @@ class BarProgress:
         return _BarTask(bar, bar.add_task(label, total=total))
 
 
+def _print_json(value, **dumps_options) -> None:
+    # Plain stdout, not rich: a console may wrap long strings and break the JSON.
+    sys.stdout.write(json.dumps(value, indent=2, **dumps_options) + "\n")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse's default prints usage too)
         raise UsageError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
@@ -226,8 +231,8 @@ def cmd_run(args) -> int:
         result = run_benchmark(options, target, progress)
     summary = result.summary
     if args.json:
-        out.print_json(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "reason": result.reason,
-                                   "summary": summary}, default=str))
+        _print_json({"run_dir": str(result.run_dir), "status": result.status, "reason": result.reason,
+                     "summary": summary}, default=str)
     else:
         _print_summary(result)
     if result.status == "complete":
@@ -271,7 +276,7 @@ def cmd_devices(args) -> int:
             continue
         entries.append(describe(snapshot(Device(item.serial))))
     if args.json:
-        out.print_json(json.dumps({"schema_version": 1, "devices": entries}))
+        _print_json({"schema_version": 1, "devices": entries})
         return 0
     if not entries:
         out.print("no device attached (`bench run` without --device runs on the host; `bench sim start` gives an emulated phone)")
@@ -312,7 +317,7 @@ def cmd_models(args) -> int:
                      "downloaded": downloaded, "path": str(model_path(entry)),
                      "catalog_file": entry.catalog_file})
     if args.json:
-        out.print_json(json.dumps({"schema_version": 1, "models": rows}))
+        _print_json({"schema_version": 1, "models": rows})
         return 0
     table = Table(title="Models (bench models pull ALIAS)")
     for column in ("alias", "source", "size", "pinned", "downloaded", "description"):
@@ -332,7 +337,7 @@ def cmd_scenarios(args) -> int:
 
     scenarios = [parse_scenario(path) for path in known_scenarios().values()]
     if args.json:
-        out.print_json(json.dumps({"schema_version": 1, "scenarios": [to_dict(s) for s in scenarios]}))
+        _print_json({"schema_version": 1, "scenarios": [to_dict(s) for s in scenarios]})
         return 0
     table = Table(title="Scenarios (bench run --scenario NAME)")
     for column in ("name", "reps", "warmup", "n_predict", "prompts", "duration", "description"):
@@ -409,7 +414,7 @@ def cmd_compare(args) -> int:
 
         write_compare_plot(args.plot, comparisons)
     if args.format == "json":
-        out.print_json(json.dumps(to_json(comparisons)))
+        _print_json(to_json(comparisons))
     else:
         sys.stdout.write(markdown(comparisons))
     regressed = any(c.regressed for c in comparisons)
@@ -485,8 +490,8 @@ def cmd_runtime(args) -> int:
         plan = builder.plan_build(args.target, cache, src=args.src, ndk=args.ndk, jobs=args.jobs,
                                   arm_arch=args.arm_arch or builder.DEFAULT_ARM_ARCH, progress=progress)
         if args.print_plan:
-            out.print_json(json.dumps({"target": plan.target, "source": str(plan.source), "commit": plan.commit,
-                                       "cmake_flags": list(plan.configure), "install_dir": str(plan.install_dir)}))
+            _print_json({"target": plan.target, "source": str(plan.source), "commit": plan.commit,
+                         "cmake_flags": list(plan.configure), "install_dir": str(plan.install_dir)})
             return 0
         cached = builder.installed(plan)
         path = builder.build(plan, progress)
