@@ -34,6 +34,7 @@ class Target(Protocol):
     def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress): ...
     def sampler(self, clock: RunClock, sink, hz: float, pid: int | None): ...
     def cpu_temperature(self) -> tuple[float | None, int | None]: ...
+    def diagnose(self, model: ModelInfo) -> str | None: ...
     def cleanup(self) -> None: ...
 
 
@@ -197,7 +198,13 @@ class _Run:
             self.event("error", "interrupted by the user")
         except BenchError as error:
             status, reason = ("partial" if self.requests else "failed"), str(error)
-            self.event("error", str(error))
+            try:
+                diagnosis = target.diagnose(model)
+            except BenchError:
+                diagnosis = None  # the device itself is gone: the error says so
+            if diagnosis:
+                reason += f"; llama-server: {diagnosis}"
+            self.event("error", reason)
         finally:
             self.meta["pushed"] = dict(target.pushed)  # also what was pushed before a failure
             self._finish(sampler, runtime)

@@ -253,3 +253,29 @@ def test_two_matching_devices_is_an_error_listing_serials(start_sim, tmp_path):
     assert first.serial in lines[0] and second.serial in lines[0] and "--device SERIAL" in lines[0]
     unknown = bench_cli("run", "--device", "pixle8", "--out", str(tmp_path / "r"))
     assert unknown.returncode == 2 and "pixel8" in unknown.stderr
+
+
+def test_server_killed_mid_run_is_reported_with_signal_and_memory(phone, tmp_path):
+    scenario = tmp_path / "long.toml"
+    scenario.write_text('name = "long"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 120\nprompts = ["Go on."]\n'
+                        '[cooldown]\nmode = "none"\n')
+    out = tmp_path / "r"
+    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", phone.serial, "--out", str(out),
+                                "--scenario", str(scenario), "--json"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    device = adb.Device(phone.serial)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list(out.glob("*/requests.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.3)
+    pid = device.shell(f"cat {ROOT}/run/llama-server.pid").stdout.strip()
+    assert pid.isdigit()
+    device.shell(f"kill -9 {pid}")  # what the low-memory killer does
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr[-2000:]
+    payload = json.loads(stdout)
+    assert payload["status"] == "partial"
+    assert "signal 9" in payload["reason"] and "MemAvailable" in payload["reason"], payload["reason"]
+    assert not device.forwards() and "llama-server" not in device.shell("ps -A -o args").stdout

@@ -258,6 +258,16 @@ class ShellStream:
                 self.exit_code = data[0] if data else 255
                 return None
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """Drain the stream until the exit packet; the exit code, or None if none came in time."""
+        try:
+            self.connection.conn.settimeout(timeout)
+        except OSError:
+            return self.exit_code
+        while self.exit_code is None and self.read_stdout() is not None:
+            pass
+        return self.exit_code
+
     def close(self) -> None:
         try:
             self.connection.close()

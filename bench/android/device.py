@@ -381,12 +381,21 @@ class AndroidTarget:
         except AdbFailure:
             return False
 
+    def diagnose(self, model: ModelInfo) -> str | None:
+        """After a failed request: why llama-server is gone, or None while it still runs."""
+        if self._server_stream is None or self.server_alive():
+            return None
+        return self.server_failure(model)
+
     def server_failure(self, model: ModelInfo) -> str:
         """Why the server died: exit status or signal, the log's last lines, low-memory-killer lines."""
         parts = []
-        if self._server_stream is not None and self._server_stream.exit_code is not None:
-            code = self._server_stream.exit_code
-            parts.append(f"exit status {code}" + (f" (signal {code - 128})" if code > 128 else ""))
+        code = self._server_stream.wait_exit(3) if self._server_stream is not None else None
+        if code is not None:
+            signal_number = code - 128 if code > 128 else None
+            parts.append(f"exit status {code}" + (f" (signal {signal_number})" if signal_number else ""))
+            if signal_number == 9:  # how the low-memory killer ends a process
+                parts.append(f"killed: {self.memory_hint(model)}")
         try:
             tail = self.device.shell(f"tail -n 5 {ROOT}/run/llama-server.log 2>/dev/null", timeout=10).stdout.strip()
             if tail:

@@ -63,5 +63,8 @@ class HostTarget:
     def cpu_temperature(self) -> tuple[float | None, int | None]:
         return max(host_device.temperatures().values(), default=None), None
 
+    def diagnose(self, model: ModelInfo) -> str | None:
+        return None  # in-process: a failure is its own explanation
+
     def cleanup(self) -> None:
         pass
