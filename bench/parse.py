@@ -37,7 +37,8 @@ class BatteryReport:
     current_ma_vendor: float | None  # Samsung's `current now:` (mA), sign as printed
 
 
-def _number(text: str | None) -> float | None:
+def parse_number(text: str | None) -> float | None:
+    """The leading number of a value ("19", "[-42]", "3.7 V"), or None."""
     if text is None:
         return None
     match = re.match(r"^\[?\s*(-?\d+(?:\.\d+)?)", text.strip())
@@ -56,11 +57,11 @@ def parse_dumpsys_battery(text: str) -> BatteryReport:
 
     plugged = next((name for name, key in (("ac", "ac powered"), ("usb", "usb powered"), ("wireless", "wireless powered"),
                                             ("dock", "dock powered")) if flag(key)), "none")
-    level, scale = _number(fields.get("level")), _number(fields.get("scale")) or 100.0
-    status_code = _number(fields.get("status"))
-    voltage_mv = _number(fields.get("voltage"))
-    temperature = _number(fields.get("temperature"))
-    counter = _number(fields.get("charge counter"))
+    level, scale = parse_number(fields.get("level")), parse_number(fields.get("scale")) or 100.0
+    status_code = parse_number(fields.get("status"))
+    voltage_mv = parse_number(fields.get("voltage"))
+    temperature = parse_number(fields.get("temperature"))
+    counter = parse_number(fields.get("charge counter"))
     if counter is not None and 0 < counter < 20_000:
         counter *= 1000  # some vendors print mAh; a phone battery holds at least 1,000 mAh = 1e6 uAh
     return BatteryReport(
@@ -71,7 +72,7 @@ def parse_dumpsys_battery(text: str) -> BatteryReport:
         temperature_c=temperature / 10 if temperature else None,
         voltage_v=voltage_mv / 1000 if voltage_mv else None,
         charge_counter_uah=counter if counter else None,
-        current_ma_vendor=_number(fields.get("current now")),
+        current_ma_vendor=parse_number(fields.get("current now")),
     )
 
 
@@ -142,7 +143,7 @@ def thermal_zone_celsius(zone_type: str, raw: str) -> float | None:
     """A thermal_zone*/temp reading in C, or None when it is a placeholder or not a temperature.
     Millidegrees by the kernel ABI; a few zones report whole degrees; -40000-style values and
     zones named for current, voltage or capacity are not temperatures."""
-    value = _number(raw)
+    value = parse_number(raw)
     if value is None:
         return None
     lowered = zone_type.lower()

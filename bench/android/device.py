@@ -4,7 +4,6 @@ The same code path serves a Pixel and `bench sim`; nothing here knows which it t
 
 from __future__ import annotations
 
-import hashlib
 import random
 import socket
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import parse
+from ..catalog import cached_sha256
 from ..errors import PreflightError, RunFailed, UsageError
 from ..gguf import kv_cache_bytes
 from ..profiles import DeviceProfile, load_profiles, match_profile
@@ -87,7 +87,7 @@ def snapshot(device: Device, profiles: dict[str, DeviceProfile] | None = None) -
 
 
 def battery_current_a(snap: Snapshot) -> float | None:
-    raw = parse._number(snap.battery_sysfs.get("current_now"))
+    raw = parse.parse_number(snap.battery_sysfs.get("current_now"))
     if raw is None:
         return None
     scale, _ = parse.current_unit_scale([raw], None if snap.profile.current_unit == "auto" else snap.profile.current_unit)
@@ -156,14 +156,6 @@ def _free_local_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -283,7 +275,7 @@ class AndroidTarget:
         from file names, so nothing a user named reaches a device shell."""
         items = [("model", Path(model.path), model.sha256, f"{ROOT}/models/{model.sha256[:32]}.gguf")]
         if self.runtime is not None:
-            digest = self.runtime.meta.get("server_sha256") or _file_sha256(self.runtime.server)
+            digest = cached_sha256(self.runtime.server)
             items.append(("runtime", self.runtime.server, digest, f"{ROOT}/bin/{digest[:16]}/llama-server"))
         return items
 
