@@ -152,24 +152,28 @@ def test_hostile_prompt_reaches_the_model_verbatim_and_runs_nothing(phone, tmp_p
     assert "pwned" not in listing
 
 
-def test_device_disappearing_mid_run_keeps_rows_and_leaves_nothing(start_sim, host_runtime, smollm2_path, tmp_path):
-    info = start_sim()
+def _long_run_with_rows(serial: str, tmp_path: Path, rows: int) -> subprocess.Popen:
+    """`bench run` of a 2-minute soak in the background, returned once `rows` requests are stored."""
     scenario = tmp_path / "long.toml"
     scenario.write_text('name = "long"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 120\nprompts = ["Go on."]\n'
                         '[cooldown]\nmode = "none"\n')
     out = tmp_path / "r"
-    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", info.serial, "--out", str(out),
+    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", serial, "--out", str(out),
                                 "--scenario", str(scenario), "--json"], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         found = list(out.glob("*/requests.csv"))
-        if found and len(found[0].read_text().splitlines()) >= 5:
-            break
+        if found and len(found[0].read_text().splitlines()) >= rows + 2:  # schema line + header
+            return process
         time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("no request rows appeared")
+    process.kill()
+    pytest.fail("no request rows appeared")
+
+
+def test_device_disappearing_mid_run_keeps_rows_and_leaves_nothing(start_sim, host_runtime, smollm2_path, tmp_path):
+    info = start_sim()
+    process = _long_run_with_rows(info.serial, tmp_path, 3)
     control.stop(info)  # the phone goes away mid-run
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 3, stderr[-2000:]
@@ -256,20 +260,8 @@ def test_two_matching_devices_is_an_error_listing_serials(start_sim, tmp_path):
 
 
 def test_server_killed_mid_run_is_reported_with_signal_and_memory(phone, tmp_path):
-    scenario = tmp_path / "long.toml"
-    scenario.write_text('name = "long"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 120\nprompts = ["Go on."]\n'
-                        '[cooldown]\nmode = "none"\n')
-    out = tmp_path / "r"
-    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", phone.serial, "--out", str(out),
-                                "--scenario", str(scenario), "--json"], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = _long_run_with_rows(phone.serial, tmp_path, 2)
     device = adb.Device(phone.serial)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = list(out.glob("*/requests.csv"))
-        if found and len(found[0].read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.3)
     pid = device.shell(f"cat {ROOT}/run/llama-server.pid").stdout.strip()
     assert pid.isdigit()
     device.shell(f"kill -9 {pid}")  # what the low-memory killer does
