@@ -103,10 +103,11 @@ class PhoneState:
 
     @property
     def cur_khz(self) -> int:
+        """What a governor would pick: min when idle, scaling with load, never above the thermal cap."""
         p = self.profile
         busy = min(1.0, self.cpu_load / max(1, self.cpus))
         khz = p.min_khz + (p.max_khz - p.min_khz) * (busy if busy > 0.05 else 0)
-        return int(min(khz, p.max_khz * (1 - self.duty)) // 1000 * 1000) if self.duty else int(khz // 1000 * 1000)
+        return int(min(khz, p.max_khz * (1 - self.duty)) // 1000 * 1000)
 
     def view(self) -> BatteryView:
         if self.override.frozen and self.frozen_view is not None:
