@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .config import closest, load_toml
+from .config import closest, key_line, load_toml
 from .errors import ConfigError, ModelError, UsageError
 from .files import atomic_write_bytes
 from .gguf import read_gguf
@@ -42,8 +42,6 @@ def catalog_files() -> list[Path]:
 
 
 def _entry(path: Path, text: str, alias: str, data: dict) -> ModelEntry:
-    from .config import key_line
-
     def fail(message: str, key: str | None = None):
         line = key_line(text, key, f"models.{alias}") if key else key_line(text, alias)
         raise ConfigError(str(path), f"model '{alias}': {message}", line)

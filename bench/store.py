@@ -174,14 +174,15 @@ def load_run(run_dir: str | Path) -> RunData:
     events = []
     events_path = directory / EVENTS_FILE
     if events_path.is_file():
-        for number, line in enumerate(events_path.read_text(encoding="utf-8").splitlines(), start=1):
+        lines = events_path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 events.append(json.loads(line))
             except ValueError:
                 # A crash can cut the last line short; anything earlier is corruption.
-                if number == len(events_path.read_text(encoding="utf-8").splitlines()):
+                if number == len(lines):
                     break
                 raise StoreError(f"{events_path}:{number} is not JSON") from None
         if events and events[0].get("kind") == "header":

@@ -53,6 +53,7 @@ def memory_available_bytes() -> int:
 
 def host_facts() -> DeviceFacts:
     uname = platform.uname()
+    cpu_model = _cpu_model()
     frequency = None
     try:
         frequency = psutil.cpu_freq()
@@ -63,12 +64,12 @@ def host_facts() -> DeviceFacts:
         profile="host",
         serial=uname.node,
         manufacturer=None,
-        model=_cpu_model(),
+        model=cpu_model,
         device=uname.node,
         soc=None,
         abi=uname.machine,
         os=platform.platform(),
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model,
         cores_logical=psutil.cpu_count(logical=True),
         cores_physical=psutil.cpu_count(logical=False),
         ram_bytes=int(psutil.virtual_memory().total),

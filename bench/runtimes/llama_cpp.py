@@ -42,10 +42,9 @@ def _own_status() -> dict[str, int]:
 class LlamaCppRuntime:
     kind = "llama-cpp-python"
 
-    def __init__(self, model: ModelInfo, *, n_ctx: int, n_batch: int, threads: int | None, seed: int):
+    def __init__(self, model: ModelInfo, *, n_ctx: int, n_batch: int, threads: int, seed: int):
         self.model = model
-        self.n_ctx, self.n_batch, self.seed = n_ctx, n_batch, seed
-        self.threads = threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        self.n_ctx, self.n_batch, self.threads, self.seed = n_ctx, n_batch, threads, seed
         self._llm = None
         self._eos: int | None = None
         self.load_ms: float | None = None
