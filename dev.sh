@@ -17,15 +17,27 @@ VENV=.venv
 say() { printf '[dev.sh] %s\n' "$*" >&2; }
 
 build_llama_wheel() {
-  if ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl >/dev/null 2>&1; then
+  # The wheel is compiled for this CPU's ISA extensions (AMX always off: llama.cpp issue 20824) and
+  # cached under a key derived from them, so a cache copied to another CPU is rebuilt, never run.
+  CPU_KEY="$("$PYTHON" -m bench.cpu key)"
+  WHEEL_DIR="$WHEELS/$LLAMA_CPP_PYTHON_VERSION/$CPU_KEY"
+  if ls "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl >/dev/null 2>&1; then
     return
   fi
-  mkdir -p "$WHEELS" "$CACHE/logs"
-  local log="$CACHE/logs/llama-cpp-python-wheel.log"
-  say "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION once (about 13 min on 2 cores); log: $log"
+  mkdir -p "$WHEEL_DIR" "$CACHE/logs" "$CACHE/sdist"
+  local log="$CACHE/logs/llama-cpp-python-wheel-$CPU_KEY.log"
+  local sdist="$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+  if [ ! -f "$sdist" ]; then
+    say "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
+      -d "$CACHE/sdist" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" >"$log" 2>&1 || { tail -5 "$log" >&2; exit 1; }
+  fi
+  local cmake_args
+  cmake_args="$("$PYTHON" -m bench.cpu cmake-args)"
+  say "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION for this CPU ($CPU_KEY) once (about 13 min on 2 cores); log: $log"
   local started=$SECONDS
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" wheel --no-deps \
-    "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -w "$WHEELS" >"$log" 2>&1 &
+  CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" wheel --no-deps --no-cache-dir \
+    --disable-pip-version-check "$sdist" -w "$WHEEL_DIR.partial" >>"$log" 2>&1 &
   local pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     sleep 30
@@ -36,7 +48,9 @@ build_llama_wheel() {
     say "llama-cpp-python build failed; see $log (needs gcc, g++ and cmake)"
     exit 1
   fi
-  say "llama-cpp-python wheel cached in $WHEELS after $(( (SECONDS - started) / 60 )) min"
+  "$PYTHON" -m bench.cpu json >"$WHEEL_DIR.partial/build.json"
+  rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.partial" "$WHEEL_DIR"
+  say "llama-cpp-python wheel cached in $WHEEL_DIR after $(( (SECONDS - started) / 60 )) min"
 }
 
 system_packages() {
@@ -63,10 +77,13 @@ setup() {
   build_llama_wheel
   local stamp="$VENV/.bench-installed"
   local want
-  want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)-$LLAMA_CPP_PYTHON_VERSION"
+  want="$(sha256sum pyproject.toml | cut -d' ' -f1)-$LLAMA_CPP_PYTHON_VERSION-$CPU_KEY"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing bench and its dependencies into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check --find-links "$WHEELS" -e '.[dev]'
+    # --force-reinstall of the wheel alone: a venv moved from another CPU must not keep its build.
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall \
+      "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl
+    "$VENV/bin/pip" install -q --disable-pip-version-check --find-links "$WHEEL_DIR" -e '.[dev]'
     echo "$want" >"$stamp"
   fi
 }

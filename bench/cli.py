@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -119,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow", action="append", default=[], metavar="CHECK", help="turn a failed preflight check into a warning")
     run.add_argument("--runtime", type=Path, metavar="DIR",
                      help="prebuilt llama.cpp runtime for a phone (from `bench runtime build` or an extracted release)")
+    run.add_argument("--repack", choices=("auto", "on", "off"), default="auto",
+                     help="llama.cpp weight repacking: auto (off only on an x86 build with AMX, llama.cpp issue 20824)")
+    run.add_argument("--declare-unplugged", action="store_true",
+                     help="the phone runs on its battery although a supply reports online (rooted input suspend, "
+                          "a data-only cable): energy figures count as valid; recorded in run.json")
+    run.add_argument("--max-temp", type=_positive_float, metavar="C",
+                     help="abort the run (partial) when the hottest CPU sensor passes C degrees")
     run.add_argument("--json", action="store_true", help="print one JSON object: run_dir, status, summary")
 
     devices = commands.add_parser("devices", help="attached devices: profile, battery, thermal")
@@ -156,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim_start.add_argument("--replay", type=Path, metavar="DIR", help="answer with captured text from DIR")
     sim_start.add_argument("--unplugged", action="store_true", help="battery really discharges (default: on USB)")
     sim_start.add_argument("--unauthorized", action="store_true", help="act like a phone that never accepts this host's key")
+    sim_start.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                           help="override a profile value, e.g. battery.level_pct=30, memory.lmk_kill_above_mb=500, "
+                                "storage.data_quota_mb=2048")
     sim_stop = sim_sub.add_parser("stop", help="disconnect and stop a sim")
     sim_stop.add_argument("--name", default=None)
     sim_stop.add_argument("--all", action="store_true")
@@ -206,12 +218,20 @@ def _target(args):
     if args.device in HOST_DEVICES:
         from .host.target import HostTarget
 
-        return "host", HostTarget(host_bandwidth_gbs(cache_root()))
+        from .runtimes.build import installed_llama_cpp_commit
+
+        return "host", HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
+                                  repack=args.repack)
     from .android.device import AndroidTarget, resolve
 
     listed = resolve(args.device)
-    target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()))
-    target.runtime = _runtime_bundle(args.runtime, target.snap.props.get("ro.product.cpu.abi"))
+    target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()),
+                           run_label=f"{args.model} / {args.scenario}", repack=args.repack)
+    try:
+        target.runtime = _runtime_bundle(args.runtime, target.snap.props.get("ro.product.cpu.abi"))
+    except BaseException:
+        target.release()
+        raise
     return target.profile.id, target
 
 
@@ -223,12 +243,18 @@ def cmd_run(args) -> int:
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=args.threads)
     if not Path(args.model).suffix == ".gguf" and "/" not in args.model:
         lookup(args.model)  # an unknown alias fails here, before any download
-    label, target = _target(args)
-    with BarProgress(err) as progress:
-        model = model_info(args.model, progress)
-        options = RunOptions(device=label, scenario=scenario, model=model, out_root=args.out,
-                             telemetry_hz=None if args.no_telemetry else args.telemetry_hz, allow=frozenset(args.allow))
-        result = run_benchmark(options, target, progress)
+    label, target = _target(args)  # on a phone, this takes the device's lock
+    allow = frozenset(args.allow)
+    try:
+        with BarProgress(err) as progress:
+            model = model_info(args.model, progress)
+            options = RunOptions(device=label, scenario=scenario, model=model, out_root=args.out,
+                                 telemetry_hz=None if args.no_telemetry else args.telemetry_hz, allow=allow,
+                                 max_temp_c=args.max_temp, declare_unplugged=args.declare_unplugged,
+                                 min_battery_pct=None if "battery" in allow else target.min_battery_pct)
+            result = run_benchmark(options, target, progress)
+    finally:
+        target.release()  # the lock and anything left, also when the run never started
     summary = result.summary
     if args.json:
         _print_json({"run_dir": str(result.run_dir), "status": result.status, "reason": result.reason,
@@ -351,7 +377,11 @@ def cmd_scenarios(args) -> int:
 
 def cmd_report(args) -> int:
     from .render import write_report
+    from .store import persist_settled_status
 
+    if persist_settled_status(args.run_dir):
+        err.print(f"bench: {args.run_dir} was left 'running' by a bench process that is gone: marked failed",
+                  markup=False, soft_wrap=True)
     path = write_report(args.run_dir)
     out.print(f"Report: {path}")
     return 0
@@ -432,7 +462,7 @@ def cmd_sim(args) -> int:
         with BarProgress(err) as progress:
             task = progress.task(f"starting sim '{args.name}' on 127.0.0.1:{port}")
             info = control.start(cache, name=args.name, port=port, profile=args.profile, replay=args.replay,
-                                 unplugged=args.unplugged, unauthorized=args.unauthorized)
+                                 unplugged=args.unplugged, unauthorized=args.unauthorized, settings=tuple(args.set))
             try:
                 adb.connect(info.serial)
                 adb.wait_for_state(info.serial, "unauthorized" if args.unauthorized else "device", timeout=20)
@@ -446,6 +476,8 @@ def cmd_sim(args) -> int:
                   f"on 127.0.0.1:{info.port}, pid {info.pid}")
         out.print(info.serial)
         return 0
+    if getattr(args, "name", None):
+        control.check_name(args.name)
     sims = control.running(cache)
     if args.sim_command == "status":
         if not sims:
@@ -502,9 +534,16 @@ def cmd_runtime(args) -> int:
 COMMANDS = {"run": cmd_run, "devices": cmd_devices, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
 
 
+def _terminate(signum, frame) -> None:
+    # SIGTERM (a CI timeout, `kill`) ends a run like Ctrl-C: kept, marked partial, device cleaned.
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -18,7 +18,7 @@ SCENARIO_SCHEMA_VERSION = 1
 _SCENARIO_KEYS = {
     "schema_version", "name", "description", "repetitions", "warmup", "seed", "temperature",
     "n_ctx", "n_batch", "threads", "n_predict", "ignore_eos", "prompts", "keep_history",
-    "duration_s", "cooldown",
+    "duration_s", "cooldown", "request_timeout_s",
 }
 _COOLDOWN_KEYS = {"mode", "max_wait_s", "idle_delta_c", "max_temp_c", "poll_s"}
 
@@ -154,8 +154,10 @@ def parse_scenario(path: Path) -> Scenario:
         keep_history=check.get("keep_history", bool, False),
         duration_s=None if duration is None else float(duration),
         cooldown=cooldown,
+        request_timeout_s=float(check.get("request_timeout_s", (int, float), 600.0, minimum=0.1)),
     )
-    canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description"}},
+    # The hash names the workload, so compare can match runs: paths, text and a patience limit are not part of it.
+    canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description", "request_timeout_s"}},
                            default=lambda o: o.__dict__, sort_keys=True)
     return Scenario(**fields, content_hash=hashlib.sha256(canonical.encode()).hexdigest())
 

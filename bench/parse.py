@@ -45,6 +45,19 @@ def parse_number(text: str | None) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def battery_voltage_v(raw: float | None) -> float | None:
+    """Volts from a battery voltage in whatever unit the device chose, decided by plausible range:
+    cells sit between 2.5 and 5 V (two in series under 10 V), so 100,000 and up is uV (the
+    kernel ABI), 100 and up is mV (dumpsys, some vendors' sysfs), and below that volts."""
+    if raw is None or raw <= 0:
+        return None  # 0 is what emulators and stubs print: absent, not a reading
+    if raw >= 100_000:
+        return raw / 1e6
+    if raw >= 100:
+        return raw / 1e3
+    return float(raw)
+
+
 def parse_dumpsys_battery(text: str) -> BatteryReport:
     fields: dict[str, str] = {}
     for line in text.splitlines():
@@ -70,7 +83,7 @@ def parse_dumpsys_battery(text: str) -> BatteryReport:
         plugged=plugged,
         # 0 mV / 0 tenths-of-C is what emulators and stubs print: absent, not a reading.
         temperature_c=temperature / 10 if temperature else None,
-        voltage_v=voltage_mv / 1000 if voltage_mv else None,
+        voltage_v=battery_voltage_v(voltage_mv),
         charge_counter_uah=counter if counter else None,
         current_ma_vendor=parse_number(fields.get("current now")),
     )

@@ -51,6 +51,7 @@ class Scenario:
     duration_s: float | None
     cooldown: CooldownRule
     content_hash: str
+    request_timeout_s: float = 600.0  # a request with no answer by then is a hang: the runtime is stopped
 
     def with_overrides(self, repetitions: int | None = None, threads: int | None = None) -> "Scenario":
         return dataclasses.replace(

@@ -7,7 +7,7 @@ from .summary import request_metrics
 
 _SOURCES = {
     "prefill_tps": "runtime timings (prompt tokens / prompt eval time)",
-    "decode_tps": "runtime timings ((generated - 1) / eval time)",
+    "decode_tps": "(generated - 1) / time from first to last generated token, timed by the generating process",
     "ttft_ms": "host clock, request sent to first token",
     "itl_p50_ms": "host clock, gaps between token arrivals",
     "itl_p95_ms": "host clock, gaps between token arrivals",
@@ -52,7 +52,7 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
         lines.append(f"| {metric.label} | {_fmt(s.median)} | {_fmt(s.iqr)} | {_fmt(s.minimum)} | {_fmt(s.maximum)} | "
                      f"{'n/a' if s.cv is None else f'{s.cv:.1%}'} | {s.n} | {metric.unit} | {_SOURCES[name]} |")
     peak_source = ("VmHWM / VmRSS+VmSwap of the runtime process" +
-                   (" (bench's own process: llama-cpp-python runs in-process)" if runtime.get("kind") == "llama-cpp-python" else ""))
+                   (" (the llama-cpp-python worker)" if runtime.get("kind") == "llama-cpp-python" else " (llama-server)"))
     lines.append(f"| Peak RSS | {_mib(summary.get('peak_rss_bytes'))} | | | | | | MiB | {peak_source} |")
     if summary.get("peak_rss_bytes") and runtime.get("rss_before_load_bytes"):
         growth = summary["peak_rss_bytes"] - runtime["rss_before_load_bytes"]
@@ -60,7 +60,10 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
     lines.append(f"| Max temperature | {_fmt(summary.get('max_temperature_c'))} | | | | | | C | hottest temperature sensor sampled |")
     if summary.get("decode_tps_drift") is not None:
         lines.append(f"| Decode drift, last vs first repetition | {summary['decode_tps_drift']:+.1%} | | | | | | % | runtime timings |")
-    lines.append("")
+    lines += ["", "Decode tokens/s has one definition on the host and on phones: (generated tokens - 1) divided by the "
+              "time from the first generated token to the last, timed by the process that generates them "
+              "(llama-cpp-python's generate loop in the worker; llama-server's own `predicted_ms`). It includes "
+              "sampling, as llama-server's does, and excludes the prompt, which is prefill.", ""]
 
     bandwidth = device.get("memory_bandwidth_gbs")
     lines += ["## Roofline", ""]
@@ -84,11 +87,13 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
                   f"| charge per 1,000 generated tokens | {_fmt(energy.get('mah_per_1k_tokens'), 2)} | mAh |",
                   f"| charge-counter drop over the whole run (cross-check) | {_fmt(energy.get('charge_counter_drop_mah_whole_run'), 2)} | mAh |",
                   "", f"Source: {energy.get('source')}; {energy.get('windows_covered')} of {energy.get('windows')} request windows covered "
-                  f"by power samples. Current normalisation: {telemetry.get('current_normalisation', {}).get('unit', 'n/a')}; "
+                  f"by power samples (valid only when all are){'; the user declared the phone unplugged (--declare-unplugged)' if energy.get('declared_unplugged') else ''}. Current normalisation: {telemetry.get('current_normalisation', {}).get('unit', 'n/a')}; "
                   f"{telemetry.get('current_normalisation', {}).get('sign', 'n/a')}.", ""]
     validity = summary.get("validity") or {}
     lines += ["## Validity", "", "| flag | value | rule |", "|---|---|---|",
-              f"| charging | {_flag(validity.get('charging'))} | on external power at any sample (energy figures invalid) |",
+              f"| charging | {_flag(validity.get('charging'))} | on external power at any sample: charging, full, or plugged "
+              f"with charging paused ('Not charging'), or a USB/AC/wireless supply online (energy figures invalid)"
+              + (" — declared unplugged by the user" if validity.get("declared_unplugged") else "") + " |",
               f"| throttled | {_flag(validity.get('throttled'))} | thermal status above NONE, or a CPU capped below its max under load |",
               f"| unstable | {_flag(validity.get('unstable'))} | {validity.get('unstable_rule', '')} |", ""]
 
@@ -109,7 +114,8 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
               f"| model sha256 | `{model.get('sha256')}` ({'pinned in the catalog' if model.get('pinned') else 'unpinned: computed locally'}) |",
               f"| runtime | {runtime.get('kind')} {runtime.get('version') or ''}, llama.cpp {runtime.get('llama_cpp_commit') or 'unknown'}; "
               f"{runtime.get('threads')} threads" + (f" pinned to cpu {runtime['affinity']}" if runtime.get("affinity") else "") +
-              f", n_ctx {runtime.get('n_ctx')}, n_batch {runtime.get('n_batch')}; load {_fmt(runtime.get('load_ms'))} ms |",
+              f", n_ctx {runtime.get('n_ctx')}, n_batch {runtime.get('n_batch')}; load {_fmt(runtime.get('load_ms'))} ms"
+              + (f"; {runtime['repack_reason']}" if runtime.get("repack_reason") else "") + " |",
               f"| scenario | `{scenario.get('name')}` (hash `{str(scenario.get('hash'))[:12]}`): {scenario.get('repetitions')} repetitions, "
               f"{scenario.get('warmup')} warmup, n_predict {scenario.get('n_predict')}, temperature {scenario.get('temperature')}, seed {scenario.get('seed')} |",
               f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |"]

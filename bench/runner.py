@@ -6,6 +6,8 @@ device cleaned (server, forward), and run.json says complete, partial or failed.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ class Target(Protocol):
     kind: str
     pushed: dict          # artifact -> bytes pushed, cached or not (empty on the host)
     event: Callable[..., None]
+    run_dir: Path | None  # set by the runner: where the target may keep logs
 
     def facts(self) -> DeviceFacts: ...
     def threads(self, scenario: Scenario) -> int: ...
@@ -35,6 +38,7 @@ class Target(Protocol):
     def sampler(self, clock: RunClock, sink, hz: float, pid: int | None): ...
     def cpu_temperature(self) -> tuple[float | None, int | None]: ...
     def diagnose(self, model: ModelInfo) -> str | None: ...
+    def abort(self) -> None: ...
     def cleanup(self) -> None: ...
 
 
@@ -46,6 +50,34 @@ class RunOptions:
     out_root: Path
     telemetry_hz: float | None = 10.0
     allow: frozenset[str] = frozenset()
+    max_temp_c: float | None = None
+    min_battery_pct: float | None = None
+    declare_unplugged: bool = False   # the user says the phone ran on its battery whatever it reported
+
+
+class RunGuard:
+    """Limits watched on every telemetry batch (from the sampler's thread): the first one crossed
+    aborts the run, which then ends partial with the reason."""
+
+    def __init__(self, max_temp_c: float | None, min_battery_pct: float | None):
+        self.max_temp_c, self.min_battery_pct = max_temp_c, min_battery_pct
+        self.tripped: str | None = None
+
+    def check(self, samples) -> str | None:
+        if self.tripped:
+            return None
+        for sample in samples:
+            if self.max_temp_c is not None and sample.source == "thermal" and sample.unit == "C" \
+                    and sample.value > self.max_temp_c:
+                self.tripped = (f"thermal runaway: {sample.name} reached {sample.value:.1f} C, above the "
+                                f"--max-temp limit of {self.max_temp_c:.1f} C")
+            elif self.min_battery_pct is not None and sample.source == "battery" and sample.name == "level" \
+                    and sample.value < self.min_battery_pct:
+                self.tripped = (f"battery fell to {sample.value:.0f}%, below the {self.min_battery_pct:.0f}% "
+                                "threshold (pass --allow battery to run on)")
+            if self.tripped:
+                return self.tripped
+        return None
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,21 @@ class RunResult:
     summary: dict
     reason: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _owner() -> dict:
+    """Who writes this run: a run.json left at `running` whose owner is gone is shown as failed."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = None
+    try:
+        import psutil
+
+        started = psutil.Process().create_time()
+    except Exception:  # psutil missing or the OS hides it: the pid alone still tells most cases
+        started = None
+    return {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id, "process_started": started}
 
 
 def _git_commit() -> str | None:
@@ -91,6 +138,8 @@ class _Run:
         self.warnings: list[str] = []
         self.meta: dict = {}
         self.cooldown_waits: list[float] = []
+        self.guard = RunGuard(options.max_temp_c, options.min_battery_pct)
+        self.runtime = None
 
     def event(self, kind: str, message: str, **data) -> None:
         self.writer.event(self.clock.now_s(), kind, message, **data)
@@ -104,6 +153,16 @@ class _Run:
         self.writer.request(record)
         if record.error:
             self.event("error", f"request failed: {record.error}", repetition=record.repetition, step=record.step)
+
+    def on_samples(self, samples) -> None:
+        self.writer.samples(samples)
+        reason = self.guard.check(samples)
+        if reason:
+            self.event("error", f"run guard: {reason}")
+            try:
+                self.target.abort()  # the request in flight ends now, not when it finishes
+            except BenchError as error:
+                self.event("warning", f"could not stop the runtime after the guard tripped: {error}")
 
     def write_meta(self, status: str, **extra) -> None:
         self.meta.update(status=status, **extra)
@@ -154,8 +213,9 @@ class _Run:
         run_id = make_run_id(self.started, options.device, model.alias, scenario.name)
         self.writer = RunWriter(options.out_root, run_id)
         target.event = self.event  # the target reports pushes and server phases into this run's events
+        target.run_dir = self.writer.dir  # logs of the runtime go beside the tables
         self.meta = {
-            "run_id": self.writer.run_id, "status": "running",
+            "run_id": self.writer.run_id, "status": "running", "owner": _owner(),
             "started_at": self.started.isoformat(), "finished_at": None,
             "harness": {"name": "ondevice-bench", "version": __version__, "git_commit": _git_commit()},
             "device": to_dict(facts),
@@ -169,23 +229,26 @@ class _Run:
             "telemetry": {"enabled": options.telemetry_hz is not None, "hz": options.telemetry_hz,
                           "clock": "host perf_counter, seconds since run start", "absent": {}},
             "preflight": [to_dict(c) for c in checks],
+            "guards": {"max_temp_c": options.max_temp_c, "min_battery_pct": options.min_battery_pct},
             "pushed": {},
             "summary": {},
         }
         self.warnings += preflight_warnings
         self.write_meta("running")
         self.event("phase", "run started", device=options.device, model=model.alias, scenario=scenario.name)
+        if getattr(target, "lock_note", None):
+            self.warn(target.lock_note)
 
         sampler = runtime = None
         status, reason = "failed", None
         try:
             baseline, _ = target.cpu_temperature()
             self.event("phase", "prepare started (push, load)")
-            runtime = target.prepare(model, scenario, self.progress)
+            runtime = self.runtime = target.prepare(model, scenario, self.progress)
             self.meta["runtime"] = runtime.info()
             self.event("phase", "model loaded", load_ms=runtime.info().get("load_ms"))
             if options.telemetry_hz:
-                sampler = target.sampler(self.clock, self.writer.samples, options.telemetry_hz, runtime.process_id())
+                sampler = target.sampler(self.clock, self.on_samples, options.telemetry_hz, runtime.process_id())
                 sampler.start()
                 self.meta["telemetry"]["absent"] = sampler.absent
             self.write_meta("running")
@@ -193,52 +256,86 @@ class _Run:
             self._repetitions(runtime, prompts, baseline)
             status = "complete" if not any(r.error for r in self.requests) else "partial"
             reason = None if status == "complete" else "some requests failed"
-        except KeyboardInterrupt:
-            status, reason = "partial", "interrupted (Ctrl-C)"
-            self.event("error", "interrupted by the user")
+        except KeyboardInterrupt as interrupt:
+            how = "SIGTERM" if str(interrupt) == "SIGTERM" else "Ctrl-C"
+            status, reason = "partial", f"interrupted ({how})"
+            self.event("error", f"interrupted by {how}")
         except BenchError as error:
-            status, reason = ("partial" if self.requests else "failed"), str(error)
-            try:
-                diagnosis = target.diagnose(model)
-            except BenchError:
-                diagnosis = None  # the device itself is gone: the error says so
-            if diagnosis:
-                reason += f"; llama-server: {diagnosis}"
+            status = "partial" if self._measured() else "failed"
+            if self.guard.tripped:
+                reason = f"aborted: {self.guard.tripped}"
+            else:
+                reason = str(error)
+                try:
+                    diagnosis = target.diagnose(model)
+                except BenchError:
+                    diagnosis = None  # the device itself is gone: the error says so
+                if diagnosis:
+                    reason += f"; llama-server: {diagnosis}"
             self.event("error", reason)
         finally:
             self.meta["pushed"] = dict(target.pushed)  # also what was pushed before a failure
             self._finish(sampler, runtime)
-            summary = self._summary(facts)
+            try:
+                summary = self._summary(facts)
+            except Exception as error:  # a run.json left at "running" is worse than one without a summary
+                summary = {}
+                self.warn(f"the summary could not be computed: {type(error).__name__}: {error}")
             self.event("phase", "run finished", status=status)
             self.writer.close()
             self.write_meta(status, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(), reason=reason,
                             summary=summary, warnings=self.warnings)
-            write_report(self.writer.dir)
+            try:
+                write_report(self.writer.dir)
+            except Exception as error:
+                self.warn(f"the report could not be written: {type(error).__name__}: {error}")
+                self.write_meta(status)
         return RunResult(self.writer.dir, status, summary, reason, tuple(self.warnings))
 
+    def _measured(self) -> bool:
+        return any(not r.warmup and not r.error for r in self.requests)
+
     def _finish(self, sampler, runtime) -> None:
-        """Stop everything we started, whatever state the run is in; each step is independent."""
-        if sampler is not None:
+        """Stop everything we started, whatever state the run is in. Every step runs even when an
+        earlier one fails; failures are recorded in run.json (cleanup_errors) and as warnings."""
+        self._final_peak = None
+        failures: list[str] = []
+
+        def step(name: str, action: Callable[[], None]) -> None:
+            try:
+                action()
+            except Exception as error:  # noqa: BLE001 - one broken step must not skip the others
+                failures.append(f"{name}: {type(error).__name__}: {error}")
+
+        def stop_sampler() -> None:
             # One more tick, so the samples cover the end of the last request's window.
             time.sleep(min(1.0, 1.5 / (self.options.telemetry_hz or 10)))
             try:
                 sampler.stop()
             finally:
                 self.meta["telemetry"].update(ticks=sampler.ticks, errors=sampler.errors)
-        self._final_peak = None
-        if runtime is not None:
+
+        def final_peak() -> None:
             self._final_peak = runtime.peak_rss_bytes()
-            runtime.close()
-        try:
-            self.target.cleanup()
-        except BenchError as error:
-            self.warn(f"cleanup on the device failed: {error}")
-        if sampler is not None:
+
+        def derived_samples() -> None:
             windows = [(r.t_start_s, r.t_start_s + (r.e2e_ms or 0) / 1000) for r in self.requests]
             derived, how = sampler.finish(windows)
             if derived:
                 self.writer.samples(derived)
             self.meta["telemetry"].update(how)
+
+        if sampler is not None:
+            step("stop telemetry", stop_sampler)
+        if runtime is not None:
+            step("read peak RSS", final_peak)
+            step("close the runtime", runtime.close)
+        step("clean up the device", self.target.cleanup)
+        if sampler is not None:
+            step("normalise battery current", derived_samples)
+        self.meta["cleanup_errors"] = failures
+        for failure in failures:
+            self.warn(f"cleanup step failed: {failure}")
 
     def _repetitions(self, runtime, prompts, baseline: float | None) -> None:
         scenario = self.scenario
@@ -252,6 +349,7 @@ class _Run:
         task = self.progress.task("repetitions" + (f" for {scenario.duration_s:.0f} s" if deadline else ""), total)
         repetition = 0
         while repetition < scenario.repetitions or (deadline is not None and self.clock.now_s() < deadline):
+            self._check([], repetition)
             self.cooldown(scenario.cooldown, baseline, repetition)
             self.event("phase", f"repetition {repetition} started", repetition=repetition)
             records = run_repetition(runtime, scenario, prompts, repetition=repetition, warmup=False,
@@ -265,16 +363,21 @@ class _Run:
         task.done()
 
     def _check(self, records: list[RequestRecord], repetition: int) -> None:
+        if self.guard.tripped:
+            raise RunFailed(self.guard.tripped, str(self.writer.dir))
         if records and records[-1].error:
             raise RunFailed(f"request failed in repetition {repetition}: {records[-1].error}", str(self.writer.dir))
 
     def _summary(self, facts: DeviceFacts) -> dict:
         data = load_run(self.writer.dir)  # the stored tables are the truth the summary is taken from
-        validity = validity_from_samples(data.samples)
+        validity = validity_from_samples(data.samples, declared_unplugged=self.options.declare_unplugged)
         summary = run_summary(data.requests, data.samples, final_peak_rss=self._final_peak,
                               bandwidth_gbs=facts.memory_bandwidth_gbs, model_bytes=self.options.model.bytes,
                               charging=validity["charging"], throttled=validity["throttled"])
-        summary["energy"] = energy_summary(data.requests, data.samples, charging=validity["charging"])
+        summary["validity"].update(external_power_detected=validity["external_power_detected"],
+                                   declared_unplugged=validity["declared_unplugged"])
+        summary["energy"] = energy_summary(data.requests, data.samples, charging=validity["charging"],
+                                           declared_unplugged=self.options.declare_unplugged)
         summary["cooldown_waits_s"] = self.cooldown_waits
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:

@@ -163,7 +163,56 @@ def _load_run_json(directory: Path) -> dict[str, Any]:
     if not isinstance(run, dict):
         raise StoreError(f"{run_path} is corrupt: not a JSON object")
     _check_version(run_path, run.get("schema_version"))
-    return run
+    return settle_status(run) if run.get("status") == "running" else run
+
+
+def _this_boot() -> tuple[str | None, str]:
+    import socket
+
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = None
+    return boot_id, socket.gethostname()
+
+
+def _process_started(pid: int) -> float | None:
+    """The start time of a live process (psutil's create_time), None if no such process."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # NoSuchProcess, AccessDenied, or no psutil: treat as gone
+        return None
+
+
+def settle_status(run: dict[str, Any]) -> dict[str, Any]:
+    """A run.json still at `running`: if the bench process that wrote it is gone (same host, and
+    it is not running, or the host rebooted since), the run is shown as failed. A run owned by
+    another host cannot be checked from here and is left as it is."""
+    owner = run.get("owner") or {}
+    boot_id, host = _this_boot()
+    if owner and owner.get("host") != host:
+        return run
+    if owner and owner.get("boot_id") == boot_id and owner.get("pid"):
+        started = _process_started(int(owner["pid"]))
+        recorded = owner.get("process_started")
+        if started is not None and (recorded is None or abs(started - float(recorded)) < 1.0):
+            return run  # still running
+    who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "a bench without owner records"
+    return {**run, "status": "failed", "status_inferred": True,
+            "reason": f"the bench process ({who}) ended without finishing the run (killed, crashed or the host "
+                      "rebooted); the rows it measured are kept"}
+
+
+def persist_settled_status(run_dir: str | Path) -> bool:
+    """Write a settled status back to run.json (bench report does): True when it changed."""
+    path = Path(run_dir) / RUN_FILE
+    run = _load_run_json(Path(run_dir))
+    if not run.get("status_inferred"):
+        return False
+    atomic_write_json(path, run)
+    return True
 
 
 def load_run(run_dir: str | Path) -> RunData:

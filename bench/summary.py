@@ -202,11 +202,11 @@ def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rs
             window_temps = [w.max() for w in (_window(s, start, end)[1] for s in thermal) if w.size]
             if window_temps:
                 values["max_temperature_c"].append(float(max(window_temps)))
-            if ("battery", "power") in series and tokens[mask].sum():
+            if ("battery", "power") in series:
                 times, power, _ = series[("battery", "power")]
-                energy = integrate_window(times, power, start, end)
-                if energy is not None:
-                    values["j_per_token"].append(energy / float(tokens[mask].sum()))
+                figure = window_energy(times, power, list(zip(starts[mask], ends[mask])), tokens[mask])
+                if figure.complete and figure.j_per_token is not None:
+                    values["j_per_token"].append(figure.j_per_token)
             if ("thermal", "status") in series:
                 times, status = _window(series[("thermal", "status")], start, end)
                 if times.size >= 2:
@@ -224,15 +224,55 @@ def decode_drift(requests: pd.DataFrame) -> float | None:
     return values[-1] / values[0] - 1
 
 
-def validity_from_samples(samples: pd.DataFrame) -> dict:
-    """charging: on external power at any sample (sysfs status Charging/Full, or a plugged flag);
-    throttled: thermal status above NONE, or a CPU's frequency cap below its maximum. None where
-    the device gave no such samples."""
+@dataclass(frozen=True)
+class WindowEnergy:
+    """Energy over request windows: the one definition the summary, the report and compare use.
+    J/token divides the energy of the covered windows by the tokens of those same windows."""
+
+    joules: float
+    tokens: float            # generated tokens in the covered windows
+    windows_covered: int
+    windows: int
+
+    @property
+    def complete(self) -> bool:
+        return self.windows > 0 and self.windows_covered == self.windows
+
+    @property
+    def coverage(self) -> float | None:
+        return self.windows_covered / self.windows if self.windows else None
+
+    @property
+    def j_per_token(self) -> float | None:
+        return self.joules / self.tokens if self.tokens and self.windows_covered else None
+
+
+def window_energy(times: np.ndarray, watts: np.ndarray, windows: list[tuple[float, float]],
+                  tokens: np.ndarray) -> WindowEnergy:
+    joules = covered_tokens = 0.0
+    covered = 0
+    for (start, end), count in zip(windows, tokens):
+        energy = integrate_window(times, watts, float(start), float(end))
+        if energy is not None:
+            joules += energy
+            covered_tokens += float(count)
+            covered += 1
+    return WindowEnergy(joules, covered_tokens, covered, len(windows))
+
+
+ON_EXTERNAL_POWER_CODES = (2.0, 4.0, 5.0)  # charging, not charging (Android says it only when plugged), full
+
+
+def validity_from_samples(samples: pd.DataFrame, *, declared_unplugged: bool = False) -> dict:
+    """charging: on external power at any sample: battery status Charging, Not charging (a plugged
+    phone whose charger paused) or Full, or any supply (USB, AC, wireless) online, unless the user
+    declared the phone ran on its battery; throttled: thermal status above NONE, or a CPU's frequency
+    cap below its maximum. None where the device gave no such samples."""
     status = sample_series(samples, "battery", "status_code")
     plugged = sample_series(samples, "battery", "plugged")
-    charging = None
+    detected = None
     if not status.empty or not plugged.empty:
-        charging = bool(status["value"].isin([2.0, 5.0]).any() if not status.empty else False) or \
+        detected = bool(status["value"].isin(ON_EXTERNAL_POWER_CODES).any() if not status.empty else False) or \
             bool((plugged["value"] > 0).any() if not plugged.empty else False)
     thermal_status = sample_series(samples, "thermal", "status")
     caps = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")] if not samples.empty else samples
@@ -240,12 +280,15 @@ def validity_from_samples(samples: pd.DataFrame) -> dict:
     if not thermal_status.empty or not caps.empty:
         throttled = bool((thermal_status["value"] > 0).any() if not thermal_status.empty else False) or \
             bool((caps["value"] < 0.99).any() if not caps.empty else False)
-    return {"charging": charging, "throttled": throttled}
+    return {"charging": False if declared_unplugged else detected, "external_power_detected": detected,
+            "declared_unplugged": declared_unplugged, "throttled": throttled}
 
 
-def energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, charging: bool | None) -> dict:
+def energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, charging: bool | None,
+                   declared_unplugged: bool = False) -> dict:
     """Energy over the measured generation windows from battery power (W, discharge positive):
-    J, J/token, mAh per 1,000 tokens, and the charge-counter drop as a cross-check."""
+    J, J/token, mAh per 1,000 tokens, and the charge-counter drop as a cross-check. Valid only
+    when not on external power and every window is covered by power samples."""
     power = sample_series(samples, "battery", "power")
     current = sample_series(samples, "battery", "current")
     frame = measured_requests(requests)
@@ -253,32 +296,29 @@ def energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, charging: b
         return {"valid": False, "reason": "no battery power samples"}
     starts = pd.to_numeric(frame["t_start_s"]).to_numpy(dtype=float)
     ends = starts + pd.to_numeric(frame["e2e_ms"]).to_numpy(dtype=float) / 1000
-    tokens = float(pd.to_numeric(frame["gen_tokens"]).sum())
-    p_t, p_v = power["t_s"].to_numpy(dtype=float), power["value"].to_numpy(dtype=float)
-    c_t, c_v = current["t_s"].to_numpy(dtype=float), current["value"].to_numpy(dtype=float)
-    energy = coulombs = 0.0
-    covered = 0
-    for start, end in zip(starts, ends):
-        joules = integrate_window(p_t, p_v, start, end)
-        amp_seconds = integrate_window(c_t, c_v, start, end) if c_t.size else None
-        if joules is not None:
-            energy += joules
-            covered += 1
-        if amp_seconds is not None:
-            coulombs += amp_seconds
+    tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
+    windows = list(zip(starts, ends))
+    energy = window_energy(power["t_s"].to_numpy(dtype=float), power["value"].to_numpy(dtype=float), windows, tokens)
+    charge = window_energy(current["t_s"].to_numpy(dtype=float), current["value"].to_numpy(dtype=float), windows,
+                           tokens) if not current.empty else None
     counter = sample_series(samples, "battery", "charge_counter")
     counter_drop = float(counter["value"].iloc[0] - counter["value"].iloc[-1]) / 1000 if len(counter) >= 2 else None
     result = {
-        "energy_j": energy, "j_per_token": energy / tokens if tokens else None,
-        "mah_per_1k_tokens": coulombs / 3.6 / tokens * 1000 if tokens else None,
-        "windows_covered": covered, "windows": int(len(starts)),
+        "energy_j": energy.joules, "j_per_token": energy.j_per_token,
+        "mah_per_1k_tokens": charge.joules / 3.6 / charge.tokens * 1000 if charge and charge.tokens else None,
+        "windows_covered": energy.windows_covered, "windows": energy.windows, "coverage": energy.coverage,
+        "tokens_covered": energy.tokens,
         "charge_counter_drop_mah_whole_run": counter_drop,
-        "source": "battery voltage x current (discharge positive), trapezoid over each request's window",
-        "valid": not charging and covered > 0,
+        "source": "battery voltage x current (discharge positive), trapezoid over each request's window; "
+                  "J/token = energy of the covered windows / tokens generated in them",
+        "declared_unplugged": declared_unplugged,
+        "valid": not charging and energy.complete,
     }
     if charging:
-        result["reason"] = ("the device was charging during the run, so battery current does not measure the load; "
-                            "use Wi-Fi adb with the cable out, or a rooted input suspend")
-    elif not covered:
-        result["reason"] = "power samples do not cover the generation windows"
+        result["reason"] = ("the device was on external power (charging, or plugged with charging paused) during the "
+                            "run, so battery current does not measure the load; use Wi-Fi adb with the cable out, or "
+                            "a rooted input suspend with --declare-unplugged")
+    elif not energy.complete:
+        result["reason"] = (f"power samples cover {energy.windows_covered} of {energy.windows} request windows; "
+                            "partial coverage is not a measurement of the run")
     return result

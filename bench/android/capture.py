@@ -33,6 +33,17 @@ SYS_GLOBS = (
 _MARK = "@@bench-capture@@"
 
 
+def safe_sys_path(device_path: str) -> Path | None:
+    """sys/... for a device path under /sys/ made only of plain names; None for anything else
+    ("..", ".", empty parts, control characters): paths come from the device and are not trusted."""
+    if not device_path.startswith("/sys/"):
+        return None
+    parts = device_path[len("/sys/"):].split("/")
+    if any(part in ("", ".", "..") or any(ord(c) < 32 for c in part) for part in parts):
+        return None
+    return Path("sys", *parts)
+
+
 def capture(device: Device, directory: Path) -> list[str]:
     """Write the capture; returns the files written (relative to DIR)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -45,11 +56,12 @@ def capture(device: Device, directory: Path) -> list[str]:
     script = "for f in " + " ".join(SYS_GLOBS) + "; do [ -r \"$f\" ] || continue; echo " + shlex.quote(_MARK) + \
              "\"$f\"; cat \"$f\" 2>/dev/null; done"
     output = device.shell(script, timeout=60).stdout
+    root = directory.resolve()
     for block in output.split(_MARK)[1:]:
         path, _, content = block.partition("\n")
-        if not path.startswith("/sys/"):
-            continue
-        relative = Path("sys") / path[len("/sys/"):]
+        relative = safe_sys_path(path)
+        if relative is None or root not in (root / relative).resolve().parents:
+            continue  # the device named a path outside /sys, or one that climbs out of DIR
         atomic_write_bytes(directory / relative, content.encode())
         written.append(str(relative))
     return written

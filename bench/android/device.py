@@ -5,6 +5,7 @@ The same code path serves a Pixel and `bench sim`; nothing here knows which it t
 from __future__ import annotations
 
 import random
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ from ..profiles import DeviceProfile, load_profiles, match_profile
 from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario
 from ..runtimes.llama_server import LlamaServerRuntime
-from .adb import AdbFailure, Device, Listed, list_devices
+from .adb import AdbFailure, Device, Listed, connect, ensure_server, list_devices, wait_for_state
+from .lock import DeviceLock
 
 ROOT = "/data/local/tmp/bench"
 RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
 MIN_BATTERY_PCT = 25
+RECONNECT_TIMEOUT_S = 20.0
 _MARK = "@@bench@@"
 
 STATE_FIXES = {
@@ -168,21 +171,31 @@ class RuntimeBundle:
 
 class AndroidTarget:
     kind = "android"
+    min_battery_pct = MIN_BATTERY_PCT  # the preflight's threshold also ends a run that drains below it
 
     def __init__(self, serial: str, runtime: RuntimeBundle | None, event: Callable[..., None] | None = None,
-                 host_bandwidth: tuple[float | None, str] | None = None):
-        self.host_bandwidth = host_bandwidth
+                 host_bandwidth: tuple[float | None, str] | None = None, *, run_label: str = "bench run",
+                 repack: str = "auto"):
+        self.host_bandwidth, self.repack = host_bandwidth, repack
         self.device = Device(serial)
         self.serial = serial
         self.runtime = runtime
         self.event = event or (lambda *args, **kwargs: None)
+        self.run_dir = None
         self.snap = snapshot(self.device)
         self.profile = self.snap.profile
         self._server_stream = None
         self._server_pid: int | None = None
         self._forward_port: int | None = None
         self.pushed: dict[str, dict] = {}
-        self.stale_killed = self._kill_stale_server()
+        # The lock comes first: only a run that holds the device may kill a server left on it.
+        self.lock = DeviceLock(self.device, run_label)
+        self.lock_note = self.lock.acquire()
+        try:
+            self.stale_killed = self._kill_stale_server()
+        except BaseException:
+            self.lock.release()
+            raise
 
     def _kill_stale_server(self) -> int | None:
         """A run that lost its device can leave llama-server behind; its PID file names it. Kill it
@@ -307,7 +320,16 @@ class AndroidTarget:
             self.device.shell(f"mkdir -p {folder} && rm -f {partial}", check=True)
             task = progress.task(f"push {kind} {local.name}", size, "B")
             started = time.monotonic()
-            self.device.push(local, partial, on_bytes=task.advance, timeout=max(120, size / 5e6))
+            try:
+                self.device.push(local, partial, on_bytes=task.advance, timeout=max(120, size / 5e6))
+            except AdbFailure as error:
+                task.done()
+                try:
+                    self.device.shell(f"rm -f {partial}", timeout=20)  # no half file left behind
+                except AdbFailure:
+                    pass
+                raise RunFailed(f"pushing the {kind} ({size / 2**20:.0f} MiB) to {self.serial} failed: {error}",
+                                hint="check free space in /data/local/tmp (`bench devices`) and the cable") from None
             task.done()
             seconds = time.monotonic() - started
             check = self.device.shell(f"sha256sum {partial}", timeout=max(60, size / 50e6)).stdout.split()
@@ -329,11 +351,13 @@ class AndroidTarget:
         threads = self.threads(scenario)
         affinity = self.profile.affinity if not scenario.threads else ()
         mask = f" --cpu-mask {sum(1 << c for c in affinity):x} --cpu-strict 1" if affinity else ""
+        repack, repack_reason = self.repack_choice()
+        no_repack = "" if repack else " --no-repack"
         device_port = random.randint(20000, 45000)
         log = f"{ROOT}/run/llama-server.log"
         command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo $$ > run/llama-server.pid && echo PID $$ && exec {server_remote} -m {model_remote}"
                    f" --host 127.0.0.1 --port {device_port} -np 1 -c {scenario.n_ctx} -b {scenario.n_batch}"
-                   f" -t {threads} -tb {threads}{mask} --seed {scenario.seed} > {log} 2>&1")
+                   f" -t {threads} -tb {threads}{mask}{no_repack} --seed {scenario.seed} > {log} 2>&1")
         self.event("phase", "llama-server starting", threads=threads, affinity=list(affinity), device_port=device_port)
         task = progress.task(f"load {model.alias} in llama-server on {self.serial}")
         started = time.monotonic()
@@ -348,8 +372,10 @@ class AndroidTarget:
             "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),
             "threads": threads, "affinity": list(affinity), "n_ctx": scenario.n_ctx, "n_batch": scenario.n_batch,
             "parallel": 1, "device_port": device_port, "server_pid": self._server_pid,
+            "repack": repack, "repack_reason": repack_reason,
         }
-        server = LlamaServerRuntime(self._forward_port, info=runtime_info, process_id=self._server_pid)
+        server = LlamaServerRuntime(self._forward_port, info=runtime_info, process_id=self._server_pid,
+                                    request_timeout_s=scenario.request_timeout_s)
         deadline = started + 60 + model.bytes / 1e8
         while True:
             status = server.health(timeout=5)
@@ -364,6 +390,20 @@ class AndroidTarget:
         server._info["load_ms"] = load_ms
         self.event("phase", "llama-server healthy", load_ms=load_ms)
         return server
+
+    def repack_choice(self) -> tuple[bool, str]:
+        """Weight repacking (llama-server's default) stays on, except for an x86 runtime that may use
+        AMX on a CPU that has it (llama.cpp issue 20824); ARM repacking is what phones need."""
+        if self.repack in ("on", "off"):
+            return self.repack == "on", f"weight repacking {self.repack} (asked for)"
+        flags = (self.runtime.meta.get("cmake_flags") or []) if self.runtime else []
+        if not self.snap.props.get("ro.product.cpu.abi", "").startswith("x86") or "-DGGML_AMX_INT8=OFF" in flags:
+            return True, "weight repacking on (llama-server's default)"
+        cpuinfo = self.device.shell("cat /proc/cpuinfo", timeout=20).stdout
+        if re.search(r"\bamx_(tile|int8|bf16)\b", cpuinfo):
+            return False, ("weight repacking off (--no-repack): the device CPU has AMX and the runtime may use it; its "
+                           "repacked matmul crashes at the vendored commit (llama.cpp issue 20824)")
+        return True, "weight repacking on (llama-server's default; the device CPU has no AMX)"
 
     def server_alive(self) -> bool:
         if self._server_pid is None:
@@ -431,8 +471,60 @@ class AndroidTarget:
 
         return AndroidSampler(self.device, clock, sink, hz, pid or 0, self.profile)
 
+    def abort(self) -> None:
+        """A run guard tripped (from the telemetry thread): kill the server so the request in flight ends."""
+        if self._server_pid is not None:
+            self.device.shell(f"kill -9 {self._server_pid} 2>/dev/null; true", timeout=10)
+
     def cleanup(self) -> None:
-        self.stop_server()
+        """Stop the server, remove the forward, release the device lock: every step is tried. When
+        adb or the device went away (server restart, cable, reboot), reconnect first, briefly."""
+        failures = []
+        if not self.reachable() and not self.reconnect():
+            failures.append(f"the device did not come back within {RECONNECT_TIMEOUT_S:.0f} s, so llama-server "
+                            f"(pid {self._server_pid}) could not be confirmed stopped; adbd ends it with its shell")
+        for step in (self.stop_server, self.lock.release):
+            try:
+                step()
+            except AdbFailure as error:
+                failures.append(f"{step.__name__}: {error}")
+        if failures:
+            raise AdbFailure("cleanup incomplete: " + "; ".join(failures), serial=self.serial,
+                             hint="a lock whose run is gone is taken over by the next run")
+
+    def release(self) -> None:
+        """After the run, or when it never started: nothing of ours stays on the device. Quiet:
+        cleanup already reported what failed."""
+        try:
+            self.stop_server()
+            self.lock.release()
+        except AdbFailure:
+            pass
+
+    def reachable(self) -> bool:
+        try:
+            return self.device.shell("echo ok", timeout=5).stdout.strip() == "ok"
+        except AdbFailure:
+            return False
+
+    def reconnect(self, timeout_s: float = RECONNECT_TIMEOUT_S) -> bool:
+        """Bring adb back to the device: start the server if it died, `adb connect` a network
+        serial, wait for it. True when the device answers again."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ensure_server()
+                if ":" in self.serial:
+                    connect(self.serial, timeout=5)
+                wait_for_state(self.serial, "device", timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+                self.device = Device(self.serial)
+                self.lock.device = self.device
+                if self.reachable():
+                    self.event("warning", f"reconnected to {self.serial} for cleanup")
+                    return True
+            except AdbFailure:
+                time.sleep(0.5)
+        return False
 
     # -- thermal -------------------------------------------------------------------------------
     def cpu_temperature(self) -> tuple[float | None, int | None]:

@@ -7,6 +7,7 @@ from users or files is interpolated into a device shell."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -25,12 +26,16 @@ STATUS_CODES = {"Charging": 2, "Discharging": 3, "Not charging": 4, "Full": 5}
 SCRIPT_PATH = "/data/local/tmp/bench/run/telemetry.sh"
 
 
+SUPPLY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # device-given names that may enter the loop script
+
+
 @dataclass(frozen=True)
 class Layout:
     zones: tuple[tuple[int, str], ...]        # (thermal_zone index, type) of temperature zones
     clusters: tuple[tuple[int, int], ...]     # (first cpu, cpuinfo_max_freq kHz)
     battery_fields: tuple[str, ...]
     absent: dict[str, str] = field(default_factory=dict)
+    supplies: tuple[str, ...] = ()            # external supplies (usb, ac, wireless...) with an `online` file
 
 
 def discover(device: Device) -> Layout:
@@ -38,8 +43,10 @@ def discover(device: Device) -> Layout:
     output = device.shell(
         "for z in /sys/class/thermal/thermal_zone*; do [ -r $z/temp ] && echo Z ${z##*thermal_zone} $(cat $z/type) $(cat $z/temp); done; "
         "for c in /sys/devices/system/cpu/cpu*/cpufreq; do [ -r $c/related_cpus ] && echo C $(cat $c/related_cpus) - $(cat $c/cpuinfo_max_freq); done; "
-        f"for f in {' '.join(BATTERY_FIELDS)}; do [ -r {BATTERY}/$f ] && echo B $f; done", timeout=30).stdout
-    zones, clusters, battery, absent = [], {}, [], {}
+        f"for f in {' '.join(BATTERY_FIELDS)}; do [ -r {BATTERY}/$f ] && echo B $f; done; "
+        "for s in /sys/class/power_supply/*; do [ -r $s/online ] && echo P ${s##*/} $(cat $s/type 2>/dev/null); done",
+        timeout=30).stdout
+    zones, clusters, battery, absent, supplies = [], {}, [], {}, []
     for line in output.splitlines():
         parts = line.split()
         if parts[:1] == ["Z"] and len(parts) >= 4 and parts[1].isdigit():
@@ -52,6 +59,8 @@ def discover(device: Device) -> Layout:
                 clusters.setdefault(cpus[0], int(tail[0]) if tail and tail[0].isdigit() else 0)
         elif parts[:1] == ["B"] and len(parts) == 2:
             battery.append(parts[1])
+        elif parts[:1] == ["P"] and len(parts) >= 2 and SUPPLY_NAME.match(parts[1]) and parts[2:3] != ["Battery"]:
+            supplies.append(parts[1])
     if not zones:
         absent["thermal/*"] = "no readable thermal_zone reports a temperature"
     if not clusters:
@@ -59,7 +68,9 @@ def discover(device: Device) -> Layout:
     for name in BATTERY_FIELDS:
         if name not in battery:
             absent[f"battery/{name}"] = f"{BATTERY}/{name} is not readable"
-    return Layout(tuple(zones), tuple(sorted(clusters.items())), tuple(battery), absent)
+    if not supplies:
+        absent["battery/plugged"] = "no /sys/class/power_supply/*/online: external power is told by battery status alone"
+    return Layout(tuple(zones), tuple(sorted(clusters.items())), tuple(battery), absent, tuple(supplies))
 
 
 def loop_script(layout: Layout) -> str:
@@ -68,6 +79,9 @@ def loop_script(layout: Layout) -> str:
     for index, _ in layout.zones:
         reads.append(f"read -r z{index} < /sys/class/thermal/thermal_zone{index}/temp")
         fields.append(f"z{index}=$z{index}")
+    for index, name in enumerate(layout.supplies):
+        reads.append(f"read -r p{index} < /sys/class/power_supply/{name}/online")
+        fields.append(f"p{index}=$p{index}")
     for cpu, _ in layout.clusters:
         reads.append(f"read -r f{cpu} < /sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq")
         reads.append(f"read -r m{cpu} < /sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_max_freq")
@@ -199,11 +213,13 @@ class AndroidSampler:
         if current is not None:
             self.raw_current.append((t_s, current))
             samples.append(Sample(t_s, "battery", "current_now_raw", current, "raw"))
-        voltage = number("b_voltage_now")
-        if voltage is not None:
-            volts = voltage / 1e6 if voltage > 1000 else voltage / 1000 if voltage > 100 else voltage
+        volts = parse.battery_voltage_v(number("b_voltage_now"))
+        if volts is not None:
             self.raw_voltage.append((t_s, volts))
             samples.append(Sample(t_s, "battery", "voltage", volts, "V"))
+        online = [number(f"p{index}") for index in range(len(self.layout.supplies))]
+        if any(value is not None for value in online):
+            samples.append(Sample(t_s, "battery", "plugged", float(any(value for value in online if value)), "bool"))
         for key, name, unit, scale in (("b_capacity", "level", "%", 1), ("b_charge_counter", "charge_counter", "uAh", 1),
                                        ("b_temp", "temperature", "C", 0.1)):
             value = number(key)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 from ..clock import RunClock
 from ..gguf import kv_cache_bytes
@@ -17,11 +19,15 @@ RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
 
 class HostTarget:
     kind = "host"
+    min_battery_pct = None  # a laptop's battery is not what is measured
 
-    def __init__(self, bandwidth: tuple[float | None, str]):
-        self.bandwidth = bandwidth
+    def __init__(self, bandwidth: tuple[float | None, str], *, llama_cpp_commit: tuple[str | None, str] = (None, "unknown"),
+                 repack: str = "auto"):
+        self.bandwidth, self.llama_cpp_commit, self.repack = bandwidth, llama_cpp_commit, repack
         self.pushed: dict = {}
         self.event = lambda *args, **kwargs: None
+        self.run_dir: Path | None = None  # the runner sets it: the worker's log goes there
+        self.runtime: LlamaCppRuntime | None = None
 
     def facts(self) -> DeviceFacts:
         facts = host_device.host_facts()
@@ -50,9 +56,12 @@ class HostTarget:
         return checks
 
     def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaCppRuntime:
+        log_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="bench-host-"))
         runtime = LlamaCppRuntime(model, n_ctx=scenario.n_ctx, n_batch=scenario.n_batch, threads=self.threads(scenario),
-                                  seed=scenario.seed)
-        task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB)")
+                                  seed=scenario.seed, log_path=log_dir / "runtime.log", repack=self.repack,
+                                  llama_cpp_commit=self.llama_cpp_commit, request_timeout_s=scenario.request_timeout_s)
+        self.runtime = runtime
+        task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB) in a llama-cpp-python worker")
         runtime.load()
         task.done()
         return runtime
@@ -64,7 +73,16 @@ class HostTarget:
         return max(host_device.temperatures().values(), default=None), None
 
     def diagnose(self, model: ModelInfo) -> str | None:
-        return None  # in-process: a failure is its own explanation
+        return None  # the worker's failure is diagnosed where it is seen, in the runtime's error
+
+    def abort(self) -> None:
+        """A run guard tripped: stop the worker so the request in flight ends now."""
+        if self.runtime is not None:
+            self.runtime.interrupt()
 
     def cleanup(self) -> None:
-        pass
+        pass  # the runner closes the runtime (the worker); nothing else runs on the host
+
+    def release(self) -> None:
+        if self.runtime is not None:
+            self.runtime.close()  # only does something when the run never reached its own cleanup

@@ -20,7 +20,7 @@ from typing import Callable
 from ..errors import BenchError, UsageError
 from ..files import atomic_write_json
 from ..progress import NullProgress, Progress
-from .base import VENDORED_LLAMA_CPP
+from ..cpu import host_cpu_build
 
 TOOLS = ("llama-server", "llama-bench", "llama-completion")
 TARGETS = ("host", "android-arm64")
@@ -77,7 +77,8 @@ def runtimes_root(cache: Path) -> Path:
 
 def cmake_flags(target: str, ndk: Path | None, arm_arch: str = DEFAULT_ARM_ARCH) -> tuple[str, ...]:
     if target == "host":
-        return COMMON_FLAGS + ("-DGGML_NATIVE=ON",)
+        # This CPU's ISA extensions, listed (AMX off); never -march=native: see bench/cpu.py.
+        return COMMON_FLAGS + host_cpu_build().cmake_args()
     if target == "android-arm64":
         if ndk is None:
             raise MissingPrerequisite("android-arm64 needs the Android NDK",
@@ -106,44 +107,102 @@ def find_ndk(explicit: str | None) -> Path | None:
     return None
 
 
-def fetch_vendored_source(cache: Path, progress: Progress) -> tuple[Path, str]:
-    """The llama.cpp tree inside the sdist of the installed llama-cpp-python, extracted once."""
+def _installed_version() -> str:
     try:
-        version = importlib.metadata.version("llama-cpp-python")
+        return importlib.metadata.version("llama-cpp-python")
     except importlib.metadata.PackageNotFoundError:
         raise MissingPrerequisite("llama-cpp-python is not installed, so there is no vendored llama.cpp to build",
-                         "run the README's set-up, or pass --src PATH to a llama.cpp checkout") from None
+                                  "run the README's set-up, or pass --src PATH to a llama.cpp checkout") from None
+
+
+# The sdist keeps the submodule's git dir beside the tree; its HEAD names the vendored commit.
+_SUBMODULE_GITDIR = ".git/modules/vendor/llama.cpp"
+
+
+def fetch_vendored_source(cache: Path, progress: Progress) -> tuple[Path, str]:
+    """The llama.cpp tree inside the sdist of the installed llama-cpp-python, extracted once, and
+    the commit it was taken from (read from the tree, not assumed)."""
+    version = _installed_version()
     source_root = cache / "src" / f"llama-cpp-python-{version}"
     tree = source_root / "vendor" / "llama.cpp"
-    if not (tree / "CMakeLists.txt").is_file():
-        sdist_dir = cache / "sdist"
-        sdist_dir.mkdir(parents=True, exist_ok=True)
-        archives = sorted(sdist_dir.glob(f"llama_cpp_python-{version}.tar.gz"))
-        if not archives:
-            task = progress.task(f"pip download llama-cpp-python=={version} (sdist)")
-            result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                                     "-q", "-d", str(sdist_dir), f"llama-cpp-python=={version}"],
-                                    capture_output=True, text=True, timeout=1800)
-            task.done()
-            archives = sorted(sdist_dir.glob(f"llama_cpp_python-{version}.tar.gz"))
-            if result.returncode != 0 or not archives:
-                raise BuildError(f"cannot download the llama-cpp-python {version} sdist: "
-                                 f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}", "check the package index")
-        task = progress.task(f"extract {archives[0].name}")
+    if not (tree / "CMakeLists.txt").is_file() or _git_dir(tree) is None or not _git_dir(tree).is_dir():
+        archive_path = _sdist(cache, version, progress)
+        task = progress.task(f"extract {archive_path.name}")
         staging = source_root.with_name(source_root.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        with tarfile.open(archives[0]) as archive:
-            prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
-            members = [m for m in archive.getmembers() if m.name.startswith(prefix)]
+        top = f"llama_cpp_python-{version}/"
+        wanted = (top + "vendor/llama.cpp/", top + _SUBMODULE_GITDIR + "/HEAD", top + _SUBMODULE_GITDIR + "/packed-refs",
+                  top + _SUBMODULE_GITDIR + "/refs/")
+        with tarfile.open(archive_path) as archive:
+            members = [m for m in archive.getmembers() if m.name.startswith(wanted)]
             archive.extractall(staging, members=members, filter="data")
         shutil.rmtree(source_root, ignore_errors=True)
         (staging / f"llama_cpp_python-{version}").rename(source_root)
         staging.rmdir()
         task.done()
-    return tree, VENDORED_LLAMA_CPP.get(version) or f"llama-cpp-python-{version}"
+    return tree, source_commit(tree)
+
+
+def _sdist(cache: Path, version: str, progress: Progress) -> Path:
+    """The llama-cpp-python sdist in the cache (dev.sh leaves there the one it built the wheel from)."""
+    sdist_dir = cache / "sdist"
+    archive = sdist_dir / f"llama_cpp_python-{version}.tar.gz"
+    if archive.is_file():
+        return archive
+    sdist_dir.mkdir(parents=True, exist_ok=True)
+    task = progress.task(f"pip download llama-cpp-python=={version} (sdist)")
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                             "-q", "-d", str(sdist_dir), f"llama-cpp-python=={version}"],
+                            capture_output=True, text=True, timeout=1800)
+    task.done()
+    if result.returncode != 0 or not archive.is_file():
+        raise BuildError(f"cannot download the llama-cpp-python {version} sdist: "
+                         f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}", "check the package index")
+    return archive
+
+
+def _git_dir(tree: Path) -> Path | None:
+    dot_git = tree / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    if dot_git.is_file():  # a submodule: "gitdir: ../../.git/modules/..."
+        text = dot_git.read_text(errors="replace").strip()
+        if text.startswith("gitdir:"):
+            return (tree / text.split(":", 1)[1].strip()).resolve()
+    return None
+
+
+def head_commit(git_dir: Path) -> str | None:
+    """The commit HEAD names in a git dir, read from its files (no git needed): a detached hash, or
+    a branch resolved through refs/ or packed-refs."""
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if not head.startswith("ref:"):
+        return head if re.fullmatch(r"[0-9a-f]{40}", head) else None
+    ref = head.split(":", 1)[1].strip()
+    try:
+        return (git_dir / ref).read_text().strip()
+    except OSError:
+        pass
+    try:
+        for line in (git_dir / "packed-refs").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == ref:
+                return parts[0]
+    except OSError:
+        pass
+    return None
 
 
 def source_commit(tree: Path) -> str:
+    """The llama.cpp commit of a source tree (9 hex digits, as llama.cpp prints it); a tree with no
+    git metadata is named by a hash of its sources instead ("src-..."), never by a guess."""
+    git_dir = _git_dir(tree)
+    commit = head_commit(git_dir) if git_dir is not None else None
+    if commit:
+        return commit[:9]
     try:
         result = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short=9", "HEAD"], capture_output=True,
                                 text=True, timeout=10)
@@ -157,6 +216,31 @@ def source_commit(tree: Path) -> str:
         if path.is_file():
             digest.update(path.read_bytes())
     return "src-" + digest.hexdigest()[:10]
+
+
+def installed_llama_cpp_commit(cache: Path) -> tuple[str | None, str]:
+    """(commit, where it was read) of the llama.cpp inside the installed llama-cpp-python: from the
+    extracted sdist tree, else from the cached sdist's submodule HEAD; (None, why) if neither."""
+    try:
+        version = _installed_version()
+    except MissingPrerequisite:
+        return None, "llama-cpp-python is not installed"
+    tree = cache / "src" / f"llama-cpp-python-{version}" / "vendor" / "llama.cpp"
+    git_dir = _git_dir(tree)
+    if git_dir is not None and head_commit(git_dir):
+        return source_commit(tree), f"HEAD of vendor/llama.cpp in the llama-cpp-python {version} sdist"
+    archive_path = cache / "sdist" / f"llama_cpp_python-{version}.tar.gz"
+    head = ""
+    if archive_path.is_file():
+        try:
+            with tarfile.open(archive_path) as archive:
+                member = archive.extractfile(f"llama_cpp_python-{version}/{_SUBMODULE_GITDIR}/HEAD")
+                head = member.read().decode().strip() if member else ""
+        except (OSError, KeyError, tarfile.TarError):
+            head = ""
+    if re.fullmatch(r"[0-9a-f]{40}", head):
+        return head[:9], f"HEAD of vendor/llama.cpp in the llama-cpp-python {version} sdist"
+    return None, f"no llama-cpp-python {version} sdist in {cache / 'sdist'} to read it from (./dev.sh setup keeps one)"
 
 
 def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | None = None, jobs: int | None = None,
@@ -240,6 +324,7 @@ def build(plan: BuildPlan, progress: Progress | None = None) -> Path:
     atomic_write_json(staging / "runtime.json", {
         "schema_version": 1, "target": plan.target, "llama_cpp_commit": plan.commit, "source": str(plan.source),
         "cmake_flags": list(plan.configure), "tools": list(TOOLS),
+        "cpu": host_cpu_build().to_dict() if plan.target == "host" else None,
         "abi": elf_abi(staging / "bin" / "llama-server"),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import struct
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -195,9 +196,37 @@ class Connection:
                     pass
 
 
+class Link:
+    """The "cable": the live connections, and whether the phone can be reached at all. Faults
+    (a pulled cable, a reboot) cut it for a while."""
+
+    def __init__(self):
+        self.connections: set[Connection] = set()
+        self.down_until = 0.0
+
+    def cut(self, seconds: float) -> None:
+        self.down_until = time.monotonic() + seconds
+        for connection in list(self.connections):
+            connection.writer.close()
+
+    @property
+    def down(self) -> bool:
+        return time.monotonic() < self.down_until
+
+
 async def serve(host: str, port: int, banner: Banner, services: ServiceFactory,
-                unauthorized: bool = False) -> asyncio.base_events.Server:
+                unauthorized: bool = False, link: Link | None = None) -> asyncio.base_events.Server:
+    link = link or Link()
+
     async def on_connect(reader, writer):
-        await Connection(reader, writer, banner, services, unauthorized).run()
+        if link.down:
+            writer.close()  # no phone at the other end of the cable right now
+            return
+        connection = Connection(reader, writer, banner, services, unauthorized)
+        link.connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            link.connections.discard(connection)
 
     return await asyncio.start_server(on_connect, host, port, reuse_address=True)

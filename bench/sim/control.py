@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from ..errors import BenchError, UsageError
 from .profile import known_profiles
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ADB_SCAN_PORTS = range(5555, 5586)  # the adb server probes these by itself: keep sims off them
 FIRST_PORT = 6520
 START_TIMEOUT_S = 30
@@ -36,6 +38,15 @@ class SimInfo:
     replay: str | None
     replay_missing: tuple[str, ...]
     unplugged: bool
+
+
+def check_name(name: str) -> str:
+    """A sim's name becomes a folder under the cache: letters, digits, '.', '_' and '-' only,
+    never '..' (a name like ../.. would reach outside the cache)."""
+    if not NAME.match(name) or ".." in name:
+        raise UsageError(f"invalid sim name {name!r}",
+                         "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (no '..')")
+    return name
 
 
 def sims_root(cache: Path) -> Path:
@@ -82,6 +93,7 @@ def running(cache: Path) -> list[SimInfo]:
 def plan_start(cache: Path, *, name: str = "sim", port: int | None = None, profile: str = "default",
                replay: Path | None = None) -> int:
     """Check a start request (one-line UsageError for each problem) and return the port to use."""
+    check_name(name)
     if profile not in known_profiles():
         from ..config import closest
 
@@ -106,9 +118,35 @@ def plan_start(cache: Path, *, name: str = "sim", port: int | None = None, profi
     return next(p for p in range(FIRST_PORT, FIRST_PORT + 500) if p not in taken and _port_free(p))
 
 
+FAULTS = ("cable", "reboot", "disk-full")
+
+
+def inject(info: SimInfo, fault: str, timeout: float = 5.0, **params) -> None:
+    """Make the running sim suffer a fault now: `cable` (the cable is pulled for offline_s),
+    `reboot` (every process on the phone dies and it is unreachable for offline_s), `disk-full`
+    (/data has no room left). Returns once the sim has applied it."""
+    if fault not in FAULTS:
+        raise UsageError(f"unknown fault '{fault}'", f"use one of: {', '.join(FAULTS)}")
+    folder = info.state_dir / "faults"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{time.monotonic_ns()}.json"
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps({"fault": fault, **params}))
+    temp.rename(path)
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        if time.monotonic() > deadline:
+            raise SimError(f"sim '{info.name}' did not apply the fault '{fault}' within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
 def start(cache: Path, *, name: str = "sim", port: int | None = None, profile: str = "default",
-          replay: Path | None = None, unplugged: bool = False, unauthorized: bool = False) -> SimInfo:
+          replay: Path | None = None, unplugged: bool = False, unauthorized: bool = False,
+          settings: tuple[str, ...] = ()) -> SimInfo:
     port = plan_start(cache, name=name, port=port, profile=profile, replay=replay)
+    from .profile import load_profile, parse_overrides
+
+    load_profile(profile, parse_overrides(list(settings)))  # a bad --set fails here, in one line
     state_dir = sims_root(cache) / name
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "sim.log"
@@ -120,6 +158,8 @@ def start(cache: Path, *, name: str = "sim", port: int | None = None, profile: s
         command.append("--unplugged")
     if unauthorized:
         command.append("--unauthorized")
+    for setting in settings:
+        command += ["--set", setting]
     with log.open("w") as handle:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle, stderr=handle,
                                    start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))

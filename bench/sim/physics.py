@@ -196,10 +196,48 @@ class Throttle:
         self.stopped.clear()
 
 
+def process_rss_kb(pid: int) -> tuple[str, int] | None:
+    try:
+        name, rss = "?", None
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("Name:"):
+                name = line.split(None, 1)[1].strip()
+            elif line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+        return (name, rss) if rss is not None else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Lmkd:
+    """The sim's low-memory killer: a sandbox process whose RSS passes the profile's limit is
+    killed with SIGKILL and logged as Android's lmkd logs it."""
+
+    def __init__(self, limit_bytes: int | None, log: Callable[[str, str], None]):
+        self.limit_bytes, self.log = limit_bytes, log
+
+    def check(self, members: list[int]) -> None:
+        if self.limit_bytes is None:
+            return
+        for pid in members:
+            found = process_rss_kb(pid)
+            if found is None or found[1] * 1024 <= self.limit_bytes:
+                continue
+            name, rss_kb = found
+            try:
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            self.log("lowmemorykiller", f"Kill '{name}' ({pid}), uid 2000, oom_score_adj 0 to free {rss_kb}kB rss, "
+                                        f"0kB swap; reason: device memory limit of {self.limit_bytes // 1024}kB reached")
+
+
 class PhysicsLoop:
     def __init__(self, state: PhoneState, mount_ns: str, exclude: set[int], publish: Callable[[PhoneState], None],
-                 period_s: float = 0.2):
+                 period_s: float = 0.2, lmkd: Lmkd | None = None):
         self.state, self.mount_ns, self.exclude, self.publish, self.period_s = state, mount_ns, exclude, publish, period_s
+        self.lmkd = lmkd
         self.throttle = Throttle()
         self._last_ticks: dict[int, int] = {}
         self._running = True
@@ -225,6 +263,8 @@ class PhysicsLoop:
             if before_tick:
                 before_tick()
             cpu_seconds, members = self._cpu_seconds()
+            if self.lmkd is not None:
+                self.lmkd.check(members)
             now = time.monotonic()
             self.state.step(now - last, cpu_seconds)
             last = now

@@ -39,6 +39,8 @@ class SimProfile:
     charge_current_a: float
     voltage_empty_v: float
     voltage_full_v: float
+    lmk_kill_above_bytes: int | None = None   # [memory] lmk_kill_above_mb: the sim's lmkd kills past it
+    data_quota_bytes: int | None = None       # [storage] data_quota_mb: /data fills up past it
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -66,8 +68,26 @@ def _raw(name: str, seen: tuple[str, ...] = ()) -> tuple[dict, Path]:
     return data, path
 
 
-def load_profile(name: str) -> SimProfile:
+def parse_overrides(items: list[str]) -> dict:
+    """`--set SECTION.KEY=VALUE` pairs -> a nested dict merged over the profile (numbers stay numbers)."""
+    overrides: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot or not section or not field:
+            raise UsageError(f"--set {item!r} is not SECTION.KEY=VALUE", "e.g. --set battery.level_pct=26")
+        try:
+            parsed: object = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            parsed = value
+        overrides.setdefault(section, {})[field] = parsed
+    return overrides
+
+
+def load_profile(name: str, overrides: dict | None = None) -> SimProfile:
     data, path = _raw(name)
+    data = _merge(data, overrides or {})
+    memory, storage = data.get("memory", {}), data.get("storage", {})
     try:
         cpu, power, thermal, battery = data["cpu"], data["power"], data["thermal"], data["battery"]
         return SimProfile(
@@ -83,6 +103,8 @@ def load_profile(name: str) -> SimProfile:
             capacity_mah=float(battery["capacity_mah"]), level_pct=float(battery["level_pct"]),
             charge_current_a=float(battery["charge_current_a"]), voltage_empty_v=float(battery["voltage_empty_v"]),
             voltage_full_v=float(battery["voltage_full_v"]),
+            lmk_kill_above_bytes=int(float(memory["lmk_kill_above_mb"]) * 2**20) if "lmk_kill_above_mb" in memory else None,
+            data_quota_bytes=int(float(storage["data_quota_mb"]) * 2**20) if "data_quota_mb" in storage else None,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(str(path), f"sim profile is missing or has a bad value: {error}") from None

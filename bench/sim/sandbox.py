@@ -83,6 +83,19 @@ for a in "$@"; do case "$a" in -d) exec cat /sim/state/logcat.txt;; esac; done
 exec cat /sim/state/logcat.txt
 """
 
+_DF = r"""#!/system/bin/sh
+# df: with a storage quota the sim's /data is that big; otherwise the host's df
+if [ -r /sim/state/data_quota_kb ]; then
+  read -r quota < /sim/state/data_quota_kb
+  set -- $(du -sk /data 2>/dev/null); used=${1:-0}
+  avail=$((quota - used)); [ $avail -lt 0 ] && avail=0
+  echo "Filesystem     1K-blocks    Used Available Use% Mounted on"
+  echo "/dev/block/dm-5 $quota $used $avail $((used * 100 / (quota > 0 ? quota : 1)))% /data"
+  exit 0
+fi
+exec /usr/bin/df "$@"
+"""
+
 _SETUP = r"""
 set -e
 R="$1"
@@ -104,8 +117,9 @@ def find_shell() -> str:
 
 
 class Sandbox:
-    def __init__(self, root: Path, cpus: int, replay: Path | None = None):
+    def __init__(self, root: Path, cpus: int, replay: Path | None = None, data_quota_bytes: int | None = None):
         self.root, self.cpus, self.replay = root, cpus, replay
+        self.data_quota_bytes = data_quota_bytes
         self.shell = find_shell()
         self.holder: subprocess.Popen | None = None
         self.mount_ns: str | None = None
@@ -119,13 +133,14 @@ class Sandbox:
             shutil.rmtree(root)
         for folder in ("usr", "etc", "dev", "proc", "data/local/tmp", "system/bin", "system/xbin", "vendor/bin",
                        "sim/state", "sim/control", "sim/replay", "sys/class/thermal", "sys/class/power_supply/battery",
+                       "sys/class/power_supply/usb",
                        "sys/devices/system/cpu"):
             (root / folder).mkdir(parents=True, exist_ok=True)
         for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")):
             (root / link).symlink_to(target)
         os.chmod(root / "data/local/tmp", 0o777)
         (root / "system/bin/sh").symlink_to(self.shell)
-        for name, text in (("getprop", _GETPROP), ("dumpsys", _DUMPSYS), ("logcat", _LOGCAT)):
+        for name, text in (("getprop", _GETPROP), ("dumpsys", _DUMPSYS), ("logcat", _LOGCAT), ("df", _DF)):
             path = root / "system/bin" / name
             path.write_text(text)
             path.chmod(0o755)
@@ -236,6 +251,9 @@ class Sandbox:
             capacity=level, status=state.hardware_status, current_ua=current_ua, voltage_uv=voltage_uv,
             charge_counter_uah=state.charge_counter_uah, temp_dc=temp_dc,
             charge_full_uah=int(state.profile.capacity_mah * 1000)))
+        # The hardware's view: `dumpsys battery unplug` fakes BatteryService, not this file.
+        self._write("sys/class/power_supply/usb/type", "USB\n")
+        self._write("sys/class/power_supply/usb/online", f"{int(state.usb_plugged)}\n")
         cur = state.cur_khz
         for cpu in range(self.cpus):
             base = f"sys/devices/system/cpu/cpu{cpu}/cpufreq"
@@ -243,6 +261,33 @@ class Sandbox:
             self._write(f"{base}/cpuinfo_max_freq", f"{state.profile.max_khz}\n")
             self._write(f"{base}/cpuinfo_min_freq", f"{state.profile.min_khz}\n")
             self._write(f"{base}/scaling_max_freq", f"{int(state.profile.max_khz * (1 - state.duty))}\n")
+
+    def data_used_bytes(self) -> int:
+        total = 0
+        for folder, _, files in os.walk(self.root / "data"):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_size
+                except OSError:
+                    pass
+        return total
+
+    def set_quota(self, quota_bytes: int | None) -> None:
+        self.data_quota_bytes = quota_bytes
+        path = self.root / "sim/state/data_quota_kb"
+        if quota_bytes is None:
+            path.unlink(missing_ok=True)
+        else:
+            self._write("sim/state/data_quota_kb", f"{quota_bytes // 1024}\n")
+
+    def append_log(self, tag: str, message: str) -> None:
+        """One line into the logcat buffer the `logcat -d` shim prints (the sim's lmkd writes here)."""
+        stamp = time.strftime("%m-%d %H:%M:%S.000")
+        with (self.root / "sim/state/logcat.txt").open("a") as handle:
+            handle.write(f"{stamp}   321   321 I {tag}: {message}\n")
+
+    def clear_log(self) -> None:
+        self._write("sim/state/logcat.txt", "")
 
     def take_commands(self) -> list[tuple[Path, list[str]]]:
         control = self.root / "sim/control"

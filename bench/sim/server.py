@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -15,9 +16,9 @@ import time
 from pathlib import Path
 
 from ..files import atomic_write_json
-from .adbd import Banner, serve
-from .physics import PhoneState, PhysicsLoop, namespace_members
-from .profile import load_profile
+from .adbd import Banner, Link, serve
+from .physics import Lmkd, PhoneState, PhysicsLoop, namespace_members
+from .profile import load_profile, parse_overrides
 from .sandbox import Sandbox
 from .services import Services
 
@@ -35,13 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unplugged", action="store_true")
     parser.add_argument("--unauthorized", action="store_true", help="never accept the host's key (tests)")
     parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
 
     state_dir: Path = args.state_dir
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, parse_overrides(args.set))
     cpus = os.cpu_count() or 1
     sandbox = Sandbox(state_dir / "root", cpus, args.replay)
     sandbox.create()
+    sandbox.set_quota(profile.data_quota_bytes)
     sandbox.start()
     state = PhoneState(profile, cpus, usb_plugged=not args.unplugged)
     sandbox.publish(state)
@@ -57,7 +60,43 @@ def main(argv: list[str] | None = None) -> int:
                 path.with_suffix(".out").write_text(output)
             path.unlink(missing_ok=True)
 
-    physics = PhysicsLoop(state, sandbox.mount_ns, {sandbox.holder.pid}, sandbox.publish)
+    physics = PhysicsLoop(state, sandbox.mount_ns, {sandbox.holder.pid}, sandbox.publish,
+                          lmkd=Lmkd(profile.lmk_kill_above_bytes, sandbox.append_log))
+    link = Link()
+    faults_dir = state_dir / "faults"
+    faults_dir.mkdir(exist_ok=True)
+
+    def kill_sandbox_processes() -> None:
+        physics.throttle.resume()
+        for pid in namespace_members(sandbox.mount_ns, {sandbox.holder.pid}):
+            for signum in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def apply_fault(fault: dict) -> None:
+        """Injected by tests (control.inject): what a pulled cable, a reboot or a full disk does."""
+        kind = fault.get("fault")
+        offline_s = float(fault.get("offline_s", 3.0))
+        if kind == "cable":
+            link.cut(offline_s)
+        elif kind == "reboot":
+            link.cut(offline_s)
+            kill_sandbox_processes()
+            sandbox.clear_log()
+            state.battery_command(["reset"])
+        elif kind == "disk-full":
+            sandbox.set_quota(sandbox.data_used_bytes())
+
+    async def watch_faults() -> None:
+        while True:
+            for path in sorted(faults_dir.glob("*.json")):
+                try:
+                    apply_fault(json.loads(path.read_text()))
+                finally:
+                    path.unlink(missing_ok=True)
+            await asyncio.sleep(0.05)
     physics_thread = threading.Thread(target=physics.run, args=(apply_commands,), name="physics", daemon=True)
     processes: set = set()
 
@@ -66,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        server = await serve("127.0.0.1", args.port, banner, Services(sandbox, processes), args.unauthorized)
+        server = await serve("127.0.0.1", args.port, banner, Services(sandbox, processes), args.unauthorized, link)
         physics_thread.start()
+        watcher = asyncio.create_task(watch_faults())
         atomic_write_json(state_dir / "sim.json", {
             "schema_version": 1, "name": args.name, "port": args.port, "serial": serial, "pid": os.getpid(),
             "profile": profile.name, "replay": str(args.replay) if args.replay else None,
@@ -75,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "shell": sandbox.shell, "holder_pid": sandbox.holder.pid, "started_at": time.time(),
         })
         await stop.wait()
+        watcher.cancel()
         server.close()
 
     try:

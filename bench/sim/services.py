@@ -167,13 +167,23 @@ class Services:
             except OSError as failure:
                 error = f"couldn't create file: {failure.strerror}"
         mtime = None
+        quota = self.sandbox.data_quota_bytes
+        room = quota - self.sandbox.data_used_bytes() if quota is not None else None
         while True:
             kind = await stream.read_exactly(4)
             size = struct.unpack("<I", await stream.read_exactly(4))[0]
             if kind == b"DATA":
                 data = await stream.read_exactly(size)
+                if room is not None and handle is not None and len(data) > room:
+                    # /data is full: the write fails, the rest of the transfer is drained, then FAIL
+                    handle.close()
+                    handle = None
+                    temp.unlink(missing_ok=True)
+                    error = f"write failed: No space left on device ({device_path})"
                 if handle is not None:
                     handle.write(data)
+                    if room is not None:
+                        room -= len(data)
             elif kind == b"DONE":
                 mtime = size
                 break
