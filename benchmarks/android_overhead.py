@@ -82,7 +82,10 @@ def main() -> None:
             adb_push(info.serial, model.path, f"{ROOT}/adb-push.gguf")
             rates_adb.append(model.bytes / 1e6 / (time.perf_counter() - started))
 
-        interleaved(args.rounds, push_bench, push_adb)
+        try:
+            interleaved(args.rounds, push_bench, push_adb)
+        finally:
+            target.release()  # the device lock
         print(f"push {model.bytes / 1e6:.0f} MB: bench {statistics.median(rates_bench):.1f} MB/s (including the "
               f"on-device sha256 and rename) vs adb push {statistics.median(rates_adb):.1f} MB/s: "
               f"ratio {statistics.median(rates_bench) / statistics.median(rates_adb):.2f}")

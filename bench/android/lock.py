@@ -118,12 +118,30 @@ class DeviceLock:
                                  "wait for that run to finish (a lock whose run died is taken over automatically)")
             else:
                 note = f"took over a stale device lock: {owner.describe()} (its adb session is gone)"
+                self._remove_stale_forward()
             # Rename first: of two runs that both found it stale, only one rename succeeds.
             self.device.shell(f"mv {LOCK_DIR} {LOCK_DIR}.stale.{self.token} 2>/dev/null && rm -rf {LOCK_DIR}.stale.{self.token}",
                               timeout=20)
         self._close_holder()
         raise DeviceBusy(f"could not take the device lock on {self.device.serial} after 5 tries",
                          "another run is starting on it; retry in a minute")
+
+    def note_forward(self, local_port: int, device_port: int) -> None:
+        """Record the run's adb forward in the lock: a run killed outright cannot remove it, the
+        adb server keeps it, and the run that takes the lock over removes it."""
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "forward.json"
+            path.write_text(json.dumps({"local": int(local_port), "remote": int(device_port)}))
+            self.device.push(path, f"{LOCK_DIR}/forward.json", timeout=30, mode=0o644)
+
+    def _remove_stale_forward(self) -> None:
+        try:
+            recorded = json.loads(self.device.shell(f"cat {LOCK_DIR}/forward.json 2>/dev/null", timeout=10).stdout)
+            local, remote = f"tcp:{int(recorded['local'])}", f"tcp:{int(recorded['remote'])}"
+        except (ValueError, KeyError, TypeError):
+            return
+        if (local, remote) in self.device.forwards():
+            self.device.forward_remove(int(local[4:]))
 
     def release(self) -> None:
         """Remove the lock if it is still ours, then end the holder. Safe to call twice."""

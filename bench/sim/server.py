@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             state.battery_command(["reset"])
         elif kind == "disk-full":
             sandbox.set_quota(sandbox.data_used_bytes())
+        elif kind == "memory-pressure":  # free memory drops: lmkd now kills past limit_mb
+            physics.lmkd.limit_bytes = int(float(fault.get("limit_mb", 64)) * 2**20)
 
     async def watch_faults() -> None:
         while True:
