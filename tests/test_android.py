@@ -43,6 +43,11 @@ def test_quick_run_on_the_sim_then_cached_push(phone, tmp_path):
     assert data.run["runtime"]["kind"] == "llama-server" and data.run["runtime"]["llama_cpp_commit"] == "0c1e57098"
     measured = data.requests[data.requests["warmup"] == False]  # noqa: E712
     assert (measured["gen_tokens"] == 64).all() and (measured["decode_tps"] > 0).all() and (measured["prefill_tps"] > 0).all()
+    # the one decode definition, as on the host: (generated - 1) / first-to-last token time
+    expected = (measured["gen_tokens"] - 1) / measured["decode_ms"] * 1000
+    assert ((measured["decode_tps"] - expected).abs() < 1e-6 * expected).all()
+    assert data.run["runtime"]["repack"] is True and data.run["runtime"]["repack_reason"]
+    assert "lock-holder.sh" in adb.Device(phone.serial).shell(f"ls {ROOT}/run").stdout
     for expected in (("thermal", "BIG"), ("battery", "current"), ("battery", "power"), ("battery", "level"),
                      ("cpu", "freq_cpu0"), ("process", "rss"), ("process", "peak_rss"), ("thermal", "status")):
         assert expected in kinds, expected

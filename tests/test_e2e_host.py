@@ -157,6 +157,7 @@ def test_decode_rate_has_the_one_definition(quick_run):
     assert ((rows["decode_tps"] - expected).abs() < 1e-6 * expected).all()
     runtime = data.run["runtime"]
     assert runtime["process"] == "worker" and runtime["repack"] in (True, False) and runtime["repack_reason"]
+    assert runtime["use_extra_bufts"] == runtime["repack"] == ("AMX_INT8 = 1" not in runtime["build_flags"])
     assert runtime["llama_cpp_commit"] and "sdist" in runtime["llama_cpp_commit_source"]
     assert "first to last generated token" in (Path(quick_run["run_dir"]) / "report.md").read_text()
 
@@ -184,3 +185,10 @@ def test_every_cleanup_step_runs_when_one_fails(tmp_path: Path, smollm2_path):
     assert not psutil.pid_exists(run["runtime"]["worker_pid"]) or \
         psutil.Process(run["runtime"]["worker_pid"]).status() == psutil.STATUS_ZOMBIE  # the runtime was still closed
     assert run["telemetry"]["ticks"] > 0  # the sampler was still stopped and accounted
+
+
+def test_repack_off_reaches_the_model_load(tmp_path: Path, smollm2_path):
+    payload = _run_json("--out", str(tmp_path), "--repetitions", "1", "--no-telemetry", "--repack", "off")
+    runtime = load_run(payload["run_dir"]).run["runtime"]
+    assert runtime["repack"] is False and runtime["use_extra_bufts"] is False and "asked for" in runtime["repack_reason"]
+    assert payload["status"] == "complete"

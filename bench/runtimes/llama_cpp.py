@@ -152,6 +152,7 @@ class LlamaCppRuntime:
             "repack": self._loaded.get("repack"),
             "repack_reason": self._loaded.get("repack_reason"),
             "amx_in_build": self._loaded.get("amx_in_build"),
+            "use_extra_bufts": self._loaded.get("use_extra_bufts"),  # what llama_model_load was given
             "process": "worker",
             "worker_pid": self.process_id(),
             "log": str(self.log_path),

@@ -72,7 +72,7 @@ class Worker:
         self.n_ctx = n_ctx
         return {"load_ms": (time.perf_counter() - started) * 1000, "rss_before_load_bytes": rss_before,
                 "system_info": self.system_info, "repack": use_repack, "repack_reason": reason,
-                "amx_in_build": amx}
+                "amx_in_build": amx, "use_extra_bufts": bool(self.llm.model_params.use_extra_bufts)}
 
     @contextlib.contextmanager
     def _repack(self, enabled: bool):
