@@ -244,7 +244,7 @@ def _pull_hf(entry: ModelEntry, scratch_dir: Path, partial: Path, progress: Prog
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise ModelError("huggingface_hub is not installed", "pip install huggingface_hub") from None
-    task = progress.task(f"download {entry.repo}/{entry.filename}", entry.approx_bytes, "B")
+    task = progress.task(f"download {entry.repo}/{entry.filename}", entry.size_bytes or entry.approx_bytes, "B")
     try:
         downloaded = hf_hub_download(entry.repo, entry.filename, revision=entry.revision,
                                      local_dir=scratch_dir / "hf")

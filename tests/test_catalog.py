@@ -20,10 +20,24 @@ def test_shipped_catalog_has_the_names_users_type():
     assert entries["7b-q4"].source == "hf"
 
 
-def test_unpinned_entries_say_so():
+def test_hub_models_are_pinned_by_hash_and_size():
     entries = catalog.load_catalog()
-    for alias in ("3b-q4", "7b-q4", "8b-q4"):
-        assert not entries[alias].pinned and entries[alias].size_bytes is None
+    expected = {"1b-q4": ("bartowski/Llama-3.2-1B-Instruct-GGUF", "6f85a640", 807_694_464),
+                "3b-q4": ("bartowski/Llama-3.2-3B-Instruct-GGUF", "6c1a2b41", 2_019_377_696),
+                "7b-q4": ("TheBloke/Llama-2-7B-Chat-GGUF", "08a5566d", 4_081_004_224),
+                "8b-q4": ("bartowski/Meta-Llama-3.1-8B-Instruct-GGUF", "7b064f58", 4_920_739_232)}
+    for alias, (repo, sha_prefix, size) in expected.items():
+        entry = entries[alias]
+        assert entry.source == "hf" and entry.repo == repo and entry.pinned
+        assert entry.sha256.startswith(sha_prefix) and len(entry.sha256) == 64 and entry.size_bytes == size
+
+
+def test_unpinned_entries_say_so(tmp_path: Path, monkeypatch):
+    user = tmp_path / "models.toml"
+    user.write_text('schema_version = 1\n[models.mine]\nsource = "hf"\nrepo = "me/x"\nfilename = "x.gguf"\n')
+    monkeypatch.setenv("BENCH_MODEL_CATALOG", str(user))
+    entry = catalog.load_catalog()["mine"]
+    assert not entry.pinned and entry.size_bytes is None
 
 
 def test_unknown_alias_suggests_closest():
