@@ -190,6 +190,19 @@ def parse_proc_status(text: str) -> dict[str, int]:
     return values
 
 
+def parse_smaps_rollup(text: str) -> dict[str, int]:
+    """/proc/PID/smaps_rollup -> bytes per field (Rss, Pss, Pss_Anon, Pss_File, Swap, SwapPss...).
+    PSS divides each shared page among the processes mapping it, so it does not over-count a
+    model file mapped by several processes as RSS does."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, rest = line.strip().partition(":")
+        parts = rest.split()
+        if sep and parts and parts[0].isdigit() and parts[1:2] == ["kB"]:
+            values[key] = int(parts[0]) * 1024
+    return values
+
+
 def parse_dumpsys_meminfo_total_kb(text: str) -> dict[str, int] | None:
     """TOTAL row of `dumpsys meminfo PID` (PSS and RSS in kB); None for "No process found"."""
     if "No process found" in text:

@@ -40,13 +40,17 @@ def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame) ->
         axis.legend()
         written.append(_save(figure, plots_dir / "decode_tps.png"))
     panels = [
-        ("process", "rss", "RSS (MiB)", 1 / 2**20, "rss.png", "Runtime process memory"),
+        ("process", ("rss", "pss"), "MiB", 1 / 2**20, "rss.png", "Runtime process memory (RSS, and PSS where sampled)"),
         ("cpu", "freq", "CPU frequency (MHz)", 1, "cpu_freq.png", "CPU frequency"),
         ("battery", "power", "power (W, discharge positive)", 1, "power.png", "Battery power (V x I)"),
         ("battery", "level", "battery level (%)", 1, "battery_level.png", "Battery level"),
     ]
     for source, name, ylabel, scale, filename, title in panels:
-        series = sample_series(samples, source, name)
+        if isinstance(name, tuple):
+            series = sample_series(samples, source)
+            series = series[series["name"].isin(name)] if not series.empty else series
+        else:
+            series = sample_series(samples, source, name)
         if series.empty and source == "cpu":  # phones: one frequency per cluster
             series = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("freq_")] \
                 if not samples.empty else series

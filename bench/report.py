@@ -54,6 +54,9 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
     peak_source = ("VmHWM / VmRSS+VmSwap of the runtime process" +
                    (" (the llama-cpp-python worker)" if runtime.get("kind") == "llama-cpp-python" else " (llama-server)"))
     lines.append(f"| Peak RSS | {_mib(summary.get('peak_rss_bytes'))} | | | | | | MiB | {peak_source} |")
+    if summary.get("peak_pss_bytes") is not None:
+        lines.append(f"| Peak PSS | {_mib(summary.get('peak_pss_bytes'))} | | | | | | MiB | Pss of /proc/PID/smaps_rollup "
+                     "(shared pages divided among the processes mapping them), about once a second |")
     if summary.get("peak_rss_bytes") and runtime.get("rss_before_load_bytes"):
         growth = summary["peak_rss_bytes"] - runtime["rss_before_load_bytes"]
         lines.append(f"| Peak RSS above pre-load | {_mib(growth)} | | | | | | MiB | peak minus the process RSS just before model load |")

@@ -121,6 +121,8 @@ def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss
         summary[f"{name}_iqr"] = metric.summary.iqr
         summary[f"{name}_cv"] = metric.summary.cv
     summary["peak_rss_bytes"] = peak_rss_bytes(samples, final_peak_rss)
+    pss = sample_series(samples, "process", "pss")
+    summary["peak_pss_bytes"] = float(pss["value"].max()) if not pss.empty else None
     summary["per_repetition"] = repetition_values(requests, samples, summary["peak_rss_bytes"])
     summary["max_temperature_c"] = max_temperature_c(samples)
     if bandwidth_gbs and model_bytes and decode.median:

@@ -49,11 +49,13 @@ def test_quick_run_on_the_sim_then_cached_push(phone, tmp_path):
     assert data.run["runtime"]["repack"] is True and data.run["runtime"]["repack_reason"]
     assert "lock-holder.sh" in adb.Device(phone.serial).shell(f"ls {ROOT}/run").stdout
     for expected in (("thermal", "BIG"), ("battery", "current"), ("battery", "power"), ("battery", "level"),
-                     ("cpu", "freq_cpu0"), ("process", "rss"), ("process", "peak_rss"), ("thermal", "status")):
+                     ("cpu", "freq_cpu0"), ("process", "rss"), ("process", "peak_rss"), ("thermal", "status"),
+                     ("process", "pss"), ("battery", "plugged")):
         assert expected in kinds, expected
     rss = data.samples[(data.samples["source"] == "process") & (data.samples["name"] == "rss")]["value"]
     assert rss.max() > 50 * 2**20  # llama-server holding a 94 MiB model
     summary = first["summary"]
+    assert 0 < summary["peak_pss_bytes"] <= summary["peak_rss_bytes"]
     assert summary["bytes_pushed"] > 98_000_000
     assert summary["validity"]["charging"] is True  # a sim on USB, like a phone on a cable
     assert summary["energy"]["valid"] is False and "charging" in summary["energy"]["reason"]

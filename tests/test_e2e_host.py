@@ -44,6 +44,8 @@ def test_quick_run_stores_tidy_tables(quick_run):
     rss = data.samples[(data.samples["source"] == "process") & (data.samples["name"] == "rss")]
     assert len(rss) >= 5 and (rss["unit"] == "B").all() and (rss["value"] > 0).all()
     assert set(data.samples.columns) == {"t_s", "source", "name", "value", "unit"}
+    pss = data.samples[(data.samples["source"] == "process") & (data.samples["name"] == "pss")]["value"]
+    assert len(pss) >= 1 and 0 < pss.max() <= summary["peak_rss_bytes"]
     assert data.samples["t_s"].is_monotonic_increasing
 
 

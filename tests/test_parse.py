@@ -140,3 +140,14 @@ def test_df():
     toybox = "Filesystem     1K-blocks    Used Available Use% Mounted on\n/dev/block/dm-8 115247656 4829832 110286752   5% /data\n"
     assert parse.parse_df_available_bytes(toybox) == 110286752 * 1024
     assert parse.parse_df_available_bytes("garbage") is None
+
+
+def test_smaps_rollup_pss():
+    from bench.parse import parse_smaps_rollup
+
+    text = ("00400000-7ffd5b3fe000 ---p 00000000 00:00 0                  [rollup]\n"
+            "Rss:              884516 kB\nPss:              462713 kB\nPss_Anon:          21988 kB\n"
+            "Pss_File:         440725 kB\nShared_Clean:     843428 kB\nSwap:                  0 kB\n")
+    values = parse_smaps_rollup(text)
+    assert values["Pss"] == 462713 * 1024 and values["Rss"] == 884516 * 1024 and values["Pss_File"] == 440725 * 1024
+    assert parse_smaps_rollup("") == {}

@@ -107,6 +107,11 @@ while :; do
   if [ $((n % every)) -eq 1 ] || [ $every -eq 1 ]; then
     ts=$(dumpsys thermalservice 2>/dev/null | grep -m1 'Thermal Status')
     echo "T $EPOCHREALTIME ${{ts##*: }}"
+    pss=
+    if [ -r /proc/$pid/smaps_rollup ]; then
+      while read -r k v u; do case $k in Pss:) pss=$v; break;; esac; done < /proc/$pid/smaps_rollup
+    fi
+    echo "M $EPOCHREALTIME $pss"
   fi
   read -t $interval -u 3 _ 2>/dev/null
 done
@@ -184,6 +189,10 @@ class AndroidSampler:
         if parts[0] == "T":
             if len(parts) >= 3 and parts[2].isdigit():
                 return [Sample(t_s, "thermal", "status", float(parts[2]), "level")]
+            return []
+        if parts[0] == "M":  # PSS, about once a second: smaps_rollup costs a page-table walk
+            if len(parts) >= 3 and parts[2].isdigit():
+                return [Sample(t_s, "process", "pss", float(parts[2]) * 1024, "B")]
             return []
         if parts[0] != "S":
             return []

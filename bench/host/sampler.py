@@ -11,7 +11,7 @@ from typing import Callable
 import psutil
 
 from ..clock import RunClock
-from ..parse import parse_proc_status
+from ..parse import parse_proc_status, parse_smaps_rollup
 from ..records import Sample
 from .device import temperatures
 
@@ -27,9 +27,20 @@ def proc_status_bytes(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
     return {key: values[key] for key in keys if key in values}
 
 
+PSS_EVERY_S = 1.0  # smaps_rollup walks the page tables: about once a second is enough
+
+
+def smaps_pss_bytes(pid: int) -> int | None:
+    try:
+        return parse_smaps_rollup(Path(f"/proc/{pid}/smaps_rollup").read_text()).get("Pss")
+    except OSError:
+        return None
+
+
 class HostSampler:
     def __init__(self, clock: RunClock, sink: Sink, hz: float, pid: int):
         self.clock, self.sink, self.interval_s, self.pid = clock, sink, 1.0 / hz, pid
+        self._last_pss_s = float("-inf")
         self.process = psutil.Process(pid)
         self.absent: dict[str, str] = {}
         self.ticks = 0
@@ -40,6 +51,8 @@ class HostSampler:
 
     def _probe(self) -> None:
         """Decide once which sources exist so absence is recorded, not sampled as zero."""
+        if smaps_pss_bytes(self.pid) is None:
+            self.absent["process/pss"] = "no /proc/PID/smaps_rollup (Linux 4.14+) on this OS"
         if not proc_status_bytes(self.pid, ("VmHWM",)):
             self.absent["process/peak_rss"] = "no /proc/PID/status VmHWM on this OS; peak is the max sampled RSS"
         try:
@@ -82,6 +95,11 @@ class HostSampler:
             add("process", "peak_rss", status["VmHWM"], "B")
         if "VmSwap" in status:
             add("process", "swap", status["VmSwap"], "B")
+        if "process/pss" not in self.absent and t_s - self._last_pss_s >= PSS_EVERY_S:
+            pss = smaps_pss_bytes(self.pid)
+            if pss is not None:
+                add("process", "pss", pss, "B")
+                self._last_pss_s = t_s
         add("process", "cpu", self.process.cpu_percent(interval=None), "%")
         add("system", "mem_available", psutil.virtual_memory().available, "B")
         add("cpu", "utilization", psutil.cpu_percent(interval=None), "%")
