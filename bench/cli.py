@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--declare-unplugged", action="store_true",
                      help="the phone runs on its battery although a supply reports online (rooted input suspend, "
                           "a data-only cable): energy figures count as valid; recorded in run.json")
+    run.add_argument("--fixed-performance", action="store_true",
+                     help="phones (Android 11+): hold clocks with `cmd power set-fixed-performance-mode-enabled` for "
+                          "the run, always turned off after; recorded in run.json")
     run.add_argument("--max-temp", type=_positive_float, metavar="C",
                      help="abort the run (partial) when the hottest CPU sensor passes C degrees")
     run.add_argument("--json", action="store_true", help="print one JSON object: run_dir, status, summary")
@@ -218,6 +221,8 @@ def _target(args):
     if args.device in HOST_DEVICES:
         from .host.target import HostTarget
 
+        if args.fixed_performance:
+            raise UsageError("--fixed-performance needs a phone (Android 11+)", "drop it for host runs, or pass --device")
         from .runtimes.build import installed_llama_cpp_commit
 
         return "host", HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
@@ -226,7 +231,8 @@ def _target(args):
 
     listed = resolve(args.device)
     target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()),
-                           run_label=f"{args.model} / {args.scenario}", repack=args.repack)
+                           run_label=f"{args.model} / {args.scenario}", repack=args.repack,
+                           fixed_performance=args.fixed_performance)
     try:
         target.runtime = _runtime_bundle(args.runtime, target.snap.props.get("ro.product.cpu.abi"))
     except BaseException:

@@ -296,3 +296,57 @@ def current_discharge_sign(raw_values: list[float], *, discharging: bool | None,
         median = values[len(values) // 2]
         return (1, "detected: positive while discharging") if median > 0 else (-1, "detected: negative while discharging")
     return -1, "assumed kernel ABI (negative while discharging)"
+
+
+# -- power rails (PowerStats HAL energy meter) ----------------------------------------------------
+
+RAILS_COMMAND = "dumpsys android.hardware.power.stats.IPowerStats/default delta"
+_RAIL_LINE = re.compile(r"^\s*(\[[^\]]+\]:\S+)\s+(-?\d+(?:\.\d+)?)\s+mWs(?:\s*\(\s*(-?\d+(?:\.\d+)?)\s*\))?\s*$")
+
+
+@dataclass(frozen=True)
+class RailReading:
+    """One dump of the PowerStats HAL energy meter: cumulative energy per channel in joules
+    (the HAL prints mWs = mJ), and the HAL's own elapsed time since the previous delta dump."""
+
+    channels: dict[str, float]          # "[RAIL]:Subsystem" -> cumulative J
+    elapsed_ms: int | None
+
+
+def parse_power_stats(text: str) -> RailReading | None:
+    """`dumpsys android.hardware.power.stats.IPowerStats/default [delta]` (Pixel 6 and later): the
+    lines between the "PowerStats HAL 2.0 energy meter" banners. None when there is no meter."""
+    inside, channels, elapsed = False, {}, None
+    for line in text.splitlines():
+        if "PowerStats HAL 2.0 energy meter" in line:
+            if "End of" in line:
+                break
+            inside = True
+            continue
+        if not inside:
+            continue
+        found = re.search(r"Elapsed time:\s*(\d+)\s*ms", line)
+        if found:
+            elapsed = int(found.group(1))
+            continue
+        match = _RAIL_LINE.match(line)
+        if match:
+            channels[match.group(1)] = float(match.group(2)) / 1000.0
+    return RailReading(channels, elapsed) if channels else None
+
+
+RAIL_GROUPS = ("cpu_big", "cpu_mid", "cpu_little", "memory", "gpu")
+
+
+def rail_group(channel: str) -> str | None:
+    """Which summary group a channel counts in: the subsystem after ']:' decides (Pixels name the
+    memory interface MIF; other HALs say Memory or DDR)."""
+    rail, _, subsystem = channel.partition("]:")
+    subsystem = subsystem.upper()
+    if subsystem.startswith("CPU("):
+        return {"CPU(BIG)": "cpu_big", "CPU(MID)": "cpu_mid", "CPU(LITTLE)": "cpu_little"}.get(subsystem)
+    if subsystem in ("MIF", "MEMORY", "DDR", "MEM") or any(key in rail.upper() for key in ("MIF", "DDR", "VDDQ")):
+        return "memory"
+    if subsystem in ("GPU", "G3D"):
+        return "gpu"
+    return None

@@ -92,6 +92,19 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
                   "", f"Source: {energy.get('source')}; {energy.get('windows_covered')} of {energy.get('windows')} request windows covered "
                   f"by power samples (valid only when all are){'; the user declared the phone unplugged (--declare-unplugged)' if energy.get('declared_unplugged') else ''}. Current normalisation: {telemetry.get('current_normalisation', {}).get('unit', 'n/a')}; "
                   f"{telemetry.get('current_normalisation', {}).get('sign', 'n/a')}.", ""]
+    rails = summary.get("rail_energy") or {}
+    if rails.get("available"):
+        lines += ["## Energy from power rails", "",
+                  f"{rails['requests_covered']} of {rails['requests']} measured requests, {rails['seconds']:.1f} s, "
+                  f"{rails['tokens']:.0f} generated tokens. Source: {rails['source']}. The rails measure the SoC's "
+                  "supplies, not the battery, so these figures stay valid while the phone charges; each request's "
+                  "energy includes the few milliseconds of the readings around it.", "",
+                  "| rail or group | energy (J) | mean power (W) | J/token |", "|---|---:|---:|---:|"]
+        for name, item in list(rails["groups"].items()) + list(rails["channels"].items()):
+            label = {"cpu_big": "CPU big (group)", "cpu_mid": "CPU mid (group)", "cpu_little": "CPU little (group)",
+                     "memory": "memory (group)", "gpu": "GPU (group)", "total": "**total, all rails**"}.get(name, f"`{name}`")
+            lines.append(f"| {label} | {_fmt(item['joules'], 3)} | {_fmt(item['watts'], 3)} | {_fmt(item['j_per_token'], 5)} |")
+        lines.append("")
     validity = summary.get("validity") or {}
     lines += ["## Validity", "", "| flag | value | rule |", "|---|---|---|",
               f"| charging | {_flag(validity.get('charging'))} | on external power at any sample: charging, full, or plugged "

@@ -21,7 +21,7 @@ from .progress import NullProgress, Progress
 from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, RequestRecord, Scenario, to_dict
 from .render import write_report
 from .store import RunWriter, load_run, make_run_id
-from .summary import decode_drift, energy_summary, run_summary, validity_from_samples
+from .summary import decode_drift, energy_summary, rail_energy_summary, run_summary, validity_from_samples
 from .workload import resolve_prompts, run_repetition
 
 
@@ -38,6 +38,7 @@ class Target(Protocol):
     def sampler(self, clock: RunClock, sink, hz: float, pid: int | None): ...
     def cpu_temperature(self) -> tuple[float | None, int | None]: ...
     def diagnose(self, model: ModelInfo) -> str | None: ...
+    def rail_samples(self, clock: RunClock) -> list: ...
     def abort(self) -> None: ...
     def cleanup(self) -> None: ...
 
@@ -140,6 +141,7 @@ class _Run:
         self.cooldown_waits: list[float] = []
         self.guard = RunGuard(options.max_temp_c, options.min_battery_pct)
         self.runtime = None
+        self.rails = False
 
     def event(self, kind: str, message: str, **data) -> None:
         self.writer.event(self.clock.now_s(), kind, message, **data)
@@ -163,6 +165,13 @@ class _Run:
                 self.target.abort()  # the request in flight ends now, not when it finishes
             except BenchError as error:
                 self.event("warning", f"could not stop the runtime after the guard tripped: {error}")
+
+    def _rail_mark(self) -> int:
+        """One reading of the device's power-rail energy counters into the samples table."""
+        samples = self.target.rail_samples(self.clock)
+        if samples:
+            self.writer.samples(samples)
+        return len(samples)
 
     def write_meta(self, status: str, **extra) -> None:
         self.meta.update(status=status, **extra)
@@ -251,6 +260,10 @@ class _Run:
                 sampler = target.sampler(self.clock, self.on_samples, options.telemetry_hz, runtime.process_id())
                 sampler.start()
                 self.meta["telemetry"]["absent"] = sampler.absent
+            self.rails = bool(self._rail_mark())  # a first reading says whether the device has rails
+            if not self.rails:
+                self.meta["telemetry"]["absent"]["rail/*"] = ("no PowerStats HAL energy meter (Pixel 6 and later have one): "
+                                                             "energy comes from battery current only")
             self.write_meta("running")
             prompts = resolve_prompts(runtime, scenario.prompts)
             self._repetitions(runtime, prompts, baseline)
@@ -353,7 +366,8 @@ class _Run:
             self.cooldown(scenario.cooldown, baseline, repetition)
             self.event("phase", f"repetition {repetition} started", repetition=repetition)
             records = run_repetition(runtime, scenario, prompts, repetition=repetition, warmup=False,
-                                     clock=self.clock, on_request=self.on_request)
+                                     clock=self.clock, on_request=self.on_request,
+                                     around_request=self._rail_mark if self.rails else None)
             self._check(records, repetition)
             last = records[-1]
             rate = f" {last.decode_tps:.1f} t/s" if last.decode_tps else ""
@@ -378,6 +392,7 @@ class _Run:
                                    declared_unplugged=validity["declared_unplugged"])
         summary["energy"] = energy_summary(data.requests, data.samples, charging=validity["charging"],
                                            declared_unplugged=self.options.declare_unplugged)
+        summary["rail_energy"] = rail_energy_summary(data.requests, data.samples)
         summary["cooldown_waits_s"] = self.cooldown_waits
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:

@@ -57,9 +57,11 @@ def to_record(completion: Completion, *, repetition: int, step: int, warmup: boo
 
 
 def run_repetition(runtime: Runtime, scenario: Scenario, prompts: Sequence[str | list[int]], *, repetition: int,
-                   warmup: bool, clock: RunClock, on_request: Callable[[RequestRecord], None]) -> list[RequestRecord]:
+                   warmup: bool, clock: RunClock, on_request: Callable[[RequestRecord], None],
+                   around_request: Callable[[], None] | None = None) -> list[RequestRecord]:
     """Send the scenario's prompts in order. With keep_history each turn carries the transcript so
-    far, and the runtime may reuse the cached prefix; otherwise every prompt starts cold."""
+    far, and the runtime may reuse the cached prefix; otherwise every prompt starts cold.
+    `around_request` runs right before and right after each request (energy-counter readings)."""
     records = []
     history = ""
     for step, prompt in enumerate(prompts):
@@ -67,11 +69,15 @@ def run_repetition(runtime: Runtime, scenario: Scenario, prompts: Sequence[str |
             request: str | list[int] = f"{history}User: {prompt}\nAssistant:"
         else:
             request = prompt
+        if around_request:
+            around_request()
         completion = runtime.complete(
             request, n_predict=scenario.n_predict, ignore_eos=scenario.ignore_eos,
             keep_cache=scenario.keep_history and step > 0, temperature=scenario.temperature,
             seed=scenario.seed,
         )
+        if around_request:
+            around_request()
         if scenario.keep_history and isinstance(request, str):
             history = f"{request}{completion.text}\n"
         record = to_record(completion, repetition=repetition, step=step, warmup=warmup, clock=clock)

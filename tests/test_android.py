@@ -11,6 +11,7 @@ import pytest
 
 from bench.android import adb
 from bench.android.device import ROOT, AndroidTarget
+from bench.catalog import cache_root
 from bench.sim import control
 from bench.store import load_run
 from conftest import REPO, bench_cli, long_run, write_gguf
@@ -264,3 +265,38 @@ def test_server_killed_mid_run_is_reported_with_signal_and_memory(phone, tmp_pat
     assert payload["status"] == "partial"
     assert "signal 9" in payload["reason"] and "MemAvailable" in payload["reason"], payload["reason"]
     assert not device.forwards() and "llama-server" not in device.shell("ps -A -o args").stdout
+
+
+def test_power_rails_give_energy_per_rail_even_while_charging(phone, tmp_path):
+    result = _run(phone.serial, tmp_path, "--repetitions", "2")
+    summary = result["summary"]
+    assert summary["validity"]["charging"] is True and summary["energy"]["valid"] is False  # battery: invalid on USB
+    rails = summary["rail_energy"]
+    assert rails["available"] and rails["valid_while_charging"] and rails["requests_covered"] == rails["requests"] == 2
+    groups = rails["groups"]
+    for group in ("cpu_big", "cpu_mid", "cpu_little", "memory", "total"):
+        assert groups[group]["joules"] > 0 and groups[group]["watts"] > 0 and groups[group]["j_per_token"] > 0, group
+    # the sim's CPU rails take most of the load: big > little under a decode
+    assert groups["cpu_big"]["joules"] > groups["cpu_little"]["joules"]
+    total = groups["total"]
+    assert total["joules"] == pytest.approx(sum(c["joules"] for c in rails["channels"].values()))
+    samples = load_run(result["run_dir"]).samples
+    rail_rows = samples[samples["source"] == "rail"]
+    assert (rail_rows["unit"] == "J").all() and rail_rows["name"].str.contains("CPU(BIG)", regex=False).any()
+    report = (Path(result["run_dir"]) / "report.md").read_text()
+    assert "Energy from power rails" in report and "stay valid while the phone charges" in report
+
+
+def test_fixed_performance_is_on_for_the_run_and_off_after(phone, tmp_path):
+    info = next(i for i in control.running(cache_root()) if i.serial == phone.serial)
+    flag = info.state_dir / "root" / "sim" / "state" / "fixed_performance.txt"
+    result = _run(phone.serial, tmp_path, "--repetitions", "1", "--fixed-performance")
+    data = load_run(result["run_dir"])
+    assert data.run["runtime"]["fixed_performance"] is True
+    freqs = data.samples[(data.samples["source"] == "cpu") & (data.samples["name"] == "freq_cpu0")]["value"]
+    assert freqs.nunique() <= 2 and freqs.max() <= 2800 * 0.6 + 1  # held at the sim's fixed level (MHz)
+    assert any(e["message"] == "fixed performance mode off" for e in data.events)
+    time.sleep(0.5)
+    assert flag.read_text().strip() == "false"  # always turned off again
+    host = bench_cli("run", "--fixed-performance", "--out", str(tmp_path / "h"))
+    assert host.returncode == 2 and "needs a phone" in host.stderr

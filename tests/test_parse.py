@@ -1,5 +1,6 @@
 """Parsers on every real capture in tests/data/android (copied from shared/fixtures/android)."""
 
+import pytest
 from pathlib import Path
 
 
@@ -151,3 +152,31 @@ def test_smaps_rollup_pss():
     values = parse_smaps_rollup(text)
     assert values["Pss"] == 462713 * 1024 and values["Rss"] == 884516 * 1024 and values["Pss_File"] == 440725 * 1024
     assert parse_smaps_rollup("") == {}
+
+
+# The PowerStats HAL's dump, laid out with the HAL's own format strings (AOSP hardware/google/pixel
+# powerstats/PowerStatsAidl.cpp: "  %32s   %14.2f mWs (%14.2f)"); note "Elapsed time" shares its line
+# with the header.
+POWER_STATS_DELTA = (
+    "\n============= PowerStats HAL 2.0 energy meter ==============\n"
+    "Elapsed time: 2003 ms" + "  %32s   %18s (%14s)\n" % ("Channel", "Cumulative Energy", "Delta   ")
+    + "".join("  %32s   %14.2f mWs (%14.2f)\n" % row for row in (
+        ("[S2M_VDD_CPUCL2]:CPU(BIG)", 5123456.25, 1500.5), ("[S3M_VDD_CPUCL1]:CPU(MID)", 2100000.0, 700.25),
+        ("[S4M_VDD_CPUCL0]:CPU(LITTLE)", 900000.5, 120.0), ("[S1M_VDD_MIF]:MIF", 1800000.0, 410.0),
+        ("[S8S_VDD_G3D_L2]:GPU", 400000.0, 3.0), ("[VSYS_PWR_DISPLAY]:Display", 7000000.0, 0.0)))
+    + "========== End of PowerStats HAL 2.0 energy meter ==========\n"
+    "\n============= PowerStats HAL 2.0 state residencies ==============\n"
+    "  ignored   lines   1 ms\n")
+
+
+def test_power_stats_energy_meter():
+    from bench.parse import parse_power_stats, rail_group
+
+    reading = parse_power_stats(POWER_STATS_DELTA)
+    assert reading.elapsed_ms == 2003 and len(reading.channels) == 6
+    assert reading.channels["[S2M_VDD_CPUCL2]:CPU(BIG)"] == pytest.approx(5123.45625)  # mWs -> J
+    groups = {name: rail_group(name) for name in reading.channels}
+    assert groups["[S2M_VDD_CPUCL2]:CPU(BIG)"] == "cpu_big" and groups["[S4M_VDD_CPUCL0]:CPU(LITTLE)"] == "cpu_little"
+    assert groups["[S1M_VDD_MIF]:MIF"] == "memory" and groups["[S8S_VDD_G3D_L2]:GPU"] == "gpu"
+    assert groups["[VSYS_PWR_DISPLAY]:Display"] is None
+    assert parse_power_stats("Can't find service: android.hardware.power.stats.IPowerStats/default\n") is None

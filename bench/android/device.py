@@ -18,7 +18,7 @@ from ..errors import PreflightError, RunFailed, UsageError
 from ..gguf import kv_cache_bytes
 from ..profiles import DeviceProfile, load_profiles, match_profile
 from ..progress import Progress
-from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario
+from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
 from ..runtimes.llama_server import LlamaServerRuntime
 from .adb import AdbFailure, Device, Listed, connect, ensure_server, list_devices, wait_for_state
 from .lock import DeviceLock
@@ -175,8 +175,9 @@ class AndroidTarget:
 
     def __init__(self, serial: str, runtime: RuntimeBundle | None, event: Callable[..., None] | None = None,
                  host_bandwidth: tuple[float | None, str] | None = None, *, run_label: str = "bench run",
-                 repack: str = "auto"):
-        self.host_bandwidth, self.repack = host_bandwidth, repack
+                 repack: str = "auto", fixed_performance: bool = False):
+        self.host_bandwidth, self.repack, self.fixed_performance = host_bandwidth, repack, fixed_performance
+        self._fixed_enabled = False
         self.device = Device(serial)
         self.serial = serial
         self.runtime = runtime
@@ -188,6 +189,7 @@ class AndroidTarget:
         self._server_pid: int | None = None
         self._forward_port: int | None = None
         self.pushed: dict[str, dict] = {}
+        self._rails_absent = False
         # The lock comes first: only a run that holds the device may kill a server left on it.
         self.lock = DeviceLock(self.device, run_label)
         self.lock_note = self.lock.acquire()
@@ -275,6 +277,10 @@ class AndroidTarget:
                                      f"battery {snap.battery.status}, plugged {snap.battery.plugged}: energy figures will be "
                                      "invalid (use Wi-Fi adb with the cable out, or a rooted input suspend)", "warning"))
         checks.append(PreflightCheck("screen", snap.screen_on is not True, "the screen is on (it draws power and heat)", "warning"))
+        if self.fixed_performance:
+            sdk = snap.props.get("ro.build.version.sdk", "")
+            checks.append(PreflightCheck("fixed_performance", sdk.isdigit() and int(sdk) >= 30,
+                                         f"--fixed-performance needs Android 11 (SDK 30) or later; the device is SDK {sdk or '?'}"))
         return checks
 
     def memory_hint(self, model: ModelInfo) -> str:
@@ -373,7 +379,7 @@ class AndroidTarget:
             "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),
             "threads": threads, "affinity": list(affinity), "n_ctx": scenario.n_ctx, "n_batch": scenario.n_batch,
             "parallel": 1, "device_port": device_port, "server_pid": self._server_pid,
-            "repack": repack, "repack_reason": repack_reason,
+            "repack": repack, "repack_reason": repack_reason, "fixed_performance": self._fixed_enabled,
         }
         server = LlamaServerRuntime(self._forward_port, info=runtime_info, process_id=self._server_pid,
                                     request_timeout_s=scenario.request_timeout_s)
@@ -465,12 +471,46 @@ class AndroidTarget:
     # -- the runner's Target interface ---------------------------------------------------------
     def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaServerRuntime:
         self.push_artifacts(model, progress)
+        if self.fixed_performance:
+            self.set_fixed_performance(True)
         return self.start_server(model, scenario, progress)
+
+    def set_fixed_performance(self, enabled: bool) -> None:
+        """`cmd power set-fixed-performance-mode-enabled` (API 30+): clocks held at a level the phone
+        can sustain, so runs compare without boost and throttling noise. Always turned off again."""
+        word = "true" if enabled else "false"
+        result = self.device.shell(f"cmd power set-fixed-performance-mode-enabled {word}", timeout=15)
+        if result.returncode != 0:
+            raise RunFailed(f"fixed performance mode could not be {'enabled' if enabled else 'disabled'} on "
+                            f"{self.serial}: {(result.stdout + result.stderr).strip()[:200] or f'exit {result.returncode}'}",
+                            hint="it needs Android 11+; run without --fixed-performance")
+        self._fixed_enabled = enabled
+        self.event("phase", f"fixed performance mode {'on' if enabled else 'off'}")
+
+    def restore_performance(self) -> None:
+        if self._fixed_enabled:
+            self.set_fixed_performance(False)
 
     def sampler(self, clock, sink, hz: float, pid: int | None):
         from .sampler import AndroidSampler
 
         return AndroidSampler(self.device, clock, sink, hz, pid or 0, self.profile)
+
+    def rail_samples(self, clock) -> list[Sample]:
+        """One dump of the PowerStats HAL energy meter as samples (cumulative J per channel),
+        stamped at the middle of the dumpsys call; [] when the device has no meter."""
+        if self._rails_absent:
+            return []
+        before = clock.now_s()
+        try:
+            reading = parse.parse_power_stats(self.device.shell(parse.RAILS_COMMAND, timeout=15).stdout)
+        except AdbFailure:
+            reading = None
+        if reading is None:
+            self._rails_absent = True
+            return []
+        t_s = (before + clock.now_s()) / 2
+        return [Sample(t_s, "rail", channel, joules, "J") for channel, joules in reading.channels.items()]
 
     def abort(self) -> None:
         """A run guard tripped (from the telemetry thread): kill the server so the request in flight ends."""
@@ -484,10 +524,10 @@ class AndroidTarget:
         if not self.reachable() and not self.reconnect():
             failures.append(f"the device did not come back within {RECONNECT_TIMEOUT_S:.0f} s, so llama-server "
                             f"(pid {self._server_pid}) could not be confirmed stopped; adbd ends it with its shell")
-        for step in (self.stop_server, self.lock.release):
+        for step in (self.stop_server, self.restore_performance, self.lock.release):
             try:
                 step()
-            except AdbFailure as error:
+            except (AdbFailure, RunFailed) as error:
                 failures.append(f"{step.__name__}: {error}")
         if failures:
             raise AdbFailure("cleanup incomplete: " + "; ".join(failures), serial=self.serial,
@@ -496,11 +536,11 @@ class AndroidTarget:
     def release(self) -> None:
         """After the run, or when it never started: nothing of ours stays on the device. Quiet:
         cleanup already reported what failed."""
-        try:
-            self.stop_server()
-            self.lock.release()
-        except AdbFailure:
-            pass
+        for step in (self.stop_server, self.restore_performance, self.lock.release):
+            try:
+                step()
+            except (AdbFailure, RunFailed):
+                pass
 
     def reachable(self) -> bool:
         try:

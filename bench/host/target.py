@@ -75,6 +75,9 @@ class HostTarget:
     def diagnose(self, model: ModelInfo) -> str | None:
         return None  # the worker's failure is diagnosed where it is seen, in the runtime's error
 
+    def rail_samples(self, clock: RunClock) -> list:
+        return []  # no power-rail energy meter on a host
+
     def abort(self) -> None:
         """A run guard tripped: stop the worker so the request in flight ends now."""
         if self.runtime is not None:

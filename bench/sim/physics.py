@@ -18,6 +18,18 @@ from .profile import SimProfile
 from .render import STATUS_CHARGING, STATUS_DISCHARGING, STATUS_FULL, BatteryView
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The sim's PowerStats energy meter: (rail, subsystem, share of idle power, share of the load's
+# power), named as on a Tensor phone. The idle shares leave out what is not on a SoC rail (PMIC and
+# battery losses), so the rails sum to less than the battery's power, as on a phone.
+SIM_RAILS = (
+    ("S2M_VDD_CPUCL2", "CPU(BIG)", 0.05, 0.55),
+    ("S3M_VDD_CPUCL1", "CPU(MID)", 0.05, 0.20),
+    ("S4M_VDD_CPUCL0", "CPU(LITTLE)", 0.10, 0.05),
+    ("S1M_VDD_MIF", "MIF", 0.10, 0.15),
+    ("S5M_VDD_INT", "INT", 0.10, 0.05),
+    ("VSYS_PWR_MODEM", "Modem", 0.10, 0.0),
+)
+FIXED_PERFORMANCE_SHARE = 0.6  # fixed performance mode holds clocks at a sustainable fraction of max
 
 
 def namespace_members(mount_ns: str, exclude: set[int]) -> list[int]:
@@ -72,6 +84,8 @@ class PhoneState:
     thermal_status: int = 0
     override: BatteryOverride = field(default_factory=BatteryOverride)
     frozen_view: BatteryView | None = None
+    rail_uws: dict[str, float] = field(default_factory=dict)   # cumulative energy per rail, uWs
+    fixed_performance: bool = False
 
     def __post_init__(self):
         p = self.profile
@@ -107,6 +121,8 @@ class PhoneState:
         p = self.profile
         busy = min(1.0, self.cpu_load / max(1, self.cpus))
         khz = p.min_khz + (p.max_khz - p.min_khz) * (busy if busy > 0.05 else 0)
+        if self.fixed_performance:
+            khz = p.max_khz * FIXED_PERFORMANCE_SHARE
         return int(min(khz, p.max_khz * (1 - self.duty)) // 1000 * 1000)
 
     def view(self) -> BatteryView:
@@ -131,6 +147,10 @@ class PhoneState:
         p = self.profile
         self.cpu_load = max(0.0, cpu_seconds / dt) if dt > 0 else 0.0
         self.power_w = p.idle_w + p.per_core_w * self.cpu_load
+        for rail, subsystem, idle_share, load_share in SIM_RAILS:
+            watts = p.idle_w * idle_share + p.per_core_w * self.cpu_load * load_share
+            key = f"[{rail}]:{subsystem}"
+            self.rail_uws[key] = self.rail_uws.get(key, 0.0) + watts * dt * 1e6
         for zone in p.zones:
             target = p.ambient_c + zone.gain_c_per_w * self.power_w
             self.temps[zone.name] += (target - self.temps[zone.name]) * min(1.0, dt / zone.tau_s)
@@ -141,6 +161,13 @@ class PhoneState:
         excess = self.hottest_cpu_c - p.throttle_start_c
         self.thermal_status = 0 if excess < 0 else min(6, 1 + int(excess // p.status_step_c))
         self.duty = 0.0 if excess < 0 else min(p.max_duty, excess / p.throttle_span_c * p.max_duty)
+
+    def cmd_command(self, words: list[str]) -> str:
+        """`cmd power set-fixed-performance-mode-enabled true|false` (API 30+)."""
+        if words[:2] == ["power", "set-fixed-performance-mode-enabled"] and words[2:3] in (["true"], ["false"]):
+            self.fixed_performance = words[2] == "true"
+            return ""
+        return f"Unknown command: {' '.join(words)}\n"
 
     def battery_command(self, words: list[str]) -> str:
         """Apply `dumpsys battery ...` arguments; returns what the shim prints (usually nothing)."""

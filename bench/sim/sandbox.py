@@ -73,8 +73,40 @@ case "$service" in
     printf '        TOTAL %8d %8d %8d %8d %8d %8d %8d %8d\n' $rss $rss 0 $swap $rss 0 0 0
     exit 0;;
   power) exec cat /sim/state/dumpsys_power.txt;;
+  android.hardware.power.stats.IPowerStats/default)
+    # The PowerStats HAL's energy meter dump (Pixel format); "delta" adds the change since the
+    # previous delta dump, as the HAL does.
+    now=${EPOCHREALTIME:-0}
+    echo
+    echo "============= PowerStats HAL 2.0 energy meter =============="
+    if [ "$1" = delta ]; then
+      awk -v now="$now" -v prevfile=/sim/state/power_stats.prev 'BEGIN {
+            while ((getline line < prevfile) > 0) { split(line, f, " "); if (f[1] == "T") then_ = f[2]; else prev[f[1]] = f[2] }
+            if (then_ == "") then_ = now
+            printf "Elapsed time: %d ms  %32s   %18s (%14s)\n", (now - then_) * 1000, "Channel", "Cumulative Energy", "Delta   " }
+          { d = ($1 in prev) ? $2 - prev[$1] : 0; printf "  %32s   %14.2f mWs (%14.2f)\n", $1, $2 / 1000, d / 1000 }' /sim/state/power_stats.txt
+      { echo "T $now"; cat /sim/state/power_stats.txt; } > /sim/state/.power_stats.prev.$$ && mv /sim/state/.power_stats.prev.$$ /sim/state/power_stats.prev
+    else
+      awk 'BEGIN { printf "  %32s   %18s\n", "Channel", "Cumulative Energy" } { printf "  %32s   %14.2f mWs\n", $1, $2 / 1000 }' /sim/state/power_stats.txt
+    fi
+    echo "========== End of PowerStats HAL 2.0 energy meter =========="
+    exit 0;;
   *) echo "Can't find service: $service"; exit 0;;
 esac
+"""
+
+_CMD = r"""#!/system/bin/sh
+# cmd SERVICE ...: what the sim models: power set-fixed-performance-mode-enabled true|false
+if [ "$1" = power ] && [ "$2" = set-fixed-performance-mode-enabled ]; then
+  id=$$.${RANDOM:-0}
+  printf 'cmd %s\n' "$*" > /sim/control/.$id.tmp && mv /sim/control/.$id.tmp /sim/control/$id.cmd
+  n=0
+  while [ -e /sim/control/$id.cmd ] && [ $n -lt 100 ]; do sleep 0.02; n=$((n+1)); done
+  if [ -f /sim/control/$id.out ]; then cat /sim/control/$id.out; rm -f /sim/control/$id.out; exit 255; fi
+  exit 0
+fi
+echo "cmd: Can't find service: $1"
+exit 20
 """
 
 _LOGCAT = r"""#!/system/bin/sh
@@ -140,7 +172,7 @@ class Sandbox:
             (root / link).symlink_to(target)
         os.chmod(root / "data/local/tmp", 0o777)
         (root / "system/bin/sh").symlink_to(self.shell)
-        for name, text in (("getprop", _GETPROP), ("dumpsys", _DUMPSYS), ("logcat", _LOGCAT), ("df", _DF)):
+        for name, text in (("getprop", _GETPROP), ("dumpsys", _DUMPSYS), ("logcat", _LOGCAT), ("df", _DF), ("cmd", _CMD)):
             path = root / "system/bin" / name
             path.write_text(text)
             path.chmod(0o755)
@@ -251,6 +283,8 @@ class Sandbox:
             capacity=level, status=state.hardware_status, current_ua=current_ua, voltage_uv=voltage_uv,
             charge_counter_uah=state.charge_counter_uah, temp_dc=temp_dc,
             charge_full_uah=int(state.profile.capacity_mah * 1000)))
+        self._write("sim/state/power_stats.txt", "".join(f"{name} {uws:.0f}\n" for name, uws in state.rail_uws.items()))
+        self._write("sim/state/fixed_performance.txt", f"{str(state.fixed_performance).lower()}\n")
         # The hardware's view: `dumpsys battery unplug` fakes BatteryService, not this file.
         self._write("sys/class/power_supply/usb/type", "USB\n")
         self._write("sys/class/power_supply/usb/online", f"{int(state.usb_plugged)}\n")

@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def apply_commands() -> None:
         for path, words in sandbox.take_commands():
-            output = state.battery_command(words[1:] if words[:1] == ["battery"] else words)
+            if words[:1] == ["cmd"]:
+                output = state.cmd_command(words[1:])
+            else:
+                output = state.battery_command(words[1:] if words[:1] == ["battery"] else words)
             if output:
                 path.with_suffix(".out").write_text(output)
             path.unlink(missing_ok=True)
