@@ -93,6 +93,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _thread_counts(text: str) -> list[int]:
+    counts = [_positive_int(part.strip()) for part in text.split(",")]
+    if len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"'{text}' repeats a thread count")
+    return counts
+
+
+def _cpu_list(text: str) -> tuple[int, ...]:
+    from .sweep import parse_cpus
+
+    try:
+        return parse_cpus(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -115,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scenario", default="quick", help="scenario name or .toml path (default quick)")
     run.add_argument("--out", default="results", type=Path, help="results root (default results/)")
     run.add_argument("--repetitions", type=_positive_int, help="override the scenario's repetitions")
-    run.add_argument("--threads", type=_positive_int, help="override the scenario's threads")
+    run.add_argument("--threads", type=_thread_counts, metavar="N[,N...]",
+                     help="override the scenario's threads; several (1,2,4,5) run a sweep, one run per point")
+    run.add_argument("--affinity", action="append", type=_cpu_list, metavar="CPUS",
+                     help="pin the runtime to these CPUs (4-7, 0,2,4); repeat for a sweep over CPU sets")
     run.add_argument("--telemetry-hz", type=_positive_float, default=10.0, help="sampling rate (default 10)")
     run.add_argument("--no-telemetry", action="store_true", help="do not sample telemetry")
     run.add_argument("--allow", action="append", default=[], metavar="CHECK", help="turn a failed preflight check into a warning")
@@ -213,7 +232,7 @@ def _runtime_bundle(explicit: Path | None, abi: str | None):
     return None
 
 
-def _target(args):
+def _target(args, affinity: tuple[int, ...] | None = None):
     """--device -> (label for the run id, target). Unknown names fail before anything is written."""
     from .catalog import cache_root
     from .host.membw import host_bandwidth_gbs
@@ -226,13 +245,13 @@ def _target(args):
         from .runtimes.build import installed_llama_cpp_commit
 
         return "host", HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
-                                  repack=args.repack)
+                                  repack=args.repack, affinity=affinity)
     from .android.device import AndroidTarget, resolve
 
     listed = resolve(args.device)
     target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()),
                            run_label=f"{args.model} / {args.scenario}", repack=args.repack,
-                           fixed_performance=args.fixed_performance)
+                           fixed_performance=args.fixed_performance, affinity=affinity)
     try:
         target.runtime = _runtime_bundle(args.runtime, target.snap.props.get("ro.product.cpu.abi"))
     except BaseException:
@@ -246,11 +265,13 @@ def cmd_run(args) -> int:
     from .config import resolve_scenario
     from .runner import RunOptions, run_benchmark
 
-    scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=args.threads)
+    threads, affinities = args.threads or [None], args.affinity or [None]
+    scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=threads[0])
     if not Path(args.model).suffix == ".gguf" and "/" not in args.model:
         lookup(args.model)  # an unknown alias fails here, before any download
-    label, target = _target(args)  # on a phone, this takes the device's lock
+    label, target = _target(args, affinities[0])  # on a phone, this takes the device's lock
     allow = frozenset(args.allow)
+    sweep = len(threads) > 1 or len(affinities) > 1
     try:
         with BarProgress(err) as progress:
             model = model_info(args.model, progress)
@@ -258,6 +279,9 @@ def cmd_run(args) -> int:
                                  telemetry_hz=None if args.no_telemetry else args.telemetry_hz, allow=allow,
                                  max_temp_c=args.max_temp, declare_unplugged=args.declare_unplugged,
                                  min_battery_pct=None if "battery" in allow else target.min_battery_pct)
+            if sweep:
+                target.release()  # each point takes the device afresh
+                return _run_sweep(args, options, progress)
             result = run_benchmark(options, target, progress)
     finally:
         target.release()  # the lock and anything left, also when the run never started
@@ -267,12 +291,32 @@ def cmd_run(args) -> int:
                      "summary": summary}, default=str)
     else:
         _print_summary(result)
-    if result.status == "complete":
+    return _run_exit_code(result.status, result.reason, result.run_dir)
+
+
+def _run_exit_code(status: str, reason: str | None, where) -> int:
+    if status == "complete":
         return 0
-    if result.reason and "interrupted" in result.reason:
+    if reason and "interrupted" in reason:
         return 130
-    err.print(f"run {result.status}: {result.reason}; measured rows are kept in {result.run_dir}")
+    err.print(f"run {status}: {reason}; measured rows are kept in {where}", markup=False, soft_wrap=True)
     return 3
+
+
+def _run_sweep(args, options, progress) -> int:
+    from .sweep import points, run_sweep
+
+    result = run_sweep(points(args.threads, args.affinity), options, lambda point: _target(args, point.affinity)[1],
+                       progress)
+    if args.json:
+        _print_json({"sweep_dir": str(result.directory), "status": result.status, "points": list(result.rows)},
+                    default=str)
+    else:
+        out.print((result.directory / "sweep.md").read_text(), markup=False)
+        out.print(f"Sweep: {result.directory}")
+    interrupted = any("interrupted" in (row.get("reason") or "") for row in result.rows)
+    return _run_exit_code(result.status, "interrupted" if interrupted else "some points did not complete",
+                          result.directory)
 
 
 def _print_summary(result) -> None:

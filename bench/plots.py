@@ -104,3 +104,29 @@ def write_compare_plot(path: Path, comparisons) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(figure, path)
     return path
+
+
+def write_sweep_plot(path: Path, rows: list[dict]) -> Path:
+    """Decode and prefill (tokens/s, median with IQR bars) against threads, one line per CPU set."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    by_cpus: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("threads") is None or row.get("decode_tps_median") is None:
+            continue
+        key = "default CPUs" if row["affinity"] is None else "cpus " + ",".join(map(str, row["affinity"]))
+        by_cpus.setdefault(key, []).append(row)
+    for axis, metric, title in ((axes[0], "decode_tps", "Decode"), (axes[1], "prefill_tps", "Prefill")):
+        for key, points in by_cpus.items():
+            points = sorted(points, key=lambda r: r["threads"])
+            axis.errorbar([p["threads"] for p in points], [p[f"{metric}_median"] for p in points],
+                          yerr=[(p[f"{metric}_iqr"] or 0) / 2 for p in points], marker="o", capsize=3, label=key)
+        axis.set_xticks(sorted({row["threads"] for points in by_cpus.values() for row in points}))
+        axis.set_xlabel("threads")
+        axis.set_ylabel("tokens/s (median, IQR bars)")
+        axis.set_title(f"{title} vs threads")
+        axis.grid(alpha=0.3)
+        if len(by_cpus) > 1:
+            axis.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(figure, path)
+    return path

@@ -300,3 +300,17 @@ def test_fixed_performance_is_on_for_the_run_and_off_after(phone, tmp_path):
     assert flag.read_text().strip() == "false"  # always turned off again
     host = bench_cli("run", "--fixed-performance", "--out", str(tmp_path / "h"))
     assert host.returncode == 2 and "needs a phone" in host.stderr
+
+
+def test_sweep_over_cpu_sets_on_the_sim(phone, tmp_path):
+    result = bench_cli("run", "--device", phone.serial, "--threads", "1", "--affinity", "0", "--affinity", "0-1",
+                       "--repetitions", "1", "--no-telemetry", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = json.loads(result.stdout)
+    assert [p["affinity"] for p in payload["points"]] == [[0], [0, 1]]
+    for point in payload["points"]:
+        runtime = load_run(point["run_dir"]).run["runtime"]
+        assert runtime["affinity"] == point["affinity"] and runtime["threads"] == 1
+    assert "| 1 | 0-1 |" in (Path(payload["sweep_dir"]) / "sweep.md").read_text()
+    device = adb.Device(phone.serial)
+    assert "llama-server" not in device.shell("ps -A -o args").stdout and not device.forwards()

@@ -194,3 +194,37 @@ def test_repack_off_reaches_the_model_load(tmp_path: Path, smollm2_path):
     runtime = load_run(payload["run_dir"]).run["runtime"]
     assert runtime["repack"] is False and runtime["use_extra_bufts"] is False and "asked for" in runtime["repack_reason"]
     assert payload["status"] == "complete"
+
+
+def test_thread_sweep_is_one_run_per_point_with_a_table_and_plot(tmp_path: Path, smollm2_path):
+    result = bench_cli("run", "--threads", "1,2", "--repetitions", "2", "--no-telemetry", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = json.loads(result.stdout)
+    sweep_dir = Path(payload["sweep_dir"])
+    assert payload["status"] == "complete" and [p["threads"] for p in payload["points"]] == [1, 2]
+    for point in payload["points"]:
+        run = load_run(point["run_dir"]).run
+        assert run["runtime"]["threads"] == point["threads"] and Path(point["run_dir"]).parent == sweep_dir
+        assert point["decode_tps_median"] > 0 and point["prefill_tps_median"] > 0
+    stored = json.loads((sweep_dir / "sweep.json").read_text())
+    assert stored["schema_version"] == 1 and len(stored["points"]) == 2
+    table = (sweep_dir / "sweep.md").read_text()
+    assert "| 1 | default |" in table and "| 2 | default |" in table and "Fastest decode" in table
+    assert (sweep_dir / "sweep.png").stat().st_size > 1000
+    compared = bench_cli("compare", payload["points"][0]["run_dir"], payload["points"][1]["run_dir"], "--ignore", "threads")
+    assert compared.returncode == 0, compared.stderr
+
+
+def test_sweep_and_affinity_bad_input(tmp_path: Path):
+    for args, message in ((["--threads", "0,2"], "must be >= 1"), (["--threads", "2,2"], "repeats"),
+                          (["--affinity", "3-1"], "backwards"), (["--affinity", "x"], "not a CPU list"),
+                          (["--affinity", "4096"], "cannot run on")):
+        result = bench_cli("run", *args, "--out", str(tmp_path / "r"))
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert not (tmp_path / "r").exists()
+
+
+def test_affinity_pins_the_worker(tmp_path: Path, smollm2_path):
+    payload = _run_json("--out", str(tmp_path), "--repetitions", "1", "--no-telemetry", "--affinity", "0")
+    runtime = load_run(payload["run_dir"]).run["runtime"]
+    assert runtime["affinity"] == [0] and runtime["threads"] == 1

@@ -175,8 +175,9 @@ class AndroidTarget:
 
     def __init__(self, serial: str, runtime: RuntimeBundle | None, event: Callable[..., None] | None = None,
                  host_bandwidth: tuple[float | None, str] | None = None, *, run_label: str = "bench run",
-                 repack: str = "auto", fixed_performance: bool = False):
+                 repack: str = "auto", fixed_performance: bool = False, affinity: tuple[int, ...] | None = None):
         self.host_bandwidth, self.repack, self.fixed_performance = host_bandwidth, repack, fixed_performance
+        self.affinity = affinity
         self._fixed_enabled = False
         self.device = Device(serial)
         self.serial = serial
@@ -239,6 +240,8 @@ class AndroidTarget:
     def threads(self, scenario: Scenario) -> int:
         if scenario.threads:
             return scenario.threads
+        if self.affinity is not None:
+            return len(self.affinity)
         if self.profile.threads:
             return self.profile.threads
         clusters = self.snap.clusters
@@ -355,7 +358,10 @@ class AndroidTarget:
         model_remote = self.pushed["model"]["path"]
         server_remote = self.pushed["runtime"]["path"]
         threads = self.threads(scenario)
-        affinity = self.profile.affinity if not scenario.threads else ()
+        if self.affinity is not None:
+            affinity = self.affinity
+        else:
+            affinity = self.profile.affinity if not scenario.threads else ()
         mask = f" --cpu-mask {sum(1 << c for c in affinity):x} --cpu-strict 1" if affinity else ""
         repack, repack_reason = self.repack_choice()
         no_repack = "" if repack else " --no-repack"

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from ..clock import RunClock
+from ..errors import UsageError
 from ..gguf import kv_cache_bytes
 from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario, to_dict
@@ -22,8 +23,15 @@ class HostTarget:
     min_battery_pct = None  # a laptop's battery is not what is measured
 
     def __init__(self, bandwidth: tuple[float | None, str], *, llama_cpp_commit: tuple[str | None, str] = (None, "unknown"),
-                 repack: str = "auto"):
+                 repack: str = "auto", affinity: tuple[int, ...] | None = None):
         self.bandwidth, self.llama_cpp_commit, self.repack = bandwidth, llama_cpp_commit, repack
+        if affinity is not None:
+            usable = os.sched_getaffinity(0)
+            missing = [cpu for cpu in affinity if cpu not in usable]
+            if missing:
+                raise UsageError(f"--affinity names CPUs this host cannot run on: {missing}",
+                                 f"use CPUs from {sorted(usable)}")
+        self.affinity = affinity
         self.pushed: dict = {}
         self.event = lambda *args, **kwargs: None
         self.run_dir: Path | None = None  # the runner sets it: the worker's log goes there
@@ -37,6 +45,8 @@ class HostTarget:
     def threads(self, scenario: Scenario) -> int:
         if scenario.threads:
             return scenario.threads
+        if self.affinity is not None:
+            return len(self.affinity)
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def preflight(self, model: ModelInfo, scenario: Scenario) -> list[PreflightCheck]:
@@ -59,7 +69,8 @@ class HostTarget:
         log_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="bench-host-"))
         runtime = LlamaCppRuntime(model, n_ctx=scenario.n_ctx, n_batch=scenario.n_batch, threads=self.threads(scenario),
                                   seed=scenario.seed, log_path=log_dir / "runtime.log", repack=self.repack,
-                                  llama_cpp_commit=self.llama_cpp_commit, request_timeout_s=scenario.request_timeout_s)
+                                  llama_cpp_commit=self.llama_cpp_commit, request_timeout_s=scenario.request_timeout_s,
+                                  affinity=self.affinity)
         self.runtime = runtime
         task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB) in a llama-cpp-python worker")
         runtime.load()

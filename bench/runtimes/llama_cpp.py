@@ -47,8 +47,8 @@ class LlamaCppRuntime:
 
     def __init__(self, model: ModelInfo, *, n_ctx: int, n_batch: int, threads: int, seed: int,
                  log_path: Path, repack: str = "auto", llama_cpp_commit: tuple[str | None, str] = (None, "unknown"),
-                 request_timeout_s: float = 600.0):
-        self.model, self.request_timeout_s = model, request_timeout_s
+                 request_timeout_s: float = 600.0, affinity: tuple[int, ...] | None = None):
+        self.model, self.request_timeout_s, self.affinity = model, request_timeout_s, affinity
         self.n_ctx, self.n_batch, self.threads, self.seed = n_ctx, n_batch, threads, seed
         self.log_path, self.repack, self.commit = log_path, repack, llama_cpp_commit
         self._process: subprocess.Popen | None = None
@@ -63,6 +63,9 @@ class LlamaCppRuntime:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "bench.runtimes.llama_cpp_worker"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=log, cwd=str(Path(__file__).resolve().parents[2]))
+        if self.affinity is not None:
+            # llama.cpp's threads inherit it: set before the model loads and the pool starts
+            os.sched_setaffinity(self._process.pid, set(self.affinity))
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._process.stdout, selectors.EVENT_READ)
         self._buffer = b""
@@ -157,6 +160,7 @@ class LlamaCppRuntime:
             "worker_pid": self.process_id(),
             "log": str(self.log_path),
             "threads": self.threads,
+            "affinity": list(self.affinity) if self.affinity is not None else None,
             "n_ctx": self.n_ctx,
             "n_batch": self.n_batch,
             "load_ms": self.load_ms,
