@@ -221,18 +221,42 @@ def _runtime_bundle(explicit: Path | None, abi: str | None):
     """The llama.cpp build to push: --runtime DIR, else a cached build for the device's ABI."""
     from .android.device import RuntimeBundle
     from .catalog import cache_root
-    from .runtimes.build import describe_runtime_dir, list_runtimes
+    from .runtimes.build import describe_runtime_dir
 
     if explicit is not None:
         meta = describe_runtime_dir(explicit)
         return RuntimeBundle(Path(meta["bin"]) / "llama-server", meta)
-    for meta in reversed(list_runtimes(cache_root())):
+    for meta in _usable_runtimes(cache_root()):
         if meta.get("abi") == abi:
             return RuntimeBundle(Path(meta["path"]) / "bin" / "llama-server", meta)
     return None
 
 
-def _target(args, affinity: tuple[int, ...] | None = None):
+def _usable_runtimes(cache: Path) -> list[dict]:
+    """Cached builds, newest first; a host build counts only on the CPU it was built for."""
+    from .cpu import host_cpu_build
+    from .runtimes.build import list_runtimes
+
+    key = host_cpu_build().key
+    return [meta for meta in reversed(list_runtimes(cache))
+            if meta.get("target") != "host" or (meta.get("cpu") or {}).get("key") == key]
+
+
+def _host_tools(args) -> dict | None:
+    """The host llama.cpp build whose llama-bench a llama-bench scenario runs: --runtime DIR, or the
+    cached build for this CPU."""
+    from .catalog import cache_root
+    from .runtimes.build import describe_runtime_dir
+
+    if args.runtime is not None:
+        return describe_runtime_dir(args.runtime)
+    for meta in _usable_runtimes(cache_root()):
+        if meta.get("target") == "host":
+            return {**meta, "bin": str(Path(meta["path"]) / "bin")}
+    return None
+
+
+def _target(args, affinity: tuple[int, ...] | None = None, scenario=None):
     """--device -> (label for the run id, target). Unknown names fail before anything is written."""
     from .catalog import cache_root
     from .host.membw import host_bandwidth_gbs
@@ -245,7 +269,8 @@ def _target(args, affinity: tuple[int, ...] | None = None):
         from .runtimes.build import installed_llama_cpp_commit
 
         return "host", HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
-                                  repack=args.repack, affinity=affinity)
+                                  repack=args.repack, affinity=affinity,
+                                  tools=_host_tools(args) if scenario is not None and scenario.kind == "llama-bench" else None)
     from .android.device import AndroidTarget, resolve
 
     listed = resolve(args.device)
@@ -269,7 +294,7 @@ def cmd_run(args) -> int:
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=threads[0])
     if not Path(args.model).suffix == ".gguf" and "/" not in args.model:
         lookup(args.model)  # an unknown alias fails here, before any download
-    label, target = _target(args, affinities[0])  # on a phone, this takes the device's lock
+    label, target = _target(args, affinities[0], scenario)  # on a phone, this takes the device's lock
     allow = frozenset(args.allow)
     sweep = len(threads) > 1 or len(affinities) > 1
     try:
@@ -306,8 +331,8 @@ def _run_exit_code(status: str, reason: str | None, where) -> int:
 def _run_sweep(args, options, progress) -> int:
     from .sweep import points, run_sweep
 
-    result = run_sweep(points(args.threads, args.affinity), options, lambda point: _target(args, point.affinity)[1],
-                       progress)
+    result = run_sweep(points(args.threads, args.affinity), options,
+                       lambda point: _target(args, point.affinity, options.scenario)[1], progress)
     if args.json:
         _print_json({"sweep_dir": str(result.directory), "status": result.status, "points": list(result.rows)},
                     default=str)

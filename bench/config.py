@@ -18,8 +18,12 @@ SCENARIO_SCHEMA_VERSION = 1
 _SCENARIO_KEYS = {
     "schema_version", "name", "description", "repetitions", "warmup", "seed", "temperature",
     "n_ctx", "n_batch", "threads", "n_predict", "ignore_eos", "prompts", "keep_history",
-    "duration_s", "cooldown", "request_timeout_s",
+    "duration_s", "cooldown", "request_timeout_s", "kind", "pp", "tg",
 }
+KINDS = ("generate", "llama-bench")
+# Keys added after scenarios were first hashed count in the hash only when set, so the runs of an
+# unchanged scenario still match in `bench compare`.
+_LATER_KEYS = {"kind": "generate", "pp": None, "tg": None}
 _COOLDOWN_KEYS = {"mode", "max_wait_s", "idle_delta_c", "max_temp_c", "poll_s"}
 
 
@@ -137,6 +141,18 @@ def parse_scenario(path: Path) -> Scenario:
     )
     threads = check.get("threads", int, None, minimum=1)
     duration = check.get("duration_s", (int, float), None, minimum=0.001)
+    kind = check.get("kind", str, "generate")
+    if kind not in KINDS:
+        check.fail("kind", f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    llama_bench = kind == "llama-bench"
+    pp, tg = check.get("pp", int, None, minimum=1), check.get("tg", int, None, minimum=1)
+    if not llama_bench and (pp is not None or tg is not None):
+        check.fail("pp" if pp is not None else "tg", "'pp' and 'tg' are llama-bench shapes",
+                   'add kind = "llama-bench", or use prompts and n_predict')
+    if llama_bench and pp is None and tg is None:
+        check.fail("kind", "a llama-bench scenario needs 'pp' or 'tg'", "e.g. pp = 512 and tg = 128")
+    if llama_bench and duration is not None:
+        check.fail("duration_s", "'duration_s' is not a llama-bench option", "use repetitions")
     fields = dict(
         name=check.get("name", str, path.stem),
         path=str(path),
@@ -150,14 +166,16 @@ def parse_scenario(path: Path) -> Scenario:
         threads=threads,
         n_predict=check.get("n_predict", int, 64, minimum=1),
         ignore_eos=check.get("ignore_eos", bool, True),
-        prompts=_prompts(check, path.parent),
+        prompts=() if llama_bench and "prompts" not in data else _prompts(check, path.parent),
         keep_history=check.get("keep_history", bool, False),
         duration_s=None if duration is None else float(duration),
         cooldown=cooldown,
         request_timeout_s=float(check.get("request_timeout_s", (int, float), 600.0, minimum=0.1)),
+        kind=kind, pp=pp, tg=tg,
     )
     # The hash names the workload, so compare can match runs: paths, text and a patience limit are not part of it.
-    canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description", "request_timeout_s"}},
+    canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description", "request_timeout_s"}
+                            and not (k in _LATER_KEYS and v == _LATER_KEYS[k])},
                            default=lambda o: o.__dict__, sort_keys=True)
     return Scenario(**fields, content_hash=hashlib.sha256(canonical.encode()).hexdigest())
 

@@ -52,6 +52,9 @@ class Scenario:
     cooldown: CooldownRule
     content_hash: str
     request_timeout_s: float = 600.0  # a request with no answer by then is a hang: the runtime is stopped
+    kind: str = "generate"            # or "llama-bench": llama.cpp's own pp/tg benchmark on the target
+    pp: int | None = None             # llama-bench prompt tokens (-p)
+    tg: int | None = None             # llama-bench generated tokens (-n)
 
     def with_overrides(self, repetitions: int | None = None, threads: int | None = None) -> "Scenario":
         return dataclasses.replace(

@@ -63,10 +63,18 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
     lines.append(f"| Max temperature | {_fmt(summary.get('max_temperature_c'))} | | | | | | C | hottest temperature sensor sampled |")
     if summary.get("decode_tps_drift") is not None:
         lines.append(f"| Decode drift, last vs first repetition | {summary['decode_tps_drift']:+.1%} | | | | | | % | runtime timings |")
-    lines += ["", "Decode tokens/s has one definition on the host and on phones: (generated tokens - 1) divided by the "
-              "time from the first generated token to the last, timed by the process that generates them "
-              "(llama-cpp-python's generate loop in the worker; llama-server's own `predicted_ms`). It includes "
-              "sampling, as llama-server's does, and excludes the prompt, which is prefill.", ""]
+    if runtime.get("kind") == "llama-bench":
+        lines += ["", "These rows come from llama.cpp's llama-bench (pp and tg tests, one row per repetition), and keep "
+                  "llama-bench's own definition so published tables compare: tokens / repetition time, where a tg "
+                  "test counts every generated token and a pp test the prompt; llama-bench runs a warmup of its own "
+                  "before each test. Each row's time window is rebuilt backwards from when its test's line reached "
+                  "the host, from llama-bench's per-repetition durations. TTFT and inter-token latency do not exist "
+                  "for llama-bench.", ""]
+    else:
+        lines += ["", "Decode tokens/s has one definition on the host and on phones: (generated tokens - 1) divided by "
+                  "the time from the first generated token to the last, timed by the process that generates them "
+                  "(llama-cpp-python's generate loop in the worker; llama-server's own `predicted_ms`). It includes "
+                  "sampling, as llama-server's does, and excludes the prompt, which is prefill.", ""]
 
     bandwidth = device.get("memory_bandwidth_gbs")
     lines += ["## Roofline", ""]

@@ -22,6 +22,7 @@ from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, Reque
 from .render import write_report
 from .store import RunWriter, load_run, make_run_id
 from .summary import decode_drift, energy_summary, rail_energy_summary, run_summary, validity_from_samples
+from .runtimes import llama_bench
 from .workload import resolve_prompts, run_repetition
 
 
@@ -265,8 +266,10 @@ class _Run:
                 self.meta["telemetry"]["absent"]["rail/*"] = ("no PowerStats HAL energy meter (Pixel 6 and later have one): "
                                                              "energy comes from battery current only")
             self.write_meta("running")
-            prompts = resolve_prompts(runtime, scenario.prompts)
-            self._repetitions(runtime, prompts, baseline)
+            if scenario.kind == "llama-bench":
+                self._llama_bench(runtime)
+            else:
+                self._repetitions(runtime, resolve_prompts(runtime, scenario.prompts), baseline)
             status = "complete" if not any(r.error for r in self.requests) else "partial"
             reason = None if status == "complete" else "some requests failed"
         except KeyboardInterrupt as interrupt:
@@ -375,6 +378,40 @@ class _Run:
             task.update(label=f"repetition {repetition + 1}" + (f"/{total}" if total else "") + rate)
             repetition += 1
         task.done()
+
+    def _llama_bench(self, runtime) -> None:
+        """llama-bench runs its own repetitions (and a warmup per test); each test's line becomes
+        rows as it arrives. A run with no line within request_timeout_s is a hang."""
+        scenario = self.scenario
+        tests = [shape for shape in (scenario.pp, scenario.tg) if shape]
+        task = self.progress.task(f"llama-bench: {' and '.join(f'{k}{v}' for k, v in zip(('pp', 'tg'), (scenario.pp, scenario.tg)) if v)}"
+                                  f" x {scenario.repetitions}", len(tests))
+        step = 0
+        while True:
+            self._check([], step)
+            try:
+                found = runtime.read_line(scenario.request_timeout_s)
+            except TimeoutError:
+                runtime.interrupt()
+                raise RunFailed(f"llama-bench printed nothing for {scenario.request_timeout_s:.0f} s and was stopped "
+                                "(hang)", str(self.writer.dir)) from None
+            if found is None:
+                break
+            arrived_ns, line = found
+            test = llama_bench.parse_line(line, step)
+            if test is None:
+                continue
+            for record in llama_bench.to_records(test, arrived_ns, self.clock):
+                self.on_request(record)
+            self.event("phase", f"llama-bench test {step} done", n_prompt=test.n_prompt, n_gen=test.n_gen,
+                       avg_ts=test.raw.get("avg_ts"))
+            step += 1
+            task.advance(1)
+        task.done()
+        status = runtime.exit_status()
+        if status != 0 or step < len(tests):
+            raise RunFailed(f"llama-bench ended after {step} of {len(tests)} tests: {runtime.failure()}",
+                            str(self.writer.dir))
 
     def _check(self, records: list[RequestRecord], repetition: int) -> None:
         if self.guard.tripped:

@@ -314,3 +314,20 @@ def test_sweep_over_cpu_sets_on_the_sim(phone, tmp_path):
     assert "| 1 | 0-1 |" in (Path(payload["sweep_dir"]) / "sweep.md").read_text()
     device = adb.Device(phone.serial)
     assert "llama-server" not in device.shell("ps -A -o args").stdout and not device.forwards()
+
+
+def test_llama_bench_on_the_device_with_telemetry(phone, tmp_path):
+    scenario = tmp_path / "lb.toml"
+    scenario.write_text('name = "lb"\nkind = "llama-bench"\npp = 64\ntg = 16\nrepetitions = 2\n')
+    result = _run(phone.serial, tmp_path, "--scenario", str(scenario))
+    data, kinds = _samples(result["run_dir"])
+    runtime = data.run["runtime"]
+    assert runtime["kind"] == "llama-bench" and "-o" in runtime["command"] and runtime["process_pid"]
+    rows = data.requests
+    assert len(rows) == 4 and set(rows["stop_reason"]) == {"llama-bench"}
+    assert (rows[rows["step"] == 0]["prefill_tps"] > 0).all() and (rows[rows["step"] == 1]["decode_tps"] > 0).all()
+    assert ("process", "rss") in kinds and ("thermal", "BIG") in kinds  # the same telemetry as the server path
+    assert result["summary"]["decode_tps_median"] > 0 and result["summary"]["prefill_tps_median"] > 0
+    assert "keep llama-bench's own definition" in (Path(result["run_dir"]) / "report.md").read_text()
+    device = adb.Device(phone.serial)
+    assert "llama-bench" not in device.shell("ps -A -o args").stdout and not device.forwards()

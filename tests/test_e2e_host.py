@@ -228,3 +228,22 @@ def test_affinity_pins_the_worker(tmp_path: Path, smollm2_path):
     payload = _run_json("--out", str(tmp_path), "--repetitions", "1", "--no-telemetry", "--affinity", "0")
     runtime = load_run(payload["run_dir"]).run["runtime"]
     assert runtime["affinity"] == [0] and runtime["threads"] == 1
+
+
+def test_llama_bench_scenario_on_the_host(tmp_path: Path, smollm2_path, host_runtime):
+    scenario = tmp_path / "lb.toml"
+    scenario.write_text('name = "lb"\nkind = "llama-bench"\npp = 64\ntg = 16\nrepetitions = 3\n')
+    payload = _run_json("--scenario", str(scenario), "--out", str(tmp_path / "r"))
+    data = load_run(payload["run_dir"])
+    assert data.run["runtime"]["kind"] == "llama-bench" and data.run["runtime"]["pp"] == 64
+    pp, tg = data.requests[data.requests["step"] == 0], data.requests[data.requests["step"] == 1]
+    assert len(pp) == len(tg) == 3 and (pp["prompt_tokens"] == 64).all() and (tg["gen_tokens"] == 16).all()
+    # llama-bench's own definition is kept: tokens / repetition time
+    assert ((tg["decode_tps"] - 16 / tg["decode_ms"] * 1000).abs() < 0.01 * tg["decode_tps"]).all()
+    starts = list(tg["t_start_s"])
+    assert starts == sorted(starts) and starts[0] > pp["t_start_s"].max()  # windows rebuilt in order
+    assert payload["summary"]["decode_tps_median"] > 0 and payload["summary"]["prefill_tps_median"] > 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\npp = 64\nprompts = ["x"]\n')
+    refused = bench_cli("run", "--scenario", str(bad), "--out", str(tmp_path / "no"))
+    assert refused.returncode == 2 and "llama-bench shapes" in refused.stderr and "bad.toml:2" in refused.stderr

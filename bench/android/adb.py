@@ -240,6 +240,7 @@ class ShellStream:
         self.connection = connection
         self.exit_code: int | None = None
         self.stderr = bytearray()
+        self.error: BaseException | None = None  # why the last read ended without data (a timeout, a drop)
 
     def read_stdout(self) -> bytes | None:
         """The next stdout bytes; None when the shell has exited or the stream broke."""
@@ -248,7 +249,8 @@ class ShellStream:
                 header = self.connection.read_exact(5)
                 kind, length = header[0], int.from_bytes(header[1:5], "little")
                 data = self.connection.read_exact(length) if length else b""
-            except Exception:  # adbutils raises AdbError/OSError/socket.timeout when the device goes
+            except Exception as error:  # adbutils raises AdbError/OSError/socket.timeout when the device goes
+                self.error = error
                 return None
             if kind == 1:
                 return data

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 import re
+import shlex
+import socket as socket_module
 import socket
 import time
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from ..gguf import kv_cache_bytes
 from ..profiles import DeviceProfile, load_profiles, match_profile
 from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
+from ..runtimes import llama_bench
 from ..runtimes.llama_server import LlamaServerRuntime
 from .adb import AdbFailure, Device, Listed, connect, ensure_server, list_devices, wait_for_state
 from .lock import DeviceLock
@@ -168,6 +171,10 @@ class RuntimeBundle:
     server: Path
     meta: dict
 
+    @property
+    def bench(self) -> Path:
+        return self.server.parent / "llama-bench"
+
 
 class AndroidTarget:
     kind = "android"
@@ -265,7 +272,8 @@ class AndroidTarget:
             f"model {model.bytes / 2**20:.0f} MiB + KV {kv / 2**20:.0f} MiB at n_ctx {scenario.n_ctx} + "
             f"{RUNTIME_OVERHEAD_BYTES >> 20} MiB = {needed / 2**20:.0f} MiB; MemAvailable "
             f"{'?' if available is None else f'{available / 2**20:.0f} MiB'} of {snap.meminfo.get('MemTotal', 0) / 2**20:.0f} MiB"))
-        storage_needed = self._bytes_to_push(model)
+        with_bench = scenario.kind == "llama-bench"
+        storage_needed = self._bytes_to_push(model, with_bench)
         free = snap.free_tmp_bytes
         checks.append(PreflightCheck("storage", free is None or storage_needed <= free,
                                      f"{storage_needed / 2**20:.0f} MiB to push, {'?' if free is None else f'{free / 2**20:.0f} MiB'} free in /data/local/tmp"))
@@ -275,7 +283,10 @@ class AndroidTarget:
         checks.append(PreflightCheck("runtime", abi_ok,
                                      f"device ABI {abi or '?'}; runtime {runtime_abi or 'none'}"
                                      + ("" if abi_ok else " (build one: `bench runtime build --target android-arm64`, or pass --runtime DIR)")))
-        charging = snap.battery.plugged != "none" or snap.battery_sysfs.get("status") in ("Charging", "Full")
+        if with_bench and abi_ok:
+            checks.append(PreflightCheck("runtime", self.runtime.bench.is_file(),
+                                         f"llama-bench beside llama-server in {self.runtime.server.parent}"))
+        charging = snap.battery.plugged != "none" or snap.battery_sysfs.get("status") in ("Charging", "Full", "Not charging")
         checks.append(PreflightCheck("charging", not charging,
                                      f"battery {snap.battery.status}, plugged {snap.battery.plugged}: energy figures will be "
                                      "invalid (use Wi-Fi adb with the cable out, or a rooted input suspend)", "warning"))
@@ -292,13 +303,14 @@ class AndroidTarget:
                 f"{'?' if available is None else f'{available / 2**20:.0f} MiB'} at start")
 
     # -- artifacts -----------------------------------------------------------------------------
-    def _artifacts(self, model: ModelInfo) -> list[tuple[str, Path, str, str]]:
+    def _artifacts(self, model: ModelInfo, with_bench: bool = False) -> list[tuple[str, Path, str, str]]:
         """(kind, local file, sha256, device path). Device names are derived from hashes, never
         from file names, so nothing a user named reaches a device shell."""
         items = [("model", Path(model.path), model.sha256, f"{ROOT}/models/{model.sha256[:32]}.gguf")]
         if self.runtime is not None:
-            digest = cached_sha256(self.runtime.server)
-            items.append(("runtime", self.runtime.server, digest, f"{ROOT}/bin/{digest[:16]}/llama-server"))
+            binary = self.runtime.bench if with_bench else self.runtime.server
+            digest = cached_sha256(binary)
+            items.append(("runtime", binary, digest, f"{ROOT}/bin/{digest[:16]}/{binary.name}"))
         return items
 
     def _remote_digest(self, remote: str) -> tuple[str | None, int | None]:
@@ -308,17 +320,17 @@ class AndroidTarget:
         size = int(lines[-1]) if lines and lines[-1].isdigit() else None
         return digest, size
 
-    def _bytes_to_push(self, model: ModelInfo) -> int:
+    def _bytes_to_push(self, model: ModelInfo, with_bench: bool = False) -> int:
         total = 0
-        for _, local, digest, remote in self._artifacts(model):
+        for _, local, digest, remote in self._artifacts(model, with_bench):
             cached, size = self._remote_digest(remote)
             if cached != digest or size != local.stat().st_size:
                 total += local.stat().st_size
         return total
 
-    def push_artifacts(self, model: ModelInfo, progress: Progress) -> dict[str, dict]:
+    def push_artifacts(self, model: ModelInfo, progress: Progress, with_bench: bool = False) -> dict[str, dict]:
         """Push what the device lacks: temp name, verify sha256 on the device, rename, sidecar."""
-        for kind, local, digest, remote in self._artifacts(model):
+        for kind, local, digest, remote in self._artifacts(model, with_bench):
             size = local.stat().st_size
             cached, remote_size = self._remote_digest(remote)
             if cached == digest and remote_size == size:
@@ -433,16 +445,19 @@ class AndroidTarget:
         return self.server_failure(model)
 
     def server_failure(self, model: ModelInfo) -> str:
-        """Why the server died: exit status or signal, the log's last lines, low-memory-killer lines."""
+        return self.process_failure(self._server_stream, "llama-server.log", model)
+
+    def process_failure(self, stream, log_name: str, model: ModelInfo) -> str:
+        """Why a process of ours died: exit status or signal, its log's last lines, low-memory-killer lines."""
         parts = []
-        code = self._server_stream.wait_exit(3) if self._server_stream is not None else None
+        code = stream.wait_exit(3) if stream is not None else None
         if code is not None:
             signal_number = code - 128 if code > 128 else None
             parts.append(f"exit status {code}" + (f" (signal {signal_number})" if signal_number else ""))
             if signal_number == 9:  # how the low-memory killer ends a process
                 parts.append(f"killed: {self.memory_hint(model)}")
         try:
-            tail = self.device.shell(f"tail -n 5 {ROOT}/run/llama-server.log 2>/dev/null", timeout=10).stdout.strip()
+            tail = self.device.shell(f"tail -n 5 {ROOT}/run/{log_name} 2>/dev/null", timeout=10).stdout.strip()
             if tail:
                 parts.append("log: " + " | ".join(tail.splitlines()[-3:]))
             lmk = self.device.shell("logcat -d -b main,system,events 2>/dev/null | grep -i -m3 -E 'lowmemorykiller|lmkd'",
@@ -454,13 +469,17 @@ class AndroidTarget:
         return "; ".join(parts) or "no exit status or log"
 
     def stop_server(self) -> None:
-        """Always safe to call: stops our llama-server by PID, closes its shell, removes our forward."""
+        """Always safe to call: stops our llama-server (or llama-bench) by PID, closes its shell,
+        removes our forward. The PID is killed only while it still runs one of our binaries: a PID
+        the process left behind may belong to another program by now."""
         if self._forward_port is not None:
             self.device.forward_remove(self._forward_port)
             self._forward_port = None
         if self._server_pid is not None:
+            pid = self._server_pid
+            ours = f"tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null | grep -q {ROOT}/bin/"
             try:
-                self.device.shell(f"kill {self._server_pid} 2>/dev/null; sleep 0.3; kill -9 {self._server_pid} 2>/dev/null; true",
+                self.device.shell(f"if {ours}; then kill {pid}; sleep 0.3; {ours} && kill -9 {pid}; fi 2>/dev/null; true",
                                   timeout=10)
             except AdbFailure:
                 pass  # the device is gone; adbd ends the shell's processes when the stream drops
@@ -475,11 +494,36 @@ class AndroidTarget:
         self._server_pid = None
 
     # -- the runner's Target interface ---------------------------------------------------------
-    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaServerRuntime:
-        self.push_artifacts(model, progress)
+    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> "LlamaServerRuntime | DeviceBench":
+        with_bench = scenario.kind == "llama-bench"
+        self.push_artifacts(model, progress, with_bench)
         if self.fixed_performance:
             self.set_fixed_performance(True)
+        if with_bench:
+            return self.start_bench(model, scenario)
         return self.start_server(model, scenario, progress)
+
+    def start_bench(self, model: ModelInfo, scenario: Scenario) -> "DeviceBench":
+        """llama-bench on the device, its jsonl on the stream's stdout, stderr into run/llama-bench.log."""
+        threads = self.threads(scenario)
+        affinity = self.affinity if self.affinity is not None else (self.profile.affinity if not scenario.threads else ())
+        repack, repack_reason = self.repack_choice()
+        argv = llama_bench.command(self.pushed["runtime"]["path"], self.pushed["model"]["path"], pp=scenario.pp,
+                                   tg=scenario.tg, repetitions=scenario.repetitions, threads=threads,
+                                   n_batch=scenario.n_batch, repack=repack,
+                                   cpu_mask=f"{sum(1 << c for c in affinity):x}" if affinity else None)
+        command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo PID $$ && exec {' '.join(shlex.quote(a) for a in argv)}"
+                   f" 2> {ROOT}/run/llama-bench.log")
+        self._server_stream = self.device.open_shell_stream(command)
+        bench = DeviceBench(self, self._server_stream, model, info={
+            "kind": "llama-bench", "version": None, "llama_cpp_commit": self.runtime.meta.get("llama_cpp_commit"),
+            "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),
+            "threads": threads, "affinity": list(affinity), "pp": scenario.pp, "tg": scenario.tg,
+            "repetitions": scenario.repetitions, "n_batch": scenario.n_batch, "repack": repack,
+            "repack_reason": repack_reason, "fixed_performance": self._fixed_enabled, "command": argv})
+        self._server_pid = bench.process_id()
+        self.event("phase", "llama-bench started", pid=self._server_pid, threads=threads)
+        return bench
 
     def set_fixed_performance(self, enabled: bool) -> None:
         """`cmd power set-fixed-performance-mode-enabled` (API 30+): clocks held at a level the phone
@@ -579,3 +623,57 @@ class AndroidTarget:
         report = parse.parse_thermalservice(self.device.shell("dumpsys thermalservice", timeout=20).stdout)
         cpu = [s.celsius for s in report.sensors if s.type == "cpu"]
         return (max(cpu) if cpu else max((s.celsius for s in report.sensors), default=None)), report.status
+
+
+class DeviceBench:
+    """llama-bench running in a device shell: its stdout lines, its PID, and its end diagnosed."""
+
+    kind = "llama-bench"
+
+    def __init__(self, target: AndroidTarget, stream, model: ModelInfo, *, info: dict):
+        self.target, self.stream, self.model, self._info = target, stream, model, info
+        self._buffer = b""
+        self._pid: int | None = None
+        first = self.read_line(60)
+        if first and first[1].startswith("PID ") and first[1].split()[1].isdigit():
+            self._pid = int(first[1].split()[1])
+        self._info["process_pid"] = self._pid
+
+    def read_line(self, timeout_s: float) -> tuple[int, str] | None:
+        while b"\n" not in self._buffer:
+            try:
+                self.stream.connection.conn.settimeout(timeout_s)
+            except OSError:
+                pass
+            chunk = self.stream.read_stdout()
+            if chunk is None:
+                if isinstance(self.stream.error, (socket_module.timeout, TimeoutError)):
+                    raise TimeoutError(f"no output within {timeout_s:.0f} s")
+                if self._buffer:
+                    line, self._buffer = self._buffer, b""
+                    return time.perf_counter_ns(), line.decode(errors="replace")
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return time.perf_counter_ns(), line.decode(errors="replace")
+
+    def exit_status(self) -> int | None:
+        return self.stream.wait_exit(10)
+
+    def failure(self) -> str:
+        return self.target.process_failure(self.stream, "llama-bench.log", self.model)
+
+    def info(self) -> dict:
+        return dict(self._info)
+
+    def process_id(self) -> int | None:
+        return self._pid
+
+    def peak_rss_bytes(self) -> float | None:
+        return None  # on the device: the telemetry loop samples its VmHWM
+
+    def interrupt(self) -> None:
+        self.target.abort()
+
+    def close(self) -> None:
+        pass  # the target stops it by PID and closes its shell in cleanup

@@ -1,4 +1,5 @@
-"""The host as a run target: llama-cpp-python in this process, psutil telemetry."""
+"""The host as a run target: llama-cpp-python in a worker process (or llama.cpp's llama-bench for
+llama-bench scenarios), psutil telemetry."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from ..errors import UsageError
 from ..gguf import kv_cache_bytes
 from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario, to_dict
+from ..runtimes import llama_bench
+from ..runtimes.llama_bench import LocalBench
 from ..runtimes.llama_cpp import LlamaCppRuntime
 from . import device as host_device
 from .sampler import HostSampler
@@ -23,8 +26,9 @@ class HostTarget:
     min_battery_pct = None  # a laptop's battery is not what is measured
 
     def __init__(self, bandwidth: tuple[float | None, str], *, llama_cpp_commit: tuple[str | None, str] = (None, "unknown"),
-                 repack: str = "auto", affinity: tuple[int, ...] | None = None):
+                 repack: str = "auto", affinity: tuple[int, ...] | None = None, tools: dict | None = None):
         self.bandwidth, self.llama_cpp_commit, self.repack = bandwidth, llama_cpp_commit, repack
+        self.tools = tools  # a host llama.cpp build (runtime.json + "bin"), for llama-bench scenarios
         if affinity is not None:
             usable = os.sched_getaffinity(0)
             missing = [cpu for cpu in affinity if cpu not in usable]
@@ -35,7 +39,7 @@ class HostTarget:
         self.pushed: dict = {}
         self.event = lambda *args, **kwargs: None
         self.run_dir: Path | None = None  # the runner sets it: the worker's log goes there
-        self.runtime: LlamaCppRuntime | None = None
+        self.runtime: LlamaCppRuntime | LocalBench | None = None
 
     def facts(self) -> DeviceFacts:
         facts = host_device.host_facts()
@@ -63,10 +67,32 @@ class HostTarget:
         if threads > cores:
             checks.append(PreflightCheck("threads", False, f"{threads} threads on {cores} logical CPUs oversubscribes them",
                                          "warning"))
+        if scenario.kind == "llama-bench":
+            binary = self._llama_bench()
+            checks.append(PreflightCheck("runtime", binary is not None,
+                                         f"llama-bench for the host: {binary or 'none built (run `bench runtime build --target host`, or pass --runtime DIR)'}"))
         return checks
 
-    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaCppRuntime:
+    def _llama_bench(self) -> Path | None:
+        if not self.tools:
+            return None
+        binary = Path(self.tools["bin"]) / "llama-bench"
+        return binary if binary.is_file() else None
+
+    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaCppRuntime | LocalBench:
         log_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="bench-host-"))
+        if scenario.kind == "llama-bench":
+            threads = self.threads(scenario)
+            argv = llama_bench.command(str(self._llama_bench()), model.path, pp=scenario.pp, tg=scenario.tg,
+                                       repetitions=scenario.repetitions, threads=threads, n_batch=scenario.n_batch,
+                                       repack=self.repack != "off")
+            self.runtime = LocalBench(argv, log_dir / "runtime.log", affinity=self.affinity, model_bytes=model.bytes, info={
+                "kind": "llama-bench", "llama_cpp_commit": self.tools.get("llama_cpp_commit"),
+                "llama_cpp_commit_source": "runtime.json of the host build", "build_flags": self.tools.get("cmake_flags"),
+                "threads": threads, "affinity": list(self.affinity) if self.affinity is not None else None,
+                "pp": scenario.pp, "tg": scenario.tg, "repetitions": scenario.repetitions, "n_batch": scenario.n_batch,
+                "repack": self.repack != "off"})
+            return self.runtime
         runtime = LlamaCppRuntime(model, n_ctx=scenario.n_ctx, n_batch=scenario.n_batch, threads=self.threads(scenario),
                                   seed=scenario.seed, log_path=log_dir / "runtime.log", repack=self.repack,
                                   llama_cpp_commit=self.llama_cpp_commit, request_timeout_s=scenario.request_timeout_s,

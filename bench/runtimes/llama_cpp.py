@@ -7,39 +7,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
-import selectors
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import ModelError, RunFailed
-from ..parse import parse_meminfo, parse_proc_status
 from ..records import ModelInfo
 from .base import Completion
+from .process import LineProcess
 
 START_TIMEOUT_S = 60
 
 
 class WorkerDied(RunFailed):
     """The llama-cpp-python worker ended (signal, exit) or stopped answering."""
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _memory_available_bytes() -> int | None:
-    try:
-        return parse_meminfo(Path("/proc/meminfo").read_text()).get("MemAvailable")
-    except OSError:
-        return None
 
 
 class LlamaCppRuntime:
@@ -51,84 +32,41 @@ class LlamaCppRuntime:
         self.model, self.request_timeout_s, self.affinity = model, request_timeout_s, affinity
         self.n_ctx, self.n_batch, self.threads, self.seed = n_ctx, n_batch, threads, seed
         self.log_path, self.repack, self.commit = log_path, repack, llama_cpp_commit
-        self._process: subprocess.Popen | None = None
+        self._process: LineProcess | None = None
         self._loaded: dict = {}
         self._last_peak: int | None = None
+        self._last_pid: int | None = None
         self.load_ms: float | None = None
 
     # -- the worker ------------------------------------------------------------------------------
     def _start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "bench.runtimes.llama_cpp_worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=log, cwd=str(Path(__file__).resolve().parents[2]))
-        if self.affinity is not None:
-            # llama.cpp's threads inherit it: set before the model loads and the pool starts
-            os.sched_setaffinity(self._process.pid, set(self.affinity))
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._process.stdout, selectors.EVENT_READ)
-        self._buffer = b""
+        self._process = LineProcess([sys.executable, "-m", "bench.runtimes.llama_cpp_worker"], self.log_path,
+                                    stdin=True, cwd=str(Path(__file__).resolve().parents[2]), affinity=self.affinity,
+                                    model_bytes=self.model.bytes)
         hello = self._read(START_TIMEOUT_S, "start")
         if "error" in hello:
             self.close()
             raise RunFailed(hello["error"], hint=hello.get("hint"))
 
     def _read(self, timeout_s: float, what: str) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._kill()
-                raise WorkerDied(f"the llama-cpp-python worker gave no answer to {what} within {timeout_s:.0f} s "
-                                 f"and was killed (hang); {self._log_tail()}")
-            if not self._selector.select(min(remaining, 1.0)):
-                continue
-            chunk = os.read(self._process.stdout.fileno(), 1 << 20)
-            if not chunk:
-                raise WorkerDied(f"the llama-cpp-python worker died during {what}: {self.failure()}")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        try:
+            line = self._process.read_line(timeout_s)
+        except TimeoutError:
+            self._process.kill()
+            raise WorkerDied(f"the llama-cpp-python worker gave no answer to {what} within {timeout_s:.0f} s "
+                             f"and was killed (hang); {self._process.log_tail()}") from None
+        if line is None:
+            raise WorkerDied(f"the llama-cpp-python worker died during {what}: {self._process.failure()}")
+        return json.loads(line[1])
 
     def _call(self, command: str, timeout_s: float, **arguments) -> dict:
         if self._process is None:
             raise WorkerDied(f"the llama-cpp-python worker is not running ({command})")
         try:
-            self._process.stdin.write((json.dumps({"command": command, **arguments}) + "\n").encode())
-            self._process.stdin.flush()
+            self._process.send((json.dumps({"command": command, **arguments}) + "\n").encode())
         except (BrokenPipeError, OSError):
-            raise WorkerDied(f"the llama-cpp-python worker died before {command}: {self.failure()}") from None
+            raise WorkerDied(f"the llama-cpp-python worker died before {command}: {self._process.failure()}") from None
         return self._read(timeout_s, command)
-
-    def failure(self) -> str:
-        """Why the worker ended: exit status or signal, memory for a SIGKILL, the log's last lines."""
-        try:
-            code = self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            return f"no exit status yet; {self._log_tail()}"
-        if code < 0:
-            parts = [f"killed by {signal_name(-code)} (signal {-code})"]
-            if -code == signal.SIGKILL:
-                available = _memory_available_bytes()
-                parts.append(f"the kernel's OOM killer sends SIGKILL: model {self.model.bytes / 2**20:.0f} MiB vs "
-                             f"MemAvailable {'?' if available is None else f'{available / 2**20:.0f} MiB'} now")
-        else:
-            parts = [f"exit status {code}"]
-        parts.append(self._log_tail())
-        return "; ".join(parts)
-
-    def _log_tail(self, lines: int = 3) -> str:
-        try:
-            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
-        except OSError:
-            tail = []
-        return ("log " + str(self.log_path) + ": " + " | ".join(tail)) if tail else f"log {self.log_path} is empty"
-
-    def _kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()  # our own child, by its PID
-            self._process.wait(timeout=10)
 
     # -- the Runtime interface ---------------------------------------------------------------------
     def load(self) -> float:
@@ -171,16 +109,12 @@ class LlamaCppRuntime:
         return list(self._call("tokenize", 60, text=text)["tokens"])
 
     def process_id(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._process.pid if self._process is not None else self._last_pid
 
     def peak_rss_bytes(self) -> float | None:
         """VmHWM of the worker, read from /proc while it runs (the last reading once it is gone)."""
-        pid = self.process_id()
-        if pid is not None:
-            try:
-                self._last_peak = parse_proc_status(Path(f"/proc/{pid}/status").read_text()).get("VmHWM") or self._last_peak
-            except OSError:
-                pass
+        if self._process is not None:
+            self._last_peak = self._process.peak_rss_bytes() or self._last_peak
         return self._last_peak
 
     def complete(self, prompt: str | Sequence[int], *, n_predict: int, ignore_eos: bool, keep_cache: bool,
@@ -196,23 +130,17 @@ class LlamaCppRuntime:
 
     def interrupt(self) -> None:
         """Stop the worker now (a run guard tripped, or Ctrl-C): the request in flight fails."""
-        self._kill()
+        if self._process is not None:
+            self._process.kill()
 
     def close(self) -> None:
         if self._process is None:
             return
         self.peak_rss_bytes()
-        if self._process.poll() is None:
-            try:
-                self._process.stdin.write(b'{"command": "exit"}\n')
-                self._process.stdin.flush()
-                self._process.wait(timeout=10)
-            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
-                self._kill()
-        for pipe in (self._process.stdin, self._process.stdout):
-            try:
-                pipe.close()
-            except OSError:
-                pass
-        self._selector.close()
+        try:
+            self._process.send(b'{"command": "exit"}\n')
+        except (BrokenPipeError, OSError):
+            pass
+        self._process.close()
+        self._last_pid = self._process.pid
         self._process = None
