@@ -55,15 +55,19 @@ build_llama_wheel() {
 
 system_packages() {
   # The emulated phone's shell is mksh (Android's); its tests also drive it with Debian's adb 29.
-  # Without them the sim falls back to bash and that one test is skipped.
+  # The arm64 sim runs a cross-built aarch64 llama.cpp under qemu-user. Without these the sim falls
+  # back to bash and the tests that need the rest are skipped.
   local missing=()
   command -v mksh >/dev/null || missing+=(mksh)
   command -v adb >/dev/null || missing+=(adb)
+  command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu libc6-dev-arm64-cross)
+  command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} (apt-get)"
     apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || say "could not install ${missing[*]}; continuing without"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+      || say "could not install ${missing[*]}; continuing without"
   else
     say "optional: install ${missing[*]} (Debian: sudo apt-get install ${missing[*]})"
   fi
@@ -98,6 +102,9 @@ case "$command" in
     system_packages
     # llama-server & co. for the emulated phone, from the same llama.cpp as the wheel (cached).
     "$VENV/bin/bench" runtime build --target host
+    if command -v aarch64-linux-gnu-g++ >/dev/null; then
+      "$VENV/bin/bench" runtime build --target linux-arm64  # the arm64 sim's (cached)
+    fi
     exec "$VENV/bin/python" -m pytest "$@" ;;
   *) say "usage: ./dev.sh run|test|setup [args]"; exit 2 ;;
 esac

@@ -202,11 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     runtime = commands.add_parser("runtime", help="build or list llama.cpp runtimes")
     runtime_sub = runtime.add_subparsers(dest="runtime_command", required=True, parser_class=_Parser)
     runtime_build = runtime_sub.add_parser("build", help="build llama-server, llama-bench and llama-completion")
-    runtime_build.add_argument("--target", required=True, choices=("host", "android-arm64"))
+    runtime_build.add_argument("--target", required=True, choices=("host", "android-arm64", "linux-arm64"),
+                               help="host; android-arm64 (NDK); linux-arm64 (static aarch64, for `bench sim --profile arm64`)")
     runtime_build.add_argument("--ndk", help="Android NDK root (default $ANDROID_NDK_HOME)")
     runtime_build.add_argument("--src", help="a llama.cpp source tree (default: the one vendored in llama-cpp-python's sdist)")
     runtime_build.add_argument("--jobs", type=_positive_int)
-    runtime_build.add_argument("--arm-arch", default=None, help="GGML_CPU_ARM_ARCH for android-arm64")
+    runtime_build.add_argument("--arm-arch", default=None, help="GGML_CPU_ARM_ARCH for android-arm64 and linux-arm64")
     runtime_build.add_argument("--print-plan", action="store_true", help="print the cmake configuration and stop")
     runtime_sub.add_parser("list", help="list cached runtimes")
 

@@ -20,7 +20,7 @@ from .errors import BenchError, PreflightError, RunFailed
 from .progress import NullProgress, Progress
 from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, RequestRecord, Scenario, to_dict
 from .render import write_report
-from .store import RunWriter, load_run, make_run_id
+from .store import RunWriter, load_run, make_run_id, write_parquet
 from .summary import decode_drift, energy_summary, rail_energy_summary, run_summary, validity_from_samples
 from .runtimes import llama_bench
 from .workload import resolve_prompts, run_repetition
@@ -42,6 +42,7 @@ class Target(Protocol):
     def rail_samples(self, clock: RunClock) -> list: ...
     def abort(self) -> None: ...
     def cleanup(self) -> None: ...
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ class _Run:
                 sampler.start()
                 self.meta["telemetry"]["absent"] = sampler.absent
             self.rails = bool(self._rail_mark())  # a first reading says whether the device has rails
-            if not self.rails:
+            if not self.rails and target.kind == "android":
                 self.meta["telemetry"]["absent"]["rail/*"] = ("no PowerStats HAL energy meter (Pixel 6 and later have one): "
                                                              "energy comes from battery current only")
             self.write_meta("running")
@@ -299,12 +300,17 @@ class _Run:
                 self.warn(f"the summary could not be computed: {type(error).__name__}: {error}")
             self.event("phase", "run finished", status=status)
             self.writer.close()
+            try:
+                write_parquet(self.writer.dir)
+            except Exception as error:  # the CSV tables are the record; Parquet is a faster copy
+                # events.jsonl is closed by now: the warning goes to run.json only
+                self.warnings.append(f"the Parquet copy of the tables could not be written: {type(error).__name__}: {error}")
             self.write_meta(status, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(), reason=reason,
                             summary=summary, warnings=self.warnings)
             try:
                 write_report(self.writer.dir)
             except Exception as error:
-                self.warn(f"the report could not be written: {type(error).__name__}: {error}")
+                self.warnings.append(f"the report could not be written: {type(error).__name__}: {error}")
                 self.write_meta(status)
         return RunResult(self.writer.dir, status, summary, reason, tuple(self.warnings))
 

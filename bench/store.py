@@ -27,6 +27,7 @@ from .records import REQUEST_COLUMNS, SAMPLE_COLUMNS, RequestRecord, Sample, to_
 
 SCHEMA_VERSION = 1
 RUN_FILE, REQUESTS_FILE, SAMPLES_FILE, EVENTS_FILE = "run.json", "requests.csv", "samples.csv", "events.jsonl"
+PARQUET_VERSION_KEY = b"bench.schema_version"
 
 
 def make_run_id(when: dt.datetime, device: str, model: str, scenario: str) -> str:
@@ -126,7 +127,46 @@ def _check_table_header(path: Path) -> None:
     _check_version(path, int(match.group(1)) if match else None)
 
 
+def write_parquet(run_dir: str | Path) -> list[Path]:
+    """The finished run's CSV tables also as Parquet (typed, compressed, fast to read), each with
+    its schema_version in the file's metadata; written atomically. Returns the files written."""
+    import pyarrow.parquet as pq
+
+    written = []
+    for name, columns in ((REQUESTS_FILE, REQUEST_COLUMNS), (SAMPLES_FILE, SAMPLE_COLUMNS)):
+        source = Path(run_dir) / name
+        table = pa.Table.from_pandas(_read_csv_table(source, columns), preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               PARQUET_VERSION_KEY: str(SCHEMA_VERSION).encode()})
+        target = source.with_suffix(".parquet")
+        temp = target.with_name(f".{target.name}.partial")
+        pq.write_table(table, temp, compression="zstd")
+        temp.replace(target)
+        written.append(target)
+    return written
+
+
 def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """A run's table: its Parquet copy when the run wrote one, else the CSV it appended."""
+    parquet = path.with_suffix(".parquet")
+    if parquet.is_file():
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(parquet)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise StoreError(f"{parquet} is corrupt: {str(error).splitlines()[0]}", "delete it to read the CSV") from None
+        version = (table.schema.metadata or {}).get(PARQUET_VERSION_KEY)
+        _check_version(parquet, int(version) if version and version.isdigit() else None)
+        frame = table.to_pandas()
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise StoreError(f"{parquet} lacks columns {', '.join(missing)}")
+        return frame
+    return _read_csv_table(path, columns)
+
+
+def _read_csv_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     _check_table_header(path)
     try:
         # pyarrow's reader is several times faster than pandas' on the long samples table.

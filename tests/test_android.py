@@ -61,6 +61,10 @@ def test_quick_run_on_the_sim_then_cached_push(phone, tmp_path):
     assert summary["validity"]["charging"] is True  # a sim on USB, like a phone on a cable
     assert summary["energy"]["valid"] is False and "charging" in summary["energy"]["reason"]
     assert (Path(first["run_dir"]) / "plots" / "power.png").is_file()
+    from test_trace import validate
+
+    trace = json.loads((Path(first["run_dir"]) / "trace.json").read_text())
+    assert validate(trace) == [] and any(e["ph"] == "C" and e["name"] == "temperature (C)" for e in trace["traceEvents"])
     assert "Invalid:" in (Path(first["run_dir"]) / "report.md").read_text()
 
     second = _run("sim", tmp_path, "--repetitions", "2")

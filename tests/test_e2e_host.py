@@ -68,6 +68,11 @@ def test_quick_run_records_its_facts(quick_run):
 
 def test_quick_run_writes_report_and_plots(quick_run):
     run_dir = Path(quick_run["run_dir"])
+    assert (run_dir / "requests.parquet").is_file() and (run_dir / "samples.parquet").is_file()
+    from test_trace import validate
+
+    trace = json.loads((run_dir / "trace.json").read_text())
+    assert validate(trace) == [] and any(e["name"] == "decode" for e in trace["traceEvents"])
     report = (run_dir / "report.md").read_text()
     assert "Decode" in report and "tokens/s" in report and "Peak RSS" in report and "of the ceiling" in report
     assert (run_dir / "plots" / "decode_tps.png").stat().st_size > 1000

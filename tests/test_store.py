@@ -83,3 +83,22 @@ def test_find_runs_errors(tmp_path: Path):
         find_runs(tmp_path)
     with pytest.raises(StoreError, match="does not exist"):
         find_runs(tmp_path / "nope")
+
+
+def test_parquet_copy_reads_the_same_and_is_versioned(tmp_path: Path):
+    import pyarrow.parquet as pq
+
+    from bench.store import write_parquet
+
+    run_dir = _write(tmp_path)
+    from_csv = load_run(run_dir)
+    written = write_parquet(run_dir)
+    assert [p.name for p in written] == ["requests.parquet", "samples.parquet"]
+    assert pq.read_schema(run_dir / "samples.parquet").metadata[b"bench.schema_version"] == b"1"
+    (run_dir / "requests.csv").write_text("#schema_version=1\nbroken\n")  # the Parquet copy is what is read now
+    from_parquet = load_run(run_dir)
+    assert list(from_parquet.requests["decode_tps"]) == list(from_csv.requests["decode_tps"])
+    assert list(from_parquet.samples["name"]) == list(from_csv.samples["name"])
+    (run_dir / "samples.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(StoreError, match="samples.parquet is corrupt"):
+        load_run(run_dir)

@@ -23,7 +23,10 @@ from ..progress import NullProgress, Progress
 from ..cpu import host_cpu_build
 
 TOOLS = ("llama-server", "llama-bench", "llama-completion")
-TARGETS = ("host", "android-arm64")
+TARGETS = ("host", "android-arm64", "linux-arm64")
+# linux-arm64: static aarch64 Linux binaries from Debian's cross compiler, for the emulated phone's
+# arm64 profile (run under qemu-user there); Android's bionic is not needed by a static binary.
+CROSS_PREFIX = "aarch64-linux-gnu-"
 ANDROID_ABI, ANDROID_PLATFORM = "arm64-v8a", "android-28"
 # Phones since 2019 (Cortex-A76/A55 and later, Tensor, Snapdragon 8xx) have dotprod; the i8mm
 # kernels need armv8.6-a, which Tensor G3 and Snapdragon 8 Gen 2+ have. The default picks dotprod
@@ -88,6 +91,18 @@ def cmake_flags(target: str, ndk: Path | None, arm_arch: str = DEFAULT_ARM_ARCH)
             f"-DCMAKE_TOOLCHAIN_FILE={toolchain}",
             f"-DANDROID_ABI={ANDROID_ABI}",
             f"-DANDROID_PLATFORM={ANDROID_PLATFORM}",
+            "-DGGML_NATIVE=OFF",
+            "-DGGML_OPENMP=OFF",
+            "-DGGML_LLAMAFILE=OFF",
+            f"-DGGML_CPU_ARM_ARCH={arm_arch}",
+        )
+    if target == "linux-arm64":
+        return COMMON_FLAGS + (
+            "-DCMAKE_SYSTEM_NAME=Linux",
+            "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
+            f"-DCMAKE_C_COMPILER={CROSS_PREFIX}gcc",
+            f"-DCMAKE_CXX_COMPILER={CROSS_PREFIX}g++",
+            "-DCMAKE_EXE_LINKER_FLAGS=-static",
             "-DGGML_NATIVE=OFF",
             "-DGGML_OPENMP=OFF",
             "-DGGML_LLAMAFILE=OFF",
@@ -251,7 +266,10 @@ def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | N
     ndk_path = find_ndk(ndk) if target == "android-arm64" else None
     flags = cmake_flags(target, ndk_path, arm_arch)  # fails early when the NDK is missing
     compiler = os.environ.get("CXX", "c++")
-    for tool, package in (("cmake", "cmake"), (compiler, "g++")) if target == "host" else (("cmake", "cmake"),):
+    needed = {"host": (("cmake", "cmake"), (compiler, "g++")),
+              "linux-arm64": (("cmake", "cmake"), (f"{CROSS_PREFIX}g++", "g++-aarch64-linux-gnu libc6-dev-arm64-cross"))
+              }.get(target, (("cmake", "cmake"),))
+    for tool, package in needed:
         if shutil.which(tool) is None:
             raise MissingPrerequisite(f"no {tool} on PATH, so nothing can be built", f"install it (Debian: apt-get install {package})")
     if src:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,9 +147,15 @@ def start(cache: Path, *, name: str = "sim", port: int | None = None, profile: s
           replay: Path | None = None, unplugged: bool = False, unauthorized: bool = False,
           settings: tuple[str, ...] = ()) -> SimInfo:
     port = plan_start(cache, name=name, port=port, profile=profile, replay=replay)
-    from .profile import load_profile, parse_overrides
+    from .profile import abi, load_profile, parse_overrides
 
-    load_profile(profile, parse_overrides(list(settings)))  # a bad --set fails here, in one line
+    loaded = load_profile(profile, parse_overrides(list(settings)))  # a bad --set fails here, in one line
+    from .sandbox import QEMU_CANDIDATES
+
+    if abi(loaded) == "arm64-v8a" and platform.machine() not in ("aarch64", "arm64") and \
+            not any(shutil.which(name) for name in QEMU_CANDIDATES):
+        raise UsageError(f"sim profile '{profile}' runs aarch64 binaries under qemu-user, which is not installed",
+                         "apt-get install qemu-user-static")
     state_dir = sims_root(cache) / name
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "sim.log"

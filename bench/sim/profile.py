@@ -39,6 +39,7 @@ class SimProfile:
     charge_current_a: float
     voltage_empty_v: float
     voltage_full_v: float
+    qemu_cpu: str | None = None               # [emulation] qemu_cpu: QEMU_CPU for an arm64 sim's binaries
     lmk_kill_above_bytes: int | None = None   # [memory] lmk_kill_above_mb: the sim's lmkd kills past it
     data_quota_bytes: int | None = None       # [storage] data_quota_mb: /data fills up past it
 
@@ -87,7 +88,7 @@ def parse_overrides(items: list[str]) -> dict:
 def load_profile(name: str, overrides: dict | None = None) -> SimProfile:
     data, path = _raw(name)
     data = _merge(data, overrides or {})
-    memory, storage = data.get("memory", {}), data.get("storage", {})
+    memory, storage, emulation = data.get("memory", {}), data.get("storage", {}), data.get("emulation", {})
     try:
         cpu, power, thermal, battery = data["cpu"], data["power"], data["thermal"], data["battery"]
         return SimProfile(
@@ -103,8 +104,13 @@ def load_profile(name: str, overrides: dict | None = None) -> SimProfile:
             capacity_mah=float(battery["capacity_mah"]), level_pct=float(battery["level_pct"]),
             charge_current_a=float(battery["charge_current_a"]), voltage_empty_v=float(battery["voltage_empty_v"]),
             voltage_full_v=float(battery["voltage_full_v"]),
+            qemu_cpu=str(emulation["qemu_cpu"]) if "qemu_cpu" in emulation else None,
             lmk_kill_above_bytes=int(float(memory["lmk_kill_above_mb"]) * 2**20) if "lmk_kill_above_mb" in memory else None,
             data_quota_bytes=int(float(storage["data_quota_mb"]) * 2**20) if "data_quota_mb" in storage else None,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(str(path), f"sim profile is missing or has a bad value: {error}") from None
+
+
+def abi(profile: SimProfile) -> str:
+    return profile.props.get("ro.product.cpu.abi", "x86_64")

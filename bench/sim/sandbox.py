@@ -10,6 +10,7 @@ the sandbox is written."""
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -128,9 +129,20 @@ fi
 exec /usr/bin/df "$@"
 """
 
+# binfmt_misc entry for aarch64 ELF executables (the magic and mask of qemu's own scripts); the
+# kernel itself decodes the \x escapes. F opens the interpreter now, so it works in the chroot.
+QEMU_AARCH64_MAGIC = (r"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00",
+                      r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff")
+QEMU_CANDIDATES = ("qemu-aarch64-static", "qemu-aarch64")
+
 _SETUP = r"""
 set -e
 R="$1"
+if [ -n "$2" ]; then
+  # arm64 profile: binfmt_misc of this user namespace only (Linux 6.7+); the host's stays untouched
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  printf '%s' "$2" > /proc/sys/fs/binfmt_misc/register
+fi
 mount --rbind /usr "$R/usr"; mount -o remount,bind,ro "$R/usr"
 mount --rbind /etc "$R/etc"; mount -o remount,bind,ro "$R/etc"
 mount --rbind /dev "$R/dev"
@@ -149,14 +161,28 @@ def find_shell() -> str:
 
 
 class Sandbox:
-    def __init__(self, root: Path, cpus: int, replay: Path | None = None, data_quota_bytes: int | None = None):
+    def __init__(self, root: Path, cpus: int, replay: Path | None = None, data_quota_bytes: int | None = None,
+                 abi: str = "x86_64", qemu_cpu: str | None = None):
         self.root, self.cpus, self.replay = root, cpus, replay
         self.data_quota_bytes = data_quota_bytes
+        self.abi, self.qemu_cpu = abi, qemu_cpu
+        self.binfmt = self._binfmt_entry()
         self.shell = find_shell()
         self.holder: subprocess.Popen | None = None
         self.mount_ns: str | None = None
         self.replayed: set[str] = set()  # sandbox paths whose text comes from the replay DIR
         self.missing_replay: list[str] = []
+
+    def _binfmt_entry(self) -> str:
+        """The binfmt_misc registration an arm64 sim needs on a non-arm64 host ("" when none)."""
+        if self.abi != "arm64-v8a" or platform.machine() in ("aarch64", "arm64"):
+            return ""
+        qemu = next((found for name in QEMU_CANDIDATES if (found := shutil.which(name))), None)
+        if qemu is None:
+            raise RuntimeError("the arm64 profile runs aarch64 binaries under qemu-user, and none is installed "
+                               "(apt-get install qemu-user-static)")
+        magic, mask = QEMU_AARCH64_MAGIC
+        return f":bench-qemu-aarch64:M::{magic}:{mask}:{qemu}:F"
 
     # -- set-up --------------------------------------------------------------------------------
     def create(self) -> None:
@@ -210,7 +236,7 @@ class Sandbox:
         script = _SETUP
         self.holder = subprocess.Popen(
             ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c", script,
-             "setup", str(self.root)],
+             "setup", str(self.root), self.binfmt],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while not (self.root / "sim/ready").exists():
@@ -223,8 +249,9 @@ class Sandbox:
     def argv(self, command: str | None) -> list[str]:
         """The host command that runs `command` (or an interactive shell) inside the sandbox."""
         inner = [self.shell] if command is None else [self.shell, "-c", command]
+        env = {**ENV, **({"QEMU_CPU": self.qemu_cpu} if self.binfmt and self.qemu_cpu else {})}
         return ["nsenter", f"--target={self.holder.pid}", "--user", "--mount", "--preserve-credentials", "--",
-                "chroot", str(self.root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in ENV.items()), *inner]
+                "chroot", str(self.root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *inner]
 
     def stop(self) -> None:
         if self.holder is not None and self.holder.poll() is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..files import atomic_write_json
 from .adbd import Banner, Link, serve
 from .physics import Lmkd, PhoneState, PhysicsLoop, namespace_members
-from .profile import load_profile, parse_overrides
+from .profile import abi, load_profile, parse_overrides
 from .sandbox import Sandbox
 from .services import Services
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir: Path = args.state_dir
     profile = load_profile(args.profile, parse_overrides(args.set))
     cpus = os.cpu_count() or 1
-    sandbox = Sandbox(state_dir / "root", cpus, args.replay)
+    sandbox = Sandbox(state_dir / "root", cpus, args.replay, abi=abi(profile), qemu_cpu=profile.qemu_cpu)
     sandbox.create()
     sandbox.set_quota(profile.data_quota_bytes)
     sandbox.start()

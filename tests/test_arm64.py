@@ -1,0 +1,62 @@
+"""A real arm64 runtime on the emulated phone: llama.cpp cross-built for aarch64 (`bench runtime
+build --target linux-arm64`), pushed like any runtime, run under qemu-user that the sim registers
+in its own user namespace. Tiny shapes: qemu is about 30x slower than native."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.android import adb
+from bench.store import load_run
+from conftest import bench_cli
+
+pytestmark = pytest.mark.slow
+TINY = 'name = "tiny"\nrepetitions = 1\nwarmup = 0\nn_predict = 8\nn_ctx = 256\nprompts = ["Hi."]\n'
+
+
+@pytest.fixture(scope="session")
+def arm64_runtime() -> Path:
+    if shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64-static") is None:
+        pytest.skip("no aarch64 cross compiler or qemu-user-static (./dev.sh test installs them)")
+    from bench.catalog import cache_root
+    from bench.runtimes.build import build, plan_build
+
+    return build(plan_build("linux-arm64", cache_root()))
+
+
+def _scenario(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def test_arm64_build_is_aarch64_and_static(arm64_runtime):
+    meta = json.loads((arm64_runtime / "runtime.json").read_text())
+    assert meta["target"] == "linux-arm64" and meta["abi"] == "arm64-v8a"
+    assert "-DCMAKE_EXE_LINKER_FLAGS=-static" in meta["cmake_flags"]
+    assert any(flag.startswith("-DGGML_CPU_ARM_ARCH=") and "i8mm" in flag for flag in meta["cmake_flags"])
+
+
+def test_arm64_sim_runs_the_arm64_llama_server(start_sim, arm64_runtime, smollm2_path, tmp_path):
+    info = start_sim(profile="arm64")
+    device = adb.Device(info.serial)
+    assert device.shell("getprop ro.product.cpu.abi").stdout.strip() == "arm64-v8a"
+    result = bench_cli("run", "--device", info.serial, "--scenario", str(_scenario(tmp_path)), "--out", str(tmp_path),
+                       "--json", "--telemetry-hz", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    data = load_run(payload["run_dir"])
+    assert data.run["device"]["abi"] == "arm64-v8a" and data.run["runtime"]["runtime_target"] == "linux-arm64"
+    assert payload["summary"]["decode_tps_median"] > 0 and (data.requests["gen_tokens"] == 8).all()
+    assert "llama-server" not in device.shell("ps -A -o args").stdout
+
+
+def test_a_phone_without_i8mm_kills_an_i8mm_build_with_sigill(start_sim, arm64_runtime, smollm2_path, tmp_path):
+    info = start_sim(profile="arm64", settings=("emulation.qemu_cpu=cortex-a76",))  # dotprod, no i8mm
+    result = bench_cli("run", "--device", info.serial, "--scenario", str(_scenario(tmp_path)), "--out", str(tmp_path),
+                       "--json", "--no-telemetry")
+    assert result.returncode == 3, result.stderr[-3000:]
+    reason = json.loads(result.stdout)["reason"]
+    assert "signal 4" in reason, reason  # SIGILL: an instruction this CPU does not have
