@@ -101,7 +101,7 @@ def _thread_counts(text: str) -> list[int]:
 
 
 def _cpu_list(text: str) -> tuple[int, ...]:
-    from .sweep import parse_cpus
+    from .matrix import parse_cpus
 
     try:
         return parse_cpus(text)
@@ -119,6 +119,33 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adb-server", action="append", metavar="HOST:PORT",
+                        help="an adb server to find devices on (repeatable; default: ADB_SERVER_SOCKET, or "
+                             "ANDROID_ADB_SERVER_ADDRESS and ANDROID_ADB_SERVER_PORT, or 127.0.0.1:5037)")
+    parser.add_argument("--connect", action="append", metavar="HOST:PORT",
+                        help="`adb connect` this network device first (Wi-Fi adb, a device farm's endpoint)")
+
+
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """What `bench run` and `bench matrix` share: devices, preflight, runtime and guards."""
+    _server_flags(parser)
+    parser.add_argument("--allow", action="append", default=[], metavar="CHECK",
+                        help="turn a failed preflight check into a warning")
+    parser.add_argument("--runtime", type=Path, metavar="DIR",
+                        help="prebuilt llama.cpp runtime for a phone (from `bench runtime build` or an extracted release)")
+    parser.add_argument("--repack", choices=("auto", "on", "off"), default="auto",
+                        help="llama.cpp weight repacking: auto (off only on an x86 build with AMX, llama.cpp issue 20824)")
+    parser.add_argument("--declare-unplugged", action="store_true",
+                        help="the phone runs on its battery although a supply reports online (rooted input suspend, "
+                             "a data-only cable): energy figures count as valid; recorded in run.json")
+    parser.add_argument("--fixed-performance", action="store_true",
+                        help="phones (Android 11+): hold clocks with `cmd power set-fixed-performance-mode-enabled` "
+                             "for the run, always turned off after; recorded in run.json")
+    parser.add_argument("--max-temp", type=_positive_float, metavar="C",
+                        help="abort the run (partial) when the hottest CPU sensor passes C degrees")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="Benchmark and profile LLMs on Android phones and on the host.")
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
@@ -126,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run a scenario on a device and store the results")
-    run.add_argument("--device", default="host", help="host (default), a device profile id, a serial, or any")
+    run.add_argument("--device", default="host",
+                     help="host (default), a device profile id, a serial, or any; several (a,b) or all run in parallel")
     run.add_argument("--model", default="smollm2-135m", help="catalog alias or .gguf path (default smollm2-135m)")
     run.add_argument("--scenario", default="quick", help="scenario name or .toml path (default quick)")
     run.add_argument("--out", default="results", type=Path, help="results root (default results/)")
@@ -137,23 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pin the runtime to these CPUs (4-7, 0,2,4); repeat for a sweep over CPU sets")
     run.add_argument("--telemetry-hz", type=_positive_float, default=10.0, help="sampling rate (default 10)")
     run.add_argument("--no-telemetry", action="store_true", help="do not sample telemetry")
-    run.add_argument("--allow", action="append", default=[], metavar="CHECK", help="turn a failed preflight check into a warning")
-    run.add_argument("--runtime", type=Path, metavar="DIR",
-                     help="prebuilt llama.cpp runtime for a phone (from `bench runtime build` or an extracted release)")
-    run.add_argument("--repack", choices=("auto", "on", "off"), default="auto",
-                     help="llama.cpp weight repacking: auto (off only on an x86 build with AMX, llama.cpp issue 20824)")
-    run.add_argument("--declare-unplugged", action="store_true",
-                     help="the phone runs on its battery although a supply reports online (rooted input suspend, "
-                          "a data-only cable): energy figures count as valid; recorded in run.json")
-    run.add_argument("--fixed-performance", action="store_true",
-                     help="phones (Android 11+): hold clocks with `cmd power set-fixed-performance-mode-enabled` for "
-                          "the run, always turned off after; recorded in run.json")
-    run.add_argument("--max-temp", type=_positive_float, metavar="C",
-                     help="abort the run (partial) when the hottest CPU sensor passes C degrees")
+    _run_flags(run)
     run.add_argument("--json", action="store_true", help="print one JSON object: run_dir, status, summary")
+
+    matrix = commands.add_parser("matrix", help="run a matrix file: devices x models x scenarios x threads, resumable")
+    matrix.add_argument("file", type=Path, help="the matrix TOML (devices, models, scenarios, threads, affinity, ...)")
+    matrix.add_argument("--out", default="results", type=Path, help="results root (default results/)")
+    matrix.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted matrix in DIR")
+    _run_flags(matrix)
+    matrix.add_argument("--json", action="store_true", help="print one JSON object: matrix_dir, status, points")
 
     devices = commands.add_parser("devices", help="attached devices: profile, battery, thermal")
     devices.add_argument("--json", action="store_true")
+    _server_flags(devices)
 
     models = commands.add_parser("models", help="list catalog models, or pull one")
     models.add_argument("--json", action="store_true")
@@ -257,27 +281,57 @@ def _host_tools(args) -> dict | None:
     return None
 
 
-def _target(args, affinity: tuple[int, ...] | None = None, scenario=None):
-    """--device -> (label for the run id, target). Unknown names fail before anything is written."""
+def _servers(args) -> list:
+    """--adb-server HOST:PORT (repeatable); none given: the server adb's environment names."""
+    from .android.adb import default_server, parse_server
+
+    return [parse_server(text) for text in (getattr(args, "adb_server", None) or [])] or [default_server()]
+
+
+def _connect(addresses, servers) -> None:
+    """`adb connect` each network endpoint (Wi-Fi adb, a device farm's host:port) on the first server."""
+    from .android import adb
+
+    for address in addresses or []:
+        adb.connect(address, server=servers[0])
+        adb.wait_for_state(address, "device", timeout=20, server=servers[0])
+
+
+def _device_ids(selectors: list[str], servers: list) -> dict[str, object]:
+    """--device selectors -> {id: Listed or None for the host}; ids are serials (server/serial when
+    several adb servers are in play)."""
+    from .android.device import resolve_many
+
+    found: dict[str, object] = {}
+    phones = [s for s in selectors if s not in HOST_DEVICES]
+    if len(phones) < len(selectors):
+        found["host"] = None
+    if phones:
+        for listed in resolve_many(phones, servers):
+            found[f"{listed.server.label}/{listed.serial}" if len(servers) > 1 else listed.serial] = listed
+    return found
+
+
+def _target(args, listed=None, affinity: tuple[int, ...] | None = None, scenario=None):
+    """(label for the run id, target) for the host (listed None) or an attached device; unknown
+    names fail before anything is written. On a phone this takes the device's lock."""
     from .catalog import cache_root
     from .host.membw import host_bandwidth_gbs
 
-    if args.device in HOST_DEVICES:
+    if listed is None:
         from .host.target import HostTarget
+        from .runtimes.build import installed_llama_cpp_commit
 
         if args.fixed_performance:
             raise UsageError("--fixed-performance needs a phone (Android 11+)", "drop it for host runs, or pass --device")
-        from .runtimes.build import installed_llama_cpp_commit
-
         return "host", HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
                                   repack=args.repack, affinity=affinity,
                                   tools=_host_tools(args) if scenario is not None and scenario.kind == "llama-bench" else None)
-    from .android.device import AndroidTarget, resolve
+    from .android.device import AndroidTarget
 
-    listed = resolve(args.device)
     target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()),
                            run_label=f"{args.model} / {args.scenario}", repack=args.repack,
-                           fixed_performance=args.fixed_performance, affinity=affinity)
+                           fixed_performance=args.fixed_performance, affinity=affinity, server=listed.server)
     try:
         target.runtime = _runtime_bundle(args.runtime, target.snap.props.get("ro.product.cpu.abi"))
     except BaseException:
@@ -286,28 +340,47 @@ def _target(args, affinity: tuple[int, ...] | None = None, scenario=None):
     return target.profile.id, target
 
 
+def _run_options(args, label: str, scenario, model, target, out_root: Path):
+    from .runner import RunOptions
+
+    allow = frozenset(args.allow)
+    return RunOptions(device=label, scenario=scenario, model=model, out_root=out_root,
+                      telemetry_hz=None if args.no_telemetry else args.telemetry_hz, allow=allow,
+                      max_temp_c=args.max_temp, declare_unplugged=args.declare_unplugged,
+                      min_battery_pct=None if "battery" in allow else target.min_battery_pct)
+
+
+def _check_model(name: str) -> None:
+    from .catalog import lookup
+
+    if not Path(name).suffix == ".gguf" and "/" not in name:
+        lookup(name)  # an unknown alias fails here, before any download
+
+
 def cmd_run(args) -> int:
-    from .catalog import lookup, model_info
+    from .catalog import model_info
     from .config import resolve_scenario
-    from .runner import RunOptions, run_benchmark
+    from .runner import run_benchmark
 
     threads, affinities = args.threads or [None], args.affinity or [None]
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=threads[0])
-    if not Path(args.model).suffix == ".gguf" and "/" not in args.model:
-        lookup(args.model)  # an unknown alias fails here, before any download
-    label, target = _target(args, affinities[0], scenario)  # on a phone, this takes the device's lock
-    allow = frozenset(args.allow)
-    sweep = len(threads) > 1 or len(affinities) > 1
+    _check_model(args.model)
+    servers = _servers(args)
+    _connect(args.connect, servers)
+    selectors = [part.strip() for part in args.device.split(",") if part.strip()]
+    devices = _device_ids(selectors, servers) if selectors != list(HOST_DEVICES) else {"host": None}
+    if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1:
+        from .matrix import MatrixSpec
+
+        spec = MatrixSpec(devices=tuple(devices), models=(args.model,), scenarios=(args.scenario,),
+                          threads=tuple(threads), affinities=tuple(affinities), name=scenario.name,
+                          repetitions=args.repetitions)
+        return _run_matrix(args, spec, devices, resume=None)
+    listed = next(iter(devices.values()))
+    label, target = _target(args, listed, affinities[0], scenario)
     try:
         with BarProgress(err) as progress:
-            model = model_info(args.model, progress)
-            options = RunOptions(device=label, scenario=scenario, model=model, out_root=args.out,
-                                 telemetry_hz=None if args.no_telemetry else args.telemetry_hz, allow=allow,
-                                 max_temp_c=args.max_temp, declare_unplugged=args.declare_unplugged,
-                                 min_battery_pct=None if "battery" in allow else target.min_battery_pct)
-            if sweep:
-                target.release()  # each point takes the device afresh
-                return _run_sweep(args, options, progress)
+            options = _run_options(args, label, scenario, model_info(args.model, progress), target, args.out)
             result = run_benchmark(options, target, progress)
     finally:
         target.release()  # the lock and anything left, also when the run never started
@@ -329,20 +402,60 @@ def _run_exit_code(status: str, reason: str | None, where) -> int:
     return 3
 
 
-def _run_sweep(args, options, progress) -> int:
-    from .sweep import points, run_sweep
+def _run_matrix(args, spec, devices: dict, resume: Path | None) -> int:
+    """Every point of the matrix, devices in parallel; the rows go to matrix.json as they finish."""
+    from .catalog import model_info
+    from .config import resolve_scenario
+    from .matrix import load_rows, new_directory, run_matrix
 
-    result = run_sweep(points(args.threads, args.affinity), options,
-                       lambda point: _target(args, point.affinity, options.scenario)[1], progress)
+    scenarios = {name: resolve_scenario(name) for name in spec.scenarios}
+    for name in spec.models:
+        _check_model(name)
+    with BarProgress(err) as progress:
+        models = {name: model_info(name, progress) for name in spec.models}  # pulled once, before the threads
+        directory = resume if resume is not None else new_directory(args.out, spec)
+        rows = load_rows(directory) if resume is not None else None
+
+        def make_run(point):
+            scenario = scenarios[point.scenario].with_overrides(repetitions=spec.repetitions, threads=point.threads)
+            listed = devices[point.device]
+            label, target = _target(args, listed, point.affinity, scenario)
+            if listed is not None and len(devices) > 1:  # two phones of one profile need names of their own
+                label = f"{label}-{listed.serial}"
+            return _run_options(args, label, scenario, models[point.model], target, directory), target
+
+        result = run_matrix(spec.points(), directory, make_run, progress, title=f"{spec.name}: "
+                            f"{len(spec.devices)} device(s) x {len(spec.models)} model(s) x "
+                            f"{len(spec.scenarios)} scenario(s) x {len(spec.threads)} thread count(s) x "
+                            f"{len(spec.affinities)} CPU set(s)", resume=rows)
     if args.json:
-        _print_json({"sweep_dir": str(result.directory), "status": result.status, "points": list(result.rows)},
+        _print_json({"matrix_dir": str(result.directory), "status": result.status, "points": list(result.rows)},
                     default=str)
     else:
-        out.print((result.directory / "sweep.md").read_text(), markup=False)
-        out.print(f"Sweep: {result.directory}")
+        out.print((result.directory / "matrix.md").read_text(), markup=False)
+        out.print(f"Matrix: {result.directory}")
     interrupted = any("interrupted" in (row.get("reason") or "") for row in result.rows)
     return _run_exit_code(result.status, "interrupted" if interrupted else "some points did not complete",
                           result.directory)
+
+
+def cmd_matrix(args) -> int:
+    from .android.adb import parse_server
+    from .matrix import load_matrix_file
+
+    spec = load_matrix_file(args.file)
+    servers = [parse_server(text) for text in (*spec.adb_servers, *(args.adb_server or []))] or _servers(args)
+    _connect([*spec.connect, *(args.connect or [])], servers)
+    devices = _device_ids(list(spec.devices), servers)
+    from dataclasses import replace
+
+    spec = replace(spec, devices=tuple(devices))
+    if args.resume is not None and not (args.resume / "matrix.json").is_file():
+        raise UsageError(f"{args.resume} holds no matrix.json", "give the folder an earlier `bench matrix` wrote")
+    args.no_telemetry = spec.telemetry_hz is None
+    args.telemetry_hz = spec.telemetry_hz
+    args.model, args.scenario = ",".join(spec.models), ",".join(spec.scenarios)
+    return _run_matrix(args, spec, devices, resume=args.resume)
 
 
 def _print_summary(result) -> None:
@@ -368,15 +481,18 @@ def _print_summary(result) -> None:
 
 
 def cmd_devices(args) -> int:
-    from .android.adb import Device, list_devices
-    from .android.device import STATE_FIXES, describe, snapshot
+    from .android.adb import Device
+    from .android.device import STATE_FIXES, attached, describe, snapshot
 
+    servers = _servers(args)
+    _connect(args.connect, servers)
     entries = []
-    for item in list_devices():
+    for item in attached(servers):
         if item.state != "device":
-            entries.append({"serial": item.serial, "state": item.state, "fix": STATE_FIXES.get(item.state, "check `adb devices`")})
+            entries.append({"serial": item.serial, "state": item.state, "adb_server": item.server.label,
+                            "fix": STATE_FIXES.get(item.state, "check `adb devices`")})
             continue
-        entries.append(describe(snapshot(Device(item.serial))))
+        entries.append({**describe(snapshot(Device(item.serial, server=item.server))), "adb_server": item.server.label})
     if args.json:
         _print_json({"schema_version": 1, "devices": entries})
         return 0
@@ -463,6 +579,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _point_label(run: dict) -> str:
+    """Which point of a folder of runs (a matrix) a group is: device, model, scenario, threads."""
+    device, runtime = run.get("device") or {}, run.get("runtime") or {}
+    return (f"{device.get('profile')} {device.get('serial') or ''}".strip() + f", {(run.get('model') or {}).get('alias')}, "
+            f"{(run.get('scenario') or {}).get('name')}, {runtime.get('threads')} threads")
+
+
 def cmd_compare(args) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -508,7 +631,7 @@ def cmd_compare(args) -> int:
         for key, head_runs in head_groups.items():
             # Without a base of the same key, pair with the first base set so the rows show the mismatch.
             base_runs = base_groups.get(key) or next(iter(base_groups.values()))
-            suffix = f" ({(head_runs[0].run.get('scenario') or {}).get('name')})" if len(head_groups) > 1 else ""
+            suffix = f" ({_point_label(head_runs[0].run)})" if len(head_groups) > 1 else ""
             comparisons.append(compare_sides(make_side(f"base {paths[0].name}{suffix}", base_runs),
                                              make_side(f"head {head_path.name}{suffix}", head_runs),
                                              threshold=threshold, ignore=args.ignore))
@@ -607,7 +730,7 @@ def cmd_runtime(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "devices": cmd_devices, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "matrix": cmd_matrix, "devices": cmd_devices, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
 
 
 def _terminate(signum, frame) -> None:

@@ -106,14 +106,17 @@ def write_compare_plot(path: Path, comparisons) -> Path:
     return path
 
 
-def write_sweep_plot(path: Path, rows: list[dict]) -> Path:
-    """Decode and prefill (tokens/s, median with IQR bars) against threads, one line per CPU set."""
+def write_threads_plot(path: Path, rows: list[dict]) -> Path:
+    """Decode and prefill (tokens/s, median with IQR bars) against threads, one line per device,
+    model, scenario and CPU set."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     by_cpus: dict[str, list[dict]] = {}
+    varying = [k for k in ("device", "model", "scenario") if len({r.get(k) for r in rows}) > 1]
     for row in rows:
         if row.get("threads") is None or row.get("decode_tps_median") is None:
             continue
-        key = "default CPUs" if row["affinity"] is None else "cpus " + ",".join(map(str, row["affinity"]))
+        cpus = "default CPUs" if row["affinity"] is None else "cpus " + ",".join(map(str, row["affinity"]))
+        key = ", ".join([*(str(row[k]) for k in varying), cpus])
         by_cpus.setdefault(key, []).append(row)
     for axis, metric, title in ((axes[0], "decode_tps", "Decode"), (axes[1], "prefill_tps", "Prefill")):
         for key, points in by_cpus.items():

@@ -315,7 +315,7 @@ def test_sweep_over_cpu_sets_on_the_sim(phone, tmp_path):
     for point in payload["points"]:
         runtime = load_run(point["run_dir"]).run["runtime"]
         assert runtime["affinity"] == point["affinity"] and runtime["threads"] == 1
-    assert "| 1 | 0-1 |" in (Path(payload["sweep_dir"]) / "sweep.md").read_text()
+    assert "| 1 | 0-1 |" in (Path(payload["matrix_dir"]) / "matrix.md").read_text()
     device = adb.Device(phone.serial)
     assert "llama-server" not in device.shell("ps -A -o args").stdout and not device.forwards()
 

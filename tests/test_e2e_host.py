@@ -205,17 +205,17 @@ def test_thread_sweep_is_one_run_per_point_with_a_table_and_plot(tmp_path: Path,
     result = bench_cli("run", "--threads", "1,2", "--repetitions", "2", "--no-telemetry", "--out", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     payload = json.loads(result.stdout)
-    sweep_dir = Path(payload["sweep_dir"])
+    sweep_dir = Path(payload["matrix_dir"])
     assert payload["status"] == "complete" and [p["threads"] for p in payload["points"]] == [1, 2]
     for point in payload["points"]:
         run = load_run(point["run_dir"]).run
         assert run["runtime"]["threads"] == point["threads"] and Path(point["run_dir"]).parent == sweep_dir
         assert point["decode_tps_median"] > 0 and point["prefill_tps_median"] > 0
-    stored = json.loads((sweep_dir / "sweep.json").read_text())
+    stored = json.loads((sweep_dir / "matrix.json").read_text())
     assert stored["schema_version"] == 1 and len(stored["points"]) == 2
-    table = (sweep_dir / "sweep.md").read_text()
+    table = (sweep_dir / "matrix.md").read_text()
     assert "| 1 | default |" in table and "| 2 | default |" in table and "Fastest decode" in table
-    assert (sweep_dir / "sweep.png").stat().st_size > 1000
+    assert (sweep_dir / "threads.png").stat().st_size > 1000
     compared = bench_cli("compare", payload["points"][0]["run_dir"], payload["points"][1]["run_dir"], "--ignore", "threads")
     assert compared.returncode == 0, compared.stderr
 

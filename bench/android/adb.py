@@ -18,6 +18,9 @@ from ..errors import BenchError
 DEFAULT_TIMEOUT_S = 30.0
 SYNC_CHUNK = 64 * 1024  # the sync protocol's largest DATA payload
 SERVER_PORT_ENV = "ANDROID_ADB_SERVER_PORT"
+SERVER_ADDRESS_ENV = "ANDROID_ADB_SERVER_ADDRESS"
+SERVER_SOCKET_ENV = "ADB_SERVER_SOCKET"   # tcp:HOST:PORT, as adb itself reads it
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class AdbFailure(BenchError):
@@ -34,8 +37,46 @@ class AdbFailure(BenchError):
         self.serial, self.command, self.output = serial, command, output
 
 
-def server_port() -> int:
-    return int(os.environ.get(SERVER_PORT_ENV, "5037"))
+class AdbServerUnreachable(AdbFailure):
+    """A remote adb server named by the user does not answer: bad input, nothing was written."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Server:
+    """An adb server: the local one, or one on another machine (a device farm's, a lab host's)."""
+
+    host: str
+    port: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def local(self) -> bool:
+        return self.host in LOCAL_HOSTS
+
+
+def parse_server(text: str) -> Server:
+    """HOST:PORT, tcp:HOST:PORT (ADB_SERVER_SOCKET's form) or PORT (on this machine)."""
+    value = text.strip()
+    if value.startswith("tcp:"):
+        value = value[4:]
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise BenchError(f"'{text}' is not an adb server address", "give HOST:PORT, e.g. 127.0.0.1:5037")
+    return Server(host or "127.0.0.1", int(port))
+
+
+def default_server() -> Server:
+    """adb's own conventions: ADB_SERVER_SOCKET=tcp:HOST:PORT, else ANDROID_ADB_SERVER_ADDRESS and
+    ANDROID_ADB_SERVER_PORT (default 127.0.0.1:5037)."""
+    socket_spec = os.environ.get(SERVER_SOCKET_ENV)
+    if socket_spec:
+        return parse_server(socket_spec)
+    return Server(os.environ.get(SERVER_ADDRESS_ENV) or "127.0.0.1", int(os.environ.get(SERVER_PORT_ENV, "5037")))
 
 
 def adb_binary() -> str:
@@ -56,72 +97,81 @@ def adb_binary() -> str:
     raise AdbFailure("no adb binary", hint="pip install adbutils (it bundles adb) or apt-get install adb")
 
 
-def _server_up(port: int) -> bool:
+def _server_up(server: Server) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
+        with socket.create_connection((server.host, server.port), timeout=1):
             return True
     except OSError:
         return False
 
 
-def ensure_server(timeout: float = DEFAULT_TIMEOUT_S) -> None:
-    port = server_port()
-    if _server_up(port):
+def ensure_server(timeout: float = DEFAULT_TIMEOUT_S, server: Server | None = None) -> None:
+    """The adb server answers; a local one is started if needed, a remote one is only checked."""
+    server = server or default_server()
+    if _server_up(server):
         return
+    if not server.local:
+        raise AdbServerUnreachable(f"no adb server answers at {server.label}",
+                                   hint="start one there (`adb -a -P PORT nodaemon server`) or check --adb-server")
+    port = server.port
     command = [adb_binary(), "-P", str(port), "start-server"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise AdbFailure("adb start-server timed out", command=" ".join(command)) from None
-    if result.returncode != 0 or not _server_up(port):
+    if result.returncode != 0 or not _server_up(server):
         raise AdbFailure("the adb server did not start", command=" ".join(command), output=result.stderr)
 
 
-def client(timeout: float = DEFAULT_TIMEOUT_S):
+def client(timeout: float = DEFAULT_TIMEOUT_S, server: Server | None = None):
     import adbutils
 
-    ensure_server(timeout)
-    return adbutils.AdbClient(host="127.0.0.1", port=server_port(), socket_timeout=timeout)
+    server = server or default_server()
+    ensure_server(timeout, server)
+    return adbutils.AdbClient(host=server.host, port=server.port, socket_timeout=timeout)
 
 
 @dataclass(frozen=True)
 class Listed:
     serial: str
     state: str  # device | unauthorized | offline | ...
+    server: Server | None = None  # None: the default server
 
 
-def list_devices(timeout: float = 10) -> list[Listed]:
+def list_devices(timeout: float = 10, server: Server | None = None) -> list[Listed]:
     import adbutils
 
+    server = server or default_server()
     try:
-        return [Listed(d.serial, d.state) for d in client(timeout).list()]
+        return [Listed(d.serial, d.state, server) for d in client(timeout, server).list()]
     except adbutils.AdbError as error:
-        raise AdbFailure("adb devices failed", output=str(error)) from None
+        raise AdbFailure(f"adb devices failed on the adb server at {server.label}", output=str(error)) from None
 
 
-def connect(address: str, timeout: float = 10) -> str:
+def connect(address: str, timeout: float = 10, server: Server | None = None) -> str:
+    """`adb connect HOST:PORT`: a network device (Wi-Fi adb, a device farm's endpoint) joins the server."""
     import adbutils
 
     try:
-        return client(timeout).connect(address, timeout=timeout)
+        return client(timeout, server).connect(address, timeout=timeout)
     except (adbutils.AdbError, adbutils.AdbTimeout) as error:
         raise AdbFailure("adb connect failed", serial=address, output=str(error)) from None
 
 
-def disconnect(address: str, timeout: float = 10) -> None:
+def disconnect(address: str, timeout: float = 10, server: Server | None = None) -> None:
     import adbutils
 
     try:
-        client(timeout).disconnect(address)
+        client(timeout, server).disconnect(address)
     except (adbutils.AdbError, adbutils.AdbTimeout):
         pass  # not connected: nothing to undo
 
 
-def wait_for_state(serial: str, state: str = "device", timeout: float = 20) -> None:
+def wait_for_state(serial: str, state: str = "device", timeout: float = 20, server: Server | None = None) -> None:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        found = {d.serial: d.state for d in list_devices(timeout=5)}
+        found = {d.serial: d.state for d in list_devices(timeout=5, server=server)}
         last = found.get(serial)
         if last == state:
             return
@@ -139,9 +189,9 @@ class ShellResult:
 class Device:
     """One device by serial. Commands go through shell v2 (exit codes, separate stderr)."""
 
-    def __init__(self, serial: str, timeout: float = DEFAULT_TIMEOUT_S):
-        self.serial, self.timeout = serial, timeout
-        self._device = client(timeout).device(serial)
+    def __init__(self, serial: str, timeout: float = DEFAULT_TIMEOUT_S, server: Server | None = None):
+        self.serial, self.timeout, self.server = serial, timeout, server or default_server()
+        self._device = client(timeout, self.server).device(serial)
 
     def shell(self, command: str, timeout: float | None = None, check: bool = False) -> ShellResult:
         import adbutils

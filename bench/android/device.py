@@ -23,7 +23,8 @@ from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
 from ..runtimes import llama_bench
 from ..runtimes.llama_server import LlamaServerRuntime
-from .adb import AdbFailure, Device, Listed, connect, ensure_server, list_devices, wait_for_state
+from .adb import (AdbFailure, Device, Listed, Server, connect, default_server, ensure_server, list_devices,
+                  wait_for_state)
 from .lock import DeviceLock
 
 ROOT = "/data/local/tmp/bench"
@@ -121,35 +122,68 @@ def describe(snap: Snapshot) -> dict:
     }
 
 
-def resolve(selector: str) -> Listed:
+def attached(servers: list[Server] | None = None) -> list[Listed]:
+    """Every device on every adb server given (default: the one adb's environment names)."""
+    found: list[Listed] = []
+    for server in servers or [default_server()]:
+        found += list_devices(server=server)
+    return found
+
+
+def resolve(selector: str, servers: list[Server] | None = None) -> Listed:
     """--device: a profile id, a serial, or `any` -> the one attached device it names."""
-    attached = list_devices()
-    for item in attached:
+    matches = resolve_many([selector], servers)
+    return matches[0]
+
+
+def resolve_many(selectors: list[str], servers: list[Server] | None = None) -> list[Listed]:
+    """--device a,b,... or `all`: each selector names exactly one attached device (a serial, a
+    profile id, or `any`); `all` is every usable device on every server. No device twice."""
+    devices = attached(servers)
+    if selectors == ["all"]:
+        usable = [d for d in devices if d.state == "device"]
+        if not usable:
+            listing = ", ".join(f"{d.serial} ({d.state})" for d in devices) or "none"
+            raise UsageError(f"no usable device attached (attached: {listing})",
+                             "connect phones and enable USB debugging, or start sims with `bench sim start`")
+        return usable
+    profiles = load_profiles()
+    chosen: list[Listed] = []
+    for selector in selectors:
+        item = _resolve_one(selector, devices, profiles)
+        if any(c.serial == item.serial and c.server == item.server for c in chosen):
+            raise UsageError(f"'{selector}' names {item.serial} again", "name each device once")
+        chosen.append(item)
+    return chosen
+
+
+def _resolve_one(selector: str, devices: list[Listed], profiles: dict[str, DeviceProfile]) -> Listed:
+    for item in devices:
         if item.serial == selector:
             _usable(item)
             return item
-    profiles = load_profiles()
     if selector != "any" and selector not in profiles:
         from ..config import closest
 
-        names = ["host", "any", *profiles, *(d.serial for d in attached)]
+        names = ["host", "any", "all", *profiles, *(d.serial for d in devices)]
         raise UsageError(f"unknown device '{selector}'", f"closest known: {closest(selector, names)} (see `bench devices`)")
     candidates = []
-    for item in attached:
+    for item in devices:
         if item.state != "device":
             continue
-        if selector == "any" or match_profile(parse.parse_getprop(Device(item.serial).shell("getprop", timeout=20).stdout), profiles).id == selector:
+        props = parse.parse_getprop(Device(item.serial, server=item.server).shell("getprop", timeout=20).stdout)
+        if selector == "any" or match_profile(props, profiles).id == selector:
             candidates.append(item)
     if not candidates:
-        unusable = [d for d in attached if d.state != "device"]
+        unusable = [d for d in devices if d.state != "device"]
         if unusable:
             _usable(unusable[0])
-        listing = ", ".join(f"{d.serial} ({d.state})" for d in attached) or "none"
+        listing = ", ".join(f"{d.serial} ({d.state})" for d in devices) or "none"
         raise UsageError(f"no attached device matches '{selector}' (attached: {listing})",
                          "connect the phone and enable USB debugging, or start one with `bench sim start`")
     if len(candidates) > 1:
         raise UsageError(f"{len(candidates)} devices match '{selector}': {', '.join(d.serial for d in candidates)}",
-                         "pass --device SERIAL")
+                         "pass --device SERIAL, or several: --device SERIAL,SERIAL")
     return candidates[0]
 
 
@@ -182,11 +216,13 @@ class AndroidTarget:
 
     def __init__(self, serial: str, runtime: RuntimeBundle | None, event: Callable[..., None] | None = None,
                  host_bandwidth: tuple[float | None, str] | None = None, *, run_label: str = "bench run",
-                 repack: str = "auto", fixed_performance: bool = False, affinity: tuple[int, ...] | None = None):
+                 repack: str = "auto", fixed_performance: bool = False, affinity: tuple[int, ...] | None = None,
+                 server: Server | None = None):
         self.host_bandwidth, self.repack, self.fixed_performance = host_bandwidth, repack, fixed_performance
         self.affinity = affinity
         self._fixed_enabled = False
-        self.device = Device(serial)
+        self.server = server or default_server()
+        self.device = Device(serial, server=self.server)
         self.serial = serial
         self.runtime = runtime
         self.event = event or (lambda *args, **kwargs: None)
@@ -240,7 +276,7 @@ class AndroidTarget:
             ram_bytes=self.snap.meminfo.get("MemTotal"), memory_bandwidth_gbs=bandwidth,
             memory_bandwidth_source=source,
             extra={"build_fingerprint": props.get("ro.build.fingerprint"), "sdk": props.get("ro.build.version.sdk"),
-                   "kernel": None, "clusters": clusters, "profile_file": profile.path,
+                   "kernel": None, "clusters": clusters, "profile_file": profile.path, "adb_server": self.server.label,
                    "screen_on": self.snap.screen_on},
         )
 
@@ -604,11 +640,12 @@ class AndroidTarget:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                ensure_server()
+                ensure_server(server=self.server)
                 if ":" in self.serial:
-                    connect(self.serial, timeout=5)
-                wait_for_state(self.serial, "device", timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-                self.device = Device(self.serial)
+                    connect(self.serial, timeout=5, server=self.server)
+                wait_for_state(self.serial, "device", timeout=min(5.0, max(0.5, deadline - time.monotonic())),
+                               server=self.server)
+                self.device = Device(self.serial, server=self.server)
                 self.lock.device = self.device
                 if self.reachable():
                     self.event("warning", f"reconnected to {self.serial} for cleanup")

@@ -1,0 +1,294 @@
+"""Matrices: devices x models x scenarios x threads x CPU sets, one run per point. Points on
+different devices run in parallel (one thread per device); points on one device run one after the
+other. A point that fails is recorded and the others go on. matrix.json is rewritten after every
+point, so an interrupted matrix resumes where it stopped (`bench matrix FILE --resume DIR`).
+
+A thread sweep (`bench run --threads 1,2,4`) and a run on several phones (`--device a,b` or
+`all`) are matrices too. The folder holds the runs (ordinary run directories, so `bench compare`
+and `bench report` read them), matrix.json, matrix.md and, when threads vary, threads.png: decode
+and prefill against threads. On big.LITTLE phones decode collapses once threads spill onto the
+little cores (llama.cpp issue 21763); a sweep shows where."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import key_line, load_toml
+from .errors import BenchError, ConfigError, StoreError
+from .files import atomic_write_bytes, atomic_write_json
+from .progress import Progress
+from .runner import RunOptions, RunResult, Target, run_benchmark
+from .store import make_run_id
+
+SCHEMA_VERSION = 1
+MATRIX_FILE = "matrix.json"
+FILE_KEYS = {"schema_version", "name", "devices", "models", "scenarios", "threads", "affinity", "repetitions",
+             "adb_servers", "connect", "telemetry_hz"}
+
+
+@dataclass(frozen=True)
+class MatrixPoint:
+    device: str                        # a --device selector: host, a serial, a profile id
+    model: str
+    scenario: str
+    threads: int | None
+    affinity: tuple[int, ...] | None   # CPUs the runtime is pinned to; None = the target's default
+
+    @property
+    def key(self) -> str:
+        """Stable name of the point, for resume."""
+        cpus = "default" if self.affinity is None else format_cpus(self.affinity)
+        return f"{self.device}|{self.model}|{self.scenario}|{self.threads or 'default'}|{cpus}"
+
+    @property
+    def label(self) -> str:
+        cpus = "default CPUs" if self.affinity is None else f"cpus {format_cpus(self.affinity)}"
+        return f"{self.device}, {self.model}, {self.scenario}, {self.threads or 'default'} threads, {cpus}"
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    devices: tuple[str, ...]
+    models: tuple[str, ...]
+    scenarios: tuple[str, ...]
+    threads: tuple[int | None, ...] = (None,)
+    affinities: tuple[tuple[int, ...] | None, ...] = (None,)
+    name: str = "matrix"
+    repetitions: int | None = None
+    adb_servers: tuple[str, ...] = ()
+    connect: tuple[str, ...] = ()
+    telemetry_hz: float | None = 10.0
+
+    def points(self) -> list[MatrixPoint]:
+        return [MatrixPoint(d, m, s, t, a) for d in self.devices for m in self.models for s in self.scenarios
+                for a in self.affinities for t in self.threads]
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """"4-7", "0,2,4", "0-3,8" -> sorted CPU numbers; ValueError for anything else."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, sep, high = part.strip().partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise ValueError(f"'{text}' is not a CPU list (e.g. 4-7 or 0,2,4)")
+        first, last = int(low), int(high) if sep else int(low)
+        if last < first:
+            raise ValueError(f"'{part}' runs backwards")
+        cpus.update(range(first, last + 1))
+    return tuple(sorted(cpus))
+
+
+def format_cpus(cpus: tuple[int, ...]) -> str:
+    ranges, start = [], None
+    for index, cpu in enumerate(cpus):
+        if start is None:
+            start = cpu
+        if index + 1 == len(cpus) or cpus[index + 1] != cpu + 1:
+            ranges.append(str(start) if start == cpu else f"{start}-{cpu}")
+            start = None
+    return ",".join(ranges)
+
+
+def load_matrix_file(path: Path) -> MatrixSpec:
+    """A matrix TOML file; every error names the file, the key and the line."""
+    data, text = load_toml(path)
+
+    def fail(key: str, message: str, hint: str | None = None):
+        raise ConfigError(str(path), message, key_line(text, key, None), hint)
+
+    for key in data:
+        if key not in FILE_KEYS:
+            fail(key, f"unknown key '{key}'", f"known keys: {', '.join(sorted(FILE_KEYS))}")
+    if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        fail("schema_version", f"schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}", "upgrade bench")
+
+    def strings(key: str, required: bool) -> tuple[str, ...]:
+        value = data.get(key)
+        if value is None:
+            if required:
+                fail(key, f"missing key '{key}'", f"add {key} = [\"...\"]")
+            return ()
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            fail(key, f"'{key}' must be a non-empty list of strings")
+        return tuple(value)
+
+    threads = data.get("threads", [])
+    if not isinstance(threads, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in threads):
+        fail("threads", "'threads' must be a list of integers >= 1")
+    affinities: list = []
+    for item in data.get("affinity", []) if isinstance(data.get("affinity", []), list) else fail("affinity", "'affinity' must be a list"):
+        try:
+            affinities.append(parse_cpus(str(item)))
+        except ValueError as error:
+            fail("affinity", str(error))
+    repetitions = data.get("repetitions")
+    if repetitions is not None and (not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1):
+        fail("repetitions", "'repetitions' must be an integer >= 1")
+    hz = data.get("telemetry_hz", 10.0)
+    if hz is not None and (not isinstance(hz, (int, float)) or isinstance(hz, bool) or hz < 0):
+        fail("telemetry_hz", "'telemetry_hz' must be a number >= 0 (0 turns telemetry off)")
+    return MatrixSpec(devices=strings("devices", True), models=strings("models", True),
+                      scenarios=strings("scenarios", True), threads=tuple(threads) or (None,),
+                      affinities=tuple(affinities) or (None,), name=str(data.get("name", path.stem)),
+                      repetitions=repetitions, adb_servers=strings("adb_servers", False),
+                      connect=strings("connect", False), telemetry_hz=float(hz) if hz else None)
+
+
+@dataclass(frozen=True)
+class MatrixResult:
+    directory: Path
+    rows: tuple[dict, ...]
+
+    @property
+    def status(self) -> str:
+        statuses = {row["status"] for row in self.rows}
+        return "complete" if statuses == {"complete"} else "failed" if statuses <= {"failed"} else "partial"
+
+
+RunFactory = Callable[[MatrixPoint], tuple[RunOptions, Target]]
+
+
+def new_directory(out_root: Path, spec: MatrixSpec) -> Path:
+    """results/<UTC time>-matrix-<model or name>-<scenario or "runs">/"""
+    model = spec.models[0] if len(spec.models) == 1 else spec.name
+    scenario = spec.scenarios[0] if len(spec.scenarios) == 1 else "runs"
+    directory = out_root / make_run_id(dt.datetime.now(dt.timezone.utc), "matrix", model, scenario)
+    directory.mkdir(parents=True, exist_ok=False)
+    return directory
+
+
+def load_rows(directory: Path) -> dict[str, dict]:
+    """The rows an earlier, interrupted matrix left in DIR, by point key."""
+    path = directory / MATRIX_FILE
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise StoreError(f"{directory} holds no readable {MATRIX_FILE}", "give the folder an earlier matrix wrote") from None
+    if stored.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema_version {stored.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    return {row["key"]: row for row in stored.get("points", [])}
+
+
+def run_matrix(points: list[MatrixPoint], directory: Path, make_run: RunFactory, progress: Progress, *,
+               title: str, resume: dict[str, dict] | None = None) -> MatrixResult:
+    """Run every point not already complete in `resume`; devices in parallel, points of one device
+    in order."""
+    resume = resume or {}
+    rows: dict[str, dict] = {key: row for key, row in resume.items()}
+    lock = threading.Lock()
+    todo = [p for p in points if resume.get(p.key, {}).get("status") != "complete"]
+    task = progress.task(f"{title}: {len(todo)} of {len(points)} points to run", len(points))
+    task.advance(len(points) - len(todo))
+    by_device: dict[str, list[MatrixPoint]] = {}
+    for point in todo:
+        by_device.setdefault(point.device, []).append(point)
+
+    def save() -> None:
+        ordered = [rows[p.key] for p in points if p.key in rows]
+        atomic_write_json(directory / MATRIX_FILE, {"schema_version": SCHEMA_VERSION, "title": title,
+                                                    "points": ordered})
+        atomic_write_bytes(directory / "matrix.md", markdown(title, ordered).encode())
+
+    stop = threading.Event()              # Ctrl-C: no new point starts, the running ones are stopped
+    active: dict[str, Target] = {}
+
+    def run_device(device_points: list[MatrixPoint]) -> None:
+        for point in device_points:
+            if stop.is_set():
+                return
+            try:
+                options, target = make_run(point)
+            except BenchError as error:
+                row = _row(point, None, error=str(error))
+            else:
+                active[point.key] = target
+                try:
+                    row = _row(point, run_benchmark(options, target, progress))
+                except BenchError as error:  # a failed preflight: this point only
+                    row = _row(point, None, error=str(error))
+                finally:
+                    active.pop(point.key, None)
+                    target.release()
+            if stop.is_set() and row["status"] != "complete":
+                row["reason"] = f"interrupted (Ctrl-C): {row['reason']}"
+            if (row.get("reason") or "").startswith("interrupted"):
+                stop.set()
+            with lock:
+                rows[point.key] = row
+                save()
+            task.advance(1)
+
+    with lock:
+        save()
+    if len(by_device) <= 1:
+        for device_points in by_device.values():
+            run_device(device_points)  # in this thread: Ctrl-C reaches the run, which ends it partial
+    else:
+        pool = ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="bench-device")
+        futures = [pool.submit(run_device, pts) for pts in by_device.values()]
+        try:
+            for future in futures:
+                future.result()
+        except KeyboardInterrupt:
+            stop.set()
+            for target in list(active.values()):
+                try:
+                    target.abort()
+                except BenchError:
+                    pass
+            for future in futures:
+                future.result()
+        finally:
+            pool.shutdown(wait=True)
+    task.done()
+    ordered = [rows[p.key] for p in points if p.key in rows]
+    if len({p.threads for p in points}) > 1 and any(r.get("decode_tps_median") for r in ordered):
+        from .plots import write_threads_plot
+
+        write_threads_plot(directory / "threads.png", ordered)
+    return MatrixResult(directory, tuple(ordered))
+
+
+def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None) -> dict:
+    summary = result.summary if result else {}
+    return {
+        "key": point.key, "device": point.device, "model": point.model, "scenario": point.scenario,
+        "threads": point.threads, "affinity": list(point.affinity) if point.affinity is not None else None,
+        "label": point.label, "run_dir": str(result.run_dir) if result else None,
+        "status": result.status if result else "failed", "reason": result.reason if result else error,
+        **{key: summary.get(key) for key in ("decode_tps_median", "decode_tps_iqr", "prefill_tps_median",
+                                             "prefill_tps_iqr", "ttft_ms_median", "peak_rss_bytes")},
+    }
+
+
+def markdown(title: str, rows: list[dict]) -> str:
+    def number(value, digits=1) -> str:
+        return "n/a" if value is None else f"{value:,.{digits}f}"
+
+    lines = [f"# {title}", "",
+             "One run per point; medians over repetitions, spread is the IQR. Decode: (generated - 1) / "
+             "first-to-last token time; prefill: prompt tokens / prompt eval time, both tokens/s.", "",
+             "| device | model | scenario | threads | CPUs | decode t/s | IQR | prefill t/s | IQR | TTFT ms | "
+             "peak RSS MiB | status | run |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        cpus = "default" if row["affinity"] is None else format_cpus(tuple(row["affinity"]))
+        rss = row.get("peak_rss_bytes")
+        lines.append(f"| {row['device']} | {row['model']} | {row['scenario']} | {row['threads'] or 'default'} | {cpus} | "
+                     f"{number(row.get('decode_tps_median'))} | {number(row.get('decode_tps_iqr'))} | "
+                     f"{number(row.get('prefill_tps_median'))} | {number(row.get('prefill_tps_iqr'))} | "
+                     f"{number(row.get('ttft_ms_median'))} | {number(rss / 2**20 if rss else None)} | {row['status']} | "
+                     f"{Path(row['run_dir']).name if row['run_dir'] else row['reason']} |")
+    best = max((r for r in rows if r.get("decode_tps_median")), key=lambda r: r["decode_tps_median"], default=None)
+    if best:
+        lines += ["", f"Fastest decode: **{best['label']}** at {best['decode_tps_median']:.1f} tokens/s."]
+    failed = [r for r in rows if r["status"] != "complete"]
+    if failed:
+        lines += ["", "Points that did not complete:", ""] + [f"- {r['label']}: {r['status']}: {r['reason']}" for r in failed]
+    return "\n".join(lines) + "\n"
