@@ -62,6 +62,7 @@ system_packages() {
   command -v adb >/dev/null || missing+=(adb)
   command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu libc6-dev-arm64-cross)
   command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+  command -v chromium >/dev/null || missing+=(chromium)  # renders `bench history`'s page in a test
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} (apt-get)"

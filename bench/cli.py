@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_build.add_argument("--print-plan", action="store_true", help="print the cmake configuration and stop")
     runtime_sub.add_parser("list", help="list cached runtimes")
 
+    history = commands.add_parser("history", help="each metric across runs (by date or commit) with its noise band")
+    history.add_argument("path", type=Path, help="a folder of runs (results/)")
+    history.add_argument("--by", choices=("date", "commit"), default="date")
+    history.add_argument("--out", type=Path, help="where history.html and its PNGs go (default PATH/history)")
+
     report = commands.add_parser("report", help="regenerate report.md and plots from a stored run")
     report.add_argument("run_dir", type=Path)
     return parser
@@ -567,6 +572,14 @@ def cmd_scenarios(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    from .history import write_history
+
+    page = write_history(args.path, args.out or args.path / "history", args.by)
+    out.print(f"History: {page}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .render import write_report
     from .store import persist_settled_status
@@ -730,7 +743,7 @@ def cmd_runtime(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "matrix": cmd_matrix, "devices": cmd_devices, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "matrix": cmd_matrix, "devices": cmd_devices, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report, "history": cmd_history}
 
 
 def _terminate(signum, frame) -> None:

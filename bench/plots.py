@@ -133,3 +133,31 @@ def write_threads_plot(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(figure, path)
     return path
+
+
+def write_history_plot(path: Path, lines: dict[str, list[tuple]], ylabel: str, by: str) -> Path:
+    """One metric across runs: a line per series at each run's median, its repetitions' IQR shaded."""
+    figure, axis = plt.subplots(figsize=(10, 3.8))
+    labels: list[str] = []
+    for rows in lines.values():
+        for row in rows:
+            if row[0] not in labels:
+                labels.append(row[0])
+    if by == "date":
+        labels.sort()
+    position = {label: index for index, label in enumerate(labels)}
+    for name, rows in lines.items():
+        xs = [position[row[0]] for row in rows]
+        low, median, high = [row[1] for row in rows], [row[2] for row in rows], [row[3] for row in rows]
+        axis.plot(xs, median, marker="o", label=name)
+        axis.fill_between(xs, low, high, alpha=0.2)
+    axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    axis.set_xlabel("run start (UTC)" if by == "date" else "harness commit")
+    axis.set_ylabel(ylabel)
+    axis.set_title(f"{ylabel} across runs (band: IQR over each run's repetitions)")
+    axis.grid(alpha=0.3)
+    if len(lines) <= 8:
+        axis.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(figure, path)
+    return path
