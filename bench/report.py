@@ -139,7 +139,9 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
               f"| runtime | {runtime.get('kind')} {runtime.get('version') or ''}, llama.cpp {runtime.get('llama_cpp_commit') or 'unknown'}; "
               f"{runtime.get('threads')} threads" + (f" pinned to cpu {runtime['affinity']}" if runtime.get("affinity") else "") +
               f", n_ctx {runtime.get('n_ctx')}, n_batch {runtime.get('n_batch')}; load {_fmt(runtime.get('load_ms'))} ms"
-              + (f"; {runtime['repack_reason']}" if runtime.get("repack_reason") else "") + " |",
+              + (f"; {runtime['repack_reason']}" if runtime.get("repack_reason") else "")
+              + ("; fixed performance mode on (`cmd power set-fixed-performance-mode-enabled`)"
+                 if runtime.get("fixed_performance") else "") + " |",
               f"| scenario | `{scenario.get('name')}` (hash `{str(scenario.get('hash'))[:12]}`): {scenario.get('repetitions')} repetitions, "
               f"{scenario.get('warmup')} warmup, n_predict {scenario.get('n_predict')}, temperature {scenario.get('temperature')}, seed {scenario.get('seed')} |",
               f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |"]

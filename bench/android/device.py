@@ -192,6 +192,11 @@ def _usable(item: Listed) -> None:
         raise UsageError(f"device {item.serial} is {item.state}", STATE_FIXES.get(item.state, "check `adb devices`"))
 
 
+def cpu_mask(cpus: tuple[int, ...]) -> str:
+    """llama.cpp's --cpu-mask: hex, bit N for CPU N."""
+    return f"{sum(1 << cpu for cpu in cpus):x}"
+
+
 def _free_local_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -279,6 +284,13 @@ class AndroidTarget:
                    "kernel": None, "clusters": clusters, "profile_file": profile.path, "adb_server": self.server.label,
                    "screen_on": self.snap.screen_on},
         )
+
+    def cpus(self, scenario: Scenario) -> tuple[int, ...]:
+        """The CPUs the runtime is pinned to: --affinity, else the profile's (big cores) unless the
+        scenario sets its own thread count; () = not pinned."""
+        if self.affinity is not None:
+            return tuple(self.affinity)
+        return tuple(self.profile.affinity) if not scenario.threads else ()
 
     def threads(self, scenario: Scenario) -> int:
         if scenario.threads:
@@ -406,11 +418,8 @@ class AndroidTarget:
         model_remote = self.pushed["model"]["path"]
         server_remote = self.pushed["runtime"]["path"]
         threads = self.threads(scenario)
-        if self.affinity is not None:
-            affinity = self.affinity
-        else:
-            affinity = self.profile.affinity if not scenario.threads else ()
-        mask = f" --cpu-mask {sum(1 << c for c in affinity):x} --cpu-strict 1" if affinity else ""
+        affinity = self.cpus(scenario)
+        mask = f" --cpu-mask {cpu_mask(affinity)} --cpu-strict 1" if affinity else ""
         repack, repack_reason = self.repack_choice()
         no_repack = "" if repack else " --no-repack"
         device_port = random.randint(20000, 45000)
@@ -542,14 +551,15 @@ class AndroidTarget:
     def start_bench(self, model: ModelInfo, scenario: Scenario) -> "DeviceBench":
         """llama-bench on the device, its jsonl on the stream's stdout, stderr into run/llama-bench.log."""
         threads = self.threads(scenario)
-        affinity = self.affinity if self.affinity is not None else (self.profile.affinity if not scenario.threads else ())
+        affinity = self.cpus(scenario)
         repack, repack_reason = self.repack_choice()
         argv = llama_bench.command(self.pushed["runtime"]["path"], self.pushed["model"]["path"], pp=scenario.pp,
                                    tg=scenario.tg, repetitions=scenario.repetitions, threads=threads,
                                    n_batch=scenario.n_batch, repack=repack,
-                                   cpu_mask=f"{sum(1 << c for c in affinity):x}" if affinity else None)
-        command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo PID $$ && exec {' '.join(shlex.quote(a) for a in argv)}"
-                   f" 2> {ROOT}/run/llama-bench.log")
+                                   cpu_mask=cpu_mask(affinity) if affinity else None)
+        # The same PID file as llama-server's: a run that loses the device leaves it for the next one.
+        command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo $$ > run/llama-server.pid && echo PID $$ && exec "
+                   f"{' '.join(shlex.quote(a) for a in argv)} 2> {ROOT}/run/llama-bench.log")
         self._server_stream = self.device.open_shell_stream(command)
         bench = DeviceBench(self, self._server_stream, model, info={
             "kind": "llama-bench", "version": None, "llama_cpp_commit": self.runtime.meta.get("llama_cpp_commit"),
