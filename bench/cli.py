@@ -488,6 +488,7 @@ def _print_summary(result) -> None:
 def cmd_devices(args) -> int:
     from .android.adb import Device
     from .android.device import STATE_FIXES, attached, describe, snapshot
+    from .android.lock import live_lock
 
     servers = _servers(args)
     _connect(args.connect, servers)
@@ -497,7 +498,10 @@ def cmd_devices(args) -> int:
             entries.append({"serial": item.serial, "state": item.state, "adb_server": item.server.label,
                             "fix": STATE_FIXES.get(item.state, "check `adb devices`")})
             continue
-        entries.append({**describe(snapshot(Device(item.serial, server=item.server))), "adb_server": item.server.label})
+        device = Device(item.serial, server=item.server)
+        owner = live_lock(device)
+        entries.append({**describe(snapshot(device)), "adb_server": item.server.label,
+                        "in_use_by": owner.describe() if owner else None})
     if args.json:
         _print_json({"schema_version": 1, "devices": entries})
         return 0
@@ -512,7 +516,8 @@ def cmd_devices(args) -> int:
         out.print(f"{entry['serial']}\t{entry['profile']}\t{entry['manufacturer']} {entry['model']} ({entry['device']}), "
                   f"{entry['soc']}, {entry['abi']}, SDK {entry['sdk']}, RAM {(entry['ram_available_bytes'] or 0) / 2**30:.1f}/"
                   f"{(entry['ram_total_bytes'] or 0) / 2**30:.1f} GiB free; battery {battery['level_pct']}% {battery['status']} "
-                  f"({battery['plugged']}); thermal status {thermal['status']}, hottest {hottest} C")
+                  f"({battery['plugged']}); thermal status {thermal['status']}, hottest {hottest} C"
+                  + (f"; in use by {entry['in_use_by']}" if entry.get("in_use_by") else ""), markup=False)
     return 0
 
 

@@ -66,8 +66,7 @@ class CpuBuild:
 
     def to_dict(self) -> dict:
         return {"machine": self.machine, "features": list(self.features), "amx_present": self.amx_present,
-                "amx_compiled": False if not self.native else None, "cmake_args": list(self.cmake_args()),
-                "key": self.key}
+                "amx_compiled": False, "cmake_args": list(self.cmake_args()), "key": self.key}
 
 
 def cpuinfo_flags(cpuinfo_text: str) -> frozenset[str]:

@@ -385,7 +385,7 @@ class _Run:
             repetition += 1
         task.done()
 
-    def _llama_bench(self, runtime) -> None:
+    def _llama_bench(self, runtime: llama_bench.BenchProcess) -> None:
         """llama-bench runs its own repetitions (and a warmup per test); each test's line becomes
         rows as it arrives. A run with no line within request_timeout_s is a hang."""
         scenario = self.scenario

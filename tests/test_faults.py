@@ -159,6 +159,8 @@ def test_two_runs_on_one_device(start_sim, ready, tmp_path):
     assert second.returncode == 2 and len(lines) == 1 and "is in use by run" in lines[0], second.stderr
     assert not (tmp_path / "b").exists()
     assert first.poll() is None  # the first run's server was left alone
+    listed = json.loads(bench_cli("devices", "--json").stdout)["devices"]
+    assert "pid" in next(d for d in listed if d["serial"] == info.serial)["in_use_by"]
     rows_before = len(list((tmp_path / "a" / "r").glob("*/requests.csv"))[0].read_text().splitlines())
     first.send_signal(signal.SIGINT)
     payload = finished(first, 130)
