@@ -23,6 +23,11 @@ def _one_line_exit_2(result, *needles):
     (["--threads", "-2"], ["--threads"]),
     (["--repetitions", "x"], ["--repetitions", "not an integer"]),
     (["--telemetry-hz", "0"], ["--telemetry-hz"]),
+    (["--adb-server", "nowhere"], ["'nowhere' is not an adb server address", "HOST:PORT"]),
+    (["--device", "any", "--adb-server", "127.0.0.2:9"], ["no adb server answers at 127.0.0.2:9"]),
+    (["--device", "pixel8,pixle8"], ["unknown device 'pixle8'"]),
+    (["--affinity", "2-1"], ["--affinity", "backwards"]),
+    (["--repack", "maybe"], ["--repack", "invalid choice"]),
 ])
 def test_run_bad_flags(tmp_path: Path, adb_server, args, needles):  # a private adb server answers --device
     out = tmp_path / "results"
@@ -82,3 +87,21 @@ def test_listing_commands_json():
     assert models["schema_version"] == 1 and any(m["alias"] == "smollm2-135m" for m in models["models"])
     scenarios = json.loads(bench_cli("scenarios", "--json").stdout)
     assert {s["name"] for s in scenarios["scenarios"]} >= {"quick", "chat", "long-prompt", "sustained", "pp512-tg128"}
+
+
+def test_matrix_file_bad_input(tmp_path: Path, adb_server):
+    out = tmp_path / "results"
+    missing = bench_cli("matrix", str(tmp_path / "none.toml"), "--out", str(out))
+    _one_line_exit_2(missing, "none.toml")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('devices = ["host"]\nmodels = ["smollm2-135m"]\nscenarios = ["quick"]\nthread = [1]\n')
+    _one_line_exit_2(bench_cli("matrix", str(unknown), "--out", str(out)), "unknown.toml:4", "unknown key 'thread'")
+    empty = tmp_path / "empty.toml"
+    empty.write_text('devices = []\nmodels = ["smollm2-135m"]\nscenarios = ["quick"]\n')
+    _one_line_exit_2(bench_cli("matrix", str(empty), "--out", str(out)), "empty.toml:1", "'devices'")
+    model = tmp_path / "model.toml"
+    model.write_text('devices = ["host"]\nmodels = ["smollm3"]\nscenarios = ["quick"]\n')
+    _one_line_exit_2(bench_cli("matrix", str(model), "--out", str(out)), "unknown model 'smollm3'")
+    resume = bench_cli("matrix", str(model), "--resume", str(tmp_path), "--out", str(out))
+    _one_line_exit_2(resume, "holds no matrix.json")
+    assert not out.exists()

@@ -148,6 +148,8 @@ def resolve_many(selectors: list[str], servers: list[Server] | None = None) -> l
                              "connect phones and enable USB debugging, or start sims with `bench sim start`")
         return usable
     profiles = load_profiles()
+    for selector in selectors:  # every name is checked before any is matched
+        _check_name(selector, devices, profiles)
     chosen: list[Listed] = []
     for selector in selectors:
         item = _resolve_one(selector, devices, profiles)
@@ -157,16 +159,20 @@ def resolve_many(selectors: list[str], servers: list[Server] | None = None) -> l
     return chosen
 
 
+def _check_name(selector: str, devices: list[Listed], profiles: dict[str, DeviceProfile]) -> None:
+    if selector == "any" or selector in profiles or any(item.serial == selector for item in devices):
+        return
+    from ..config import closest
+
+    names = ["host", "any", "all", *profiles, *(d.serial for d in devices)]
+    raise UsageError(f"unknown device '{selector}'", f"closest known: {closest(selector, names)} (see `bench devices`)")
+
+
 def _resolve_one(selector: str, devices: list[Listed], profiles: dict[str, DeviceProfile]) -> Listed:
     for item in devices:
         if item.serial == selector:
             _usable(item)
             return item
-    if selector != "any" and selector not in profiles:
-        from ..config import closest
-
-        names = ["host", "any", "all", *profiles, *(d.serial for d in devices)]
-        raise UsageError(f"unknown device '{selector}'", f"closest known: {closest(selector, names)} (see `bench devices`)")
     candidates = []
     for item in devices:
         if item.state != "device":
