@@ -23,6 +23,14 @@ SERVER_SOCKET_ENV = "ADB_SERVER_SOCKET"   # tcp:HOST:PORT, as adb itself reads i
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What adbutils raises when adb or the device goes away mid-call: its own errors, socket errors,
+    and EOFError from a connection closed under a read."""
+    import adbutils
+
+    return (adbutils.AdbError, adbutils.AdbTimeout, OSError, EOFError)
+
+
 class AdbFailure(BenchError):
     """adb or the device did not do what was asked."""
 
@@ -139,31 +147,25 @@ class Listed:
 
 
 def list_devices(timeout: float = 10, server: Server | None = None) -> list[Listed]:
-    import adbutils
-
     server = server or default_server()
     try:
         return [Listed(d.serial, d.state, server) for d in client(timeout, server).list()]
-    except adbutils.AdbError as error:
+    except _transport_errors() as error:
         raise AdbFailure(f"adb devices failed on the adb server at {server.label}", output=str(error)) from None
 
 
 def connect(address: str, timeout: float = 10, server: Server | None = None) -> str:
     """`adb connect HOST:PORT`: a network device (Wi-Fi adb, a device farm's endpoint) joins the server."""
-    import adbutils
-
     try:
         return client(timeout, server).connect(address, timeout=timeout)
-    except (adbutils.AdbError, adbutils.AdbTimeout) as error:
+    except _transport_errors() as error:
         raise AdbFailure("adb connect failed", serial=address, output=str(error)) from None
 
 
 def disconnect(address: str, timeout: float = 10, server: Server | None = None) -> None:
-    import adbutils
-
     try:
         client(timeout, server).disconnect(address)
-    except (adbutils.AdbError, adbutils.AdbTimeout):
+    except _transport_errors():
         pass  # not connected: nothing to undo
 
 
@@ -194,11 +196,9 @@ class Device:
         self._device = client(timeout, self.server).device(serial)
 
     def shell(self, command: str, timeout: float | None = None, check: bool = False) -> ShellResult:
-        import adbutils
-
         try:
             result = self._device.shell2(command, timeout=timeout or self.timeout, v2=True)
-        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
+        except _transport_errors() as error:
             raise AdbFailure("shell failed", serial=self.serial, command=command, output=str(error)) from None
         out = ShellResult(result.returncode, result.stdout, result.stderr)
         if check and out.returncode != 0:
@@ -209,8 +209,6 @@ class Device:
              timeout: float | None = None, mode: int = 0o755) -> int:
         """Push a file with the sync protocol's SEND in 64 KiB DATA chunks (adb push's size;
         adbutils' own push sends 4 KiB chunks, about 4x slower); returns bytes sent."""
-        import adbutils
-
         size = local.stat().st_size
         command = f"push {local} {remote}"
         try:
@@ -234,51 +232,41 @@ class Device:
                     raise AdbFailure("push refused", serial=self.serial, command=command, output=message)
             finally:
                 connection.close()
-        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
+        except _transport_errors() as error:
             raise AdbFailure("push failed", serial=self.serial, command=command, output=str(error)) from None
         return size
 
     def pull_text(self, remote: str) -> str:
-        import adbutils
-
         try:
             return self._device.sync.read_text(remote)
-        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
+        except _transport_errors() as error:
             raise AdbFailure("pull failed", serial=self.serial, command=f"pull {remote}", output=str(error)) from None
 
     def forward(self, local_port: int, remote_port: int) -> None:
-        import adbutils
-
         try:
             self._device.forward(f"tcp:{local_port}", f"tcp:{remote_port}")
-        except (adbutils.AdbError, adbutils.AdbTimeout) as error:
+        except _transport_errors() as error:
             raise AdbFailure("forward failed", serial=self.serial, output=str(error)) from None
 
     def forward_remove(self, local_port: int) -> None:
-        import adbutils
-
         try:
             self._device.forward_remove(f"tcp:{local_port}", raise_non_found=False)
-        except (adbutils.AdbError, adbutils.AdbTimeout, OSError):
+        except _transport_errors():
             pass  # gone with the device: nothing left to remove
 
     def forwards(self) -> list[tuple[str, str]]:
-        import adbutils
-
         try:
             return [(f.local, f.remote) for f in self._device.forward_list()]
-        except (adbutils.AdbError, adbutils.AdbTimeout, OSError):
+        except _transport_errors():
             return []
 
     def open_shell_stream(self, command: str, timeout: float | None = None) -> "ShellStream":
         """A long-lived shell v2 session whose stdout is read as it comes (telemetry, servers)."""
-        import adbutils
-
         try:
             connection = self._device.open_transport(timeout=timeout or self.timeout)
             connection.send_command(f"shell,v2:{command}")
             connection.check_okay()
-        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as error:
+        except _transport_errors() as error:
             raise AdbFailure("shell failed", serial=self.serial, command=command, output=str(error)) from None
         return ShellStream(connection)
 
