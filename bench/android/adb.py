@@ -163,6 +163,8 @@ def connect(address: str, timeout: float = 10, server: Server | None = None) -> 
 
 
 def disconnect(address: str, timeout: float = 10, server: Server | None = None) -> None:
+    if not _server_up(server or default_server()):
+        return  # no server, no connection to undo: never start one just to disconnect
     try:
         client(timeout, server).disconnect(address)
     except _transport_errors():
