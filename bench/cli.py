@@ -476,6 +476,8 @@ def _print_summary(result) -> None:
         table.add_row(label, "n/a" if median is None else f"{median:,.1f}", "n/a" if iqr is None else f"{iqr:,.1f}", unit)
     peak = summary.get("peak_rss_bytes")
     table.add_row("peak RSS", "n/a" if peak is None else f"{peak / 2**20:,.1f}", "", "MiB")
+    if summary.get("peak_pss_bytes"):
+        table.add_row("peak PSS", f"{summary['peak_pss_bytes'] / 2**20:,.1f}", "", "MiB")
     if summary.get("roofline_efficiency"):
         table.add_row("share of bandwidth ceiling", f"{summary['roofline_efficiency']:.0%}", "",
                       f"of {summary['roofline_ceiling_tps']:,.0f} t/s")
