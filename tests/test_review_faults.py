@@ -149,3 +149,19 @@ def test_a_run_whose_process_died_is_shown_as_failed(tmp_path):
 def test_profiles_still_load():
     assert "pixel8" in load_profiles()
     assert RunClock().now_s() >= 0
+
+
+def test_adb_server_address_conventions(monkeypatch):
+    from bench.android.adb import SERVER_ADDRESS_ENV, SERVER_PORT_ENV, SERVER_SOCKET_ENV, Server, default_server, parse_server
+
+    for name in (SERVER_SOCKET_ENV, SERVER_ADDRESS_ENV, SERVER_PORT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert default_server() == Server("127.0.0.1", 5037)
+    monkeypatch.setenv(SERVER_ADDRESS_ENV, "lab-host")
+    monkeypatch.setenv(SERVER_PORT_ENV, "6037")
+    assert default_server() == Server("lab-host", 6037) and not default_server().local
+    monkeypatch.setenv(SERVER_SOCKET_ENV, "tcp:farm:7037")  # adb's own variable wins
+    assert default_server() == Server("farm", 7037)
+    assert parse_server("5038") == Server("127.0.0.1", 5038) and parse_server("localhost:5039").local
+    with pytest.raises(Exception, match="not an adb server address"):
+        parse_server("farm:port")
