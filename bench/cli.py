@@ -286,11 +286,13 @@ def _host_tools(args) -> dict | None:
     return None
 
 
-def _servers(args) -> list:
-    """--adb-server HOST:PORT (repeatable); none given: the server adb's environment names."""
+def _servers(args, also: tuple[str, ...] = ()) -> list:
+    """`also` (a matrix file's adb_servers) and --adb-server HOST:PORT (repeatable); none given: the
+    server adb's environment names."""
     from .android.adb import default_server, parse_server
 
-    return [parse_server(text) for text in (getattr(args, "adb_server", None) or [])] or [default_server()]
+    texts = [*also, *(getattr(args, "adb_server", None) or [])]
+    return [parse_server(text) for text in texts] or [default_server()]
 
 
 def _connect(addresses, servers) -> None:
@@ -373,7 +375,7 @@ def cmd_run(args) -> int:
     servers = _servers(args)
     _connect(args.connect, servers)
     selectors = [part.strip() for part in args.device.split(",") if part.strip()]
-    devices = _device_ids(selectors, servers) if selectors != list(HOST_DEVICES) else {"host": None}
+    devices = _device_ids(selectors, servers)
     if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1:
         from .matrix import MatrixSpec
 
@@ -445,15 +447,14 @@ def _run_matrix(args, spec, devices: dict, resume: Path | None) -> int:
 
 
 def cmd_matrix(args) -> int:
-    from .android.adb import parse_server
+    from dataclasses import replace
+
     from .matrix import load_matrix_file
 
     spec = load_matrix_file(args.file)
-    servers = [parse_server(text) for text in (*spec.adb_servers, *(args.adb_server or []))] or _servers(args)
+    servers = _servers(args, spec.adb_servers)
     _connect([*spec.connect, *(args.connect or [])], servers)
     devices = _device_ids(list(spec.devices), servers)
-    from dataclasses import replace
-
     spec = replace(spec, devices=tuple(devices))
     if args.resume is not None and not (args.resume / "matrix.json").is_file():
         raise UsageError(f"{args.resume} holds no matrix.json", "give the folder an earlier `bench matrix` wrote")
@@ -610,18 +611,11 @@ def cmd_compare(args) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from .compare import MATCH_KEYS, RunValues, compare_sides, make_side, markdown, run_key, to_json
-    from .store import find_runs, load_run, load_run_meta
-    from .summary import REPETITION_METRICS, repetition_values
+    from .store import find_runs, load_run_meta, run_repetition_values
 
     def run_values(run_dir: Path) -> RunValues:
-        # Finished runs store their per-repetition values in run.json; older ones are recomputed.
         run = load_run_meta(run_dir)
-        summary = run.get("summary") or {}
-        stored = summary.get("per_repetition")
-        if isinstance(stored, dict) and all(isinstance(stored.get(k), list) for k in REPETITION_METRICS):
-            return RunValues(str(run_dir), run, stored)
-        data = load_run(run_dir)
-        return RunValues(str(run_dir), run, repetition_values(data.requests, data.samples, summary.get("peak_rss_bytes")))
+        return RunValues(str(run_dir), run, run_repetition_values(run_dir, run))
 
     if args.baseline:
         base_path = args.results / "baselines" / args.baseline

@@ -18,8 +18,7 @@ import numpy as np
 from .compare import MATCH_KEYS, run_key
 from .errors import UsageError
 from .files import atomic_write_bytes, atomic_write_json
-from .store import find_runs, load_run, load_run_meta
-from .summary import REPETITION_METRICS, repetition_values
+from .store import find_runs, load_run_meta, run_repetition_values
 
 SCHEMA_VERSION = 1
 # metric -> (label, unit, scale from the stored unit)
@@ -42,14 +41,6 @@ class HistoryPoint:
     values: dict[str, list[float]]   # metric -> per-repetition values
 
 
-def _values(run_dir: Path, run: dict) -> dict[str, list[float]]:
-    stored = (run.get("summary") or {}).get("per_repetition")
-    if isinstance(stored, dict) and all(isinstance(stored.get(k), list) for k in REPETITION_METRICS):
-        return stored
-    data = load_run(run_dir)
-    return repetition_values(data.requests, data.samples, (run.get("summary") or {}).get("peak_rss_bytes"))
-
-
 def collect(root: Path) -> dict[str, list[HistoryPoint]]:
     """Series label -> points in time order."""
     series: dict[str, list[HistoryPoint]] = {}
@@ -63,7 +54,7 @@ def collect(root: Path) -> dict[str, list[HistoryPoint]]:
         commit = (run.get("harness") or {}).get("git_commit")
         series.setdefault(label, []).append(HistoryPoint(str(run_dir), str(run.get("started_at")),
                                                          commit[:9] if commit else None, str(run.get("status")),
-                                                         _values(run_dir, run)))
+                                                         run_repetition_values(run_dir, run)))
     for points in series.values():
         points.sort(key=lambda p: p.started_at)
     return series

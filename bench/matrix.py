@@ -180,7 +180,7 @@ def run_matrix(points: list[MatrixPoint], directory: Path, make_run: RunFactory,
     """Run every point not already complete in `resume`; devices in parallel, points of one device
     in order."""
     resume = resume or {}
-    rows: dict[str, dict] = {key: row for key, row in resume.items()}
+    rows: dict[str, dict] = dict(resume)
     lock = threading.Lock()
     todo = [p for p in points if resume.get(p.key, {}).get("status") != "complete"]
     task = progress.task(f"{title}: {len(todo)} of {len(points)} points to run", len(points))

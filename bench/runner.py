@@ -6,8 +6,6 @@ device cleaned (server, forward), and run.json says complete, partial or failed.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from .errors import BenchError, PreflightError, RunFailed
 from .progress import NullProgress, Progress
 from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, RequestRecord, Scenario, to_dict
 from .render import write_report
-from .store import RunWriter, load_run, make_run_id, write_parquet
+from .store import RunWriter, load_run, make_run_id, run_owner, write_parquet
 from .summary import decode_drift, energy_summary, rail_energy_summary, run_summary, validity_from_samples
 from .runtimes import llama_bench
 from .workload import resolve_prompts, run_repetition
@@ -92,21 +90,6 @@ class RunResult:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _owner() -> dict:
-    """Who writes this run: a run.json left at `running` whose owner is gone is shown as failed."""
-    try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_id = None
-    try:
-        import psutil
-
-        started = psutil.Process().create_time()
-    except Exception:  # psutil missing or the OS hides it: the pid alone still tells most cases
-        started = None
-    return {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id, "process_started": started}
-
-
 def _git_commit() -> str | None:
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -142,7 +125,6 @@ class _Run:
         self.meta: dict = {}
         self.cooldown_waits: list[float] = []
         self.guard = RunGuard(options.max_temp_c, options.min_battery_pct)
-        self.runtime = None
         self.rails = False
 
     def event(self, kind: str, message: str, **data) -> None:
@@ -226,7 +208,7 @@ class _Run:
         target.event = self.event  # the target reports pushes and server phases into this run's events
         target.run_dir = self.writer.dir  # logs of the runtime go beside the tables
         self.meta = {
-            "run_id": self.writer.run_id, "status": "running", "owner": _owner(),
+            "run_id": self.writer.run_id, "status": "running", "owner": run_owner(),
             "started_at": self.started.isoformat(), "finished_at": None,
             "harness": {"name": "ondevice-bench", "version": __version__, "git_commit": _git_commit()},
             "device": to_dict(facts),
@@ -255,7 +237,7 @@ class _Run:
         try:
             baseline, _ = target.cpu_temperature()
             self.event("phase", "prepare started (push, load)")
-            runtime = self.runtime = target.prepare(model, scenario, self.progress)
+            runtime = target.prepare(model, scenario, self.progress)
             self.meta["runtime"] = runtime.info()
             self.event("phase", "model loaded", load_ms=runtime.info().get("load_ms"))
             if options.telemetry_hz:
@@ -293,15 +275,17 @@ class _Run:
         finally:
             self.meta["pushed"] = dict(target.pushed)  # also what was pushed before a failure
             self._finish(sampler, runtime)
+            data = None  # the stored tables, final from here on: read once for the summary and Parquet
             try:
-                summary = self._summary(facts)
+                data = load_run(self.writer.dir)
+                summary = self._summary(facts, data)
             except Exception as error:  # a run.json left at "running" is worse than one without a summary
                 summary = {}
                 self.warn(f"the summary could not be computed: {type(error).__name__}: {error}")
             self.event("phase", "run finished", status=status)
             self.writer.close()
             try:
-                write_parquet(self.writer.dir)
+                write_parquet(self.writer.dir, (data.requests, data.samples) if data is not None else None)
             except Exception as error:  # the CSV tables are the record; Parquet is a faster copy
                 # events.jsonl is closed by now: the warning goes to run.json only
                 self.warnings.append(f"the Parquet copy of the tables could not be written: {type(error).__name__}: {error}")
@@ -425,8 +409,8 @@ class _Run:
         if records and records[-1].error:
             raise RunFailed(f"request failed in repetition {repetition}: {records[-1].error}", str(self.writer.dir))
 
-    def _summary(self, facts: DeviceFacts) -> dict:
-        data = load_run(self.writer.dir)  # the stored tables are the truth the summary is taken from
+    def _summary(self, facts: DeviceFacts, data) -> dict:
+        """From the stored tables, the truth the summary is taken from."""
         validity = validity_from_samples(data.samples, declared_unplugged=self.options.declare_unplugged)
         summary = run_summary(data.requests, data.samples, final_peak_rss=self._final_peak,
                               bandwidth_gbs=facts.memory_bandwidth_gbs, model_bytes=self.options.model.bytes,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import pyarrow.csv as pa_csv
 from .errors import StoreError
 from .files import atomic_write_json
 from .records import REQUEST_COLUMNS, SAMPLE_COLUMNS, RequestRecord, Sample, to_dict
+from .summary import REPETITION_METRICS, repetition_values
 
 SCHEMA_VERSION = 1
 RUN_FILE, REQUESTS_FILE, SAMPLES_FILE, EVENTS_FILE = "run.json", "requests.csv", "samples.csv", "events.jsonl"
@@ -127,15 +129,18 @@ def _check_table_header(path: Path) -> None:
     _check_version(path, int(match.group(1)) if match else None)
 
 
-def write_parquet(run_dir: str | Path) -> list[Path]:
+def write_parquet(run_dir: str | Path, frames: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> list[Path]:
     """The finished run's CSV tables also as Parquet (typed, compressed, fast to read), each with
-    its schema_version in the file's metadata; written atomically. Returns the files written."""
+    its schema_version in the file's metadata; written atomically. `frames` are (requests, samples)
+    as already read from the CSV, so the caller need not read them twice. Returns the files written."""
     import pyarrow.parquet as pq
 
     written = []
-    for name, columns in ((REQUESTS_FILE, REQUEST_COLUMNS), (SAMPLES_FILE, SAMPLE_COLUMNS)):
+    tables = ((REQUESTS_FILE, REQUEST_COLUMNS), (SAMPLES_FILE, SAMPLE_COLUMNS))
+    for index, (name, columns) in enumerate(tables):
         source = Path(run_dir) / name
-        table = pa.Table.from_pandas(_read_csv_table(source, columns), preserve_index=False)
+        frame = frames[index] if frames is not None else _read_csv_table(source, columns)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                PARQUET_VERSION_KEY: str(SCHEMA_VERSION).encode()})
         target = source.with_suffix(".parquet")
@@ -216,6 +221,12 @@ def _this_boot() -> tuple[str | None, str]:
     return boot_id, socket.gethostname()
 
 
+def run_owner() -> dict[str, Any]:
+    """Who writes a run (this process): settle_status reads it back to tell a live run from a dead one."""
+    boot_id, host = _this_boot()
+    return {"host": host, "pid": os.getpid(), "boot_id": boot_id, "process_started": _process_started(os.getpid())}
+
+
 def _process_started(pid: int) -> float | None:
     """The start time of a live process (psutil's create_time), None if no such process."""
     try:
@@ -278,6 +289,17 @@ def load_run(run_dir: str | Path) -> RunData:
             _check_version(events_path, events[0].get("schema_version"))
             events = events[1:]
     return RunData(directory, run, requests, samples, tuple(events))
+
+
+def run_repetition_values(run_dir: str | Path, run: dict[str, Any]) -> dict[str, list[float]]:
+    """Per-repetition values of every compared metric: finished runs store them in run.json;
+    older ones are recomputed from their tables."""
+    summary = run.get("summary") or {}
+    stored = summary.get("per_repetition")
+    if isinstance(stored, dict) and all(isinstance(stored.get(k), list) for k in REPETITION_METRICS):
+        return stored
+    data = load_run(run_dir)
+    return repetition_values(data.requests, data.samples, summary.get("peak_rss_bytes"))
 
 
 def find_runs(path: str | Path) -> list[Path]:

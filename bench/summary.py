@@ -364,17 +364,17 @@ def rail_energy_summary(requests: pd.DataFrame, samples: pd.DataFrame) -> dict:
         return {"joules": energy, "watts": energy / seconds if seconds else None,
                 "j_per_token": energy / covered_tokens if covered_tokens else None}
 
-    groups = {group: 0.0 for group in RAIL_GROUPS}
+    groups: dict[str, float] = {}
     for name, energy in joules.items():
         group = rail_group(name)
         if group:
-            groups[group] += energy
+            groups[group] = groups.get(group, 0.0) + energy
     return {
         "available": True, "valid_while_charging": True,
         "requests_covered": covered, "requests": int(len(starts)), "seconds": seconds, "tokens": covered_tokens,
         "channels": {name: figures(energy) for name, energy in sorted(joules.items())},
-        "groups": {**{group: figures(energy) for group, energy in groups.items() if any(
-            rail_group(name) == group for name in joules)}, "total": figures(sum(joules.values()))},
+        "groups": {**{group: figures(groups[group]) for group in RAIL_GROUPS if group in groups},
+                   "total": figures(sum(joules.values()))},
         "source": "PowerStats HAL energy meter (dumpsys android.hardware.power.stats.IPowerStats/default delta), "
                   "cumulative counters read right before and after each request",
     }

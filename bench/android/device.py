@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import re
 import shlex
-import socket as socket_module
 import socket
 import time
 from dataclasses import dataclass
@@ -443,13 +442,9 @@ class AndroidTarget:
         self._forward_port = _free_local_port()
         self.device.forward(self._forward_port, device_port)
         self.lock.note_forward(self._forward_port, device_port)
-        runtime_info = {
-            "kind": "llama-server", "version": None, "llama_cpp_commit": self.runtime.meta.get("llama_cpp_commit"),
-            "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),
-            "threads": threads, "affinity": list(affinity), "n_ctx": scenario.n_ctx, "n_batch": scenario.n_batch,
-            "parallel": 1, "device_port": device_port, "server_pid": self._server_pid,
-            "repack": repack, "repack_reason": repack_reason, "fixed_performance": self._fixed_enabled,
-        }
+        runtime_info = {**self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason),
+                        "n_ctx": scenario.n_ctx, "parallel": 1, "device_port": device_port,
+                        "server_pid": self._server_pid}
         server = LlamaServerRuntime(self._forward_port, info=runtime_info, process_id=self._server_pid,
                                     request_timeout_s=scenario.request_timeout_s)
         deadline = started + 60 + model.bytes / 1e8
@@ -466,6 +461,14 @@ class AndroidTarget:
         server._info["load_ms"] = load_ms
         self.event("phase", "llama-server healthy", load_ms=load_ms)
         return server
+
+    def _runtime_facts(self, kind: str, scenario: Scenario, threads: int, affinity: tuple[int, ...], repack: bool,
+                       repack_reason: str) -> dict:
+        """What run.json says of the runtime on the device, llama-server's or llama-bench's."""
+        return {"kind": kind, "version": None, "llama_cpp_commit": self.runtime.meta.get("llama_cpp_commit"),
+                "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),
+                "threads": threads, "affinity": list(affinity), "n_batch": scenario.n_batch, "repack": repack,
+                "repack_reason": repack_reason, "fixed_performance": self._fixed_enabled}
 
     def repack_choice(self) -> tuple[bool, str]:
         """Weight repacking (llama-server's default) stays on, except for an x86 runtime that may use
@@ -568,11 +571,8 @@ class AndroidTarget:
                    f"{' '.join(shlex.quote(a) for a in argv)} 2> {ROOT}/run/llama-bench.log")
         self._server_stream = self.device.open_shell_stream(command)
         bench = DeviceBench(self, self._server_stream, model, info={
-            "kind": "llama-bench", "version": None, "llama_cpp_commit": self.runtime.meta.get("llama_cpp_commit"),
-            "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),
-            "threads": threads, "affinity": list(affinity), "pp": scenario.pp, "tg": scenario.tg,
-            "repetitions": scenario.repetitions, "n_batch": scenario.n_batch, "repack": repack,
-            "repack_reason": repack_reason, "fixed_performance": self._fixed_enabled, "command": argv})
+            **self._runtime_facts("llama-bench", scenario, threads, affinity, repack, repack_reason),
+            "pp": scenario.pp, "tg": scenario.tg, "repetitions": scenario.repetitions, "command": argv})
         self._server_pid = bench.process_id()
         self.event("phase", "llama-bench started", pid=self._server_pid, threads=threads)
         return bench
@@ -626,11 +626,7 @@ class AndroidTarget:
         if not self.reachable() and not self.reconnect():
             failures.append(f"the device did not come back within {RECONNECT_TIMEOUT_S:.0f} s, so llama-server "
                             f"(pid {self._server_pid}) could not be confirmed stopped; adbd ends it with its shell")
-        for step in (self.stop_server, self.restore_performance, self.lock.release):
-            try:
-                step()
-            except (AdbFailure, RunFailed) as error:
-                failures.append(f"{step.__name__}: {error}")
+        failures += self._teardown()
         if failures:
             raise AdbFailure("cleanup incomplete: " + "; ".join(failures), serial=self.serial,
                              hint="a lock whose run is gone is taken over by the next run")
@@ -638,11 +634,17 @@ class AndroidTarget:
     def release(self) -> None:
         """After the run, or when it never started: nothing of ours stays on the device. Quiet:
         cleanup already reported what failed."""
+        self._teardown()
+
+    def _teardown(self) -> list[str]:
+        """Server, performance mode, lock: each step is tried; returns what failed."""
+        failures = []
         for step in (self.stop_server, self.restore_performance, self.lock.release):
             try:
                 step()
-            except (AdbFailure, RunFailed):
-                pass
+            except (AdbFailure, RunFailed) as error:
+                failures.append(f"{step.__name__}: {error}")
+        return failures
 
     def reachable(self) -> bool:
         try:
@@ -700,7 +702,7 @@ class DeviceBench:
                 pass
             chunk = self.stream.read_stdout()
             if chunk is None:
-                if isinstance(self.stream.error, (socket_module.timeout, TimeoutError)):
+                if isinstance(self.stream.error, TimeoutError):  # socket.timeout is TimeoutError
                     raise TimeoutError(f"no output within {timeout_s:.0f} s")
                 if self._buffer:
                     line, self._buffer = self._buffer, b""

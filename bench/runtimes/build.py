@@ -140,7 +140,8 @@ def fetch_vendored_source(cache: Path, progress: Progress) -> tuple[Path, str]:
     version = _installed_version()
     source_root = cache / "src" / f"llama-cpp-python-{version}"
     tree = source_root / "vendor" / "llama.cpp"
-    if not (tree / "CMakeLists.txt").is_file() or _git_dir(tree) is None or not _git_dir(tree).is_dir():
+    git_dir = _git_dir(tree)
+    if not (tree / "CMakeLists.txt").is_file() or git_dir is None or not git_dir.is_dir():
         archive_path = _sdist(cache, version, progress)
         task = progress.task(f"extract {archive_path.name}")
         staging = source_root.with_name(source_root.name + ".partial")

@@ -10,11 +10,13 @@ reproduced; the report says so."""
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..clock import RunClock
 from ..records import RequestRecord
+from .process import LineProcess
 
 
 def command(binary: str, model: str, *, pp: int | None, tg: int | None, repetitions: int, threads: int,
@@ -93,8 +95,6 @@ class LocalBench:
 
     def __init__(self, argv: list[str], log_path, *, info: dict, affinity: tuple[int, ...] | None,
                  model_bytes: int | None):
-        from .process import LineProcess
-
         self._info = {**info, "command": argv, "log": str(log_path)}
         self._process = LineProcess(argv, log_path, affinity=affinity, model_bytes=model_bytes)
         self._info["process_pid"] = self._process.pid
@@ -106,7 +106,7 @@ class LocalBench:
     def exit_status(self) -> int | None:
         try:
             return self._process.process.wait(timeout=10)
-        except Exception:  # still running after its output closed: treat as unknown
+        except subprocess.TimeoutExpired:  # still running after its output closed: unknown
             return None
 
     def failure(self) -> str:

@@ -18,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-COMMANDS = ("load", "tokenize", "complete", "peak")
+from ..parse import parse_proc_status
+
+COMMANDS = ("load", "tokenize", "complete")
 AMX_MARKER = "AMX_INT8 = 1"
 AMX_REASON = ("weight repacking off: this llama.cpp build uses AMX, whose repacked matmul crashes on multi-token "
               "batches at the vendored commit (llama.cpp issue 20824)")
@@ -34,16 +36,10 @@ def _die_with_parent() -> None:
 
 
 def _vm_status() -> dict[str, int]:
-    values = {}
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if key in ("VmRSS", "VmHWM") and parts and parts[0].isdigit():
-                values[key] = int(parts[0]) * 1024
+        return parse_proc_status(Path("/proc/self/status").read_text())
     except OSError:
-        pass
-    return values
+        return {}
 
 
 class Worker:
@@ -151,9 +147,6 @@ class Worker:
                 break
             common += 1
         return common - 1 if common == len(tokens) and common else common
-
-    def peak(self) -> dict:
-        return {"vm": _vm_status()}
 
 
 def main() -> int:

@@ -69,14 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     faults_dir = state_dir / "faults"
     faults_dir.mkdir(exist_ok=True)
 
-    def kill_sandbox_processes() -> None:
+    def kill_sandbox_processes() -> int:
+        """Everything that runs inside the sandbox is ours: resume it (the throttle may have stopped
+        it) and kill it by PID. Returns how many there were."""
         physics.throttle.resume()
-        for pid in namespace_members(sandbox.mount_ns, {sandbox.holder.pid}):
+        members = namespace_members(sandbox.mount_ns, {sandbox.holder.pid})
+        for pid in members:
             for signum in (signal.SIGCONT, signal.SIGKILL):
                 try:
                     os.kill(pid, signum)
                 except ProcessLookupError:
                     pass
+        return len(members)
 
     def apply_fault(fault: dict) -> None:
         """Injected by tests (control.inject): what a pulled cable, a reboot or a full disk does."""
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     path.unlink(missing_ok=True)
             await asyncio.sleep(0.05)
+
     physics_thread = threading.Thread(target=physics.run, args=(apply_commands,), name="physics", daemon=True)
     processes: set = set()
 
@@ -129,19 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         physics.stop()
         physics_thread.join(timeout=5) if physics_thread.is_alive() else None
         physics.throttle.resume()
-        # Everything that ran inside the sandbox is ours: resume it (it may be stopped by the
-        # throttle) and kill it by PID before the namespace goes.
-        if sandbox.mount_ns:
+        if sandbox.mount_ns:  # before the namespace goes
             for _ in range(3):
-                members = namespace_members(sandbox.mount_ns, {sandbox.holder.pid})
-                if not members:
+                if not kill_sandbox_processes():
                     break
-                for pid in members:
-                    for signum in (signal.SIGCONT, signal.SIGKILL):
-                        try:
-                            os.kill(pid, signum)
-                        except ProcessLookupError:
-                            pass
                 time.sleep(0.1)
         sandbox.stop()
         shutil.rmtree(sandbox.root, ignore_errors=True)
