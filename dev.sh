@@ -104,7 +104,9 @@ case "$command" in
     # llama-server & co. for the emulated phone, from the same llama.cpp as the wheel (cached).
     "$VENV/bin/bench" runtime build --target host
     if command -v aarch64-linux-gnu-g++ >/dev/null; then
-      "$VENV/bin/bench" runtime build --target linux-arm64  # the arm64 sim's (cached)
+      # the arm64 sim's (cached): both phone variants, i8mm (the default) and dotprod-only
+      "$VENV/bin/bench" runtime build --target linux-arm64
+      "$VENV/bin/bench" runtime build --target linux-arm64 --arm-arch armv8.2-a+dotprod
     fi
     exec "$VENV/bin/python" -m pytest "$@" ;;
   *) say "usage: ./dev.sh run|test|setup [args]"; exit 2 ;;

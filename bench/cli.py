@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -177,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     devices = commands.add_parser("devices", help="attached devices: profile, battery, thermal")
     devices.add_argument("--json", action="store_true")
+    devices.add_argument("--reset", action="store_true",
+                         help="undo what a dead run left on each idle device: its lock, its llama-server, fixed performance mode")
+    devices.add_argument("--device", default=None, help="with --reset: only this device (serial or profile)")
     _server_flags(devices)
 
     models = commands.add_parser("models", help="list catalog models, or pull one")
@@ -247,19 +251,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ---------------------------------------------------------------------------------
 
-def _runtime_bundle(explicit: Path | None, abi: str | None):
-    """The llama.cpp build to push: --runtime DIR, else a cached build for the device's ABI."""
+def _runtime_bundle(explicit: Path | None, abi: str | None, features: frozenset[str] = frozenset()):
+    """The llama.cpp build to push: --runtime DIR (preflight checks that it fits), else the cached
+    build for the device's ABI that needs the most of the CPU features the device has. An arm64
+    phone that no cached build fits gets one built now when the cross compiler is here."""
     from .android.device import RuntimeBundle
     from .catalog import cache_root
-    from .runtimes.build import describe_runtime_dir
+    from .runtimes.build import describe_runtime_dir, required_cpu_features
 
     if explicit is not None:
         meta = describe_runtime_dir(explicit)
         return RuntimeBundle(Path(meta["bin"]) / "llama-server", meta)
-    for meta in _usable_runtimes(cache_root()):
-        if meta.get("abi") == abi:
-            return RuntimeBundle(Path(meta["path"]) / "bin" / "llama-server", meta)
+    same_abi = [meta for meta in _usable_runtimes(cache_root()) if meta.get("abi") == abi]
+    fitting = [meta for meta in same_abi if required_cpu_features(meta) <= features]
+    if fitting:
+        best = max(fitting, key=lambda meta: len(required_cpu_features(meta)))  # stable: newest among equals
+        return RuntimeBundle(Path(best["path"]) / "bin" / "llama-server", best)
+    if abi == "arm64-v8a":
+        built = _build_phone_runtime(features)
+        if built is not None:
+            return RuntimeBundle(Path(built["path"]) / "bin" / "llama-server", built)
+    if same_abi:  # none fits: preflight names the missing feature and the build command
+        return RuntimeBundle(Path(same_abi[0]["path"]) / "bin" / "llama-server", same_abi[0])
     return None
+
+
+def _build_phone_runtime(features: frozenset[str]) -> dict | None:
+    """The best static aarch64 variant for these CPU features, built once into the cache (with a
+    progress bar); None when no variant fits or no cross compiler is installed."""
+    from .catalog import cache_root
+    from .cpu import arm_variant_for
+    from .runtimes import build as builder
+
+    variant = arm_variant_for(features)
+    if variant is None or shutil.which(f"{builder.CROSS_PREFIX}g++") is None:
+        return None
+    err.print(f"no cached runtime fits this phone's CPU: building the {variant[0]} variant ({variant[1]}) once")
+    with BarProgress(err) as progress:
+        plan = builder.plan_build("linux-arm64", cache_root(), arm_arch=variant[1], progress=progress)
+        path = builder.build(plan, progress)
+    return {**builder.describe_runtime_dir(path), "path": str(path)}
 
 
 def _usable_runtimes(cache: Path) -> list[dict]:
@@ -340,7 +371,7 @@ def _target(args, listed=None, affinity: tuple[int, ...] | None = None, scenario
                            run_label=f"{args.model} / {args.scenario}", repack=args.repack,
                            fixed_performance=args.fixed_performance, affinity=affinity, server=listed.server)
     try:
-        target.runtime = _runtime_bundle(args.runtime, target.snap.props.get("ro.product.cpu.abi"))
+        target.runtime = _runtime_bundle(args.runtime, target.snap.props.get("ro.product.cpu.abi"), target.snap.cpu_features)
     except BaseException:
         target.release()
         raise
@@ -495,6 +526,8 @@ def cmd_devices(args) -> int:
 
     servers = _servers(args)
     _connect(args.connect, servers)
+    if args.reset:
+        return _reset_devices(args, servers)
     entries = []
     for item in attached(servers):
         if item.state != "device":
@@ -521,6 +554,23 @@ def cmd_devices(args) -> int:
                   f"{(entry['ram_total_bytes'] or 0) / 2**30:.1f} GiB free; battery {battery['level_pct']}% {battery['status']} "
                   f"({battery['plugged']}); thermal status {thermal['status']}, hottest {hottest} C"
                   + (f"; in use by {entry['in_use_by']}" if entry.get("in_use_by") else ""), markup=False)
+    return 0
+
+
+def _reset_devices(args, servers) -> int:
+    """`bench devices --reset`: each idle device (a live run's is refused, exit 2) loses what a dead
+    run left: its lock, its llama-server, fixed performance mode."""
+    from .android.device import AndroidTarget, attached, resolve_many
+
+    listed = resolve_many([args.device], servers) if args.device else [d for d in attached(servers) if d.state == "device"]
+    entries = []
+    for item in listed:
+        target = AndroidTarget(item.serial, None, run_label="bench devices --reset", server=item.server)
+        entries.append({"serial": item.serial, "adb_server": item.server.label, "done": target.reset()})
+    if args.json:
+        _print_json({"schema_version": 1, "reset": entries})
+    for entry in entries if not args.json else []:
+        out.print(f"{entry['serial']}: {'; '.join(entry['done']) or 'nothing left over'}", markup=False)
     return 0
 
 

@@ -78,6 +78,34 @@ def cpuinfo_flags(cpuinfo_text: str) -> frozenset[str]:
     return frozenset()
 
 
+# -march extensions -> the /proc/cpuinfo "Features" a phone must list to run code built with them.
+ARM_EXTENSION_FEATURES = {"dotprod": ("asimddp",), "i8mm": ("i8mm",), "fp16": ("fphp", "asimdhp"), "bf16": ("bf16",),
+                          "sve": ("sve",), "sve2": ("sve2",), "crypto": ("aes", "sha2"), "rcpc": ("lrcpc",)}
+# What each base architecture implies, as GCC enables it (armv8.4-a brings dotprod, armv8.6-a i8mm + bf16).
+ARM_BASE_FEATURES = {"armv8.4-a": ("asimddp",), "armv8.5-a": ("asimddp",), "armv8.6-a": ("asimddp", "i8mm", "bf16"),
+                     "armv9-a": ("asimddp", "sve", "sve2"), "armv9.2-a": ("asimddp", "i8mm", "bf16", "sve", "sve2")}
+# The phone runtime variants bench builds, best first: current phones (Tensor G3, Snapdragon 8 Gen 2+)
+# have i8mm; Pixel 6/7, Snapdragon 865/888 and most phones since 2019 have dotprod only.
+ARM_VARIANTS = (("i8mm", "armv8.2-a+dotprod+i8mm+fp16"), ("dotprod", "armv8.2-a+dotprod"))
+
+
+def arm_arch_features(arch: str) -> frozenset[str]:
+    """The cpuinfo features a GGML_CPU_ARM_ARCH (-march) value needs, e.g. armv8.2-a+dotprod -> asimddp."""
+    base, *extensions = arch.strip().lower().split("+")
+    needed = set(ARM_BASE_FEATURES.get(base, ()))
+    for extension in extensions:
+        if extension.startswith("no"):
+            needed -= set(ARM_EXTENSION_FEATURES.get(extension[2:], ()))
+        else:
+            needed |= set(ARM_EXTENSION_FEATURES.get(extension, ()))
+    return frozenset(needed)
+
+
+def arm_variant_for(features: frozenset[str]) -> tuple[str, str] | None:
+    """The best of ARM_VARIANTS a phone with these cpuinfo features runs: (name, -march), or None."""
+    return next(((name, arch) for name, arch in ARM_VARIANTS if arm_arch_features(arch) <= features), None)
+
+
 def cpu_build(machine: str, flags: frozenset[str]) -> CpuBuild:
     machine = machine.lower()
     amx = any(flag in flags for flag in AMX_FLAGS)

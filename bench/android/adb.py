@@ -244,6 +244,22 @@ class Device:
         except _transport_errors() as error:
             raise AdbFailure("pull failed", serial=self.serial, command=f"pull {remote}", output=str(error)) from None
 
+    def open_tcp(self, port: int, timeout: float | None = None) -> socket.socket:
+        """A socket to 127.0.0.1:PORT on the device, carried by the adb server's own transport: it
+        works the same whether the adb server runs here or on a lab host (where an `adb forward`
+        would listen on the lab host's loopback, not ours). ConnectionError when nothing answers."""
+        try:
+            connection = self._device.open_transport(timeout=timeout or self.timeout)
+        except _transport_errors() as error:
+            raise ConnectionError(f"no transport to {self.serial}: {error}") from None
+        try:
+            connection.send_command(f"tcp:{int(port)}")
+            connection.check_okay()
+        except _transport_errors() as error:
+            connection.close()
+            raise ConnectionError(f"{self.serial} refused tcp:{port}: {error}") from None
+        return connection.conn
+
     def forward(self, local_port: int, remote_port: int) -> None:
         try:
             self._device.forward(f"tcp:{local_port}", f"tcp:{remote_port}")

@@ -1,5 +1,5 @@
 """A phone (or the emulated phone) over ADB: facts, preflight, the artifact cache under
-/data/local/tmp/bench, llama-server start/stop with a forwarded port, and cleanup that always runs.
+/data/local/tmp/bench, llama-server start/stop (reached through adb streams to its device port), and cleanup that always runs.
 The same code path serves a Pixel and `bench sim`; nothing here knows which it talks to."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import re
 import shlex
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,14 @@ from typing import Callable
 
 from .. import parse
 from ..catalog import cached_sha256
+from ..cpu import arm_variant_for, cpuinfo_flags
 from ..errors import PreflightError, RunFailed, UsageError
 from ..gguf import kv_cache_bytes
 from ..profiles import DeviceProfile, load_profiles, match_profile
 from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
 from ..runtimes import llama_bench
+from ..runtimes.build import arm_arch_of, required_cpu_features
 from ..runtimes.llama_server import LlamaServerRuntime
 from .adb import (AdbFailure, Device, Listed, Server, connect, default_server, ensure_server, list_devices,
                   wait_for_state)
@@ -52,6 +53,7 @@ class Snapshot:
     thermal: parse.ThermalReport
     clusters: tuple[parse.Cluster, ...]
     screen_on: bool | None
+    cpu_features: frozenset[str] = frozenset()  # /proc/cpuinfo "Features" (ARM) or "flags" (x86)
 
 
 def _sections(output: str) -> dict[str, str]:
@@ -71,6 +73,7 @@ _SNAPSHOT_SCRIPT = " ; ".join([
     f"echo {_MARK}power; dumpsys power | grep -m1 mWakefulness=",
     f"echo {_MARK}sysbattery; for f in status current_now voltage_now capacity charge_counter temp; do "
     "[ -r /sys/class/power_supply/battery/$f ] && echo $f=$(cat /sys/class/power_supply/battery/$f); done",
+    f"echo {_MARK}cpuinfo; cat /proc/cpuinfo",
     f"echo {_MARK}cpufreq; for f in /sys/devices/system/cpu/cpu*/cpufreq/related_cpus /sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq; do "
     "[ -r $f ] && echo $f: $(cat $f); done",
 ])
@@ -89,6 +92,7 @@ def snapshot(device: Device, profiles: dict[str, DeviceProfile] | None = None) -
         thermal=parse.parse_thermalservice(sections.get("thermal", "")),
         clusters=parse.parse_cpufreq_topology(sections.get("cpufreq", "")),
         screen_on=None if "mWakefulness=" not in power else "Awake" in power,
+        cpu_features=cpuinfo_flags(sections.get("cpuinfo", "")),
     )
 
 
@@ -202,12 +206,6 @@ def cpu_mask(cpus: tuple[int, ...]) -> str:
     return f"{sum(1 << cpu for cpu in cpus):x}"
 
 
-def _free_local_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class RuntimeBundle:
     """A llama.cpp build for the device's ABI: its llama-server and what runtime.json says."""
@@ -241,7 +239,6 @@ class AndroidTarget:
         self.profile = self.snap.profile
         self._server_stream = None
         self._server_pid: int | None = None
-        self._forward_port: int | None = None
         self.pushed: dict[str, dict] = {}
         self._rails_absent = False
         # The lock comes first: only a run that holds the device may kill a server left on it.
@@ -249,9 +246,21 @@ class AndroidTarget:
         self.lock_note = self.lock.acquire()
         try:
             self.stale_killed = self._kill_stale_server()
+            self.restored_performance = self._restore_stale_performance()
         except BaseException:
             self.lock.release()
             raise
+
+    def _restore_stale_performance(self) -> bool:
+        """A run that died holding the phone in fixed performance mode could not turn it off; its
+        owner record says so, and the run that took its lock over does it."""
+        stale = self.lock.taken_over
+        if stale is None or not stale.fixed_performance:
+            return False
+        self._fixed_enabled = True  # as the dead run left it: set_fixed_performance turns it off
+        self.set_fixed_performance(False)
+        self.event("warning", f"turned off fixed performance mode left on by {stale.describe()}")
+        return True
 
     def _kill_stale_server(self) -> int | None:
         """A run that lost its device can leave llama-server behind; its PID file names it. Kill it
@@ -287,7 +296,7 @@ class AndroidTarget:
             memory_bandwidth_source=source,
             extra={"build_fingerprint": props.get("ro.build.fingerprint"), "sdk": props.get("ro.build.version.sdk"),
                    "kernel": None, "clusters": clusters, "profile_file": profile.path, "adb_server": self.server.label,
-                   "screen_on": self.snap.screen_on},
+                   "screen_on": self.snap.screen_on, "cpu_features": sorted(self.snap.cpu_features)},
         )
 
     def cpus(self, scenario: Scenario) -> tuple[int, ...]:
@@ -336,6 +345,8 @@ class AndroidTarget:
         checks.append(PreflightCheck("runtime", abi_ok,
                                      f"device ABI {abi or '?'}; runtime {runtime_abi or 'none'}"
                                      + ("" if abi_ok else " (build one: `bench runtime build --target android-arm64`, or pass --runtime DIR)")))
+        if abi_ok:
+            checks.append(self._cpu_fit_check())
         if with_bench and abi_ok:
             checks.append(PreflightCheck("runtime", self.runtime.bench.is_file(),
                                          f"llama-bench beside llama-server in {self.runtime.server.parent}"))
@@ -349,6 +360,18 @@ class AndroidTarget:
             checks.append(PreflightCheck("fixed_performance", sdk.isdigit() and int(sdk) >= 30,
                                          f"--fixed-performance needs Android 11 (SDK 30) or later; the device is SDK {sdk or '?'}"))
         return checks
+
+    def _cpu_fit_check(self) -> PreflightCheck:
+        """An ARM runtime built for features the phone's CPU lacks dies with SIGILL mid-run: refuse it."""
+        missing = sorted(required_cpu_features(self.runtime.meta) - self.snap.cpu_features)
+        arch = arm_arch_of(self.runtime.meta.get("cmake_flags")) or "?"
+        if not missing:
+            return PreflightCheck("cpu_features", True, f"the runtime ({arch}) needs CPU features the device has")
+        fitting = arm_variant_for(self.snap.cpu_features)
+        build = (f"build one that fits: `bench runtime build --target linux-arm64 --arm-arch {fitting[1]}`" if fitting
+                 else "no runtime variant bench builds fits this CPU (it lacks dotprod): pass --runtime DIR")
+        return PreflightCheck("cpu_features", False, f"the runtime ({arch}) needs CPU feature {', '.join(missing)}, which "
+                              f"{self.serial}'s CPU lacks (it would die with SIGILL); {build}")
 
     def memory_hint(self, model: ModelInfo) -> str:
         available = self.snap.meminfo.get("MemAvailable")
@@ -439,13 +462,10 @@ class AndroidTarget:
         first = (self._server_stream.read_stdout() or b"").decode(errors="replace")
         if first.startswith("PID "):
             self._server_pid = int(first.split()[1])
-        self._forward_port = _free_local_port()
-        self.device.forward(self._forward_port, device_port)
-        self.lock.note_forward(self._forward_port, device_port)
         runtime_info = {**self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason),
                         "n_ctx": scenario.n_ctx, "parallel": 1, "device_port": device_port,
                         "server_pid": self._server_pid}
-        server = LlamaServerRuntime(self._forward_port, info=runtime_info, process_id=self._server_pid,
+        server = LlamaServerRuntime(lambda timeout: self.device.open_tcp(device_port, timeout), info=runtime_info, process_id=self._server_pid,
                                     request_timeout_s=scenario.request_timeout_s)
         deadline = started + 60 + model.bytes / 1e8
         while True:
@@ -458,7 +478,7 @@ class AndroidTarget:
             time.sleep(0.2)
         load_ms = (time.monotonic() - started) * 1000
         task.done()
-        server._info["load_ms"] = load_ms
+        server.loaded(load_ms)
         self.event("phase", "llama-server healthy", load_ms=load_ms)
         return server
 
@@ -468,7 +488,9 @@ class AndroidTarget:
         return {"kind": kind, "version": None, "llama_cpp_commit": self.runtime.meta.get("llama_cpp_commit"),
                 "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),
                 "threads": threads, "affinity": list(affinity), "n_batch": scenario.n_batch, "repack": repack,
-                "repack_reason": repack_reason, "fixed_performance": self._fixed_enabled}
+                "repack_reason": repack_reason, "fixed_performance": self._fixed_enabled,
+                "arm_arch": arm_arch_of(self.runtime.meta.get("cmake_flags")),
+                "cpu_features_required": sorted(required_cpu_features(self.runtime.meta))}
 
     def repack_choice(self) -> tuple[bool, str]:
         """Weight repacking (llama-server's default) stays on, except for an x86 runtime that may use
@@ -478,8 +500,7 @@ class AndroidTarget:
         flags = (self.runtime.meta.get("cmake_flags") or []) if self.runtime else []
         if not self.snap.props.get("ro.product.cpu.abi", "").startswith("x86") or "-DGGML_AMX_INT8=OFF" in flags:
             return True, "weight repacking on (llama-server's default)"
-        cpuinfo = self.device.shell("cat /proc/cpuinfo", timeout=20).stdout
-        if re.search(r"\bamx_(tile|int8|bf16)\b", cpuinfo):
+        if self.snap.cpu_features & {"amx_tile", "amx_int8", "amx_bf16"}:
             return False, ("weight repacking off (--no-repack): the device CPU has AMX and the runtime may use it; its "
                            "repacked matmul crashes at the vendored commit (llama.cpp issue 20824)")
         return True, "weight repacking on (llama-server's default; the device CPU has no AMX)"
@@ -523,12 +544,9 @@ class AndroidTarget:
         return "; ".join(parts) or "no exit status or log"
 
     def stop_server(self) -> None:
-        """Always safe to call: stops our llama-server (or llama-bench) by PID, closes its shell,
-        removes our forward. The PID is killed only while it still runs one of our binaries: a PID
+        """Always safe to call: stops our llama-server (or llama-bench) by PID and closes its
+        shell. The PID is killed only while it still runs one of our binaries: a PID
         the process left behind may belong to another program by now."""
-        if self._forward_port is not None:
-            self.device.forward_remove(self._forward_port)
-            self._forward_port = None
         if self._server_pid is not None:
             pid = self._server_pid
             ours = f"tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null | grep -q {ROOT}/bin/"
@@ -581,12 +599,16 @@ class AndroidTarget:
         """`cmd power set-fixed-performance-mode-enabled` (API 30+): clocks held at a level the phone
         can sustain, so runs compare without boost and throttling noise. Always turned off again."""
         word = "true" if enabled else "false"
+        if enabled:  # recorded before it is turned on: a run killed in between leaves a record, not a phone stuck fast
+            self.lock.record_fixed_performance(True)
         result = self.device.shell(f"cmd power set-fixed-performance-mode-enabled {word}", timeout=15)
         if result.returncode != 0:
             raise RunFailed(f"fixed performance mode could not be {'enabled' if enabled else 'disabled'} on "
                             f"{self.serial}: {(result.stdout + result.stderr).strip()[:200] or f'exit {result.returncode}'}",
                             hint="it needs Android 11+; run without --fixed-performance")
         self._fixed_enabled = enabled
+        if not enabled:
+            self.lock.record_fixed_performance(False)
         self.event("phase", f"fixed performance mode {'on' if enabled else 'off'}")
 
     def restore_performance(self) -> None:
@@ -620,7 +642,7 @@ class AndroidTarget:
             self.device.shell(f"kill -9 {self._server_pid} 2>/dev/null; true", timeout=10)
 
     def cleanup(self) -> None:
-        """Stop the server, remove the forward, release the device lock: every step is tried. When
+        """Stop the server, release the device lock: every step is tried. When
         adb or the device went away (server restart, cable, reboot), reconnect first, briefly."""
         failures = []
         if not self.reachable() and not self.reconnect():
@@ -635,6 +657,25 @@ class AndroidTarget:
         """After the run, or when it never started: nothing of ours stays on the device. Quiet:
         cleanup already reported what failed."""
         self._teardown()
+
+    def reset(self) -> list[str]:
+        """`bench devices --reset`, with the lock held: what a dead run left is undone (its lock and
+        server by the constructor); fixed performance mode is turned off even when no record says
+        it is on, then the lock is released. Returns what was done."""
+        done = [note for note in (self.lock_note,) if note]
+        if self.stale_killed:
+            done.append(f"killed llama-server {self.stale_killed}")
+        sdk = self.snap.props.get("ro.build.version.sdk", "")
+        if self.restored_performance:
+            done.append("turned off fixed performance mode")
+        elif sdk.isdigit() and int(sdk) >= 30:
+            self._fixed_enabled = True
+            self.set_fixed_performance(False)
+            done.append("fixed performance mode off")
+        failures = self._teardown()
+        if failures:
+            raise AdbFailure("reset incomplete: " + "; ".join(failures), serial=self.serial)
+        return done
 
     def _teardown(self) -> list[str]:
         """Server, performance mode, lock: each step is tried; returns what failed."""

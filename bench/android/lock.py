@@ -41,13 +41,14 @@ class LockOwner:
     since: float
     token: str
     holder_pid: int
+    fixed_performance: bool = False  # the phone was left in fixed performance mode by this run
 
     @classmethod
     def from_json(cls, text: str) -> "LockOwner | None":
         try:
             data = json.loads(text)
             owner = cls(str(data["host"]), int(data["pid"]), str(data["run"]), float(data["since"]),
-                        str(data["token"]), int(data["holder_pid"]))
+                        str(data["token"]), int(data["holder_pid"]), bool(data.get("fixed_performance", False)))
         except (ValueError, KeyError, TypeError):
             return None
         # These two reach a device shell: only hex and digits pass.
@@ -62,8 +63,13 @@ class DeviceLock:
     def __init__(self, device: Device, run_label: str):
         self.device, self.run_label = device, run_label
         self.token = secrets.token_hex(16)
+        self.since = time.time()
         self._holder: ShellStream | None = None
+        self.holder_pid = 0
         self.held = False
+        self._made = False  # this run's mkdir made the lock dir
+        self.fixed_performance = False
+        self.taken_over: LockOwner | None = None  # the stale owner whose lock this run removed
 
     def _holder_alive(self, owner: LockOwner) -> bool:
         cmdline = self.device.shell(f"tr '\\0' ' ' < /proc/{owner.holder_pid}/cmdline 2>/dev/null", timeout=10).stdout
@@ -81,8 +87,16 @@ class DeviceLock:
         return LockOwner.from_json(body.strip()), age
 
     def acquire(self) -> str | None:
-        """Take the lock; returns a note when a stale one was taken over. Raises DeviceBusy when a
-        live run holds it."""
+        """Take the lock; returns a note when a stale one was taken over (its owner record is then
+        in `taken_over`). Raises DeviceBusy when a live run holds it. On any error nothing of ours
+        is left: neither the holder shell nor a half-made lock."""
+        try:
+            return self._acquire()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _acquire(self) -> str | None:
         with tempfile.TemporaryDirectory() as scratch:
             script = Path(scratch) / "lock-holder.sh"
             script.write_text(HOLDER_TEXT)
@@ -91,19 +105,14 @@ class DeviceLock:
         self._holder = self.device.open_shell_stream(f"exec sh {HOLDER_SCRIPT} {self.token}")
         first = (self._holder.read_stdout() or b"").decode(errors="replace").split()
         if first[:1] != ["PID"] or not first[1:2] or not first[1].isdigit():
-            self._close_holder()
             raise AdbFailure("the device lock's holder did not start", serial=self.device.serial)
-        holder_pid = int(first[1])
+        self.holder_pid = int(first[1])
         note = None
         for _ in range(5):
             taken = self.device.shell(f"mkdir {LOCK_DIR} 2>/dev/null && echo taken", timeout=10).stdout.strip()
             if taken == "taken":
-                owner = {"schema_version": 1, "host": socket.gethostname(), "pid": os.getpid(), "run": self.run_label,
-                         "since": time.time(), "token": self.token, "holder_pid": holder_pid}
-                with tempfile.TemporaryDirectory() as scratch:
-                    path = Path(scratch) / "owner.json"
-                    path.write_text(json.dumps(owner))
-                    self.device.push(path, f"{LOCK_DIR}/owner.json", timeout=30, mode=0o644)
+                self._made = True
+                self._write_owner()
                 self.held = True
                 return note
             owner, age = self._owner()
@@ -113,35 +122,60 @@ class DeviceLock:
                     continue
                 note = "took over a device lock with no owner (left by an interrupted acquire)"
             elif self._holder_alive(owner):
-                self._close_holder()
                 raise DeviceBusy(f"device {self.device.serial} is in use by {owner.describe()}",
                                  "wait for that run to finish (a lock whose run died is taken over automatically)")
             else:
                 note = f"took over a stale device lock: {owner.describe()} (its adb session is gone)"
-                self._remove_stale_forward()
-            # Rename first: of two runs that both found it stale, only one rename succeeds.
-            self.device.shell(f"mv {LOCK_DIR} {LOCK_DIR}.stale.{self.token} 2>/dev/null && rm -rf {LOCK_DIR}.stale.{self.token}",
-                              timeout=20)
-        self._close_holder()
+                if self.take_over(owner):
+                    self.taken_over = owner
+                continue
+            self.take_over(None)
         raise DeviceBusy(f"could not take the device lock on {self.device.serial} after 5 tries",
                          "another run is starting on it; retry in a minute")
 
-    def note_forward(self, local_port: int, device_port: int) -> None:
-        """Record the run's adb forward in the lock: a run killed outright cannot remove it, the
-        adb server keeps it, and the run that takes the lock over removes it."""
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / "forward.json"
-            path.write_text(json.dumps({"local": int(local_port), "remote": int(device_port)}))
-            self.device.push(path, f"{LOCK_DIR}/forward.json", timeout=30, mode=0o644)
+    def take_over(self, stale: LockOwner | None) -> bool:
+        """Remove a stale lock, atomically against every other run that found it stale: the claim is
+        a mkdir named after the stale owner's token (or, with no owner, the lock's mtime), so one run
+        alone wins it, and the winner removes the lock only if it still names that owner: a run that
+        lost the race never removes the fresh lock its winner made. True when this run removed it."""
+        if stale is None:
+            stamp = self.device.shell(f"stat -c %Y {LOCK_DIR} 2>/dev/null", timeout=10).stdout.strip()
+            if not stamp.isdigit():
+                return False
+            claim, still = f"{LOCK_DIR}.takeover.none-{stamp}", f"[ ! -e {LOCK_DIR}/owner.json ] && [ \"$(stat -c %Y {LOCK_DIR})\" = {stamp} ]"
+        else:
+            claim, still = f"{LOCK_DIR}.takeover.{stale.token}", f"grep -q {stale.token} {LOCK_DIR}/owner.json 2>/dev/null"
+        out = self.device.shell(f"mkdir {claim} 2>/dev/null || exit 0; "
+                                f"if {still}; then rm -rf {LOCK_DIR} && echo removed; fi; rmdir {claim}", timeout=20).stdout
+        return out.strip() == "removed"
 
-    def _remove_stale_forward(self) -> None:
+    def _write_owner(self) -> None:
+        owner = {"schema_version": 1, "host": socket.gethostname(), "pid": os.getpid(), "run": self.run_label,
+                 "since": self.since, "token": self.token, "holder_pid": self.holder_pid,
+                 "fixed_performance": self.fixed_performance}
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "owner.json"
+            path.write_text(json.dumps(owner))
+            # a temp name, then mv: a reader never sees half a record
+            self.device.push(path, f"{LOCK_DIR}/owner.json.{self.token}", timeout=30, mode=0o644)
+        self.device.shell(f"mv {LOCK_DIR}/owner.json.{self.token} {LOCK_DIR}/owner.json", check=True, timeout=10)
+
+    def record_fixed_performance(self, enabled: bool) -> None:
+        """The owner record says whether this run holds the phone in fixed performance mode, so a
+        run that takes over after this one died turns it off (a dead run cannot)."""
+        if self.held and enabled != self.fixed_performance:
+            self.fixed_performance = enabled
+            self._write_owner()
+
+    def _abandon(self) -> None:
         try:
-            recorded = json.loads(self.device.shell(f"cat {LOCK_DIR}/forward.json 2>/dev/null", timeout=10).stdout)
-            local, remote = f"tcp:{int(recorded['local'])}", f"tcp:{int(recorded['remote'])}"
-        except (ValueError, KeyError, TypeError):
-            return
-        if (local, remote) in self.device.forwards():
-            self.device.forward_remove(int(local[4:]))
+            if self._made and not self.held:
+                self.device.shell(f"grep -q {self.token} {LOCK_DIR}/owner.json 2>/dev/null || "
+                                  f"[ ! -e {LOCK_DIR}/owner.json ] && rm -rf {LOCK_DIR}; true", timeout=15)
+        except AdbFailure:
+            pass  # the device went away: the lock it holds is stale, and taken over later
+        finally:
+            self._close_holder()
 
     def release(self) -> None:
         """Remove the lock if it is still ours, then end the holder. Safe to call twice."""

@@ -20,7 +20,7 @@ from typing import Callable
 from ..errors import BenchError, UsageError
 from ..files import atomic_write_json
 from ..progress import NullProgress, Progress
-from ..cpu import host_cpu_build
+from ..cpu import arm_arch_features, host_cpu_build
 
 TOOLS = ("llama-server", "llama-bench", "llama-completion")
 TARGETS = ("host", "android-arm64", "linux-arm64")
@@ -345,11 +345,30 @@ def build(plan: BuildPlan, progress: Progress | None = None) -> Path:
         "cmake_flags": list(plan.configure), "tools": list(TOOLS),
         "cpu": host_cpu_build().to_dict() if plan.target == "host" else None,
         "abi": elf_abi(staging / "bin" / "llama-server"),
+        "arm_arch": arm_arch_of(plan.configure),
+        "cpu_features_required": sorted(required_cpu_features({"cmake_flags": list(plan.configure)})),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     shutil.rmtree(plan.install_dir, ignore_errors=True)
     staging.rename(plan.install_dir)
     return plan.install_dir
+
+
+def arm_arch_of(flags) -> str | None:
+    """The GGML_CPU_ARM_ARCH an arm build was configured with (None for other builds)."""
+    for flag in flags or ():
+        if flag.startswith("-DGGML_CPU_ARM_ARCH="):
+            return flag.split("=", 1)[1]
+    return None
+
+
+def required_cpu_features(meta: dict) -> frozenset[str]:
+    """The /proc/cpuinfo features a device must list to run this build (ARM builds; a prebuilt
+    folder with no flags and x86 builds, which are matched by CPU key, need none here)."""
+    if meta.get("cpu_features_required") is not None:
+        return frozenset(meta["cpu_features_required"])
+    arch = arm_arch_of(meta.get("cmake_flags"))
+    return arm_arch_features(arch) if arch else frozenset()
 
 
 def list_runtimes(cache: Path) -> list[dict]:

@@ -1,12 +1,14 @@
-"""A llama-server reached over HTTP (on a phone, through an adb forward): /completion streamed
-with tokens timed on the host, prefill/decode from the server's own `timings`."""
+"""A llama-server reached over HTTP (on a phone, through a stream the adb server opens to the
+device's port, so a remote adb server works as a local one does): /completion streamed with tokens
+timed on the host, prefill/decode from the server's own `timings`."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import RunFailed
 from .base import Completion
@@ -16,14 +18,33 @@ class ServerGone(RunFailed):
     """The connection to llama-server broke: it crashed, was killed, or the device went away."""
 
 
+# Opens a connected socket to the server within a timeout; raises OSError when nothing answers.
+SocketOpener = Callable[[float], socket.socket]
+
+
+class _OpenedConnection(http.client.HTTPConnection):
+    """HTTP over a socket someone else connects (an adb stream to the device's tcp:PORT)."""
+
+    def __init__(self, opener: SocketOpener, timeout: float):
+        super().__init__("127.0.0.1", timeout=timeout)  # the Host header llama-server sees
+        self._opener = opener
+
+    def connect(self) -> None:
+        self.sock = self._opener(self.timeout)
+        self.sock.settimeout(self.timeout)
+
+
 class LlamaServerRuntime:
     kind = "llama-server"
 
-    def __init__(self, host_port: int, *, info: dict, process_id: int | None, request_timeout_s: float = 600):
-        self.host_port, self._info, self._pid, self.timeout = host_port, info, process_id, request_timeout_s
+    def __init__(self, opener: SocketOpener, *, info: dict, process_id: int | None, request_timeout_s: float = 600):
+        self._opener, self._info, self._pid, self.timeout = opener, info, process_id, request_timeout_s
 
     def _connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.host_port, timeout=timeout or self.timeout)
+        return _OpenedConnection(self._opener, timeout or self.timeout)
+
+    def loaded(self, load_ms: float) -> None:
+        self._info["load_ms"] = load_ms
 
     def _post(self, path: str, body: dict, timeout: float | None = None) -> dict:
         connection = self._connection(timeout)

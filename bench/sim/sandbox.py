@@ -148,9 +148,29 @@ mount --rbind /etc "$R/etc"; mount -o remount,bind,ro "$R/etc"
 mount --rbind /dev "$R/dev"
 mount --rbind /proc "$R/proc"
 if [ -f "$R/sim/replay/proc_meminfo.txt" ]; then mount --bind "$R/sim/replay/proc_meminfo.txt" "$R/proc/meminfo"; fi
+if [ -f "$R/sim/state/cpuinfo" ]; then mount --bind "$R/sim/state/cpuinfo" "$R/proc/cpuinfo"; fi
 : > "$R/sim/ready"
 exec sleep 2147483647
 """
+
+
+# /proc/cpuinfo "Features" of the CPUs qemu-user emulates for an arm64 sim: what a phone with that
+# core lists (Cortex-A76: Pixel 6's mid cores, Snapdragon 865/888's: dotprod, no i8mm).
+QEMU_CPU_FEATURES = {
+    "cortex-a76": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs",
+    "cortex-a55": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+    "cortex-a53": "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid",
+    "max": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 "
+           "sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb dcpodp sve2 sveaes svepmull svebitperm "
+           "svesha3 svesm4 flagm2 frint svei8mm svebf16 i8mm bf16 dgh rng bti",
+}
+
+
+def arm_cpuinfo(qemu_cpu: str, cpus: int) -> str:
+    features = QEMU_CPU_FEATURES.get(qemu_cpu, QEMU_CPU_FEATURES["max"])
+    return "".join(f"processor\t: {n}\nBogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+                   f"CPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n"
+                   for n in range(cpus))
 
 
 def find_shell() -> str:
@@ -209,6 +229,8 @@ class Sandbox:
             self._write(f"{base}/related_cpus", " ".join(str(c) for c in range(self.cpus)) + "\n")
         self._write("sys/devices/system/cpu/possible", f"0-{self.cpus - 1}\n")
         self._write("sys/devices/system/cpu/present", f"0-{self.cpus - 1}\n")
+        if self.binfmt:
+            self._write("sim/state/cpuinfo", arm_cpuinfo(self.qemu_cpu or "max", self.cpus))
         if self.replay is not None:
             self._load_replay(self.replay)
 
