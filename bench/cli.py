@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--plot", type=Path, metavar="PNG", help="write the comparison plot here")
     compare.add_argument("--fail-on-regression", nargs="?", const=-1.0, type=_positive_float, metavar="PCT",
                          help="exit 1 when any metric regressed (PCT, if given, sets the threshold)")
-    compare.add_argument("--ignore", action="append", default=[], choices=("device", "model", "scenario", "runtime", "threads"),
+    compare.add_argument("--ignore", action="append", default=[], choices=("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack"),
                          help="compare even though this match key differs (e.g. two models on purpose)")
 
     sim = commands.add_parser("sim", help="an emulated Android phone on loopback, behind the real adb server")
@@ -701,7 +701,7 @@ def cmd_compare(args) -> int:
                                              threshold=threshold, ignore=args.ignore))
     if not any(c.comparable for c in comparisons):
         raise UsageError(f"runs are not comparable: {comparisons[0].mismatches[0]}",
-                         "compare runs of the same device, model, scenario, runtime and threads, or pass --ignore KEY")
+                         "compare runs of the same device, model, scenario, runtime, threads, CPU set, clocks and repacking, or pass --ignore KEY")
     if args.plot:
         from .plots import write_compare_plot
 

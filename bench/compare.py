@@ -18,7 +18,7 @@ from .stats import bootstrap_ratio_ci, mann_whitney_p
 
 MIN_REPETITIONS = 4   # 4 vs 4 is the smallest design whose Mann-Whitney p can go below 0.05
 ALPHA = 0.05
-MATCH_KEYS = ("device", "model", "scenario", "runtime", "threads")
+MATCH_KEYS = ("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,23 @@ def run_key(run: dict) -> dict[str, str]:
         "scenario": str((run.get("scenario") or {}).get("hash")),
         "runtime": str(runtime.get("kind")),
         "threads": str(runtime.get("threads")),
+        # where the threads ran and how the clocks and weights were set change the numbers as much
+        "affinity": ",".join(str(cpu) for cpu in runtime.get("affinity") or []) or "unpinned",
+        "fixed_performance": str(bool(runtime.get("fixed_performance"))),
+        "repack": str(runtime.get("repack", True)),
     }
+
+
+def setup_label(key: dict[str, str]) -> str:
+    """How a run was set up beyond device, model and scenario: threads, CPU set, clocks, repacking."""
+    parts = [f"{key['threads']} threads"]
+    if key.get("affinity", "unpinned") != "unpinned":
+        parts.append(f"CPUs {key['affinity']}")
+    if key.get("fixed_performance") == "True":
+        parts.append("fixed performance")
+    if key.get("repack") == "False":
+        parts.append("no repack")
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import MATCH_KEYS, run_key
+from .compare import MATCH_KEYS, run_key, setup_label
 from .errors import UsageError
 from .files import atomic_write_bytes, atomic_write_json
 from .store import find_runs, load_run_meta, run_repetition_values
@@ -49,7 +49,7 @@ def collect(root: Path) -> dict[str, list[HistoryPoint]]:
         key = run_key(run)
         device, model = run.get("device") or {}, run.get("model") or {}
         label = (f"{device.get('profile')} | {model.get('alias')} | {(run.get('scenario') or {}).get('name')} | "
-                 f"{(run.get('runtime') or {}).get('kind')} | {(run.get('runtime') or {}).get('threads')} threads")
+                 f"{(run.get('runtime') or {}).get('kind')} | {setup_label(key)}")
         label += f" [{'/'.join(key[k][:8] for k in MATCH_KEYS if k in ('model', 'scenario'))}]"
         commit = (run.get("harness") or {}).get("git_commit")
         series.setdefault(label, []).append(HistoryPoint(str(run_dir), str(run.get("started_at")),

@@ -300,8 +300,11 @@ def current_discharge_sign(raw_values: list[float], *, discharging: bool | None,
 
 # -- power rails (PowerStats HAL energy meter) ----------------------------------------------------
 
-RAILS_COMMAND = "dumpsys android.hardware.power.stats.IPowerStats/default delta"
-_RAIL_LINE = re.compile(r"^\s*(\[[^\]]+\]:\S+)\s+(-?\d+(?:\.\d+)?)\s+mWs(?:\s*\(\s*(-?\d+(?:\.\d+)?)\s*\))?\s*$")
+# No "delta": it resets the HAL's one global previous reading, which other tools on the phone rely
+# on, and bench takes differences of the cumulative column itself.
+RAILS_COMMAND = "dumpsys android.hardware.power.stats.IPowerStats/default"
+# "[RAIL]:Subsystem" (AIDL HALs) or a plain "RAIL" (older HALs), cumulative mWs, an optional (delta)
+_RAIL_LINE = re.compile(r"^\s*(\[[^\]]+\]:\S+|[A-Za-z0-9_.\-]+)\s+(-?\d+(?:\.\d+)?)\s+mWs(?:\s*\(\s*(-?\d+(?:\.\d+)?)\s*\))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -309,16 +312,16 @@ class RailReading:
     """One dump of the PowerStats HAL energy meter: cumulative energy per channel in joules
     (the HAL prints mWs = mJ), and the HAL's own elapsed time since the previous delta dump."""
 
-    channels: dict[str, float]          # "[RAIL]:Subsystem" -> cumulative J
+    channels: dict[str, float]          # "[RAIL]:Subsystem" or "RAIL" -> cumulative J
     elapsed_ms: int | None
 
 
 def parse_power_stats(text: str) -> RailReading | None:
-    """`dumpsys android.hardware.power.stats.IPowerStats/default [delta]` (Pixel 6 and later): the
-    lines between the "PowerStats HAL 2.0 energy meter" banners. None when there is no meter."""
+    """`dumpsys android.hardware.power.stats.IPowerStats/default` (Pixel 6 and later): the lines
+    between the "energy meter" banners. None when there is no meter."""
     inside, channels, elapsed = False, {}, None
     for line in text.splitlines():
-        if "PowerStats HAL 2.0 energy meter" in line:
+        if "energy meter" in line and "PowerStats HAL" in line:
             if "End of" in line:
                 break
             inside = True
@@ -335,18 +338,52 @@ def parse_power_stats(text: str) -> RailReading | None:
     return RailReading(channels, elapsed) if channels else None
 
 
+# The on-device power monitor's own file (Pixel 6+: /sys/bus/iio/devices/iio:deviceN/energy_value):
+# "t=<ms since boot>" then "CH<n>(T=<ms since boot>)[<RAIL>], <cumulative uWs>", one block per PMIC.
+IIO_ENERGY_GLOB = "/sys/bus/iio/devices/iio:device*/energy_value"
+_IIO_LINE = re.compile(r"^CH\d+\(T=(\d+)\)\[([^\]]+)\],\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class IioEnergy:
+    """One channel's reading from an iio energy_value file: the meter's own time stamp."""
+
+    rail: str
+    t_boot_ms: int
+    joules: float
+
+
+def parse_iio_energy(text: str) -> tuple[int | None, list[IioEnergy]]:
+    """An energy_value file -> (the block's t= in ms since boot, its channel readings in J)."""
+    stamp, readings = None, []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("t="):
+            stamp = int(line[2:]) if line[2:].isdigit() else None
+            continue
+        match = _IIO_LINE.match(line)
+        if match:
+            readings.append(IioEnergy(match.group(2), int(match.group(1)), int(match.group(3)) / 1e6))
+    return stamp, readings
+
+
 RAIL_GROUPS = ("cpu_big", "cpu_mid", "cpu_little", "memory", "gpu")
 
 
 def rail_group(channel: str) -> str | None:
     """Which summary group a channel counts in: the subsystem after ']:' decides (Pixels name the
-    memory interface MIF; other HALs say Memory or DDR)."""
+    memory interface MIF; other HALs say Memory or DDR); a plain rail name (older HALs, the iio
+    meter) by the rail: Pixel's CPUCL0/1/2 are the little/mid/big clusters."""
     rail, _, subsystem = channel.partition("]:")
-    subsystem = subsystem.upper()
+    subsystem, rail = subsystem.upper(), rail.upper()
     if subsystem.startswith("CPU("):
         return {"CPU(BIG)": "cpu_big", "CPU(MID)": "cpu_mid", "CPU(LITTLE)": "cpu_little"}.get(subsystem)
-    if subsystem in ("MIF", "MEMORY", "DDR", "MEM") or any(key in rail.upper() for key in ("MIF", "DDR", "VDDQ")):
+    if not subsystem:
+        for key, group in (("CPUCL2", "cpu_big"), ("CPUCL1", "cpu_mid"), ("CPUCL0", "cpu_little")):
+            if key in rail:
+                return group
+    if subsystem in ("MIF", "MEMORY", "DDR", "MEM") or any(key in rail for key in ("MIF", "DDR", "VDDQ")):
         return "memory"
-    if subsystem in ("GPU", "G3D"):
+    if subsystem in ("GPU", "G3D") or (not subsystem and "G3D" in rail):
         return "gpu"
     return None

@@ -95,6 +95,7 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
         lines += ["| metric | value | unit |", "|---|---:|---|",
                   f"| energy over the measured requests | {_fmt(energy.get('energy_j'), 2)} | J |",
                   f"| energy per generated token | {_fmt(energy.get('j_per_token'), 4)} | J/token |",
+                  f"| energy per prompt token, prompt-only requests (llama-bench pp) | {_fmt(energy.get('prefill_j_per_prompt_token'), 5)} | J/token |",
                   f"| charge per 1,000 generated tokens | {_fmt(energy.get('mah_per_1k_tokens'), 2)} | mAh |",
                   f"| charge-counter drop over the whole run (cross-check) | {_fmt(energy.get('charge_counter_drop_mah_whole_run'), 2)} | mAh |",
                   "", f"Source: {energy.get('source')}; {energy.get('windows_covered')} of {energy.get('windows')} request windows covered "
@@ -106,12 +107,16 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
                   f"{rails['requests_covered']} of {rails['requests']} measured requests, {rails['seconds']:.1f} s, "
                   f"{rails['tokens']:.0f} generated tokens. Source: {rails['source']}. The rails measure the SoC's "
                   "supplies, not the battery, so these figures stay valid while the phone charges; each request's "
-                  "energy includes the few milliseconds of the readings around it.", "",
-                  "| rail or group | energy (J) | mean power (W) | J/token |", "|---|---:|---:|---:|"]
+                  "energy is cut out of each counter by linear interpolation at its start and end. J/token counts "
+                  "the requests that generated tokens; prompt-only ones (llama-bench's pp rows) give J per prompt token."
+                  + ("" if rails.get("valid", True) else f" **Invalid: {rails.get('reason')}.**"), "",
+                  "| rail or group | energy (J) | mean power (W) | J/token | J/prompt token (prompt-only requests) |",
+                  "|---|---:|---:|---:|---:|"]
         for name, item in list(rails["groups"].items()) + list(rails["channels"].items()):
             label = {"cpu_big": "CPU big (group)", "cpu_mid": "CPU mid (group)", "cpu_little": "CPU little (group)",
                      "memory": "memory (group)", "gpu": "GPU (group)", "total": "**total, all rails**"}.get(name, f"`{name}`")
-            lines.append(f"| {label} | {_fmt(item['joules'], 3)} | {_fmt(item['watts'], 3)} | {_fmt(item['j_per_token'], 5)} |")
+            lines.append(f"| {label} | {_fmt(item['joules'], 3)} | {_fmt(item['watts'], 3)} | {_fmt(item['j_per_token'], 5)} "
+                         f"| {_fmt(item.get('prefill_j_per_prompt_token'), 5)} |")
         lines.append("")
     validity = summary.get("validity") or {}
     lines += ["## Validity", "", "| flag | value | rule |", "|---|---|---|",

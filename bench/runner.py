@@ -125,7 +125,8 @@ class _Run:
         self.meta: dict = {}
         self.cooldown_waits: list[float] = []
         self.guard = RunGuard(options.max_temp_c, options.min_battery_pct)
-        self.rails = False
+        self.rails = False  # power rails are read around each request (dumpsys)
+        self.rail_source: str | None = None
 
     def event(self, kind: str, message: str, **data) -> None:
         self.writer.event(self.clock.now_s(), kind, message, **data)
@@ -244,12 +245,18 @@ class _Run:
                 sampler = target.sampler(self.clock, self.on_samples, options.telemetry_hz, runtime.process_id())
                 sampler.start()
                 self.meta["telemetry"]["absent"] = sampler.absent
-            self.rails = bool(self._rail_mark())  # a first reading says whether the device has rails
-            if not self.rails and target.kind == "android":
+            if sampler is not None and sampler.rail_source:
+                self.rail_source = sampler.rail_source  # the telemetry loop reads the meter itself
+            else:
+                self.rails = bool(self._rail_mark())  # a first reading says whether the device has rails
+                self.rail_source = "dumpsys" if self.rails else None
+            self.meta["telemetry"]["rail_source"] = self.rail_source
+            if not self.rail_source and target.kind == "android":
                 self.meta["telemetry"]["absent"]["rail/*"] = ("no PowerStats HAL energy meter (Pixel 6 and later have one): "
                                                              "energy comes from battery current only")
             self.write_meta("running")
             if scenario.kind == "llama-bench":
+                self.cooldown(scenario.cooldown, baseline, 0)  # the gate holds before llama-bench's tests too
                 self._llama_bench(runtime)
             else:
                 self._repetitions(runtime, resolve_prompts(runtime, scenario.prompts), baseline)
@@ -419,7 +426,7 @@ class _Run:
                                    declared_unplugged=validity["declared_unplugged"])
         summary["energy"] = energy_summary(data.requests, data.samples, charging=validity["charging"],
                                            declared_unplugged=self.options.declare_unplugged)
-        summary["rail_energy"] = rail_energy_summary(data.requests, data.samples)
+        summary["rail_energy"] = rail_energy_summary(data.requests, data.samples, self.rail_source or "dumpsys")
         summary["cooldown_waits_s"] = self.cooldown_waits
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:

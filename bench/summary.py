@@ -229,12 +229,14 @@ def decode_drift(requests: pd.DataFrame) -> float | None:
 @dataclass(frozen=True)
 class WindowEnergy:
     """Energy over request windows: the one definition the summary, the report and compare use.
-    J/token divides the energy of the covered windows by the tokens of those same windows."""
+    J/token divides the energy of the covered windows that generated tokens by those tokens: a
+    prompt-only window (llama-bench's pp rows) adds to the energy, never to J/token."""
 
     joules: float
     tokens: float            # generated tokens in the covered windows
     windows_covered: int
     windows: int
+    token_joules: float = 0.0  # energy of the covered windows that generated tokens
 
     @property
     def complete(self) -> bool:
@@ -246,20 +248,22 @@ class WindowEnergy:
 
     @property
     def j_per_token(self) -> float | None:
-        return self.joules / self.tokens if self.tokens and self.windows_covered else None
+        return self.token_joules / self.tokens if self.tokens and self.windows_covered else None
 
 
 def window_energy(times: np.ndarray, watts: np.ndarray, windows: list[tuple[float, float]],
                   tokens: np.ndarray) -> WindowEnergy:
-    joules = covered_tokens = 0.0
+    joules = token_joules = covered_tokens = 0.0
     covered = 0
     for (start, end), count in zip(windows, tokens):
         energy = integrate_window(times, watts, float(start), float(end))
         if energy is not None:
             joules += energy
-            covered_tokens += float(count)
+            if count > 0:
+                token_joules += energy
+                covered_tokens += float(count)
             covered += 1
-    return WindowEnergy(joules, covered_tokens, covered, len(windows))
+    return WindowEnergy(joules, covered_tokens, covered, len(windows), token_joules)
 
 
 ON_EXTERNAL_POWER_CODES = (2.0, 4.0, 5.0)  # charging, not charging (Android says it only when plugged), full
@@ -303,16 +307,22 @@ def energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, charging: b
     energy = window_energy(power["t_s"].to_numpy(dtype=float), power["value"].to_numpy(dtype=float), windows, tokens)
     charge = window_energy(current["t_s"].to_numpy(dtype=float), current["value"].to_numpy(dtype=float), windows,
                            tokens) if not current.empty else None
+    prompt_only = tokens == 0
+    prefill = window_energy(power["t_s"].to_numpy(dtype=float), power["value"].to_numpy(dtype=float),
+                            [w for w, only in zip(windows, prompt_only) if only],
+                            pd.to_numeric(frame["prompt_tokens"]).to_numpy(dtype=float)[prompt_only]) if prompt_only.any() else None
     counter = sample_series(samples, "battery", "charge_counter")
     counter_drop = float(counter["value"].iloc[0] - counter["value"].iloc[-1]) / 1000 if len(counter) >= 2 else None
     result = {
         "energy_j": energy.joules, "j_per_token": energy.j_per_token,
+        # prompt-only windows (llama-bench pp rows): their energy per prompt token, apart from J/token
+        "prefill_j_per_prompt_token": prefill.j_per_token if prefill is not None else None,
         "mah_per_1k_tokens": charge.joules / 3.6 / charge.tokens * 1000 if charge and charge.tokens else None,
         "windows_covered": energy.windows_covered, "windows": energy.windows, "coverage": energy.coverage,
         "tokens_covered": energy.tokens,
         "charge_counter_drop_mah_whole_run": counter_drop,
         "source": "battery voltage x current (discharge positive), trapezoid over each request's window; "
-                  "J/token = energy of the covered windows / tokens generated in them",
+                  "J/token = energy of the covered windows that generated tokens / those tokens",
         "declared_unplugged": declared_unplugged,
         "valid": not charging and energy.complete,
     }
@@ -326,55 +336,71 @@ def energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, charging: b
     return result
 
 
-def rail_energy_summary(requests: pd.DataFrame, samples: pd.DataFrame) -> dict:
-    """Energy per power rail over the measured requests, from the PowerStats HAL's cumulative
-    counters read right before and right after each request: J, mean W and J/token per channel
-    and per group (CPU big/mid/little, memory, GPU, total). The rails measure the SoC's supplies,
-    not the battery, so the figures stay valid while the phone charges."""
+RAIL_SOURCES = {
+    "dumpsys": "PowerStats HAL energy meter (dumpsys android.hardware.power.stats.IPowerStats/default), "
+               "cumulative counters read right before and after each request",
+    "iio": "the on-device power monitor's own file (/sys/bus/iio/devices/iio:device*/energy_value) read by the "
+           "telemetry loop, with the meter's own time stamps",
+}
+
+
+def rail_energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, source: str = "dumpsys") -> dict:
+    """Energy per power rail over the measured requests, from cumulative energy counters: each
+    request's window is cut out of each channel's counter by linear interpolation at its start and
+    end. J, mean W and J/token per channel and per group (CPU big/mid/little, memory, GPU, total).
+    A request counts only when every channel has readings on both sides of it; partial coverage is
+    reported and makes the figures invalid, as for battery energy (a channel is never 0 J for lack
+    of readings). The rails measure the SoC's supplies, so the figures stay valid while charging."""
     from .parse import RAIL_GROUPS, rail_group
 
     rails = sample_series(samples, "rail")
     frame = measured_requests(requests)
     if rails.empty or frame.empty:
         return {"available": False, "reason": "no power-rail readings (the device has no PowerStats HAL energy meter)"}
-    series = {name: (group["t_s"].to_numpy(dtype=float), group["value"].to_numpy(dtype=float))
-              for name, group in rails.sort_values("t_s").groupby("name")}
     starts = pd.to_numeric(frame["t_start_s"]).to_numpy(dtype=float)
     ends = starts + pd.to_numeric(frame["e2e_ms"]).to_numpy(dtype=float) / 1000
     tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
-    joules = {name: 0.0 for name in series}
-    seconds = covered_tokens = 0.0
-    covered = 0
-    any_times = next(iter(series.values()))[0]
-    for start, end, count in zip(starts, ends, tokens):
-        before = np.searchsorted(any_times, start, "right") - 1   # last reading at or before the request
-        after = np.searchsorted(any_times, end, "left")           # first reading at or after it
-        if before < 0 or after >= any_times.size:
-            continue
-        for name, (times, values) in series.items():
-            if times.size == any_times.size:
-                joules[name] += float(values[after] - values[before])
-        seconds += float(any_times[after] - any_times[before])
-        covered_tokens += float(count)
-        covered += 1
-    if not covered:
-        return {"available": False, "reason": "no request lies between two power-rail readings"}
+    prompt_tokens = pd.to_numeric(frame["prompt_tokens"]).to_numpy(dtype=float)
+    energies: dict[str, np.ndarray] = {}
+    covered = np.ones(starts.size, dtype=bool)
+    channel_coverage: dict[str, int] = {}
+    for name, group in rails.sort_values("t_s").groupby("name"):
+        times, values = group["t_s"].to_numpy(dtype=float), group["value"].to_numpy(dtype=float)
+        inside = (starts >= times[0]) & (ends <= times[-1]) if times.size >= 2 else np.zeros(starts.size, dtype=bool)
+        energies[str(name)] = np.interp(ends, times, values) - np.interp(starts, times, values)
+        channel_coverage[str(name)] = int(inside.sum())
+        covered &= inside
+    if not covered.any():
+        return {"available": False, "reason": "no request lies between two power-rail readings of every channel",
+                "requests": int(starts.size), "channel_coverage": channel_coverage}
+    seconds = float((ends - starts)[covered].sum())
+    decode = covered & (tokens > 0)
+    prefill = covered & (tokens == 0) & (prompt_tokens > 0)
+    covered_tokens = float(tokens[decode].sum())
 
-    def figures(energy: float) -> dict:
+    def figures(per_request: np.ndarray) -> dict:
+        energy = float(per_request[covered].sum())
         return {"joules": energy, "watts": energy / seconds if seconds else None,
-                "j_per_token": energy / covered_tokens if covered_tokens else None}
+                "j_per_token": float(per_request[decode].sum()) / covered_tokens if covered_tokens else None,
+                "prefill_j_per_prompt_token": (float(per_request[prefill].sum()) / float(prompt_tokens[prefill].sum())
+                                               if prefill.any() else None)}
 
-    groups: dict[str, float] = {}
-    for name, energy in joules.items():
+    groups: dict[str, np.ndarray] = {}
+    for name, per_request in energies.items():
         group = rail_group(name)
         if group:
-            groups[group] = groups.get(group, 0.0) + energy
-    return {
-        "available": True, "valid_while_charging": True,
-        "requests_covered": covered, "requests": int(len(starts)), "seconds": seconds, "tokens": covered_tokens,
-        "channels": {name: figures(energy) for name, energy in sorted(joules.items())},
+            groups[group] = groups.get(group, 0.0) + per_request
+    complete = bool(covered.all())
+    result = {
+        "available": True, "valid": complete, "valid_while_charging": True,
+        "requests_covered": int(covered.sum()), "requests": int(starts.size), "seconds": seconds, "tokens": covered_tokens,
+        "channel_coverage": channel_coverage,
+        "channels": {name: figures(per_request) for name, per_request in sorted(energies.items())},
         "groups": {**{group: figures(groups[group]) for group in RAIL_GROUPS if group in groups},
-                   "total": figures(sum(joules.values()))},
-        "source": "PowerStats HAL energy meter (dumpsys android.hardware.power.stats.IPowerStats/default delta), "
-                  "cumulative counters read right before and after each request",
+                   "total": figures(sum(energies.values()))},
+        "source": RAIL_SOURCES.get(source, source),
     }
+    if not complete:
+        result["reason"] = (f"rail readings cover {int(covered.sum())} of {starts.size} requests on every channel; "
+                            "partial coverage is not a measurement of the run")
+    return result

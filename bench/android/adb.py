@@ -84,7 +84,11 @@ def default_server() -> Server:
     socket_spec = os.environ.get(SERVER_SOCKET_ENV)
     if socket_spec:
         return parse_server(socket_spec)
-    return Server(os.environ.get(SERVER_ADDRESS_ENV) or "127.0.0.1", int(os.environ.get(SERVER_PORT_ENV, "5037")))
+    port = os.environ.get(SERVER_PORT_ENV, "5037").strip()
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise BenchError(f"{SERVER_PORT_ENV}='{port}' is not a port number",
+                         f"set it to the adb server's port (1-65535, adb's default is 5037) or unset it")
+    return Server(os.environ.get(SERVER_ADDRESS_ENV) or "127.0.0.1", int(port))
 
 
 def adb_binary() -> str:

@@ -241,6 +241,8 @@ class AndroidTarget:
         self._server_pid: int | None = None
         self.pushed: dict[str, dict] = {}
         self._rails_absent = False
+        self._rails_read = False
+        self.rail_failures = 0
         # The lock comes first: only a run that holds the device may kill a server left on it.
         self.lock = DeviceLock(self.device, run_label)
         self.lock_note = self.lock.acquire()
@@ -622,17 +624,24 @@ class AndroidTarget:
 
     def rail_samples(self, clock) -> list[Sample]:
         """One dump of the PowerStats HAL energy meter as samples (cumulative J per channel),
-        stamped at the middle of the dumpsys call; [] when the device has no meter."""
+        stamped at the middle of the dumpsys call; [] when the device has no meter. Only the first
+        reading decides that: a later one that fails is a warning, and the next one is tried."""
         if self._rails_absent:
             return []
         before = clock.now_s()
         try:
             reading = parse.parse_power_stats(self.device.shell(parse.RAILS_COMMAND, timeout=15).stdout)
-        except AdbFailure:
-            reading = None
+            why = "no energy meter in the output"
+        except AdbFailure as error:
+            reading, why = None, str(error)
         if reading is None:
-            self._rails_absent = True
+            if not self._rails_read:
+                self._rails_absent = True
+            else:
+                self.rail_failures += 1
+                self.event("warning", f"a power-rail reading failed ({why}); the requests around it are not covered")
             return []
+        self._rails_read = True
         t_s = (before + clock.now_s()) / 2
         return [Sample(t_s, "rail", channel, joules, "J") for channel, joules in reading.channels.items()]
 
@@ -730,7 +739,12 @@ class DeviceBench:
         self.target, self.stream, self.model, self._info = target, stream, model, info
         self._buffer = b""
         self._pid: int | None = None
-        first = self.read_line(60)
+        try:
+            first = self.read_line(60)
+        except TimeoutError:  # the target closes its shell in cleanup
+            raise RunFailed(f"llama-bench printed no PID within 60 s on {target.serial}: "
+                            f"{target.process_failure(stream, 'llama-bench.log', model)}",
+                            hint="the device may be overloaded; retry, or check `adb shell` works") from None
         if first and first[1].startswith("PID ") and first[1].split()[1].isdigit():
             self._pid = int(first[1].split()[1])
         self._info["process_pid"] = self._pid

@@ -27,6 +27,7 @@ SCRIPT_PATH = "/data/local/tmp/bench/run/telemetry.sh"
 
 
 SUPPLY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # device-given names that may enter the loop script
+IIO_PATH = re.compile(r"^/sys/bus/iio/devices/iio:device\d{1,3}/energy_value$")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Layout:
     battery_fields: tuple[str, ...]
     absent: dict[str, str] = field(default_factory=dict)
     supplies: tuple[str, ...] = ()            # external supplies (usb, ac, wireless...) with an `online` file
+    energy_meters: tuple[str, ...] = ()       # readable iio energy_value files (the power monitor's own)
 
 
 def discover(device: Device) -> Layout:
@@ -44,9 +46,10 @@ def discover(device: Device) -> Layout:
         "for z in /sys/class/thermal/thermal_zone*; do [ -r $z/temp ] && echo Z ${z##*thermal_zone} $(cat $z/type) $(cat $z/temp); done; "
         "for c in /sys/devices/system/cpu/cpu*/cpufreq; do [ -r $c/related_cpus ] && echo C $(cat $c/related_cpus) - $(cat $c/cpuinfo_max_freq); done; "
         f"for f in {' '.join(BATTERY_FIELDS)}; do [ -r {BATTERY}/$f ] && echo B $f; done; "
-        "for s in /sys/class/power_supply/*; do [ -r $s/online ] && echo P ${s##*/} $(cat $s/type 2>/dev/null); done",
+        "for s in /sys/class/power_supply/*; do [ -r $s/online ] && echo P ${s##*/} $(cat $s/type 2>/dev/null); done; "
+        f"for e in {parse.IIO_ENERGY_GLOB}; do [ -r $e ] && head -c 1 $e >/dev/null 2>&1 && echo E $e; done",
         timeout=30).stdout
-    zones, clusters, battery, absent, supplies = [], {}, [], {}, []
+    zones, clusters, battery, absent, supplies, meters = [], {}, [], {}, [], []
     for line in output.splitlines():
         parts = line.split()
         if parts[:1] == ["Z"] and len(parts) >= 4 and parts[1].isdigit():
@@ -61,6 +64,8 @@ def discover(device: Device) -> Layout:
             battery.append(parts[1])
         elif parts[:1] == ["P"] and len(parts) >= 2 and SUPPLY_NAME.match(parts[1]) and parts[2:3] != ["Battery"]:
             supplies.append(parts[1])
+        elif parts[:1] == ["E"] and len(parts) == 2 and IIO_PATH.match(parts[1]):
+            meters.append(parts[1])
     if not zones:
         absent["thermal/*"] = "no readable thermal_zone reports a temperature"
     if not clusters:
@@ -70,7 +75,7 @@ def discover(device: Device) -> Layout:
             absent[f"battery/{name}"] = f"{BATTERY}/{name} is not readable"
     if not supplies:
         absent["battery/plugged"] = "no /sys/class/power_supply/*/online: external power is told by battery status alone"
-    return Layout(tuple(zones), tuple(sorted(clusters.items())), tuple(battery), absent, tuple(supplies))
+    return Layout(tuple(zones), tuple(sorted(clusters.items())), tuple(battery), absent, tuple(supplies), tuple(meters))
 
 
 def loop_script(layout: Layout) -> str:
@@ -88,6 +93,8 @@ def loop_script(layout: Layout) -> str:
         fields += [f"f{cpu}=$f{cpu}", f"m{cpu}=$m{cpu}"]
     body = "\n  ".join(reads)
     line = " ".join(fields)
+    # the power monitor's files, whole: each line keeps the meter's own time stamp
+    meters = "".join(f"\n  while read -r l; do echo \"E{index} $l\"; done < {path}" for index, path in enumerate(layout.energy_meters))
     return f"""# bench telemetry loop (generated; see bench/android/sampler.py)
 interval=$1; pid=$2; every=$3
 fifo=/data/local/tmp/bench/run/telemetry.$$.fifo
@@ -102,7 +109,7 @@ while :; do
     read -r _p _c _s _1 _2 _3 _4 _5 _6 _7 _8 _9 _10 ut st _r < /proc/$pid/stat
   fi
   while read -r k v u; do case $k in MemAvailable:) ma=$v; break;; esac; done < /proc/meminfo
-  echo "S $t {line} rss=$rss hwm=$hwm swap=$swp ut=$ut st=$st ma=$ma"
+  echo "S $t {line} rss=$rss hwm=$hwm swap=$swp ut=$ut st=$st ma=$ma"{meters}
   n=$((n+1))
   if [ $((n % every)) -eq 1 ] || [ $every -eq 1 ]; then
     ts=$(dumpsys thermalservice 2>/dev/null | grep -m1 'Thermal Status')
@@ -135,6 +142,7 @@ class AndroidSampler:
         self.errors = 0
         self.offset_s = 0.0
         self.offset_uncertainty_s = 0.0
+        self.boot_epoch_s: float | None = None
         self._stream = None
         self._thread = threading.Thread(target=self._loop, name="bench-android-sampler", daemon=True)
         self._lines = b""
@@ -142,10 +150,12 @@ class AndroidSampler:
     def _clock_offset(self) -> None:
         """device epoch - run clock, from a round trip; half the round trip is the uncertainty."""
         before = self.clock.now_s()
-        out = self.device.shell("echo $EPOCHREALTIME", timeout=10).stdout.strip()
+        out = self.device.shell("echo $EPOCHREALTIME; read -r up _ < /proc/uptime; echo $up", timeout=10).stdout.split()
         after = self.clock.now_s()
-        self.offset_s = float(out) - (before + after) / 2
+        self.offset_s = float(out[0]) - (before + after) / 2
         self.offset_uncertainty_s = (after - before) / 2
+        # the power monitor stamps its readings in ms since boot (CLOCK_BOOTTIME, as /proc/uptime)
+        self.boot_epoch_s = float(out[0]) - float(out[1]) if len(out) > 1 else None
 
     def start(self) -> "AndroidSampler":
         self._clock_offset()
@@ -185,6 +195,8 @@ class AndroidSampler:
         parts = line.split()
         if len(parts) < 2:
             return []
+        if parts[0][:1] == "E" and parts[0][1:].isdigit():
+            return self._energy_line(line.split(None, 1)[1])
         t_s = float(parts[1]) - self.offset_s
         if parts[0] == "T":
             if len(parts) >= 3 and parts[2].isdigit():
@@ -249,6 +261,19 @@ class AndroidSampler:
         if available is not None:
             samples.append(Sample(t_s, "system", "mem_available", available * 1024, "B"))
         return samples
+
+    def _energy_line(self, text: str) -> list[Sample]:
+        """One line of an iio energy_value file: a channel's cumulative energy at the meter's own time."""
+        _, readings = parse.parse_iio_energy(text)
+        if not readings or self.boot_epoch_s is None:
+            return []
+        return [Sample(r.t_boot_ms / 1000 + self.boot_epoch_s - self.offset_s, "rail", r.rail, r.joules, "J")
+                for r in readings]
+
+    @property
+    def rail_source(self) -> str | None:
+        """"iio" when the loop reads the power monitor's files itself (no dumpsys around requests)."""
+        return "iio" if self.layout.energy_meters else None
 
     def finish(self, load_windows: list[tuple[float, float]]) -> tuple[list[Sample], dict]:
         """After the run: normalised current and power samples, and how they were decided."""

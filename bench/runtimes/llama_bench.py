@@ -50,10 +50,15 @@ def parse_line(line: str, step: int) -> BenchTest | None:
     line = line.strip()
     if not line.startswith("{"):
         return None
-    data = json.loads(line)
-    return BenchTest(step, int(data.get("n_prompt") or 0), int(data.get("n_gen") or 0),
-                     tuple(int(v) for v in data.get("samples_ns") or ()),
-                     tuple(float(v) for v in data.get("samples_ts") or ()), data)
+    try:
+        data = json.loads(line)
+        return BenchTest(step, int(data.get("n_prompt") or 0), int(data.get("n_gen") or 0),
+                         tuple(int(v) for v in data.get("samples_ns") or ()),
+                         tuple(float(v) for v in data.get("samples_ts") or ()), data)
+    except (ValueError, TypeError, AttributeError):
+        # a line cut short (llama-bench killed mid-write) is no test: the run ends short of its
+        # tests and is diagnosed from the process's end, as any death is
+        return None
 
 
 def to_records(test: BenchTest, arrived_ns: int, clock: RunClock) -> list[RequestRecord]:

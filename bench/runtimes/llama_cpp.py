@@ -57,7 +57,11 @@ class LlamaCppRuntime:
                              f"and was killed (hang); {self._process.log_tail()}") from None
         if line is None:
             raise WorkerDied(f"the llama-cpp-python worker died during {what}: {self._process.failure()}")
-        return json.loads(line[1])
+        try:
+            return json.loads(line[1])
+        except ValueError:  # a reply cut short: the worker was killed while writing it
+            raise WorkerDied(f"the llama-cpp-python worker's reply during {what} was cut short: "
+                             f"{self._process.failure()}") from None
 
     def _call(self, command: str, timeout_s: float, **arguments) -> dict:
         if self._process is None:

@@ -51,6 +51,7 @@ class Stream:
         self._may_send.set()
         self.closed = False
         self._buffer = bytearray()
+        self.opened = asyncio.Event()  # a stream the device opened: set when the host answered
 
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -86,11 +87,15 @@ class Stream:
             self.connection.streams.pop(self.local_id, None)
 
     # -- called by the connection --------------------------------------------------------------
-    def acked(self) -> None:
+    def acked(self, remote_id: int) -> None:
+        if not self.remote_id:  # the host's answer to an OPEN the device sent
+            self.remote_id = remote_id
+            self.opened.set()
         self._may_send.set()
 
     def host_closed(self) -> None:
         self.closed = True
+        self.opened.set()
         self._may_send.set()
         try:
             self.incoming.put_nowait(None)
@@ -135,6 +140,23 @@ class Connection:
                 task.cancel()
             self.writer.close()
 
+    async def open_to_host(self, service: str, timeout_s: float = 10) -> Stream | None:
+        """A stream the device opens toward the host (what adbd does for `adb reverse`): the host's
+        adb server connects `service` (tcp:PORT) on its side. None when it refuses."""
+        local_id = self._next_id
+        self._next_id += 1
+        stream = Stream(self, local_id, 0)
+        self.streams[local_id] = stream
+        await self.send(A_OPEN, local_id, 0, service.encode() + b"\0")
+        try:
+            await asyncio.wait_for(stream.opened.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            stream.closed = True
+        if stream.closed:
+            self.streams.pop(local_id, None)
+            return None
+        return stream
+
     async def dispatch(self, command: int, arg0: int, arg1: int, data: bytes) -> None:
         if command == A_CNXN:
             self.max_payload = min(MAX_PAYLOAD, arg1 or MAX_PAYLOAD)
@@ -173,7 +195,7 @@ class Connection:
         elif command == A_OKAY:
             stream = self.streams.get(arg1)
             if stream is not None:
-                stream.acked()
+                stream.acked(arg0)
         elif command == A_CLSE:
             stream = self.streams.pop(arg1, None)
             if stream is not None:

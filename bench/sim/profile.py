@@ -40,6 +40,7 @@ class SimProfile:
     voltage_empty_v: float
     voltage_full_v: float
     qemu_cpu: str | None = None               # [emulation] qemu_cpu: QEMU_CPU for an arm64 sim's binaries
+    rails: str = "hal"                        # [power] rails: hal ([RAIL]:Subsystem), plain (older HALs), iio (+ the iio file), none
     lmk_kill_above_bytes: int | None = None   # [memory] lmk_kill_above_mb: the sim's lmkd kills past it
     data_quota_bytes: int | None = None       # [storage] data_quota_mb: /data fills up past it
 
@@ -105,11 +106,21 @@ def load_profile(name: str, overrides: dict | None = None) -> SimProfile:
             charge_current_a=float(battery["charge_current_a"]), voltage_empty_v=float(battery["voltage_empty_v"]),
             voltage_full_v=float(battery["voltage_full_v"]),
             qemu_cpu=str(emulation["qemu_cpu"]) if "qemu_cpu" in emulation else None,
+            rails=_choice(str(power.get("rails", "hal")), RAIL_FORMATS, "power.rails", path),
             lmk_kill_above_bytes=int(float(memory["lmk_kill_above_mb"]) * 2**20) if "lmk_kill_above_mb" in memory else None,
             data_quota_bytes=int(float(storage["data_quota_mb"]) * 2**20) if "data_quota_mb" in storage else None,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(str(path), f"sim profile is missing or has a bad value: {error}") from None
+
+
+RAIL_FORMATS = ("hal", "plain", "iio", "none")
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str, path: Path) -> str:
+    if value not in allowed:
+        raise ConfigError(str(path), f"{key} = '{value}' is not one of {', '.join(allowed)}")
+    return value
 
 
 def abi(profile: SimProfile) -> str:

@@ -75,6 +75,7 @@ case "$service" in
     exit 0;;
   power) exec cat /sim/state/dumpsys_power.txt;;
   android.hardware.power.stats.IPowerStats/default)
+    [ -r /sim/state/power_stats.txt ] || { echo "Can't find service: $service"; exit 0; }
     # The PowerStats HAL's energy meter dump (Pixel format); "delta" adds the change since the
     # previous delta dump, as the HAL does.
     now=${EPOCHREALTIME:-0}
@@ -111,9 +112,42 @@ exit 20
 """
 
 _LOGCAT = r"""#!/system/bin/sh
-# logcat: the sim keeps no log buffers; -d prints what /sim/state/logcat.txt holds and exits
-for a in "$@"; do case "$a" in -d) exec cat /sim/state/logcat.txt;; esac; done
-exec cat /sim/state/logcat.txt
+# logcat [-c] [-d] [-v FORMAT] [-b BUFFERS] [-t N] [FILTERSPEC...]: the sim keeps one buffer,
+# /sim/state/logcat.txt (threadtime lines). -c clears it, -d or -t N prints and exits, and without
+# them logcat follows the buffer until it is stopped, as on a phone.
+buffer=/sim/state/logcat.txt; dump=; clear=; last=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -c) clear=1;;
+    -d) dump=1;;
+    -t) shift; last=$1; dump=1;;
+    -v|-b|-T|-e|-m|-n|-r|-f|-G|--pid) shift;;
+    -v*|-b*|-t*|-s|-D|-B|-S|-g|-L) ;;
+    -*) echo "logcat: unknown option $1" >&2; exit 1;;
+  esac
+  shift
+done
+if [ -n "$clear" ]; then : > $buffer; exit 0; fi
+if [ -n "$dump" ]; then
+  if [ -n "$last" ]; then exec tail -n "$last" $buffer; fi
+  exec cat $buffer
+fi
+exec tail -n +1 -F $buffer 2>/dev/null
+"""
+
+_LOG = r"""#!/system/bin/sh
+# log [-p PRIORITY] [-t TAG] MESSAGE...: one line into the logcat buffer
+priority=I; tag=log
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -p) shift; priority=$(printf '%s' "$1" | cut -c1 | tr a-z A-Z);;
+    -t) shift; tag=$1;;
+    --) shift; break;;
+    *) break;;
+  esac
+  shift
+done
+printf '%s %5d %5d %s %s: %s\n' "$(date +'%m-%d %H:%M:%S.000')" $$ $$ "$priority" "$tag" "$*" >> /sim/state/logcat.txt
 """
 
 _DF = r"""#!/system/bin/sh
@@ -217,8 +251,16 @@ class Sandbox:
         for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")):
             (root / link).symlink_to(target)
         os.chmod(root / "data/local/tmp", 0o777)
+        # shared storage as Android lays it out: /sdcard -> /storage/self/primary -> /storage/emulated/0
+        # (relative links: they resolve inside the root from the host too)
+        (root / "storage/emulated/0").mkdir(parents=True, exist_ok=True)
+        os.chmod(root / "storage/emulated/0", 0o777)
+        (root / "storage/self").mkdir(parents=True, exist_ok=True)
+        (root / "storage/self/primary").symlink_to("../emulated/0")
+        (root / "sdcard").symlink_to("storage/self/primary")
         (root / "system/bin/sh").symlink_to(self.shell)
-        for name, text in (("getprop", _GETPROP), ("dumpsys", _DUMPSYS), ("logcat", _LOGCAT), ("df", _DF), ("cmd", _CMD)):
+        for name, text in (("getprop", _GETPROP), ("dumpsys", _DUMPSYS), ("logcat", _LOGCAT), ("log", _LOG), ("df", _DF),
+                           ("cmd", _CMD)):
             path = root / "system/bin" / name
             path.write_text(text)
             path.chmod(0o755)
@@ -270,7 +312,8 @@ class Sandbox:
 
     def argv(self, command: str | None) -> list[str]:
         """The host command that runs `command` (or an interactive shell) inside the sandbox."""
-        inner = [self.shell] if command is None else [self.shell, "-c", command]
+        # through /system/bin/sh (a link to the shell): $0 is what a phone's shell says
+        inner = ["/system/bin/sh"] if command is None else ["/system/bin/sh", "-c", command]
         env = {**ENV, **({"QEMU_CPU": self.qemu_cpu} if self.binfmt and self.qemu_cpu else {})}
         return ["nsenter", f"--target={self.holder.pid}", "--user", "--mount", "--preserve-credentials", "--",
                 "chroot", str(self.root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *inner]
@@ -332,7 +375,7 @@ class Sandbox:
             capacity=level, status=state.hardware_status, current_ua=current_ua, voltage_uv=voltage_uv,
             charge_counter_uah=state.charge_counter_uah, temp_dc=temp_dc,
             charge_full_uah=int(state.profile.capacity_mah * 1000)))
-        self._write("sim/state/power_stats.txt", "".join(f"{name} {uws:.0f}\n" for name, uws in state.rail_uws.items()))
+        self._publish_rails(state)
         self._write("sim/state/fixed_performance.txt", f"{str(state.fixed_performance).lower()}\n")
         # The hardware's view: `dumpsys battery unplug` fakes BatteryService, not this file.
         self._write("sys/class/power_supply/usb/type", "USB\n")
@@ -344,6 +387,21 @@ class Sandbox:
             self._write(f"{base}/cpuinfo_max_freq", f"{state.profile.max_khz}\n")
             self._write(f"{base}/cpuinfo_min_freq", f"{state.profile.min_khz}\n")
             self._write(f"{base}/scaling_max_freq", f"{int(state.profile.max_khz * (1 - state.duty))}\n")
+
+    def _publish_rails(self, state: PhoneState) -> None:
+        """The energy meter as the profile's phone shows it: an AIDL HAL's "[RAIL]:Subsystem" names,
+        an older HAL's plain rail names, or also the power monitor's iio file (Pixel 6+), whose time
+        stamps are ms since boot; "none": no meter at all."""
+        form = state.profile.rails
+        if form == "none":
+            return
+        plain = form != "hal"
+        rows = [(name.partition("]:")[0].lstrip("[") if plain else name, uws) for name, uws in state.rail_uws.items()]
+        self._write("sim/state/power_stats.txt", "".join(f"{name} {uws:.0f}\n" for name, uws in rows))
+        if form == "iio":
+            now_ms = int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000)
+            self._write("sys/bus/iio/devices/iio:device0/energy_value", f"t={now_ms}\n" + "".join(
+                f"CH{index}(T={now_ms})[{name}], {uws:.0f}\n" for index, (name, uws) in enumerate(rows)))
 
     def data_used_bytes(self) -> int:
         total = 0

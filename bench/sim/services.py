@@ -1,4 +1,5 @@
-"""adbd services of the emulated phone: shell (v1 and v2), exec, sync, and tcp: for forwards."""
+"""adbd services of the emulated phone: shell (v1 and v2), exec, sync, tcp: for forwards, and
+reverse: (device ports whose connections adbd carries back to the host, as `adb reverse` asks)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def _packet(kind: int, data: bytes) -> bytes:
 class Services:
     def __init__(self, sandbox: Sandbox, processes: set[asyncio.subprocess.Process]):
         self.sandbox, self.processes = sandbox, processes
+        self.reverses: dict[str, tuple[asyncio.base_events.Server, str]] = {}  # "tcp:DEV" -> (listener, "tcp:HOST")
 
     def __call__(self, service: str):
         if service.startswith("shell") and ":" in service:
@@ -37,6 +39,8 @@ class Services:
             except (IndexError, ValueError):
                 return None
             return lambda stream: self.tcp(stream, port)
+        if service.startswith("reverse:"):
+            return lambda stream: self.reverse(stream, service[len("reverse:"):])
         if service.split(":", 1)[0] in ("root", "unroot", "remount", "reboot", "disable-verity", "enable-verity"):
             return lambda stream: stream.write(b"adbd cannot do that on the bench sim\n")
         return None
@@ -229,6 +233,76 @@ class Services:
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
         except (OSError, asyncio.TimeoutError):
             return  # closing the stream tells the host the connect failed
+        await self._bridge(stream, reader, writer)
+
+    # -- reverse -------------------------------------------------------------------------------
+    async def reverse(self, stream: Stream, request: str) -> None:
+        """adbd's reverse service: forward:[norebind:]tcp:DEV;tcp:HOST, killforward:tcp:DEV,
+        killforward-all, list-forward. On the device adbd answers OKAY twice (adb.cpp's
+        handle_forward_request sends one more OKAY when it is not the host)."""
+        okay = b"OKAYOKAY"
+        if request == "list-forward":
+            listing = "".join(f"host {device} {host}\n" for device, (_, host) in self.reverses.items()).encode()
+            await stream.write(b"OKAY" + f"{len(listing):04x}".encode() + listing)
+        elif request == "killforward-all":
+            for device in list(self.reverses):
+                self._stop_reverse(device)
+            await stream.write(okay)
+        elif request.startswith("killforward:"):
+            device = request[len("killforward:"):]
+            if device not in self.reverses:
+                await self._fail_reply(stream, f"listener '{device}' not found")
+                return
+            self._stop_reverse(device)
+            await stream.write(okay)
+        elif request.startswith("forward:"):
+            spec = request[len("forward:"):]
+            norebind = spec.startswith("norebind:")
+            device, _, host = spec.removeprefix("norebind:").partition(";")
+            if not device.startswith("tcp:") or not device[4:].isdigit() or not host:
+                await self._fail_reply(stream, f"cannot bind listener: unsupported '{spec}' (the sim does tcp:PORT)")
+                return
+            if device in self.reverses:
+                if norebind:
+                    await self._fail_reply(stream, "cannot rebind existing socket")
+                    return
+                self._stop_reverse(device)
+            connection = stream.connection
+
+            async def on_connect(reader, writer):
+                carried = await connection.open_to_host(host)
+                if carried is None:
+                    writer.close()
+                    return
+                await self._bridge(carried, reader, writer)
+                if not carried.closed:
+                    await carried.close()
+
+            try:
+                listener = await asyncio.start_server(on_connect, "127.0.0.1", int(device[4:]), reuse_address=True)
+            except OSError as error:
+                await self._fail_reply(stream, f"cannot bind listener: {error.strerror}")
+                return
+            self.reverses[device] = (listener, host)
+            await stream.write(okay)
+        else:
+            await self._fail_reply(stream, f"unknown reverse request '{request}'")
+
+    def _stop_reverse(self, device: str) -> None:
+        listener, _ = self.reverses.pop(device)
+        listener.close()
+
+    def stop_reverses(self) -> None:
+        for device in list(self.reverses):
+            self._stop_reverse(device)
+
+    @staticmethod
+    async def _fail_reply(stream: Stream, message: str) -> None:
+        data = message.encode()
+        await stream.write(b"FAIL" + f"{len(data):04x}".encode() + data)
+
+    async def _bridge(self, stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Bytes both ways between an ADB stream and a TCP connection, until either side ends."""
         async def upstream():
             try:
                 while (data := await stream.read()) is not None:
