@@ -61,12 +61,25 @@ def fault_mid_run(start_sim, tmp_path: Path, hurt, *, rows: int = 2, expected_co
     """A soak on a fresh sim; once `rows` requests are stored, `hurt(info, process)`; then the run must
     end with every row kept and nothing of ours left on the device. Returns the run's JSON."""
     info = start_sim(**sim_options)
-    process, _ = long_run(info.serial, tmp_path, rows)
+    process, run_dir = long_run(info.serial, tmp_path, rows)
+    before = measured_rows(run_dir, rows)
     hurt(info, process)
     payload = finished(process, expected_code)
     nothing_lost(payload, rows)
+    assert measured_rows(run_dir, rows) == before  # what was measured before the fault is kept as it was
     assert leftovers(info.serial) == []
     return payload
+
+
+def measured_rows(run_dir: Path, rows: int) -> list[str]:
+    """The first `rows` request rows as stored (schema line and header skipped); each error-free."""
+    lines = (run_dir / "requests.csv").read_text().splitlines()
+    header = lines[1].split(",")
+    kept = lines[2:2 + rows]
+    assert len(kept) == rows
+    for line in kept:
+        assert line.split(",")[header.index("error")] == "", line
+    return kept
 
 
 @pytest.mark.fault("USB cable pulled mid-run (3 s)")

@@ -238,12 +238,12 @@ class Services:
     # -- reverse -------------------------------------------------------------------------------
     async def reverse(self, stream: Stream, request: str) -> None:
         """adbd's reverse service: forward:[norebind:]tcp:DEV;tcp:HOST, killforward:tcp:DEV,
-        killforward-all, list-forward. On the device adbd answers OKAY twice (adb.cpp's
-        handle_forward_request sends one more OKAY when it is not the host)."""
-        okay = b"OKAYOKAY"
+        killforward-all, list-forward. adb.cpp's handle_forward_request answers with one OKAY (the
+        host's adb server sends the other, for the connect) and the listing without one."""
+        okay = b"OKAY"
         if request == "list-forward":
             listing = "".join(f"host {device} {host}\n" for device, (_, host) in self.reverses.items()).encode()
-            await stream.write(b"OKAY" + f"{len(listing):04x}".encode() + listing)
+            await stream.write(f"{len(listing):04x}".encode() + listing)
         elif request == "killforward-all":
             for device in list(self.reverses):
                 self._stop_reverse(device)
