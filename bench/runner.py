@@ -29,6 +29,7 @@ class Target(Protocol):
     pushed: dict          # artifact -> bytes pushed, cached or not (empty on the host)
     event: Callable[..., None]
     run_dir: Path | None  # set by the runner: where the target may keep logs
+    setup_notes: tuple[str, ...]  # what taking the device undid (a stale lock, server, clock mode): run warnings
 
     def facts(self) -> DeviceFacts: ...
     def threads(self, scenario: Scenario) -> int: ...
@@ -230,8 +231,8 @@ class _Run:
         self.warnings += preflight_warnings
         self.write_meta("running")
         self.event("phase", "run started", device=options.device, model=model.alias, scenario=scenario.name)
-        if getattr(target, "lock_note", None):
-            self.warn(target.lock_note)
+        for note in target.setup_notes:
+            self.warn(note)
 
         sampler = runtime = None
         status, reason = "failed", None

@@ -204,7 +204,7 @@ def test_an_adb_server_on_a_lab_host_whose_loopback_is_not_ours(host_runtime, sm
         lab_client = adb.client(server=adb.parse_server(server))
         assert lab_client.forward_list() == []  # no forward was ever made
         phone = adb.Device(serial, server=adb.parse_server(server))
-        assert "llama-server" not in phone.shell("ps -A -o args").stdout
+        assert "/data/local/tmp/bench/bin/" not in phone.shell("ps -A -o args").stdout
         assert phone.shell(f"ls -d {LOCK_DIR} 2>/dev/null").stdout.strip() == ""
         listener.close()
     finally:

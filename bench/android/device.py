@@ -252,6 +252,12 @@ class AndroidTarget:
         except BaseException:
             self.lock.release()
             raise
+        stale = self.lock.taken_over
+        self.setup_notes = tuple(note for note in (
+            self.lock_note,
+            self.stale_killed and f"killed llama-server {self.stale_killed} left over from an earlier run",
+            self.restored_performance and f"turned off fixed performance mode left on by {stale.describe() if stale else '?'}",
+        ) if note)
 
     def _restore_stale_performance(self) -> bool:
         """A run that died holding the phone in fixed performance mode could not turn it off; its
@@ -261,7 +267,6 @@ class AndroidTarget:
             return False
         self._fixed_enabled = True  # as the dead run left it: set_fixed_performance turns it off
         self.set_fixed_performance(False)
-        self.event("warning", f"turned off fixed performance mode left on by {stale.describe()}")
         return True
 
     def _kill_stale_server(self) -> int | None:
@@ -276,7 +281,6 @@ class AndroidTarget:
         if f"{ROOT}/" not in cmdline:
             return None
         self.device.shell(f"kill -9 {out} 2>/dev/null; true", timeout=10)
-        self.event("warning", f"killed llama-server {out} left over from an earlier run")
         return int(out)
 
     # -- facts and checks ----------------------------------------------------------------------
@@ -671,13 +675,9 @@ class AndroidTarget:
         """`bench devices --reset`, with the lock held: what a dead run left is undone (its lock and
         server by the constructor); fixed performance mode is turned off even when no record says
         it is on, then the lock is released. Returns what was done."""
-        done = [note for note in (self.lock_note,) if note]
-        if self.stale_killed:
-            done.append(f"killed llama-server {self.stale_killed}")
+        done = list(self.setup_notes)
         sdk = self.snap.props.get("ro.build.version.sdk", "")
-        if self.restored_performance:
-            done.append("turned off fixed performance mode")
-        elif sdk.isdigit() and int(sdk) >= 30:
+        if not self.restored_performance and sdk.isdigit() and int(sdk) >= 30:
             self._fixed_enabled = True
             self.set_fixed_performance(False)
             done.append("fixed performance mode off")

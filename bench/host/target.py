@@ -24,6 +24,7 @@ RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
 class HostTarget:
     kind = "host"
     min_battery_pct = None  # a laptop's battery is not what is measured
+    setup_notes: tuple[str, ...] = ()  # a host is not locked: nothing to take over
 
     def __init__(self, bandwidth: tuple[float | None, str], *, llama_cpp_commit: tuple[str | None, str] = (None, "unknown"),
                  repack: str = "auto", affinity: tuple[int, ...] | None = None, tools: dict | None = None):
