@@ -34,7 +34,8 @@ class Target(Protocol):
     def facts(self) -> DeviceFacts: ...
     def threads(self, scenario: Scenario) -> int: ...
     def preflight(self, model: ModelInfo, scenario: Scenario) -> list[PreflightCheck]: ...
-    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress): ...
+    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress,
+                before_start: Callable[[], None] = ...): ...  # before_start: the gate, right before a llama-bench starts
     def sampler(self, clock: RunClock, sink, hz: float, pid: int | None): ...
     def cpu_temperature(self) -> tuple[float | None, int | None]: ...
     def diagnose(self, model: ModelInfo) -> str | None: ...
@@ -239,7 +240,9 @@ class _Run:
         try:
             baseline, _ = target.cpu_temperature()
             self.event("phase", "prepare started (push, load)")
-            runtime = target.prepare(model, scenario, self.progress)
+            # llama-bench runs all its tests once started: the cooldown gate holds right before it starts
+            gate = (lambda: self.cooldown(scenario.cooldown, baseline, 0)) if scenario.kind == "llama-bench" else (lambda: None)
+            runtime = target.prepare(model, scenario, self.progress, before_start=gate)
             self.meta["runtime"] = runtime.info()
             self.event("phase", "model loaded", load_ms=runtime.info().get("load_ms"))
             if options.telemetry_hz:
@@ -257,7 +260,6 @@ class _Run:
                                                              "energy comes from battery current only")
             self.write_meta("running")
             if scenario.kind == "llama-bench":
-                self.cooldown(scenario.cooldown, baseline, 0)  # the gate holds before llama-bench's tests too
                 self._llama_bench(runtime)
             else:
                 self._repetitions(runtime, resolve_prompts(runtime, scenario.prompts), baseline)

@@ -26,6 +26,15 @@ def arm64_runtime() -> Path:
     return build(plan_build("linux-arm64", cache_root()))
 
 
+@pytest.fixture(scope="session")
+def dotprod_runtime(arm64_runtime) -> Path:
+    """The variant for phones without i8mm (Pixel 6/7, Snapdragon 865/888): ./dev.sh test builds it."""
+    from bench.catalog import cache_root
+    from bench.runtimes.build import build, plan_build
+
+    return build(plan_build("linux-arm64", cache_root(), arm_arch="armv8.2-a+dotprod"))
+
+
 def _scenario(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY)
@@ -53,10 +62,29 @@ def test_arm64_sim_runs_the_arm64_llama_server(start_sim, arm64_runtime, smollm2
     assert "llama-server" not in device.shell("ps -A -o args").stdout
 
 
-def test_a_phone_without_i8mm_kills_an_i8mm_build_with_sigill(start_sim, arm64_runtime, smollm2_path, tmp_path):
+def test_a_phone_without_i8mm_gets_the_dotprod_variant_and_completes(start_sim, dotprod_runtime, smollm2_path, tmp_path):
     info = start_sim(profile="arm64", settings=("emulation.qemu_cpu=cortex-a76",))  # dotprod, no i8mm
     result = bench_cli("run", "--device", info.serial, "--scenario", str(_scenario(tmp_path)), "--out", str(tmp_path),
                        "--json", "--no-telemetry")
-    assert result.returncode == 3, result.stderr[-3000:]
-    reason = json.loads(result.stdout)["reason"]
-    assert "signal 4" in reason, reason  # SIGILL: an instruction this CPU does not have
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    run = load_run(payload["run_dir"]).run
+    assert "asimddp" in run["device"]["extra"]["cpu_features"] and "i8mm" not in run["device"]["extra"]["cpu_features"]
+    assert run["runtime"]["arm_arch"] == "armv8.2-a+dotprod" and run["runtime"]["cpu_features_required"] == ["asimddp"]
+    assert payload["summary"]["decode_tps_median"] > 0
+
+
+def test_an_i8mm_runtime_is_refused_on_a_phone_without_i8mm(start_sim, arm64_runtime, smollm2_path, tmp_path):
+    info = start_sim(profile="arm64", settings=("emulation.qemu_cpu=cortex-a76",))
+    refused = bench_cli("run", "--device", info.serial, "--scenario", str(_scenario(tmp_path)), "--out",
+                        str(tmp_path / "refused"), "--runtime", str(arm64_runtime))
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert "needs CPU feature" in lines[0] and "i8mm" in lines[0] and "--arm-arch armv8.2-a+dotprod" in lines[0], lines[0]
+    assert not (tmp_path / "refused").exists()
+    # forced past the check, it dies as it would on such a phone: SIGILL, an instruction this CPU lacks
+    forced = bench_cli("run", "--device", info.serial, "--scenario", str(_scenario(tmp_path)), "--out", str(tmp_path),
+                       "--runtime", str(arm64_runtime), "--allow", "cpu_features", "--json", "--no-telemetry")
+    assert forced.returncode == 3, forced.stderr[-3000:]
+    reason = json.loads(forced.stdout)["reason"]
+    assert "signal 4" in reason, reason

@@ -219,3 +219,21 @@ def _unix(path: Path) -> socket.socket:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.connect(str(path))
     return connection
+
+
+@pytest.mark.slow
+def test_the_cooldown_gate_holds_before_llama_bench_starts(start_sim, host_runtime, smollm2_path, tmp_path):
+    info = start_sim(profile="hot")  # throttled from the first second: the gate has to wait (and time out)
+    scenario = tmp_path / "lb.toml"
+    scenario.write_text('name = "lb"\nkind = "llama-bench"\npp = 16\ntg = 8\nrepetitions = 1\n'
+                        '[cooldown]\nmode = "temperature"\nmax_wait_s = 2\npoll_s = 0.5\n')
+    result = bench_cli("run", "--device", info.serial, "--scenario", str(scenario), "--out", str(tmp_path), "--json",
+                       "--allow", "thermal", "--no-telemetry")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = Path(json.loads(result.stdout)["run_dir"])
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    gate = next(e for e in events if e["kind"] == "cooldown")
+    first_test = next(e for e in events if "llama-bench test 0 done" in e.get("message", ""))
+    started = next(e for e in events if e.get("message") == "llama-bench started")
+    assert gate["t_s"] < first_test["t_s"] and "before repetition 0" in gate["message"] and gate["waited_s"] >= 2
+    assert gate["t_s"] < started["t_s"]  # the gate holds before llama-bench starts, not while it runs

@@ -572,12 +572,14 @@ class AndroidTarget:
         self._server_pid = None
 
     # -- the runner's Target interface ---------------------------------------------------------
-    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> "LlamaServerRuntime | DeviceBench":
+    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress,
+                before_start: Callable[[], None] = lambda: None) -> "LlamaServerRuntime | DeviceBench":
         with_bench = scenario.kind == "llama-bench"
         self.push_artifacts(model, progress, with_bench)
         if self.fixed_performance:
             self.set_fixed_performance(True)
         if with_bench:
+            before_start()  # llama-bench runs its tests at once: the cooldown gate holds here
             return self.start_bench(model, scenario)
         return self.start_server(model, scenario, progress)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from ..clock import RunClock
 from ..errors import UsageError
@@ -80,9 +81,11 @@ class HostTarget:
         binary = Path(self.tools["bin"]) / "llama-bench"
         return binary if binary.is_file() else None
 
-    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaCppRuntime | LocalBench:
+    def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress,
+                before_start: Callable[[], None] = lambda: None) -> LlamaCppRuntime | LocalBench:
         log_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="bench-host-"))
         if scenario.kind == "llama-bench":
+            before_start()
             threads = self.threads(scenario)
             argv = llama_bench.command(str(self._llama_bench()), model.path, pp=scenario.pp, tg=scenario.tg,
                                        repetitions=scenario.repetitions, threads=threads, n_batch=scenario.n_batch,
