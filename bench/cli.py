@@ -169,6 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
     _run_flags(run)
     run.add_argument("--json", action="store_true", help="print one JSON object: run_dir, status, summary")
 
+    ab = commands.add_parser("ab", help="interleaved A/B on one device: base and head alternate (ABBA), then a paired comparison")
+    ab.add_argument("--base", required=True, metavar="MODEL_OR_RUNTIME",
+                    help="a catalog alias or .gguf path, or (phones) a llama.cpp runtime folder")
+    ab.add_argument("--head", required=True, metavar="MODEL_OR_RUNTIME", help="the same kinds as --base")
+    ab.add_argument("--pairs", type=_positive_int, default=6, help="ABBA pairs (default 6, the fewest a paired test can call)")
+    ab.add_argument("--device", default="host", help="host (default), a device profile id, a serial, or any")
+    ab.add_argument("--model", default="smollm2-135m", help="the model when --base and --head are runtimes")
+    ab.add_argument("--scenario", default="quick", help="scenario name or .toml path (default quick)")
+    ab.add_argument("--out", default="results", type=Path, help="results root (default results/)")
+    ab.add_argument("--repetitions", type=_positive_int, help="override the scenario's repetitions (per run)")
+    ab.add_argument("--telemetry-hz", type=_positive_float, default=10.0, help="sampling rate (default 10)")
+    ab.add_argument("--no-telemetry", action="store_true", help="do not sample telemetry")
+    ab.add_argument("--ignore", action="append", default=[], choices=("model", "runtime"),
+                    help="the key the two sides differ in on purpose (set from --base/--head; repeat to add)")
+    _run_flags(ab)
+    _verdict_flags(ab)
+
     matrix = commands.add_parser("matrix", help="run a matrix file: devices x models x scenarios x threads, resumable")
     matrix.add_argument("file", type=Path, help="the matrix TOML (devices, models, scenarios, threads, affinity, ...)")
     matrix.add_argument("--out", default="results", type=Path, help="results root (default results/)")
@@ -197,14 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("paths", nargs="+", type=Path, metavar="RUNS",
                          help="BASE HEAD [MORE...]: run directories or folders of runs (only heads with --baseline)")
     compare.add_argument("--baseline", metavar="NAME", help="use RESULTS/baselines/NAME as the base")
-    compare.add_argument("--results", type=Path, default=Path("results"), help="results root for --baseline (default results/)")
-    compare.add_argument("--threshold", type=_positive_float, default=5.0, help="smallest change that counts, in %% (default 5)")
-    compare.add_argument("--format", choices=("markdown", "json"), default="markdown")
-    compare.add_argument("--plot", type=Path, metavar="PNG", help="write the comparison plot here")
-    compare.add_argument("--fail-on-regression", nargs="?", const=-1.0, type=_positive_float, metavar="PCT",
-                         help="exit 1 when any metric regressed (PCT, if given, sets the threshold)")
+    compare.add_argument("--results", type=Path, default=Path("results"),
+                         help="results root for --baseline and for the run-to-run noise of earlier runs (default results/)")
     compare.add_argument("--ignore", action="append", default=[], choices=("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack"),
                          help="compare even though this match key differs (e.g. two models on purpose)")
+    _verdict_flags(compare)
 
     sim = commands.add_parser("sim", help="an emulated Android phone on loopback, behind the real adb server")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, parser_class=_Parser)
@@ -315,6 +329,17 @@ def _host_tools(args) -> dict | None:
         if meta.get("target") == "host":
             return {**meta, "bin": str(Path(meta["path"]) / "bin")}
     return None
+
+
+def _verdict_flags(parser) -> None:
+    """What `bench compare` and `bench ab` share: threshold, output, and the gate's exit code."""
+    parser.add_argument("--threshold", type=_positive_float, default=5.0, help="smallest change that counts, in %% (default 5)")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="write the comparison plot here")
+    parser.add_argument("--fail-on-regression", nargs="?", const=-1.0, type=_positive_float, metavar="PCT",
+                        help="exit 1 when any metric regressed (PCT, if given, sets the threshold)")
+    parser.add_argument("--strict", action="store_true",
+                        help="with --fail-on-regression: a suspected regression (within run-to-run noise) fails too")
 
 
 def _servers(args, also: tuple[str, ...] = ()) -> list:
@@ -475,6 +500,62 @@ def _run_matrix(args, spec, devices: dict, resume: Path | None) -> int:
     interrupted = any("interrupted" in (row.get("reason") or "") for row in result.rows)
     return _run_exit_code(result.status, "interrupted" if interrupted else "some points did not complete",
                           result.directory)
+
+
+def _ab_arm(args, spec: str) -> dict:
+    """--base/--head: a runtime folder (phones) or a model; what it changes in the run's arguments."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if args.device in HOST_DEVICES:
+            raise UsageError(f"'{spec}' is a runtime folder, and host runs use llama-cpp-python",
+                             "pass --device PHONE to A/B two runtimes, or give two models for the host")
+        from .runtimes.build import describe_runtime_dir
+
+        describe_runtime_dir(path)  # no llama-server there: one line, exit 2, before any run
+        return {"runtime": path}
+    _check_model(spec)
+    return {"model": spec}
+
+
+def cmd_ab(args) -> int:
+    from .ab import new_directory, run_ab
+    from .catalog import model_info
+    from .config import resolve_scenario
+
+    arms = {"base": _ab_arm(args, args.base), "head": _ab_arm(args, args.head)}
+    if set(arms["base"]) != set(arms["head"]):
+        raise UsageError("--base and --head must be the same kind (two models, or two runtime folders)",
+                         "e.g. --base 1b-q4 --head 3b-q4, or --base OLD_BUILD --head NEW_BUILD --device pixel8")
+    differs = "runtime" if "runtime" in arms["base"] else "model"
+    args.ignore = sorted(set(args.ignore) | ({differs} if args.base != args.head else set()))
+    scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions)
+    if differs == "runtime":
+        _check_model(args.model)
+    servers = _servers(args)
+    _connect(args.connect, servers)
+    devices = _device_ids([args.device], servers)
+    listed = next(iter(devices.values()))
+    with BarProgress(err) as progress:
+        models = {side: model_info(arm.get("model", args.model), progress) for side, arm in arms.items()}
+        directory = new_directory(args.out, f"{scenario.name}")
+
+        def make_run(side: str, index: int):
+            side_args = argparse.Namespace(**{**vars(args), "affinity": None, **arms[side]})
+            label, target = _target(side_args, listed, None, scenario)
+            return _run_options(side_args, label, scenario, models[side], target, directory / side), target
+
+        result = run_ab(directory, args.pairs, make_run, progress, meta={
+            "base": args.base, "head": args.head, "device": args.device, "scenario": scenario.name,
+            "differs_in": differs if args.base != args.head else None, "pairs_asked": args.pairs})
+    if not result.pairs:
+        err.print(f"A/B {result.status}: {result.reason}; runs are kept in {result.directory}", markup=False, soft_wrap=True)
+        return 130 if result.reason and "interrupted" in result.reason else 3
+    code = _report_comparisons(args, _comparisons(args, [result.directory], _threshold(args)))
+    err.print(f"A/B: {result.directory} ({len(result.pairs)} pairs)", markup=False)
+    if result.status != "complete":
+        err.print(f"A/B {result.status}: {result.reason}", markup=False, soft_wrap=True)
+        return 130 if result.reason and "interrupted" in result.reason else 3
+    return code
 
 
 def cmd_matrix(args) -> int:
@@ -657,32 +738,73 @@ def _point_label(run: dict) -> str:
             f"{(run.get('scenario') or {}).get('name')}, {runtime.get('threads')} threads")
 
 
-def cmd_compare(args) -> int:
+def _run_values(run_dir: Path):
+    from .compare import RunValues
+    from .store import load_run_meta, run_repetition_values
+
+    run = load_run_meta(run_dir)
+    return RunValues(str(run_dir), run, run_repetition_values(run_dir, run))
+
+
+def _noise_bands(root: Path, key: dict, exclude: set[Path]) -> dict:
+    """Run-to-run noise per metric for one setup, from the complete runs of that setup under root
+    (the compared runs left out): {} when root holds too few of them."""
+    import numpy as np
+
+    from .compare import MIN_NOISE_RUNS, NoiseBand, run_key, run_to_run_band
+    from .errors import StoreError
+    from .store import find_runs, load_run_meta
+
+    try:
+        candidates = [d for d in find_runs(root) if d.resolve() not in exclude]
+    except StoreError:
+        return {}
+    same = []
+    for run_dir in candidates:
+        try:
+            run = load_run_meta(run_dir)
+        except (BenchError, OSError, ValueError):
+            continue  # a broken or foreign folder in the history is no evidence either way
+        if run.get("status") == "complete" and run_key(run) == key:
+            same.append(run_dir)
+    if len(same) < MIN_NOISE_RUNS:
+        return {}
+    medians: dict[str, list[float]] = {}
+    for run_dir in same:
+        for name, values in _run_values(run_dir).values.items():
+            if values:
+                medians.setdefault(name, []).append(float(np.median(values)))
+    bands = {}
+    for name, values in medians.items():
+        band = run_to_run_band(values)
+        if band is not None:
+            bands[name] = NoiseBand(band, len(values), f"complete runs of this setup in {root}")
+    return bands
+
+
+def _comparisons(args, paths: list[Path], threshold: float):
+    """Base (paths[0]) against each head: run sets grouped by setup; an `bench ab` folder (ab.json)
+    compares its pairs; a side of one run is gated by the run-to-run noise in args.results."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .compare import MATCH_KEYS, RunValues, compare_sides, make_side, markdown, run_key, to_json
-    from .store import find_runs, load_run_meta, run_repetition_values
+    from .ab import load_pairs
+    from .compare import MATCH_KEYS, compare_sides, make_side, run_key
+    from .store import find_runs
 
-    def run_values(run_dir: Path) -> RunValues:
-        run = load_run_meta(run_dir)
-        return RunValues(str(run_dir), run, run_repetition_values(run_dir, run))
-
-    if args.baseline:
-        base_path = args.results / "baselines" / args.baseline
-        if not base_path.exists():
-            raise UsageError(f"no baseline '{args.baseline}' at {base_path}",
-                             f"save one with `mkdir -p {base_path.parent} && cp -r RUN_DIR {base_path}`")
-        paths = [base_path, *args.paths]
-    else:
-        paths = list(args.paths)
-    if len(paths) < 2:
-        raise UsageError("compare needs a base and at least one head", "bench compare BASE HEAD [MORE...] or --baseline NAME HEAD")
-    threshold = (args.fail_on_regression if args.fail_on_regression and args.fail_on_regression > 0 else args.threshold) / 100
+    if len(paths) == 1:
+        pairs = load_pairs(paths[0])
+        if pairs is None:
+            raise UsageError("compare needs a base and at least one head",
+                             "bench compare BASE HEAD [MORE...], --baseline NAME HEAD, or an `bench ab` folder")
+        base_runs = [_run_values(Path(pair.base)) for pair in pairs]
+        head_runs = [_run_values(Path(pair.head)) for pair in pairs]
+        return [compare_sides(make_side(f"base {paths[0].name}", base_runs), make_side(f"head {paths[0].name}", head_runs),
+                              threshold=threshold, ignore=args.ignore, paired=True)]
 
     def groups(path: Path) -> dict[tuple, list]:
         found: dict[tuple, list] = {}
         with ThreadPoolExecutor(max_workers=4) as pool:
-            loaded = list(pool.map(run_values, find_runs(path)))
+            loaded = list(pool.map(_run_values, find_runs(path)))
         for item in loaded:
             key = run_key(item.run)
             found.setdefault(tuple(key[k] for k in MATCH_KEYS if k not in args.ignore), []).append(item)
@@ -696,12 +818,22 @@ def cmd_compare(args) -> int:
             # Without a base of the same key, pair with the first base set so the rows show the mismatch.
             base_runs = base_groups.get(key) or next(iter(base_groups.values()))
             suffix = f" ({_point_label(head_runs[0].run)})" if len(head_groups) > 1 else ""
-            comparisons.append(compare_sides(make_side(f"base {paths[0].name}{suffix}", base_runs),
-                                             make_side(f"head {head_path.name}{suffix}", head_runs),
-                                             threshold=threshold, ignore=args.ignore))
+            base, head = (make_side(f"base {paths[0].name}{suffix}", base_runs),
+                          make_side(f"head {head_path.name}{suffix}", head_runs))
+            noise = {}
+            if min(len(base.runs), len(head.runs)) < 2:
+                noise = _noise_bands(args.results, head.key, {Path(d).resolve() for d in base.runs + head.runs})
+            comparisons.append(compare_sides(base, head, threshold=threshold, ignore=args.ignore, noise=noise))
+    return comparisons
+
+
+def _report_comparisons(args, comparisons) -> int:
+    """Print (and plot) comparisons; the exit code of the gate."""
     if not any(c.comparable for c in comparisons):
         raise UsageError(f"runs are not comparable: {comparisons[0].mismatches[0]}",
                          "compare runs of the same device, model, scenario, runtime, threads, CPU set, clocks and repacking, or pass --ignore KEY")
+    from .compare import markdown, to_json
+
     if args.plot:
         from .plots import write_compare_plot
 
@@ -710,8 +842,24 @@ def cmd_compare(args) -> int:
         _print_json(to_json(comparisons))
     else:
         sys.stdout.write(markdown(comparisons))
-    regressed = any(c.regressed for c in comparisons)
-    return 1 if args.fail_on_regression is not None and regressed else 0
+    failed = any(c.regressed or (args.strict and c.suspected) for c in comparisons)
+    return 1 if args.fail_on_regression is not None and failed else 0
+
+
+def _threshold(args) -> float:
+    return (args.fail_on_regression if args.fail_on_regression and args.fail_on_regression > 0 else args.threshold) / 100
+
+
+def cmd_compare(args) -> int:
+    if args.baseline:
+        base_path = args.results / "baselines" / args.baseline
+        if not base_path.exists():
+            raise UsageError(f"no baseline '{args.baseline}' at {base_path}",
+                             f"save one with `mkdir -p {base_path.parent} && cp -r RUN_DIR {base_path}`")
+        paths = [base_path, *args.paths]
+    else:
+        paths = list(args.paths)
+    return _report_comparisons(args, _comparisons(args, paths, _threshold(args)))
 
 
 def cmd_sim(args) -> int:
@@ -794,7 +942,7 @@ def cmd_runtime(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "matrix": cmd_matrix, "devices": cmd_devices, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report, "history": cmd_history}
+COMMANDS = {"run": cmd_run, "ab": cmd_ab, "matrix": cmd_matrix, "devices": cmd_devices, "compare": cmd_compare, "sim": cmd_sim, "capture": cmd_capture, "runtime": cmd_runtime, "models": cmd_models, "scenarios": cmd_scenarios, "report": cmd_report, "history": cmd_history}
 
 
 def _terminate(signum, frame) -> None:

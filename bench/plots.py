@@ -84,7 +84,7 @@ def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame) ->
 
 def write_compare_plot(path: Path, comparisons) -> Path:
     """Change of each metric head vs base with its 95% interval, coloured by verdict."""
-    colours = {"improved": "tab:green", "regressed": "tab:red", "unchanged": "tab:gray",
+    colours = {"improved": "tab:green", "regressed": "tab:red", "suspected": "tab:orange", "unchanged": "tab:gray",
                "inconclusive": "tab:olive", "not compared": "lightgray"}
     rows = [(f"{m.spec.label}" + (f" [{c.head.label}]" if len(comparisons) > 1 else ""), m)
             for c in comparisons for m in c.metrics if m.change is not None]

@@ -135,6 +135,87 @@ def mann_whitney_p(base: Sequence[float], head: Sequence[float]) -> float | None
     return float(min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2))))
 
 
+def _exact_signed_rank_cdf(n: int) -> np.ndarray:
+    """P(W+ <= w) for w = 0..n(n+1)/2 under the null without ties: W+ is the sum of a random subset
+    of the ranks 1..n, each in or out with probability 1/2."""
+    total = n * (n + 1) // 2
+    ways = np.zeros(total + 1)
+    ways[0] = 1
+    for rank in range(1, n + 1):
+        shifted = np.zeros(total + 1)
+        shifted[rank:] = ways[: total + 1 - rank]
+        ways = ways + shifted
+    return np.cumsum(ways) / ways.sum()
+
+
+def wilcoxon_signed_rank_p(differences: Sequence[float]) -> float | None:
+    """Two-sided p of Wilcoxon's signed-rank test that paired differences are centred on zero
+    (zeros dropped, as Wilcoxon did): exact null distribution up to EXACT_MAX_N differences without
+    ties among their sizes, else the normal approximation with tie and continuity corrections."""
+    d = finite(differences)
+    d = d[d != 0]
+    n = d.size
+    if n == 0:
+        return None if finite(differences).size == 0 else 1.0
+    ranks, ties = _average_ranks(np.abs(d))
+    w_plus = float(ranks[d > 0].sum())
+    if ties.max() == 1 and n <= EXACT_MAX_N:
+        cdf = _exact_signed_rank_cdf(n)
+        w = int(round(w_plus))
+        low = cdf[w]
+        high = 1 - (cdf[w - 1] if w >= 1 else 0.0)
+        return float(min(1.0, 2 * min(low, high)))
+    mean = n * (n + 1) / 4
+    sigma = math.sqrt(n * (n + 1) * (2 * n + 1) / 24 - float(np.sum(ties ** 3 - ties)) / 48)
+    if sigma == 0:
+        return 1.0
+    z = (abs(w_plus - mean) - 0.5) / sigma
+    return float(min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2))))
+
+
+def bootstrap_median_ci(values: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the median of one sample (e.g. per-pair ratios)."""
+    data = finite(values)
+    if data.size == 0:
+        return None
+    medians = _bootstrap_medians(data, resamples, np.random.default_rng(seed))
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
+
+
+def _hierarchical_medians(runs: Sequence[Sequence[float]], resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Medians of two-level resamples: the runs with replacement, then each chosen run's values
+    with replacement, pooled. Run-to-run variance enters the interval, not only the repetitions'."""
+    arrays = [finite(run) for run in runs]
+    arrays = [a for a in arrays if a.size]
+    lengths = np.array([a.size for a in arrays])
+    width = int(lengths.max())
+    table = np.full((len(arrays), width), np.nan)
+    for row, values in enumerate(arrays):
+        table[row, : values.size] = values
+    chosen = rng.integers(0, len(arrays), (resamples, len(arrays)))
+    picks = (rng.random((resamples, len(arrays), width)) * lengths[chosen][:, :, None]).astype(int)
+    values = table[chosen[:, :, None], picks]
+    values[np.arange(width)[None, None, :] >= lengths[chosen][:, :, None]] = np.nan
+    return np.nanmedian(values.reshape(resamples, -1), axis=1)
+
+
+def hierarchical_ratio_ci(base_runs: Sequence[Sequence[float]], head_runs: Sequence[Sequence[float]], *,
+                          confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile interval of median(head) / median(base) from the two-level bootstrap of each side."""
+    if not any(finite(r).size for r in base_runs) or not any(finite(r).size for r in head_runs):
+        return None
+    rng = np.random.default_rng(seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = _hierarchical_medians(head_runs, resamples, rng) / _hierarchical_medians(base_runs, resamples, rng)
+    ratios = ratios[np.isfinite(ratios)]
+    if ratios.size == 0:
+        return None
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
+
+
 def trapezoid(times: Sequence[float], values: Sequence[float]) -> float:
     t, v = np.asarray(times, dtype=float), np.asarray(values, dtype=float)
     if t.size < 2:

@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 
-from bench.compare import METRICS, RunValues, compare_metric, compare_sides, make_side
+from bench.compare import METRICS, NoiseBand, RunValues, compare_metric, compare_sides, make_side
 from bench.store import load_run
 from bench.summary import repetition_values
 from conftest import bench_cli
@@ -65,7 +65,10 @@ def test_stored_per_repetition_values_match_the_tables(tmp_path: Path):
 def test_sides_from_stored_runs_and_energy_rules(tmp_path: Path):
     base = _values(write_run(tmp_path / "a", noisy(50, 8, 0.02, 1), power_w=3.0, name="a"))
     head = _values(write_run(tmp_path / "b", noisy(44, 8, 0.02, 2), power_w=3.3, name="b"))
-    comparison = compare_sides(make_side("base", [base]), make_side("head", [head]))
+    # one run a side: the verdicts stand only beyond the setup's run-to-run noise (here known: ±2%)
+    quiet = {name: NoiseBand(0.02, 5, "earlier runs") for name in ("decode_tps", "j_per_token")}
+    assert compare_sides(make_side("base", [base]), make_side("head", [head])).metrics[1].verdict == "suspected"
+    comparison = compare_sides(make_side("base", [base]), make_side("head", [head]), noise=quiet)
     by_name = {m.spec.name: m for m in comparison.metrics}
     assert by_name["decode_tps"].verdict == "regressed"
     assert by_name["j_per_token"].base_n == 8 and by_name["j_per_token"].verdict == "regressed"  # more W, fewer t/s
@@ -90,13 +93,17 @@ def test_cli_markdown_json_and_fail_on_regression(tmp_path: Path):
     write_run(tmp_path / "base", noisy(50, 8, 0.02, 1), name="a")
     write_run(tmp_path / "base", noisy(50, 8, 0.02, 5), name="a2")  # a folder of runs is pooled
     write_run(tmp_path / "head", noisy(40, 8, 0.02, 2), name="b")
-    result = bench_cli("compare", str(tmp_path / "base"), str(tmp_path / "head"), "--plot", str(tmp_path / "cmp.png"))
+    for index, median in enumerate((50, 50.5, 49.6, 50.2)):  # earlier runs of the setup: ±1% run to run
+        write_run(tmp_path / "history", noisy(median, 8, 0.02, 40 + index), name=f"h{index}")
+    history = ("--results", str(tmp_path / "history"))
+    result = bench_cli("compare", str(tmp_path / "base"), str(tmp_path / "head"), "--plot", str(tmp_path / "cmp.png"), *history)
     assert result.returncode == 0, result.stderr
     first = result.stdout.splitlines()[0]
     assert "Regression" in first and "Decode" in first
     assert "| Decode (tokens/s" in result.stdout and "<details>" in result.stdout
     assert (tmp_path / "cmp.png").stat().st_size > 1000
-    failing = bench_cli("compare", str(tmp_path / "base"), str(tmp_path / "head"), "--fail-on-regression", "--format", "json")
+    failing = bench_cli("compare", str(tmp_path / "base"), str(tmp_path / "head"), "--fail-on-regression", "--format", "json",
+                        *history)
     assert failing.returncode == 1
     payload = json.loads(failing.stdout)
     decode = next(m for m in payload["comparisons"][0]["metrics"] if m["metric"] == "decode_tps")

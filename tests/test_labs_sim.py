@@ -237,3 +237,29 @@ def test_the_cooldown_gate_holds_before_llama_bench_starts(start_sim, host_runti
     started = next(e for e in events if e.get("message") == "llama-bench started")
     assert gate["t_s"] < first_test["t_s"] and "before repetition 0" in gate["message"] and gate["waited_s"] >= 2
     assert gate["t_s"] < started["t_s"]  # the gate holds before llama-bench starts, not while it runs
+
+
+@pytest.mark.slow
+def test_a_failed_rail_reading_is_a_warning_and_rails_go_on(start_sim, host_runtime, smollm2_path, tmp_path):
+    from bench.sim import control
+
+    info = start_sim()
+    process, run_dir = long_run(info.serial, tmp_path, 1)
+    control.inject(info, "rail-glitch", count=1)  # the next energy-meter dump fails
+    deadline = time.monotonic() + 120
+    while len((run_dir / "requests.csv").read_text().splitlines()) < 2 + 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(2)  # SIGINT: the soak ends partial, as Ctrl-C would
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    data = load_run(run_dir)
+    warnings = [w for w in data.run["warnings"] if "power-rail reading failed" in w]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    failed_at = next(e["t_s"] for e in events if "power-rail reading failed" in e.get("message", ""))
+    rails = data.samples[data.samples["source"] == "rail"]
+    assert (rails["t_s"] > failed_at).any(), "rails were turned off after one failed reading"
+    assert rails.groupby("name").size().nunique() == 1  # every channel has the same readings
+    energy = json.loads(stdout)["summary"]["rail_energy"]
+    # the request whose closing reading failed is cut from the readings on either side of the gap
+    assert energy["available"] and energy["requests_covered"] == energy["requests"] >= 4, energy
+    assert warnings or any("power-rail" in e.get("message", "") for e in events)

@@ -76,6 +76,13 @@ case "$service" in
   power) exec cat /sim/state/dumpsys_power.txt;;
   android.hardware.power.stats.IPowerStats/default)
     [ -r /sim/state/power_stats.txt ] || { echo "Can't find service: $service"; exit 0; }
+    if [ -r /sim/state/rail_glitch ]; then
+      read -r glitches < /sim/state/rail_glitch
+      if [ "${glitches:-0}" -gt 0 ]; then
+        echo $((glitches - 1)) > /sim/state/rail_glitch
+        echo "Error: the HAL did not answer (binder transaction failed)"; exit 255
+      fi
+    fi
     # The PowerStats HAL's energy meter dump (Pixel format); "delta" adds the change since the
     # previous delta dump, as the HAL does.
     now=${EPOCHREALTIME:-0}
@@ -402,6 +409,10 @@ class Sandbox:
             now_ms = int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000)
             self._write("sys/bus/iio/devices/iio:device0/energy_value", f"t={now_ms}\n" + "".join(
                 f"CH{index}(T={now_ms})[{name}], {uws:.0f}\n" for index, (name, uws) in enumerate(rows)))
+
+    def write_state(self, name: str, text: str) -> None:
+        """A file under /sim/state that the shims read (faults the tests inject)."""
+        self._write(f"sim/state/{name}", text)
 
     def data_used_bytes(self) -> int:
         total = 0

@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             sandbox.set_quota(sandbox.data_used_bytes())
         elif kind == "memory-pressure":  # free memory drops: lmkd now kills past limit_mb
             physics.lmkd.limit_bytes = int(float(fault.get("limit_mb", 64)) * 2**20)
+        elif kind == "rail-glitch":  # the dumpsys shim fails this many energy-meter dumps
+            sandbox.write_state("rail_glitch", f"{int(fault.get('count', 1))}\n")
 
     async def watch_faults() -> None:
         while True:
