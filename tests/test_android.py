@@ -72,7 +72,7 @@ def test_quick_run_on_the_sim_then_cached_push(phone, tmp_path):
     pushed = load_run(second["run_dir"]).run["pushed"]
     assert pushed["model"]["cached"] and pushed["runtime"]["cached"]
     device = adb.Device(phone.serial)
-    assert "llama-server" not in device.shell("ps -A -o args").stdout  # nothing of ours left running
+    assert f"{ROOT}/" not in device.shell("ps -A -o args").stdout  # nothing of ours left running
     assert not device.forwards()
 
 
@@ -182,7 +182,7 @@ def test_device_disappearing_mid_run_keeps_rows_and_leaves_nothing(start_sim, ho
     # it comes back: nothing of ours runs there, and no forward of ours is left on the host
     back = start_sim(name=info.name, port=info.port)
     device = adb.Device(back.serial)
-    assert "llama-server" not in device.shell("ps -A -o args").stdout
+    assert f"{ROOT}/" not in device.shell("ps -A -o args").stdout
     assert not any(item for item in adb.client().forward_list() if item.serial == back.serial)
 
 
@@ -268,7 +268,7 @@ def test_server_killed_mid_run_is_reported_with_signal_and_memory(phone, tmp_pat
     payload = json.loads(stdout)
     assert payload["status"] == "partial"
     assert "signal 9" in payload["reason"] and "MemAvailable" in payload["reason"], payload["reason"]
-    assert not device.forwards() and "llama-server" not in device.shell("ps -A -o args").stdout
+    assert not device.forwards() and f"{ROOT}/" not in device.shell("ps -A -o args").stdout
 
 
 def test_power_rails_give_energy_per_rail_even_while_charging(phone, tmp_path):
@@ -317,7 +317,7 @@ def test_sweep_over_cpu_sets_on_the_sim(phone, tmp_path):
         assert runtime["affinity"] == point["affinity"] and runtime["threads"] == 1
     assert "| 1 | 0-1 |" in (Path(payload["matrix_dir"]) / "matrix.md").read_text()
     device = adb.Device(phone.serial)
-    assert "llama-server" not in device.shell("ps -A -o args").stdout and not device.forwards()
+    assert f"{ROOT}/" not in device.shell("ps -A -o args").stdout and not device.forwards()
 
 
 def test_llama_bench_on_the_device_with_telemetry(phone, tmp_path):
@@ -334,4 +334,4 @@ def test_llama_bench_on_the_device_with_telemetry(phone, tmp_path):
     assert result["summary"]["decode_tps_median"] > 0 and result["summary"]["prefill_tps_median"] > 0
     assert "keep llama-bench's own definition" in (Path(result["run_dir"]) / "report.md").read_text()
     device = adb.Device(phone.serial)
-    assert "llama-bench" not in device.shell("ps -A -o args").stdout and not device.forwards()
+    assert f"{ROOT}/" not in device.shell("ps -A -o args").stdout and not device.forwards()
