@@ -174,3 +174,18 @@ def test_atomic_writes_follow_the_umask(tmp_path):
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "run.json").stat().st_mode) == 0o644
     assert json.loads((tmp_path / "run.json").read_text()) == {"schema_version": 1}
+
+
+def test_a_worker_reply_cut_by_a_kill_is_a_diagnosed_failure(tmp_path):
+    import sys
+
+    from bench.runtimes.llama_cpp import LlamaCppRuntime, WorkerDied
+    from bench.runtimes.process import LineProcess
+
+    runtime = LlamaCppRuntime(None, n_ctx=64, n_batch=32, threads=1, seed=0, log_path=tmp_path / "runtime.log")
+    # a real process that is killed halfway through writing its JSON reply
+    runtime._process = LineProcess([sys.executable, "-c", "import os, sys; sys.stdout.write('{\"ok\": tr'); "
+                                    "sys.stdout.flush(); os.kill(os.getpid(), 9)"], tmp_path / "runtime.log")
+    with pytest.raises(WorkerDied) as caught:
+        runtime._read(30, "load")
+    assert "cut short" in str(caught.value) and "SIGKILL" in str(caught.value)
