@@ -1,5 +1,6 @@
 """A phone (or the emulated phone) over ADB: facts, preflight, the artifact cache under
-/data/local/tmp/bench, llama-server start/stop (reached through adb streams to its device port), and cleanup that always runs.
+/data/local/tmp/bench, llama-server start/stop (reached through adb streams to its device port),
+and cleanup that always runs.
 The same code path serves a Pixel and `bench sim`; nothing here knows which it talks to."""
 
 from __future__ import annotations
@@ -266,7 +267,11 @@ class AndroidTarget:
         if stale is None or not stale.fixed_performance:
             return False
         self._fixed_enabled = True  # as the dead run left it: set_fixed_performance turns it off
-        self.set_fixed_performance(False)
+        try:
+            self.set_fixed_performance(False)
+        except RunFailed:
+            self._fixed_enabled = False  # it was never on (the dead run's command failed after its record)
+            return False
         return True
 
     def _kill_stale_server(self) -> int | None:
@@ -611,6 +616,8 @@ class AndroidTarget:
             self.lock.record_fixed_performance(True)
         result = self.device.shell(f"cmd power set-fixed-performance-mode-enabled {word}", timeout=15)
         if result.returncode != 0:
+            if enabled:
+                self.lock.record_fixed_performance(False)
             raise RunFailed(f"fixed performance mode could not be {'enabled' if enabled else 'disabled'} on "
                             f"{self.serial}: {(result.stdout + result.stderr).strip()[:200] or f'exit {result.returncode}'}",
                             hint="it needs Android 11+; run without --fixed-performance")

@@ -5,7 +5,8 @@ The lock is a directory (mkdir is atomic) holding owner.json: host, pid, run, si
 holder: a tiny shell the owning run keeps open over adb, whose command line carries a random
 token. adbd ends that shell when the owner's connection goes (bench killed, cable pulled, adb
 server restarted, phone rebooted), so a lock whose holder no longer runs is stale, on any host,
-and the next run takes it over."""
+and the next run takes it over: atomically (see `take_over`), and turning off the fixed performance
+mode its owner record says the dead run left on."""
 
 from __future__ import annotations
 
