@@ -143,6 +143,7 @@ class AndroidSampler:
         self.offset_s = 0.0
         self.offset_uncertainty_s = 0.0
         self.boot_epoch_s: float | None = None
+        self._meter_ms: dict[str, int] = {}  # rail -> the meter's last time stamp seen
         self._stream = None
         self._thread = threading.Thread(target=self._loop, name="bench-android-sampler", daemon=True)
         self._lines = b""
@@ -267,8 +268,11 @@ class AndroidSampler:
         _, readings = parse.parse_iio_energy(text)
         if not readings or self.boot_epoch_s is None:
             return []
+        # the loop reads the file every tick; the meter updates at its own pace: keep new readings only
+        fresh = [r for r in readings if self._meter_ms.get(r.rail) != r.t_boot_ms]
+        self._meter_ms.update((r.rail, r.t_boot_ms) for r in fresh)
         return [Sample(r.t_boot_ms / 1000 + self.boot_epoch_s - self.offset_s, "rail", r.rail, r.joules, "J")
-                for r in readings]
+                for r in fresh]
 
     @property
     def rail_source(self) -> str | None:
