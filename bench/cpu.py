@@ -106,6 +106,11 @@ def arm_variant_for(features: frozenset[str]) -> tuple[str, str] | None:
     return next(((name, arch) for name, arch in ARM_VARIANTS if arm_arch_features(arch) <= features), None)
 
 
+def arm_variant_name(arch: str | None) -> str | None:
+    """"i8mm" or "dotprod" for the -march of one of ARM_VARIANTS; the -march itself for any other."""
+    return next((name for name, variant in ARM_VARIANTS if variant == arch), arch)
+
+
 def cpu_build(machine: str, flags: frozenset[str]) -> CpuBuild:
     machine = machine.lower()
     amx = any(flag in flags for flag in AMX_FLAGS)

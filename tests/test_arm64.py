@@ -71,6 +71,7 @@ def test_a_phone_without_i8mm_gets_the_dotprod_variant_and_completes(start_sim, 
     run = load_run(payload["run_dir"]).run
     assert "asimddp" in run["device"]["extra"]["cpu_features"] and "i8mm" not in run["device"]["extra"]["cpu_features"]
     assert run["runtime"]["arm_arch"] == "armv8.2-a+dotprod" and run["runtime"]["cpu_features_required"] == ["asimddp"]
+    assert run["runtime"]["runtime_variant"] == "dotprod"
     assert payload["summary"]["decode_tps_median"] > 0
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 from .. import parse
 from ..catalog import cached_sha256
-from ..cpu import arm_variant_for, cpuinfo_flags
+from ..cpu import arm_variant_for, arm_variant_name, cpuinfo_flags
 from ..errors import PreflightError, RunFailed, UsageError
 from ..gguf import kv_cache_bytes
 from ..profiles import DeviceProfile, load_profiles, match_profile
@@ -501,6 +501,7 @@ class AndroidTarget:
                 "threads": threads, "affinity": list(affinity), "n_batch": scenario.n_batch, "repack": repack,
                 "repack_reason": repack_reason, "fixed_performance": self._fixed_enabled,
                 "arm_arch": arm_arch_of(self.runtime.meta.get("cmake_flags")),
+                "runtime_variant": arm_variant_name(arm_arch_of(self.runtime.meta.get("cmake_flags"))),
                 "cpu_features_required": sorted(required_cpu_features(self.runtime.meta))}
 
     def repack_choice(self) -> tuple[bool, str]:
