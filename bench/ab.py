@@ -55,8 +55,9 @@ def new_directory(root: Path, label: str) -> Path:
             candidate, suffix = root / f"{stamp}-ab-{label}-{suffix}", suffix + 1
 
 
-def load_pairs(directory: Path) -> list[Pair] | None:
-    """The complete pairs of an A/B folder, or None when the folder is no A/B folder."""
+def load_pairs(directory: Path) -> tuple[list[Pair], dict] | None:
+    """The complete pairs of an A/B folder and its record (what base and head were), or None when
+    the folder is no A/B folder."""
     path = directory / AB_FILE
     if not path.is_file():
         return None
@@ -71,7 +72,7 @@ def load_pairs(directory: Path) -> list[Pair] | None:
         raise StoreError(f"{path} is not a readable A/B record: {error}", "rerun `bench ab`") from None
     if not pairs:
         raise StoreError(f"{path} holds no complete pair", "rerun `bench ab` with more time or fewer failures")
-    return pairs
+    return pairs, data
 
 
 def run_ab(directory: Path, pairs: int, make_run: Callable[[str, int], tuple[RunOptions, Target]],

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--base", required=True, metavar="MODEL_OR_RUNTIME",
                     help="a catalog alias or .gguf path, or (phones) a llama.cpp runtime folder")
     ab.add_argument("--head", required=True, metavar="MODEL_OR_RUNTIME", help="the same kinds as --base")
-    ab.add_argument("--pairs", type=_positive_int, default=6, help="ABBA pairs (default 6, the fewest a paired test can call)")
+    ab.add_argument("--pairs", type=_positive_int, default=8,
+                    help="ABBA pairs (default 8; 6 is the fewest a paired test can call, and then every pair must agree)")
     ab.add_argument("--device", default="host", help="host (default), a device profile id, a serial, or any")
     ab.add_argument("--model", default="smollm2-135m", help="the model when --base and --head are runtimes")
     ab.add_argument("--scenario", default="quick", help="scenario name or .toml path (default quick)")
@@ -181,8 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--repetitions", type=_positive_int, help="override the scenario's repetitions (per run)")
     ab.add_argument("--telemetry-hz", type=_positive_float, default=10.0, help="sampling rate (default 10)")
     ab.add_argument("--no-telemetry", action="store_true", help="do not sample telemetry")
-    ab.add_argument("--ignore", action="append", default=[], choices=("model", "runtime"),
-                    help="the key the two sides differ in on purpose (set from --base/--head; repeat to add)")
     _run_flags(ab)
     _verdict_flags(ab)
 
@@ -526,8 +525,8 @@ def cmd_ab(args) -> int:
     if set(arms["base"]) != set(arms["head"]):
         raise UsageError("--base and --head must be the same kind (two models, or two runtime folders)",
                          "e.g. --base 1b-q4 --head 3b-q4, or --base OLD_BUILD --head NEW_BUILD --device pixel8")
-    differs = "runtime" if "runtime" in arms["base"] else "model"
-    args.ignore = sorted(set(args.ignore) | ({differs} if args.base != args.head else set()))
+    differs = "runtime" if "runtime" in arms["base"] else "model"  # the match key the sides differ in on purpose
+    args.ignore = []
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions)
     if differs == "runtime":
         _check_model(args.model)
@@ -792,14 +791,17 @@ def _comparisons(args, paths: list[Path], threshold: float):
     from .store import find_runs
 
     if len(paths) == 1:
-        pairs = load_pairs(paths[0])
-        if pairs is None:
+        loaded = load_pairs(paths[0])
+        if loaded is None:
             raise UsageError("compare needs a base and at least one head",
-                             "bench compare BASE HEAD [MORE...], --baseline NAME HEAD, or an `bench ab` folder")
+                             "bench compare BASE HEAD [MORE...], --baseline NAME HEAD, or a `bench ab` folder")
+        pairs, record = loaded
         base_runs = [_run_values(Path(pair.base)) for pair in pairs]
         head_runs = [_run_values(Path(pair.head)) for pair in pairs]
-        return [compare_sides(make_side(f"base {paths[0].name}", base_runs), make_side(f"head {paths[0].name}", head_runs),
-                              threshold=threshold, ignore=args.ignore, paired=True)]
+        ignore = sorted(set(args.ignore) | ({record["differs_in"]} if record.get("differs_in") else set()))
+        return [compare_sides(make_side(f"base {Path(str(record.get('base', 'base'))).name}", base_runs),
+                              make_side(f"head {Path(str(record.get('head', 'head'))).name}", head_runs),
+                              threshold=threshold, ignore=ignore, paired=True)]
 
     def groups(path: Path) -> dict[tuple, list]:
         found: dict[tuple, list] = {}

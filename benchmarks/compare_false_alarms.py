@@ -120,7 +120,7 @@ def comparisons(label: str, make_target, count: int, pairs: int, duty: float, ou
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comparisons", type=int, default=20)
-    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--burn-duty", type=float, default=0.1, help="share of each 10 ms the burner spins")
     parser.add_argument("--designs", default="A/A,A/B", help="A/A, A/B or both (default)")
     parser.add_argument("--only", choices=("host", "sim"))

@@ -54,6 +54,9 @@ def test_ab_of_two_models_on_the_host_and_bad_arms(smollm2_path, tmp_path):
                        "--scenario", str(_scenario(tmp_path)), "--out", str(tmp_path / "r"), "--no-telemetry")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "paired and interleaved: 2 ABBA pairs" in result.stdout.splitlines()[0]
+    (ab_dir,) = (tmp_path / "r").glob("*-ab-tiny")
+    again = bench_cli("compare", str(ab_dir))  # two models on purpose: the record says so, no --ignore needed
+    assert again.returncode == 0 and "### base smollm2-135m" in again.stdout, again.stdout + again.stderr
     mixed = bench_cli("ab", "--base", "smollm2-135m", "--head", str(tmp_path), "--out", str(tmp_path / "bad"))
     lines = [line for line in mixed.stderr.splitlines() if line.strip()]
     assert mixed.returncode == 2 and len(lines) == 1 and not (tmp_path / "bad").exists(), mixed.stderr
