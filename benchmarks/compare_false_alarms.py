@@ -6,12 +6,13 @@ server), with tiny shapes:
   does). Each comparison is `--pairs` pairs; the share called regressed or improved is the false-
   alarm rate of the paired design (goal <= 5%). The same runs, taken one pair at a time as single
   runs, show the rate of the old within-run rule and of the new run-to-run noise gate.
-- A/B: the head runs beside a CPU burner (a process of ours that spins `--burn-duty` of every
-  10 ms on every core), a real slowdown of roughly 15%; the share found regressed is the power
-  (goal >= 90%). The measured slowdown is printed beside it.
+- A/B: the head runs with less CPU: held to `--head-cpu-share` of the machine by a cgroup quota
+  where one can be made (root, cgroup v1 cpu controller), else beside a CPU burner (a process of
+  ours that spins `--burn-duty` of every 10 ms on every core): a real slowdown of roughly 15%; the
+  share found regressed is the power (goal >= 90%). The measured slowdown is printed beside it.
 
     .venv/bin/python benchmarks/compare_false_alarms.py [--comparisons 20] [--pairs 6] [--only host|sim]
-                                                        [--designs A/A,A/B] [--burn-duty 0.1]
+                                                        [--designs A/A,A/B] [--head-cpu-share 0.85]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,6 +57,30 @@ def burner(duty: float):
             process.wait(timeout=10)
 
 
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+@contextlib.contextmanager
+def cpu_quota(pid: int, share: float):
+    """The process `pid` (and what it starts meanwhile) gets `share` of this machine's CPUs: a
+    cgroup (v1 cpu controller) with a CFS quota over 10 ms periods, made and removed here. The
+    steady slowdown a burner only approximates: the scheduler decides how much a burner steals."""
+    group = CGROUP_V1_CPU / f"bench-ab-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text("10000")
+        (group / "cpu.cfs_quota_us").write_text(str(int(10000 * share * (os.cpu_count() or 1))))
+        (group / "cgroup.procs").write_text(str(pid))
+        yield
+    finally:
+        (CGROUP_V1_CPU / "cgroup.procs").write_text(str(pid))
+        group.rmdir()
+
+
+def quota_available() -> bool:
+    return os.access(CGROUP_V1_CPU / "cgroup.procs", os.W_OK)
+
+
 def decode_values(make_target, scenario, model, out: Path) -> list[float]:
     target = make_target()
     try:
@@ -67,7 +93,7 @@ def decode_values(make_target, scenario, model, out: Path) -> list[float]:
     return list(result.summary["per_repetition"]["decode_tps"])
 
 
-def comparisons(label: str, make_target, count: int, pairs: int, duty: float, out: Path,
+def comparisons(label: str, make_target, count: int, pairs: int, slow_head, slowdown_label: str, out: Path,
                 designs: tuple[str, ...] = ("A/A", "A/B")) -> None:
     scenario_path = out / "tiny.toml"
     scenario_path.write_text(TINY)
@@ -80,7 +106,7 @@ def comparisons(label: str, make_target, count: int, pairs: int, duty: float, ou
             base_runs, head_runs = [], []
             for pair in range(pairs):
                 for side in (("base", "head") if pair % 2 == 0 else ("head", "base")):
-                    loaded = burner(duty) if design == "A/B" and side == "head" else contextlib.nullcontext()
+                    loaded = slow_head() if design == "A/B" and side == "head" else contextlib.nullcontext()
                     with loaded:
                         values = decode_values(make_target, scenario, model, out / "runs")
                     (base_runs if side == "base" else head_runs).append(values)
@@ -112,25 +138,36 @@ def comparisons(label: str, make_target, count: int, pairs: int, duty: float, ou
               f"run-to-run noise gate")
     if ab_paired:
         found = sum(v == "regressed" for v in ab_paired)
-        print(f"{label}: {count} A/B comparisons, head beside a CPU burner (duty {duty:.0%}, median slowdown "
+        print(f"{label}: {count} A/B comparisons, head {slowdown_label} (median slowdown "
               f"{np.median(slowdowns):+.1%}): found regressed {found}/{count} = {found / count:.0%} (goal >= 90%)")
     print(f"{label}: {time.monotonic() - started:.0f} s")
 
 
 def main() -> None:
+    # SIGTERM ends it like Ctrl-C: the finally blocks stop the sim, the adb server and the quota group
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comparisons", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--burn-duty", type=float, default=0.1, help="share of each 10 ms the burner spins")
+    parser.add_argument("--head-cpu-share", type=float, default=0.85,
+                        help="the A/B head's share of the CPUs, by a cgroup quota where one can be made (else the burner)")
     parser.add_argument("--designs", default="A/A,A/B", help="A/A, A/B or both (default)")
     parser.add_argument("--only", choices=("host", "sim"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
+        designs = tuple(args.designs.split(","))
+
+        def slowdown(pid: int):
+            if quota_available():
+                return (lambda: cpu_quota(pid, args.head_cpu_share)), f"held to {args.head_cpu_share:.0%} of the CPUs (cgroup quota)"
+            return (lambda: burner(args.burn_duty)), f"beside a CPU burner (duty {args.burn_duty:.0%})"
+
         if args.only in (None, "host"):
             bandwidth = host_bandwidth_gbs(cache_root())
-            comparisons("host", lambda: HostTarget(bandwidth), args.comparisons, args.pairs, args.burn_duty, out,
-                        tuple(args.designs.split(",")))
+            slow_head, how = slowdown(os.getpid())  # the worker each run starts inherits the quota
+            comparisons("host", lambda: HostTarget(bandwidth), args.comparisons, args.pairs, slow_head, how, out, designs)
         if args.only in (None, "sim"):
             import json
 
@@ -140,8 +177,9 @@ def main() -> None:
             runtime_dir = build(plan_build("host", cache_root()))
             bundle = RuntimeBundle(runtime_dir / "bin" / "llama-server", json.loads((runtime_dir / "runtime.json").read_text()))
             with emulated_phone("false-alarms") as info:
-                comparisons("sim", lambda: AndroidTarget(info.serial, bundle), args.comparisons, args.pairs,
-                            args.burn_duty, out, tuple(args.designs.split(",")))
+                slow_head, how = slowdown(info.pid)  # the sim's adbd: the llama-server it starts inherits the quota
+                comparisons("sim", lambda: AndroidTarget(info.serial, bundle), args.comparisons, args.pairs, slow_head,
+                            how, out, designs)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 loopback is not ours. The only way in is a Unix socket (file systems are shared, networks are not)
 relayed to the adb server inside, as a lab's adb server is reached over the network.
 
-Run inside `unshare --net` by tests/test_remote_adb.py: `python netns_lab.py SOCKET STATE_DIR`.
+Run inside `unshare --net` by tests/test_labs_sim.py: `python netns_lab.py SOCKET STATE_DIR SIM_PORT`.
 It prints one JSON line ({"serial": ...}) once the phone is attached, then serves until its stdin
 closes, and stops everything it started."""
 
@@ -65,7 +65,7 @@ def relay(listener: socket.socket, connect) -> threading.Thread:
     return thread
 
 
-def main(socket_path: str, state_dir: str) -> int:
+def main(socket_path: str, state_dir: str, sim_port: str) -> int:
     repo = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(repo))
     from bench.android import adb
@@ -75,7 +75,7 @@ def main(socket_path: str, state_dir: str) -> int:
     server = adb.Server("127.0.0.1", 5037)  # the lab's own default port, on the lab's own loopback
     os.environ[adb.SERVER_PORT_ENV] = "5037"
     adb.ensure_server(server=server)
-    info = control.start(Path(state_dir), name=f"lab-{os.getpid()}", settings=())
+    info = control.start(Path(state_dir), name=f"lab-{os.getpid()}", port=int(sim_port), settings=())
     try:
         adb.connect(info.serial, server=server)
         adb.wait_for_state(info.serial, server=server)
@@ -94,4 +94,4 @@ def main(socket_path: str, state_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[3]))

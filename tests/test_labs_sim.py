@@ -173,9 +173,12 @@ def test_an_adb_server_on_a_lab_host_whose_loopback_is_not_ours(host_runtime, sm
     through a relay (local TCP port -> Unix socket -> the server), as a lab host is reached. An
     `adb forward` would listen on the lab's loopback, never ours: the run must not need one."""
     socket_path = tmp_path / "lab.sock"
+    with socket.socket() as free:  # a port free on our loopback too: nothing of ours answers there
+        free.bind(("127.0.0.1", 0))
+        lab_port = free.getsockname()[1]
     prefix = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--net"]
     lab = subprocess.Popen([*prefix, sys.executable, str(REPO / "tests" / "netns_lab.py"), str(socket_path),
-                            str(tmp_path / "lab")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            str(tmp_path / "lab"), str(lab_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         line = lab.stdout.readline()
