@@ -12,7 +12,7 @@ server), with tiny shapes:
   share found regressed is the power (goal >= 90%). The measured slowdown is printed beside it.
 
     .venv/bin/python benchmarks/compare_false_alarms.py [--comparisons 20] [--pairs 6] [--only host|sim]
-                                                        [--designs A/A,A/B] [--head-cpu-share 0.85]
+                                                        [--designs A/A,A/B] [--head-cpu-share 0.92]
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--comparisons", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--burn-duty", type=float, default=0.1, help="share of each 10 ms the burner spins")
-    parser.add_argument("--head-cpu-share", type=float, default=0.85,
+    parser.add_argument("--head-cpu-share", type=float, default=0.92,
                         help="the A/B head's share of the CPUs, by a cgroup quota where one can be made (else the burner)")
     parser.add_argument("--designs", default="A/A,A/B", help="A/A, A/B or both (default)")
     parser.add_argument("--only", choices=("host", "sim"))
