@@ -266,3 +266,31 @@ def test_a_failed_rail_reading_is_a_warning_and_rails_go_on(start_sim, host_runt
     # the request whose closing reading failed is cut from the readings on either side of the gap
     assert energy["available"] and energy["requests_covered"] == energy["requests"] >= 4, energy
     assert warnings or any("power-rail" in e.get("message", "") for e in events)
+
+
+@pytest.mark.slow
+def test_a_device_port_already_taken_is_not_a_failed_run(start_sim, host_runtime, smollm2_path, tmp_path):
+    """Found by the false-alarm benchmark: llama-server's port on the phone was picked at random and
+    could be one another program (or an adb connection's ephemeral port) holds."""
+    from bench.android.device import AndroidTarget, RuntimeBundle
+    from bench.catalog import model_info
+    from bench.config import resolve_scenario
+    from bench.progress import NullProgress
+
+    info = start_sim()
+    with socket.socket() as taken, socket.socket() as free:  # the sim's loopback is ours
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        free.bind(("127.0.0.1", 0))
+        free_port = free.getsockname()[1]
+        free.close()
+        meta = json.loads((host_runtime / "runtime.json").read_text())
+        target = AndroidTarget(info.serial, RuntimeBundle(host_runtime / "bin" / "llama-server", meta))
+        target.device_ports = iter([taken.getsockname()[1], free_port])
+        try:
+            scenario, model = resolve_scenario(str(_scenario(tmp_path))), model_info("smollm2-135m")
+            runtime = target.prepare(model, scenario, NullProgress())
+            assert runtime.info()["device_port"] == free_port
+            assert runtime.complete("Hi", n_predict=4, ignore_eos=True, keep_cache=False, temperature=0, seed=1).gen_tokens == 4
+        finally:
+            target.release()

@@ -11,7 +11,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .. import parse
 from ..catalog import cached_sha256
@@ -207,6 +207,20 @@ def cpu_mask(cpus: tuple[int, ...]) -> str:
     return f"{sum(1 << cpu for cpu in cpus):x}"
 
 
+PORT_ATTEMPTS = 5
+
+
+class PortTaken(RunFailed):
+    """llama-server could not bind its port on the device: another program holds it."""
+
+
+def device_ports() -> Iterator[int]:
+    """Ports for llama-server on the device's loopback, at random below Linux's ephemeral range
+    (32768-60999), where the phone's own outgoing connections take theirs."""
+    while True:
+        yield random.randint(20000, 32000)
+
+
 @dataclass(frozen=True)
 class RuntimeBundle:
     """A llama.cpp build for the device's ABI: its llama-server and what runtime.json says."""
@@ -240,6 +254,7 @@ class AndroidTarget:
         self.profile = self.snap.profile
         self._server_stream = None
         self._server_pid: int | None = None
+        self.device_ports = device_ports()
         self.pushed: dict[str, dict] = {}
         self._rails_absent = False
         self._rails_read = False
@@ -461,22 +476,39 @@ class AndroidTarget:
         mask = f" --cpu-mask {cpu_mask(affinity)} --cpu-strict 1" if affinity else ""
         repack, repack_reason = self.repack_choice()
         no_repack = "" if repack else " --no-repack"
-        device_port = random.randint(20000, 45000)
         log = f"{ROOT}/run/llama-server.log"
-        command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo $$ > run/llama-server.pid && echo PID $$ && exec {server_remote} -m {model_remote}"
-                   f" --host 127.0.0.1 --port {device_port} -np 1 -c {scenario.n_ctx} -b {scenario.n_batch}"
-                   f" -t {threads} -tb {threads}{mask}{no_repack} --seed {scenario.seed} > {log} 2>&1")
-        self.event("phase", "llama-server starting", threads=threads, affinity=list(affinity), device_port=device_port)
         task = progress.task(f"load {model.alias} in llama-server on {self.serial}")
+        for attempt in range(PORT_ATTEMPTS):
+            device_port = next(self.device_ports)
+            command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo $$ > run/llama-server.pid && echo PID $$ && exec {server_remote} -m {model_remote}"
+                       f" --host 127.0.0.1 --port {device_port} -np 1 -c {scenario.n_ctx} -b {scenario.n_batch}"
+                       f" -t {threads} -tb {threads}{mask}{no_repack} --seed {scenario.seed} > {log} 2>&1")
+            self.event("phase", "llama-server starting", threads=threads, affinity=list(affinity), device_port=device_port)
+            try:
+                server = self._await_server(command, model, scenario, device_port, {
+                    **self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason),
+                    "n_ctx": scenario.n_ctx, "parallel": 1, "device_port": device_port})
+                break
+            except PortTaken:
+                self.stop_server()
+                self.event("warning", f"port {device_port} on {self.serial} is taken; llama-server tries another")
+        else:
+            raise RunFailed(f"llama-server found no free port on {self.serial} in {PORT_ATTEMPTS} tries",
+                            hint="something on the phone holds many ports; reboot it")
+        task.done()
+        self.event("phase", "llama-server healthy", load_ms=server.load())
+        return server
+
+    def _await_server(self, command: str, model: ModelInfo, scenario: Scenario, device_port: int,
+                      runtime_info: dict) -> LlamaServerRuntime:
+        """Start llama-server with `command` and wait for /health; PortTaken when its port was in use."""
         started = time.monotonic()
         self._server_stream = self.device.open_shell_stream(command)
         first = (self._server_stream.read_stdout() or b"").decode(errors="replace")
         if first.startswith("PID "):
             self._server_pid = int(first.split()[1])
-        runtime_info = {**self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason),
-                        "n_ctx": scenario.n_ctx, "parallel": 1, "device_port": device_port,
-                        "server_pid": self._server_pid}
-        server = LlamaServerRuntime(lambda timeout: self.device.open_tcp(device_port, timeout), info=runtime_info, process_id=self._server_pid,
+        server = LlamaServerRuntime(lambda timeout: self.device.open_tcp(device_port, timeout),
+                                    info={**runtime_info, "server_pid": self._server_pid}, process_id=self._server_pid,
                                     request_timeout_s=scenario.request_timeout_s)
         deadline = started + 60 + model.bytes / 1e8
         while True:
@@ -484,13 +516,13 @@ class AndroidTarget:
             if status == 200:
                 break
             if not self.server_alive() or time.monotonic() > deadline:
-                raise RunFailed(f"llama-server did not become healthy on {self.serial}: {self.server_failure(model)}",
+                failure = self.server_failure(model)
+                if "couldn't bind" in failure:
+                    raise PortTaken(failure)
+                raise RunFailed(f"llama-server did not become healthy on {self.serial}: {failure}",
                                 hint="see the log tail above; a smaller model or n_ctx may fit")
             time.sleep(0.2)
-        load_ms = (time.monotonic() - started) * 1000
-        task.done()
-        server.loaded(load_ms)
-        self.event("phase", "llama-server healthy", load_ms=load_ms)
+        server.loaded((time.monotonic() - started) * 1000)
         return server
 
     def _runtime_facts(self, kind: str, scenario: Scenario, threads: int, affinity: tuple[int, ...], repack: bool,
