@@ -275,18 +275,18 @@ def _runtime_bundle(explicit: Path | None, abi: str | None, features: frozenset[
     if explicit is not None:
         meta = describe_runtime_dir(explicit)
         return RuntimeBundle(Path(meta["bin"]) / "llama-server", meta)
+    def bundle(meta: dict) -> RuntimeBundle:
+        return RuntimeBundle(Path(meta["path"]) / "bin" / "llama-server", meta)
+
     same_abi = [meta for meta in _usable_runtimes(cache_root()) if meta.get("abi") == abi]
     fitting = [meta for meta in same_abi if required_cpu_features(meta) <= features]
-    if fitting:
-        best = max(fitting, key=lambda meta: len(required_cpu_features(meta)))  # stable: newest among equals
-        return RuntimeBundle(Path(best["path"]) / "bin" / "llama-server", best)
-    if abi == "arm64-v8a":
-        built = _build_phone_runtime(features)
-        if built is not None:
-            return RuntimeBundle(Path(built["path"]) / "bin" / "llama-server", built)
-    if same_abi:  # none fits: preflight names the missing feature and the build command
-        return RuntimeBundle(Path(same_abi[0]["path"]) / "bin" / "llama-server", same_abi[0])
-    return None
+    if fitting:  # max() keeps the first of equals: the newest
+        return bundle(max(fitting, key=lambda meta: len(required_cpu_features(meta))))
+    built = _build_phone_runtime(features) if abi == "arm64-v8a" else None
+    if built is not None:
+        return bundle(built)
+    # none fits: preflight names the missing feature and the build command
+    return bundle(same_abi[0]) if same_abi else None
 
 
 def _build_phone_runtime(features: frozenset[str]) -> dict | None:
@@ -303,7 +303,7 @@ def _build_phone_runtime(features: frozenset[str]) -> dict | None:
     with BarProgress(err) as progress:
         plan = builder.plan_build("linux-arm64", cache_root(), arm_arch=variant[1], progress=progress)
         path = builder.build(plan, progress)
-    return {**builder.describe_runtime_dir(path), "path": str(path)}
+    return builder.describe_runtime_dir(path)
 
 
 def _usable_runtimes(cache: Path) -> list[dict]:
@@ -546,15 +546,12 @@ def cmd_ab(args) -> int:
         result = run_ab(directory, args.pairs, make_run, progress, meta={
             "base": args.base, "head": args.head, "device": args.device, "scenario": scenario.name,
             "differs_in": differs if args.base != args.head else None, "pairs_asked": args.pairs})
-    if not result.pairs:
-        err.print(f"A/B {result.status}: {result.reason}; runs are kept in {result.directory}", markup=False, soft_wrap=True)
-        return 130 if result.reason and "interrupted" in result.reason else 3
-    code = _report_comparisons(args, _comparisons(args, [result.directory], _threshold(args)))
-    err.print(f"A/B: {result.directory} ({len(result.pairs)} pairs)", markup=False)
-    if result.status != "complete":
-        err.print(f"A/B {result.status}: {result.reason}", markup=False, soft_wrap=True)
-        return 130 if result.reason and "interrupted" in result.reason else 3
-    return code
+    if result.pairs:
+        code = _report_comparisons(args, _comparisons(args, [result.directory], _threshold(args)))
+        err.print(f"A/B: {result.directory} ({len(result.pairs)} pairs)", markup=False)
+        if result.status == "complete":
+            return code
+    return _run_exit_code(result.status, result.reason, result.directory)
 
 
 def cmd_matrix(args) -> int:
@@ -752,7 +749,7 @@ def _noise_bands(root: Path, key: dict, exclude: set[Path]) -> dict:
 
     from .compare import MIN_NOISE_RUNS, NoiseBand, run_key, run_to_run_band
     from .errors import StoreError
-    from .store import find_runs, load_run_meta
+    from .store import find_runs, load_run_meta, run_repetition_values
 
     try:
         candidates = [d for d in find_runs(root) if d.resolve() not in exclude]
@@ -765,12 +762,12 @@ def _noise_bands(root: Path, key: dict, exclude: set[Path]) -> dict:
         except (BenchError, OSError, ValueError):
             continue  # a broken or foreign folder in the history is no evidence either way
         if run.get("status") == "complete" and run_key(run) == key:
-            same.append(run_dir)
+            same.append((run_dir, run))
     if len(same) < MIN_NOISE_RUNS:
         return {}
     medians: dict[str, list[float]] = {}
-    for run_dir in same:
-        for name, values in _run_values(run_dir).values.items():
+    for run_dir, run in same:  # run.json is read once: its per-repetition values come with it
+        for name, values in run_repetition_values(run_dir, run).items():
             if values:
                 medians.setdefault(name, []).append(float(np.median(values)))
     bands = {}
