@@ -45,6 +45,9 @@ class Target(Protocol):
     def release(self) -> None: ...
 
 
+METER_WAIT_S = 3.0  # the longest wait for a power monitor's reading past the last request
+
+
 @dataclass(frozen=True)
 class RunOptions:
     device: str
@@ -324,8 +327,14 @@ class _Run:
                 failures.append(f"{name}: {type(error).__name__}: {error}")
 
         def stop_sampler() -> None:
-            # One more tick, so the samples cover the end of the last request's window.
+            # One more tick, so the samples cover the end of the last request's window; a power
+            # monitor read by the loop stamps readings at its own pace: wait (briefly) for one past it.
             time.sleep(min(1.0, 1.5 / (self.options.telemetry_hz or 10)))
+            last_end = max((r.t_start_s + (r.e2e_ms or 0) / 1000 for r in self.requests), default=None)
+            deadline = time.monotonic() + METER_WAIT_S
+            while (sampler.rail_source and last_end is not None and (sampler.last_rail_s or 0.0) < last_end
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
             try:
                 sampler.stop()
             finally:

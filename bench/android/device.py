@@ -256,9 +256,7 @@ class AndroidTarget:
         self._server_pid: int | None = None
         self.device_ports = device_ports()
         self.pushed: dict[str, dict] = {}
-        self._rails_absent = False
-        self._rails_read = False
-        self.rail_failures = 0
+        self._has_rails: bool | None = None  # decided by the first energy-meter reading
         # The lock comes first: only a run that holds the device may kill a server left on it.
         self.lock = DeviceLock(self.device, run_label)
         self.lock_note = self.lock.acquire()
@@ -672,7 +670,7 @@ class AndroidTarget:
         """One dump of the PowerStats HAL energy meter as samples (cumulative J per channel),
         stamped at the middle of the dumpsys call; [] when the device has no meter. Only the first
         reading decides that: a later one that fails is a warning, and the next one is tried."""
-        if self._rails_absent:
+        if self._has_rails is False:
             return []
         before = clock.now_s()
         try:
@@ -681,13 +679,13 @@ class AndroidTarget:
         except AdbFailure as error:
             reading, why = None, str(error)
         if reading is None:
-            if not self._rails_read:
-                self._rails_absent = True
+            if self._has_rails is None:
+                self._has_rails = False
             else:
-                self.rail_failures += 1
-                self.event("warning", f"a power-rail reading failed ({why}); the requests around it are not covered")
+                self.event("warning", f"a power-rail reading failed ({why}); the requests around it are cut from "
+                                      "the readings on either side of the gap")
             return []
-        self._rails_read = True
+        self._has_rails = True
         t_s = (before + clock.now_s()) / 2
         return [Sample(t_s, "rail", channel, joules, "J") for channel, joules in reading.channels.items()]
 

@@ -144,6 +144,7 @@ class AndroidSampler:
         self.offset_uncertainty_s = 0.0
         self.boot_epoch_s: float | None = None
         self._meter_ms: dict[str, int] = {}  # rail -> the meter's last time stamp seen
+        self.last_rail_s: float | None = None  # run time of the meter's newest reading
         self._stream = None
         self._thread = threading.Thread(target=self._loop, name="bench-android-sampler", daemon=True)
         self._lines = b""
@@ -271,8 +272,11 @@ class AndroidSampler:
         # the loop reads the file every tick; the meter updates at its own pace: keep new readings only
         fresh = [r for r in readings if self._meter_ms.get(r.rail) != r.t_boot_ms]
         self._meter_ms.update((r.rail, r.t_boot_ms) for r in fresh)
-        return [Sample(r.t_boot_ms / 1000 + self.boot_epoch_s - self.offset_s, "rail", r.rail, r.joules, "J")
-                for r in fresh]
+        samples = [Sample(r.t_boot_ms / 1000 + self.boot_epoch_s - self.offset_s, "rail", r.rail, r.joules, "J")
+                   for r in fresh]
+        if samples:
+            self.last_rail_s = max(self.last_rail_s or 0.0, *(sample.t_s for sample in samples))
+        return samples
 
     @property
     def rail_source(self) -> str | None:
