@@ -152,7 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add_command in (_add_run_command, _add_ab_command, _add_matrix_command, _add_devices_command,
+                        _add_models_command, _add_scenarios_command, _add_compare_command, _add_sim_command,
+                        _add_capture_command, _add_runtime_command, _add_history_command, _add_report_command):
+        add_command(commands)
+    return parser
 
+
+def _add_run_command(commands) -> None:
+    """`bench run`: one scenario on one or more devices, or a sweep."""
     run = commands.add_parser("run", help="run a scenario on a device and store the results")
     run.add_argument("--device", default="host",
                      help="host (default), a device profile id, a serial, or any; several (a,b) or all run in parallel")
@@ -169,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_flags(run)
     run.add_argument("--json", action="store_true", help="print one JSON object: run_dir, status, summary")
 
+
+def _add_ab_command(commands) -> None:
+    """`bench ab`: interleaved base/head runs on one device."""
     ab = commands.add_parser("ab", help="interleaved A/B on one device: base and head alternate (ABBA), then a paired comparison")
     ab.add_argument("--base", required=True, metavar="MODEL_OR_RUNTIME",
                     help="a catalog alias or .gguf path, or (phones) a llama.cpp runtime folder")
@@ -185,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_flags(ab)
     _verdict_flags(ab)
 
+
+def _add_matrix_command(commands) -> None:
+    """`bench matrix`: devices x models x scenarios x threads from a file."""
     matrix = commands.add_parser("matrix", help="run a matrix file: devices x models x scenarios x threads, resumable")
     matrix.add_argument("file", type=Path, help="the matrix TOML (devices, models, scenarios, threads, affinity, ...)")
     matrix.add_argument("--out", default="results", type=Path, help="results root (default results/)")
@@ -192,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_flags(matrix)
     matrix.add_argument("--json", action="store_true", help="print one JSON object: matrix_dir, status, points")
 
+
+def _add_devices_command(commands) -> None:
+    """`bench devices`: what is attached, and --reset."""
     devices = commands.add_parser("devices", help="attached devices: profile, battery, thermal")
     devices.add_argument("--json", action="store_true")
     devices.add_argument("--reset", action="store_true",
@@ -199,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--device", default=None, help="with --reset: only this device (serial or profile)")
     _server_flags(devices)
 
+
+def _add_models_command(commands) -> None:
+    """`bench models [pull]`."""
     models = commands.add_parser("models", help="list catalog models, or pull one")
     models.add_argument("--json", action="store_true")
     models_sub = models.add_subparsers(dest="models_command", parser_class=_Parser)
@@ -206,9 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("alias")
     pull.add_argument("--force", action="store_true", help="download again even if cached")
 
+
+def _add_scenarios_command(commands) -> None:
+    """`bench scenarios`."""
     scenarios = commands.add_parser("scenarios", help="list scenarios")
     scenarios.add_argument("--json", action="store_true")
 
+
+def _add_compare_command(commands) -> None:
+    """`bench compare`: run sets against a base."""
     compare = commands.add_parser("compare", help="compare run sets: did head get slower, hotter, hungrier?")
     compare.add_argument("paths", nargs="+", type=Path, metavar="RUNS",
                          help="BASE HEAD [MORE...]: run directories or folders of runs (only heads with --baseline)")
@@ -219,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="compare even though this match key differs (e.g. two models on purpose)")
     _verdict_flags(compare)
 
+
+def _add_sim_command(commands) -> None:
+    """`bench sim start|stop|status`."""
     sim = commands.add_parser("sim", help="an emulated Android phone on loopback, behind the real adb server")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, parser_class=_Parser)
     sim_start = sim_sub.add_parser("start", help="start a sim in the background and connect it to adb")
@@ -236,10 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim_stop.add_argument("--all", action="store_true")
     sim_sub.add_parser("status", help="list running sims")
 
+
+def _add_capture_command(commands) -> None:
+    """`bench capture`."""
     capture = commands.add_parser("capture", help="save a device's getprop/dumpsys/sysfs text for --replay")
     capture.add_argument("--device", required=True, help="serial")
     capture.add_argument("dir", type=Path)
 
+
+def _add_runtime_command(commands) -> None:
+    """`bench runtime build|list`."""
     runtime = commands.add_parser("runtime", help="build or list llama.cpp runtimes")
     runtime_sub = runtime.add_subparsers(dest="runtime_command", required=True, parser_class=_Parser)
     runtime_build = runtime_sub.add_parser("build", help="build llama-server, llama-bench and llama-completion")
@@ -252,14 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_build.add_argument("--print-plan", action="store_true", help="print the cmake configuration and stop")
     runtime_sub.add_parser("list", help="list cached runtimes")
 
+
+def _add_history_command(commands) -> None:
+    """`bench history`."""
     history = commands.add_parser("history", help="each metric across runs (by date or commit) with its noise band")
     history.add_argument("path", type=Path, help="a folder of runs (results/)")
     history.add_argument("--by", choices=("date", "commit"), default="date")
     history.add_argument("--out", type=Path, help="where history.html and its PNGs go (default PATH/history)")
 
+
+def _add_report_command(commands) -> None:
+    """`bench report`."""
     report = commands.add_parser("report", help="regenerate report.md and plots from a stored run")
     report.add_argument("run_dir", type=Path)
-    return parser
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -736,7 +776,8 @@ def _point_label(run: dict) -> str:
 
 def _run_values(run_dir: Path):
     from .compare import RunValues
-    from .store import load_run_meta, run_repetition_values
+    from .store import load_run_meta
+    from .summary import run_repetition_values
 
     run = load_run_meta(run_dir)
     return RunValues(str(run_dir), run, run_repetition_values(run_dir, run))
@@ -749,7 +790,8 @@ def _noise_bands(root: Path, key: dict, exclude: set[Path]) -> dict:
 
     from .compare import MIN_NOISE_RUNS, NoiseBand, run_key, run_to_run_band
     from .errors import StoreError
-    from .store import find_runs, load_run_meta, run_repetition_values
+    from .store import find_runs, load_run_meta
+    from .summary import run_repetition_values
 
     try:
         candidates = [d for d in find_runs(root) if d.resolve() not in exclude]

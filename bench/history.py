@@ -9,7 +9,6 @@ marks the page once its images have loaded, for headless checks)."""
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import numpy as np
 from .compare import MATCH_KEYS, run_key, setup_label
 from .errors import UsageError
 from .files import atomic_write_bytes, atomic_write_json
-from .store import find_runs, load_run_meta, run_repetition_values
+from .store import find_runs, load_run_meta
+from .summary import run_repetition_values
 
 SCHEMA_VERSION = 1
 # metric -> (label, unit, scale from the stored unit)

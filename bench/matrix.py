@@ -179,65 +179,62 @@ def run_matrix(points: list[MatrixPoint], directory: Path, make_run: RunFactory,
                title: str, resume: dict[str, dict] | None = None) -> MatrixResult:
     """Run every point not already complete in `resume`; devices in parallel, points of one device
     in order."""
-    resume = resume or {}
-    rows: dict[str, dict] = dict(resume)
-    lock = threading.Lock()
-    todo = [p for p in points if resume.get(p.key, {}).get("status") != "complete"]
-    task = progress.task(f"{title}: {len(todo)} of {len(points)} points to run", len(points))
-    task.advance(len(points) - len(todo))
-    by_device: dict[str, list[MatrixPoint]] = {}
-    for point in todo:
-        by_device.setdefault(point.device, []).append(point)
+    matrix = _MatrixRun(points, directory, make_run, progress, title, resume or {})
+    matrix.run()
+    ordered = matrix.ordered_rows()
+    if len({p.threads for p in points}) > 1 and any(r.get("decode_tps_median") for r in ordered):
+        from .plots import write_threads_plot
 
-    def save() -> None:
-        ordered = [rows[p.key] for p in points if p.key in rows]
-        atomic_write_json(directory / MATRIX_FILE, {"schema_version": SCHEMA_VERSION, "title": title,
-                                                    "points": ordered})
-        atomic_write_bytes(directory / "matrix.md", markdown(title, ordered).encode())
+        write_threads_plot(directory / "threads.png", ordered)
+    return MatrixResult(directory, tuple(ordered))
 
-    stop = threading.Event()              # Ctrl-C: no new point starts, the running ones are stopped
-    active: dict[str, Target] = {}
 
-    def run_device(device_points: list[MatrixPoint]) -> None:
-        for point in device_points:
-            if stop.is_set():
-                return
-            try:
-                options, target = make_run(point)
-            except BenchError as error:
-                row = _row(point, None, error=str(error))
-            else:
-                active[point.key] = target
-                try:
-                    row = _row(point, run_benchmark(options, target, progress))
-                except BenchError as error:  # a failed preflight: this point only
-                    row = _row(point, None, error=str(error))
-                finally:
-                    active.pop(point.key, None)
-                    target.release()
-            if stop.is_set() and row["status"] != "complete":
-                row["reason"] = f"interrupted (Ctrl-C): {row['reason']}"
-            if (row.get("reason") or "").startswith("interrupted"):
-                stop.set()
-            with lock:
-                rows[point.key] = row
-                save()
-            task.advance(1)
+class _MatrixRun:
+    """The rows of one matrix, saved after every point; Ctrl-C lets no new point start and stops
+    the running ones."""
 
-    with lock:
-        save()
-    if len(by_device) <= 1:
-        for device_points in by_device.values():
-            run_device(device_points)  # in this thread: Ctrl-C reaches the run, which ends it partial
-    else:
-        pool = ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="bench-device")
-        futures = [pool.submit(run_device, pts) for pts in by_device.values()]
+    def __init__(self, points: list[MatrixPoint], directory: Path, make_run: RunFactory, progress: Progress,
+                 title: str, resume: dict[str, dict]):
+        self.points, self.directory, self.make_run, self.progress, self.title = points, directory, make_run, progress, title
+        self.rows: dict[str, dict] = dict(resume)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.active: dict[str, Target] = {}
+        self.todo = [p for p in points if resume.get(p.key, {}).get("status") != "complete"]
+        self.task = progress.task(f"{title}: {len(self.todo)} of {len(points)} points to run", len(points))
+        self.task.advance(len(points) - len(self.todo))
+
+    def ordered_rows(self) -> list[dict]:
+        return [self.rows[p.key] for p in self.points if p.key in self.rows]
+
+    def save(self) -> None:
+        ordered = self.ordered_rows()
+        atomic_write_json(self.directory / MATRIX_FILE, {"schema_version": SCHEMA_VERSION, "title": self.title,
+                                                         "points": ordered})
+        atomic_write_bytes(self.directory / "matrix.md", markdown(self.title, ordered).encode())
+
+    def run(self) -> None:
+        by_device: dict[str, list[MatrixPoint]] = {}
+        for point in self.todo:
+            by_device.setdefault(point.device, []).append(point)
+        with self.lock:
+            self.save()
+        if len(by_device) <= 1:
+            for device_points in by_device.values():
+                self.run_device(device_points)  # in this thread: Ctrl-C reaches the run, which ends it partial
+        else:
+            self.run_in_parallel(list(by_device.values()))
+        self.task.done()
+
+    def run_in_parallel(self, per_device: list[list[MatrixPoint]]) -> None:
+        pool = ThreadPoolExecutor(max_workers=len(per_device), thread_name_prefix="bench-device")
+        futures = [pool.submit(self.run_device, device_points) for device_points in per_device]
         try:
             for future in futures:
                 future.result()
         except KeyboardInterrupt:
-            stop.set()
-            for target in list(active.values()):
+            self.stop.set()
+            for target in list(self.active.values()):
                 try:
                     target.abort()
                 except BenchError:
@@ -246,13 +243,34 @@ def run_matrix(points: list[MatrixPoint], directory: Path, make_run: RunFactory,
                 future.result()
         finally:
             pool.shutdown(wait=True)
-    task.done()
-    ordered = [rows[p.key] for p in points if p.key in rows]
-    if len({p.threads for p in points}) > 1 and any(r.get("decode_tps_median") for r in ordered):
-        from .plots import write_threads_plot
 
-        write_threads_plot(directory / "threads.png", ordered)
-    return MatrixResult(directory, tuple(ordered))
+    def run_device(self, device_points: list[MatrixPoint]) -> None:
+        for point in device_points:
+            if self.stop.is_set():
+                return
+            row = self.run_point(point)
+            if self.stop.is_set() and row["status"] != "complete":
+                row["reason"] = f"interrupted (Ctrl-C): {row['reason']}"
+            if (row.get("reason") or "").startswith("interrupted"):
+                self.stop.set()
+            with self.lock:
+                self.rows[point.key] = row
+                self.save()
+            self.task.advance(1)
+
+    def run_point(self, point: MatrixPoint) -> dict:
+        try:
+            options, target = self.make_run(point)
+        except BenchError as error:
+            return _row(point, None, error=str(error))
+        self.active[point.key] = target
+        try:
+            return _row(point, run_benchmark(options, target, self.progress))
+        except BenchError as error:  # a failed preflight: this point only
+            return _row(point, None, error=str(error))
+        finally:
+            self.active.pop(point.key, None)
+            target.release()
 
 
 def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None) -> dict:

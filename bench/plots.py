@@ -1,4 +1,5 @@
-"""plots/*.png for a stored run: decode t/s per request, RSS, CPU frequency and temperature."""
+"""plots/*.png for a stored run (decode and prefill t/s per request, memory, CPU frequency, power,
+battery, temperature), and the plots of compare, matrix sweeps and history."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .summary import sample_series, warmup_mask  # noqa: E402
+from .summary import request_windows, sample_series, warmup_mask  # noqa: E402
 
 
 def _save(figure, path: Path) -> str:
@@ -22,64 +24,102 @@ def _save(figure, path: Path) -> str:
     return path.name
 
 
+TIME_LABEL = "time since run start (s)"
+_PANELS = (  # source, sample names, y label with unit, scale, file, title
+    ("process", ("rss", "pss"), "memory (MiB)", 1 / 2**20, "rss.png", "Runtime process memory (RSS, and PSS where sampled)"),
+    ("cpu", "freq", "CPU frequency (MHz)", 1, "cpu_freq.png", "CPU frequency"),
+    ("battery", "power", "power (W, discharge positive)", 1, "power.png", "Battery power (V x I)"),
+    ("battery", "level", "battery level (%)", 1, "battery_level.png", "Battery level"),
+)
+
+
 def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame) -> list[str]:
+    """Every plot of a run, on one time axis (0 to the run's last request or sample) so they line
+    up when read one above the other; speeds start at zero."""
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
-    written = []
-    if not requests.empty and requests["decode_tps"].notna().any():
-        figure, axis = plt.subplots(figsize=(8, 3.5))
-        warm = warmup_mask(requests)
-        for label, frame, marker in (("warmup", requests[warm], "x"), ("measured", requests[~warm], "o")):
-            if not frame.empty:
-                axis.plot(frame["t_start_s"], frame["decode_tps"], marker=marker, linestyle="-" if label == "measured" else "",
-                          label=label)
-        axis.set_xlabel("time since run start (s)")
-        axis.set_ylabel("decode (tokens/s)")
-        axis.set_title("Decode speed per request (runtime timings)")
-        axis.grid(alpha=0.3)
-        axis.legend()
-        written.append(_save(figure, plots_dir / "decode_tps.png"))
-    panels = [
-        ("process", ("rss", "pss"), "MiB", 1 / 2**20, "rss.png", "Runtime process memory (RSS, and PSS where sampled)"),
-        ("cpu", "freq", "CPU frequency (MHz)", 1, "cpu_freq.png", "CPU frequency"),
-        ("battery", "power", "power (W, discharge positive)", 1, "power.png", "Battery power (V x I)"),
-        ("battery", "level", "battery level (%)", 1, "battery_level.png", "Battery level"),
-    ]
-    for source, name, ylabel, scale, filename, title in panels:
-        if isinstance(name, tuple):
-            series = sample_series(samples, source)
-            series = series[series["name"].isin(name)] if not series.empty else series
-        else:
-            series = sample_series(samples, source, name)
-        if series.empty and source == "cpu":  # phones: one frequency per cluster
-            series = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("freq_")] \
-                if not samples.empty else series
-        if series.empty:
-            continue
-        figure, axis = plt.subplots(figsize=(8, 3.5))
-        for label, frame in series.groupby("name"):
-            axis.plot(frame["t_s"], frame["value"] * scale, label=str(label))
-        if series["name"].nunique() > 1:
-            axis.legend(fontsize=7)
-        axis.set_xlabel("time since run start (s)")
-        axis.set_ylabel(ylabel)
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-        written.append(_save(figure, plots_dir / filename))
+    return [_save(figure, plots_dir / name) for name, figure in run_figures(requests, samples).items()]
+
+
+def run_figures(requests: pd.DataFrame, samples: pd.DataFrame) -> dict:
+    """file name -> figure, for what the run has data for (the caller saves or closes them)."""
+    span = _time_span(requests, samples)
+    figures = [_speed_plot(requests, column, span) for column in ("decode_tps", "prefill_tps")]
+    figures += [_panel_plot(samples, panel, span) for panel in _PANELS]
+    figures.append(_temperature_plot(samples, span))
+    return dict(found for found in figures if found)
+
+
+def _time_span(requests: pd.DataFrame, samples: pd.DataFrame) -> tuple[float, float]:
+    ends = [0.0]
+    if not requests.empty:
+        ends.append(float(np.nanmax(request_windows(requests)[1], initial=0.0)))
+    if not samples.empty:
+        ends.append(float(pd.to_numeric(samples["t_s"]).max()))
+    return 0.0, max(ends) * 1.02 or 1.0
+
+
+def _time_axes(axis, span: tuple[float, float], ylabel: str, title: str) -> None:
+    axis.set_xlim(*span)
+    axis.set_xlabel(TIME_LABEL)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+
+
+_SPEEDS = {"decode_tps": ("decode (tokens/s)", "Decode speed per request (runtime timings)"),
+           "prefill_tps": ("prefill (tokens/s)", "Prefill speed per request (runtime timings)")}
+
+
+def _speed_plot(requests: pd.DataFrame, column: str, span) -> tuple | None:
+    if requests.empty or not requests[column].notna().any():
+        return None
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    warm = warmup_mask(requests)
+    for label, frame, marker in (("warmup", requests[warm], "x"), ("measured", requests[~warm], "o")):
+        if not frame.empty:
+            axis.plot(frame["t_start_s"], frame[column], marker=marker, linestyle="-" if label == "measured" else "",
+                      label=label)
+    _time_axes(axis, span, *_SPEEDS[column])
+    top = float(pd.to_numeric(requests[column]).max())
+    axis.set_ylim(0, top * 1.12 if top > 0 else 1)  # from zero: a ratio read off the plot is the real ratio
+    axis.legend(loc="lower right")
+    return f"{column}.png", figure
+
+
+def _panel_plot(samples: pd.DataFrame, panel: tuple, span) -> tuple | None:
+    source, name, ylabel, scale, filename, title = panel
+    if isinstance(name, tuple):
+        series = sample_series(samples, source)
+        series = series[series["name"].isin(name)] if not series.empty else series
+    else:
+        series = sample_series(samples, source, name)
+    if series.empty and source == "cpu":  # phones: one frequency per cluster
+        series = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("freq_")] \
+            if not samples.empty else series
+    if series.empty:
+        return None
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    for label, frame in series.groupby("name"):
+        axis.plot(frame["t_s"], frame["value"] * scale, label=str(label))
+    if series["name"].nunique() > 1:
+        axis.legend(fontsize=7)
+    _time_axes(axis, span, ylabel, title)
+    return filename, figure
+
+
+def _temperature_plot(samples: pd.DataFrame, span) -> tuple | None:
     thermal = sample_series(samples, "thermal")
     thermal = thermal[thermal["unit"] == "C"] if not thermal.empty else thermal
-    if not thermal.empty:
-        figure, axis = plt.subplots(figsize=(8, 3.5))
-        for name, frame in thermal.groupby("name"):
-            axis.plot(frame["t_s"], frame["value"], label=str(name))
-        axis.set_xlabel("time since run start (s)")
-        axis.set_ylabel("temperature (C)")
-        axis.set_title("Temperature per sensor")
-        axis.grid(alpha=0.3)
-        if thermal["name"].nunique() <= 12:
-            axis.legend(fontsize=7)
-        written.append(_save(figure, plots_dir / "temperature.png"))
-    return written
+    if thermal.empty:
+        return None
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    for name, frame in thermal.groupby("name"):
+        axis.plot(frame["t_s"], frame["value"], label=str(name))
+    _time_axes(axis, span, "temperature (°C)", "Temperature per sensor")
+    if thermal["name"].nunique() <= 12:
+        axis.legend(fontsize=7)
+    return "temperature.png", figure
 
 
 def write_compare_plot(path: Path, comparisons) -> Path:
@@ -126,6 +166,7 @@ def write_threads_plot(path: Path, rows: list[dict]) -> Path:
         axis.set_xticks(sorted({row["threads"] for points in by_cpus.values() for row in points}))
         axis.set_xlabel("threads")
         axis.set_ylabel("tokens/s (median, IQR bars)")
+        axis.set_ylim(bottom=0)
         axis.set_title(f"{title} vs threads")
         axis.grid(alpha=0.3)
         if len(by_cpus) > 1:

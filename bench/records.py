@@ -138,6 +138,16 @@ class RequestRecord:
     stop_reason: str
     error: str | None = None
 
+    @property
+    def window_s(self) -> tuple[float, float]:
+        return self.t_start_s, request_end_s(self.t_start_s, self.e2e_ms or 0.0)
+
+
+def request_end_s(t_start_s, e2e_ms):
+    """Where a request's window ends (seconds since run start): sent plus end-to-end time. The one
+    definition of the window that telemetry, energy and the trace cut by; numbers or numpy arrays."""
+    return t_start_s + e2e_ms / 1000
+
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 

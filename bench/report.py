@@ -32,28 +32,41 @@ def _flag(value) -> str:
 
 
 def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
-    summary = run.get("summary") or {}
-    device, model, runtime = run.get("device", {}), run.get("model", {}), run.get("runtime", {})
-    scenario, telemetry = run.get("scenario", {}), run.get("telemetry", {})
-    lines = [f"# bench run `{run.get('run_id')}`", ""]
-    status = run.get("status")
-    lines.append(f"**Status: {status}**" + (f" ({run['reason']})" if run.get("reason") else ""))
-    lines += ["", f"Started {run.get('started_at')}, finished {run.get('finished_at')}. "
-              f"Harness {run.get('harness', {}).get('version')} (commit {run.get('harness', {}).get('git_commit') or 'unknown'}).", ""]
+    lines = [*_header(run), *_results(run, requests), *_roofline(run), *_energy(run), *_rail_energy(run),
+             *_validity(run), *_facts(run), *_warnings_and_events(run, events), *_plots(plots),
+             "---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, "
+             "unit), `events.jsonl`. Times are seconds since run start on one host clock."]
+    return "\n".join(lines) + "\n"
 
-    lines += ["## Results", "",
-              f"Median over {summary.get('repetitions_measured', 0)} measured repetitions "
-              f"({summary.get('requests_measured', 0)} requests; warmup excluded). Each repetition's value is the "
-              "median of its requests; spread is the interquartile range and the coefficient of variation.", "",
-              "| metric | median | IQR | min | max | CV | n | unit | source |",
-              "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+
+def _header(run: dict) -> list[str]:
+    harness = run.get("harness", {})
+    return [f"# bench run `{run.get('run_id')}`", "",
+            f"**Status: {run.get('status')}**" + (f" ({run['reason']})" if run.get("reason") else ""),
+            "", f"Started {run.get('started_at')}, finished {run.get('finished_at')}. "
+            f"Harness {harness.get('version')} (commit {harness.get('git_commit') or 'unknown'}).", ""]
+
+
+def _results(run: dict, requests) -> list[str]:
+    summary, runtime = run.get("summary") or {}, run.get("runtime", {})
+    lines = ["## Results", "",
+             f"Median over {summary.get('repetitions_measured', 0)} measured repetitions "
+             f"({summary.get('requests_measured', 0)} requests; warmup excluded). Each repetition's value is the "
+             "median of its requests; spread is the interquartile range and the coefficient of variation.", "",
+             "| metric | median | IQR | min | max | CV | n | unit | source |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for name, metric in request_metrics(requests).items():
         s = metric.summary
         lines.append(f"| {metric.label} | {_fmt(s.median)} | {_fmt(s.iqr)} | {_fmt(s.minimum)} | {_fmt(s.maximum)} | "
                      f"{'n/a' if s.cv is None else f'{s.cv:.1%}'} | {s.n} | {metric.unit} | {_SOURCES[name]} |")
+    lines += _process_rows(summary, runtime)
+    return lines + ["", _LLAMA_BENCH_DEFINITION if runtime.get("kind") == "llama-bench" else _DECODE_DEFINITION, ""]
+
+
+def _process_rows(summary: dict, runtime: dict) -> list[str]:
     peak_source = ("VmHWM / VmRSS+VmSwap of the runtime process" +
                    (" (the llama-cpp-python worker)" if runtime.get("kind") == "llama-cpp-python" else " (llama-server)"))
-    lines.append(f"| Peak RSS | {_mib(summary.get('peak_rss_bytes'))} | | | | | | MiB | {peak_source} |")
+    lines = [f"| Peak RSS | {_mib(summary.get('peak_rss_bytes'))} | | | | | | MiB | {peak_source} |"]
     if summary.get("peak_pss_bytes") is not None:
         lines.append(f"| Peak PSS | {_mib(summary.get('peak_pss_bytes'))} | | | | | | MiB | Pss of /proc/PID/smaps_rollup "
                      "(shared pages divided among the processes mapping them), about once a second |")
@@ -63,93 +76,111 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
     lines.append(f"| Max temperature | {_fmt(summary.get('max_temperature_c'))} | | | | | | C | hottest temperature sensor sampled |")
     if summary.get("decode_tps_drift") is not None:
         lines.append(f"| Decode drift, last vs first repetition | {summary['decode_tps_drift']:+.1%} | | | | | | % | runtime timings |")
-    if runtime.get("kind") == "llama-bench":
-        lines += ["", "These rows come from llama.cpp's llama-bench (pp and tg tests, one row per repetition), and keep "
-                  "llama-bench's own definition so published tables compare: tokens / repetition time, where a tg "
-                  "test counts every generated token and a pp test the prompt; llama-bench runs a warmup of its own "
-                  "before each test. Each row's time window is rebuilt backwards from when its test's line reached "
-                  "the host, from llama-bench's per-repetition durations. TTFT and inter-token latency do not exist "
-                  "for llama-bench.", ""]
-    else:
-        lines += ["", "Decode tokens/s has one definition on the host and on phones: (generated tokens - 1) divided by "
-                  "the time from the first generated token to the last, timed by the process that generates them "
-                  "(llama-cpp-python's generate loop in the worker; llama-server's own `predicted_ms`). It includes "
-                  "sampling, as llama-server's does, and excludes the prompt, which is prefill.", ""]
+    return lines
 
-    bandwidth = device.get("memory_bandwidth_gbs")
-    lines += ["## Roofline", ""]
-    if summary.get("roofline_ceiling_tps"):
-        lines.append(f"Memory bandwidth {bandwidth:.1f} GB/s ({device.get('memory_bandwidth_source')}); "
-                     f"model {model.get('bytes', 0) / 1e9:.3f} GB read per token gives a decode ceiling of "
-                     f"{summary['roofline_ceiling_tps']:.1f} tokens/s. Measured median decode is "
-                     f"**{summary['roofline_efficiency']:.0%} of the ceiling**.")
-    else:
-        lines.append("No ceiling: memory bandwidth or decode speed unknown.")
-    lines.append("")
 
-    energy = summary.get("energy") or {}
-    if energy.get("energy_j") is not None:
-        lines += ["## Energy", ""]
-        if not energy.get("valid"):
-            lines += [f"**Invalid:** {energy.get('reason', 'not measured')}. The figures below are shown for reference only.", ""]
-        lines += ["| metric | value | unit |", "|---|---:|---|",
-                  f"| energy over the measured requests | {_fmt(energy.get('energy_j'), 2)} | J |",
-                  f"| energy per generated token | {_fmt(energy.get('j_per_token'), 4)} | J/token |",
-                  f"| energy per prompt token, prompt-only requests (llama-bench pp) | {_fmt(energy.get('prefill_j_per_prompt_token'), 5)} | J/token |",
-                  f"| charge per 1,000 generated tokens | {_fmt(energy.get('mah_per_1k_tokens'), 2)} | mAh |",
-                  f"| charge-counter drop over the whole run (cross-check) | {_fmt(energy.get('charge_counter_drop_mah_whole_run'), 2)} | mAh |",
-                  "", f"Source: {energy.get('source')}; {energy.get('windows_covered')} of {energy.get('windows')} request windows covered "
-                  f"by power samples (valid only when all are){'; the user declared the phone unplugged (--declare-unplugged)' if energy.get('declared_unplugged') else ''}. Current normalisation: {telemetry.get('current_normalisation', {}).get('unit', 'n/a')}; "
-                  f"{telemetry.get('current_normalisation', {}).get('sign', 'n/a')}.", ""]
-    rails = summary.get("rail_energy") or {}
-    if rails.get("available"):
-        lines += ["## Energy from power rails", "",
-                  f"{rails['requests_covered']} of {rails['requests']} measured requests, {rails['seconds']:.1f} s, "
-                  f"{rails['tokens']:.0f} generated tokens. Source: {rails['source']}. The rails measure the SoC's "
-                  "supplies, not the battery, so these figures stay valid while the phone charges; each request's "
-                  "energy is cut out of each counter by linear interpolation at its start and end. J/token counts "
-                  "the requests that generated tokens; prompt-only ones (llama-bench's pp rows) give J per prompt token."
-                  + ("" if rails.get("valid", True) else f" **Invalid: {rails.get('reason')}.**"), "",
-                  "| rail or group | energy (J) | mean power (W) | J/token | J/prompt token (prompt-only requests) |",
-                  "|---|---:|---:|---:|---:|"]
-        for name, item in list(rails["groups"].items()) + list(rails["channels"].items()):
-            label = {"cpu_big": "CPU big (group)", "cpu_mid": "CPU mid (group)", "cpu_little": "CPU little (group)",
-                     "memory": "memory (group)", "gpu": "GPU (group)", "total": "**total, all rails**"}.get(name, f"`{name}`")
-            lines.append(f"| {label} | {_fmt(item['joules'], 3)} | {_fmt(item['watts'], 3)} | {_fmt(item['j_per_token'], 5)} "
-                         f"| {_fmt(item.get('prefill_j_per_prompt_token'), 5)} |")
-        lines.append("")
-    validity = summary.get("validity") or {}
-    lines += ["## Validity", "", "| flag | value | rule |", "|---|---|---|",
-              f"| charging | {_flag(validity.get('charging'))} | on external power at any sample: charging, full, or plugged "
-              f"with charging paused ('Not charging'), or a USB/AC/wireless supply online (energy figures invalid)"
-              + (" — declared unplugged by the user" if validity.get("declared_unplugged") else "") + " |",
-              f"| throttled | {_flag(validity.get('throttled'))} | thermal status above NONE, or a CPU capped below its max under load |",
-              f"| unstable | {_flag(validity.get('unstable'))} | {validity.get('unstable_rule', '')} |", ""]
+_LLAMA_BENCH_DEFINITION = (
+    "These rows come from llama.cpp's llama-bench (pp and tg tests, one row per repetition), and keep "
+    "llama-bench's own definition so published tables compare: tokens / repetition time, where a tg "
+    "test counts every generated token and a pp test the prompt; llama-bench runs a warmup of its own "
+    "before each test. Each row's time window is rebuilt backwards from when its test's line reached "
+    "the host, from llama-bench's per-repetition durations. TTFT and inter-token latency do not exist "
+    "for llama-bench.")
+_DECODE_DEFINITION = (
+    "Decode tokens/s has one definition on the host and on phones: (generated tokens - 1) divided by "
+    "the time from the first generated token to the last, timed by the process that generates them "
+    "(llama-cpp-python's generate loop in the worker; llama-server's own `predicted_ms`). It includes "
+    "sampling, as llama-server's does, and excludes the prompt, which is prefill.")
 
-    extra = device.get("extra") or {}
+
+def _roofline(run: dict) -> list[str]:
+    summary, device, model = run.get("summary") or {}, run.get("device", {}), run.get("model", {})
+    if not summary.get("roofline_ceiling_tps"):
+        return ["## Roofline", "", "No ceiling: memory bandwidth or decode speed unknown.", ""]
+    return ["## Roofline", "",
+            f"Memory bandwidth {device.get('memory_bandwidth_gbs'):.1f} GB/s ({device.get('memory_bandwidth_source')}); "
+            f"model {model.get('bytes', 0) / 1e9:.3f} GB read per token gives a decode ceiling of "
+            f"{summary['roofline_ceiling_tps']:.1f} tokens/s. Measured median decode is "
+            f"**{summary['roofline_efficiency']:.0%} of the ceiling**.", ""]
+
+
+def _energy(run: dict) -> list[str]:
+    energy = (run.get("summary") or {}).get("energy") or {}
+    if energy.get("energy_j") is None:
+        return []
+    normalisation = run.get("telemetry", {}).get("current_normalisation", {})
+    lines = ["## Energy", ""]
+    if not energy.get("valid"):
+        lines += [f"**Invalid:** {energy.get('reason', 'not measured')}. The figures below are shown for reference only.", ""]
+    unplugged = "; the user declared the phone unplugged (--declare-unplugged)" if energy.get("declared_unplugged") else ""
+    return lines + [
+        "| metric | value | unit |", "|---|---:|---|",
+        f"| energy over the measured requests | {_fmt(energy.get('energy_j'), 2)} | J |",
+        f"| energy per generated token | {_fmt(energy.get('j_per_token'), 4)} | J/token |",
+        f"| energy per prompt token, prompt-only requests (llama-bench pp) | {_fmt(energy.get('prefill_j_per_prompt_token'), 5)} | J/token |",
+        f"| charge per 1,000 generated tokens | {_fmt(energy.get('mah_per_1k_tokens'), 2)} | mAh |",
+        f"| charge-counter drop over the whole run (cross-check) | {_fmt(energy.get('charge_counter_drop_mah_whole_run'), 2)} | mAh |",
+        "", f"Source: {energy.get('source')}; {energy.get('windows_covered')} of {energy.get('windows')} request windows covered "
+        f"by power samples (valid only when all are){unplugged}. Current normalisation: {normalisation.get('unit', 'n/a')}; "
+        f"{normalisation.get('sign', 'n/a')}.", ""]
+
+
+_RAIL_GROUP_LABELS = {"cpu_big": "CPU big (group)", "cpu_mid": "CPU mid (group)", "cpu_little": "CPU little (group)",
+                      "memory": "memory (group)", "gpu": "GPU (group)", "total": "**total, all rails**"}
+
+
+def _rail_energy(run: dict) -> list[str]:
+    rails = (run.get("summary") or {}).get("rail_energy") or {}
+    if not rails.get("available"):
+        return []
+    lines = ["## Energy from power rails", "",
+             f"{rails['requests_covered']} of {rails['requests']} measured requests, {rails['seconds']:.1f} s, "
+             f"{rails['tokens']:.0f} generated tokens. Source: {rails['source']}. The rails measure the SoC's "
+             "supplies, not the battery, so these figures stay valid while the phone charges; each request's "
+             "energy is cut out of each counter by linear interpolation at its start and end. J/token counts "
+             "the requests that generated tokens; prompt-only ones (llama-bench's pp rows) give J per prompt token."
+             + ("" if rails.get("valid", True) else f" **Invalid: {rails.get('reason')}.**"), "",
+             "| rail or group | energy (J) | mean power (W) | J/token | J/prompt token (prompt-only requests) |",
+             "|---|---:|---:|---:|---:|"]
+    for name, item in list(rails["groups"].items()) + list(rails["channels"].items()):
+        label = _RAIL_GROUP_LABELS.get(name, f"`{name}`")
+        lines.append(f"| {label} | {_fmt(item['joules'], 3)} | {_fmt(item['watts'], 3)} | {_fmt(item['j_per_token'], 5)} "
+                     f"| {_fmt(item.get('prefill_j_per_prompt_token'), 5)} |")
+    return lines + [""]
+
+
+def _validity(run: dict) -> list[str]:
+    validity = (run.get("summary") or {}).get("validity") or {}
+    declared = " — declared unplugged by the user" if validity.get("declared_unplugged") else ""
+    return ["## Validity", "", "| flag | value | rule |", "|---|---|---|",
+            f"| charging | {_flag(validity.get('charging'))} | on external power at any sample: charging, full, or plugged "
+            f"with charging paused ('Not charging'), or a USB/AC/wireless supply online (energy figures invalid)"
+            f"{declared} |",
+            f"| throttled | {_flag(validity.get('throttled'))} | thermal status above NONE, or a CPU capped below its max under load |",
+            f"| unstable | {_flag(validity.get('unstable'))} | {validity.get('unstable_rule', '')} |", ""]
+
+
+def _facts(run: dict) -> list[str]:
+    device, model, scenario = run.get("device", {}), run.get("model", {}), run.get("scenario", {})
+    extra, telemetry = device.get("extra") or {}, run.get("telemetry", {})
     cores = (f"{device.get('cores_physical')} cores / {device.get('cores_logical')} threads" if device.get("cores_physical")
              else f"{device.get('cores_logical')} CPUs")
-    lines += ["## Facts", "", "| | |", "|---|---|",
-              f"| device | {device.get('kind')} `{device.get('profile')}` {device.get('manufacturer') or ''} {device.get('model') or ''}"
-              f" ({device.get('device')}, serial `{device.get('serial')}`) |",
-              f"| OS | {device.get('os')}" + (f", build `{extra['build_fingerprint']}`" if extra.get("build_fingerprint") else "") + " |",
-              f"| CPU | {device.get('cpu_model')}, {cores}, ABI {device.get('abi')} |"]
+    lines = ["## Facts", "", "| | |", "|---|---|",
+             f"| device | {device.get('kind')} `{device.get('profile')}` {device.get('manufacturer') or ''} {device.get('model') or ''}"
+             f" ({device.get('device')}, serial `{device.get('serial')}`) |",
+             f"| OS | {device.get('os')}" + (f", build `{extra['build_fingerprint']}`" if extra.get("build_fingerprint") else "") + " |",
+             f"| CPU | {device.get('cpu_model')}, {cores}, ABI {device.get('abi')} |"]
     if extra.get("clusters"):
         clusters = "; ".join(f"cpu{','.join(map(str, c['cpus']))} <= {(c.get('max_khz') or 0) / 1e6:.2f} GHz" for c in extra["clusters"])
         lines.append(f"| clusters | {clusters} |")
     lines += [
-              f"| RAM | {_mib(device.get('ram_bytes'))} |",
-              f"| model | `{model.get('alias')}` {model.get('file')} ({model.get('arch')}, {_fmt(model.get('params') and model['params'] / 1e6)} M params, {model.get('quant')}, {_mib(model.get('bytes'))}) |",
-              f"| model sha256 | `{model.get('sha256')}` ({'pinned in the catalog' if model.get('pinned') else 'unpinned: computed locally'}) |",
-              f"| runtime | {runtime.get('kind')} {runtime.get('version') or ''}, llama.cpp {runtime.get('llama_cpp_commit') or 'unknown'}; "
-              f"{runtime.get('threads')} threads" + (f" pinned to cpu {runtime['affinity']}" if runtime.get("affinity") else "") +
-              f", n_ctx {runtime.get('n_ctx')}, n_batch {runtime.get('n_batch')}; load {_fmt(runtime.get('load_ms'))} ms"
-              + (f"; {runtime['repack_reason']}" if runtime.get("repack_reason") else "")
-              + ("; fixed performance mode on (`cmd power set-fixed-performance-mode-enabled`)"
-                 if runtime.get("fixed_performance") else "") + " |",
-              f"| scenario | `{scenario.get('name')}` (hash `{str(scenario.get('hash'))[:12]}`): {scenario.get('repetitions')} repetitions, "
-              f"{scenario.get('warmup')} warmup, n_predict {scenario.get('n_predict')}, temperature {scenario.get('temperature')}, seed {scenario.get('seed')} |",
-              f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |"]
+        f"| RAM | {_mib(device.get('ram_bytes'))} |",
+        f"| model | `{model.get('alias')}` {model.get('file')} ({model.get('arch')}, {_fmt(model.get('params') and model['params'] / 1e6)} M params, {model.get('quant')}, {_mib(model.get('bytes'))}) |",
+        f"| model sha256 | `{model.get('sha256')}` ({'pinned in the catalog' if model.get('pinned') else 'unpinned: computed locally'}) |",
+        _runtime_fact(run.get("runtime", {})),
+        f"| scenario | `{scenario.get('name')}` (hash `{str(scenario.get('hash'))[:12]}`): {scenario.get('repetitions')} repetitions, "
+        f"{scenario.get('warmup')} warmup, n_predict {scenario.get('n_predict')}, temperature {scenario.get('temperature')}, seed {scenario.get('seed')} |",
+        f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |"]
     for kind, item in (run.get("pushed") or {}).items():
         if item.get("cached"):
             how = "already on the device (0 bytes pushed)"
@@ -162,22 +193,31 @@ def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
         lines += ["Sensors not available (recorded as absent, not zero):", ""]
         lines += [f"- `{name}`: {why}" for name, why in absent.items()]
         lines.append("")
+    return lines
 
+
+def _runtime_fact(runtime: dict) -> str:
+    return (f"| runtime | {runtime.get('kind')} {runtime.get('version') or ''}, llama.cpp {runtime.get('llama_cpp_commit') or 'unknown'}; "
+            f"{runtime.get('threads')} threads" + (f" pinned to cpu {runtime['affinity']}" if runtime.get("affinity") else "") +
+            f", n_ctx {runtime.get('n_ctx')}, n_batch {runtime.get('n_batch')}; load {_fmt(runtime.get('load_ms'))} ms"
+            + (f"; {runtime['repack_reason']}" if runtime.get("repack_reason") else "")
+            + ("; fixed performance mode on (`cmd power set-fixed-performance-mode-enabled`)"
+               if runtime.get("fixed_performance") else "") + " |")
+
+
+def _warnings_and_events(run: dict, events) -> list[str]:
     warnings = list(run.get("warnings") or [])
     errors = [e.get("message") for e in events if e.get("kind") == "error"]
     cooldowns = [e for e in events if e.get("kind") == "cooldown"]
-    if warnings or errors or cooldowns:
-        lines += ["## Warnings and events", ""]
-        lines += [f"- warning: {w}" for w in warnings]
-        lines += [f"- error: {e}" for e in errors]
-        lines += [f"- cooldown at {e.get('t_s', 0):.1f} s: {e.get('message')}" for e in cooldowns]
-        lines.append("")
-    if plots:
-        lines += ["## Plots", ""]
-        lines += [f"![{name}](plots/{name})" for name in plots]
-        lines.append("")
-    lines += ["---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, unit), "
-              "`events.jsonl`. Times are seconds since run start on one host clock."]
-    return "\n".join(lines) + "\n"
+    if not (warnings or errors or cooldowns):
+        return []
+    return ["## Warnings and events", "",
+            *[f"- warning: {w}" for w in warnings],
+            *[f"- error: {e}" for e in errors],
+            *[f"- cooldown at {e.get('t_s', 0):.1f} s: {e.get('message')}" for e in cooldowns], ""]
 
 
+def _plots(plots: list[str]) -> list[str]:
+    if not plots:
+        return []
+    return ["## Plots", "", *[f"![{name}](plots/{name})" for name in plots], ""]

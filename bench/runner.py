@@ -104,6 +104,14 @@ def _git_commit() -> str | None:
     return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
+def _model_record(model: ModelInfo) -> dict:
+    return {"alias": model.alias, "file": Path(model.path).name, "path": model.path,
+            "sha256": model.sha256, "pinned": model.pinned, "bytes": model.bytes,
+            "params": model.gguf.parameters, "quant": model.gguf.quantization,
+            "arch": model.gguf.architecture, "name": model.gguf.name,
+            "context_length": model.gguf.context_length}
+
+
 def _scenario_record(scenario: Scenario) -> dict:
     record = to_dict(scenario)
     record["hash"] = record.pop("content_hash")
@@ -204,11 +212,35 @@ class _Run:
                       f"(target {target:.1f} C and status 0)")
 
     def execute(self) -> RunResult:
+        """preflight -> prepare -> measure -> finish. Nothing is written before preflight passes;
+        after that, whatever happens, the run ends with run.json saying how it ended."""
+        checks, facts = self._preflight()
+        self.sampler = self.runtime = None
+        status, reason = "failed", None
+        try:
+            baseline, _ = self.target.cpu_temperature()
+            self._prepare(baseline)
+            self._measure(baseline)
+            status = "complete" if not any(r.error for r in self.requests) else "partial"
+            reason = None if status == "complete" else "some requests failed"
+        except KeyboardInterrupt as interrupt:
+            how = "SIGTERM" if str(interrupt) == "SIGTERM" else "Ctrl-C"
+            status, reason = "partial", f"interrupted ({how})"
+            self.event("error", f"interrupted by {how}")
+        except BenchError as error:
+            status = "partial" if self._measured() else "failed"
+            reason = self._failure_reason(error)
+            self.event("error", reason)
+        finally:
+            summary = self._finish_run(facts, status, reason)
+        return RunResult(self.writer.dir, status, summary, reason, tuple(self.warnings))
+
+    def _preflight(self) -> tuple[list[PreflightCheck], DeviceFacts]:
+        """Check the device, then open the run directory and write run.json as "running"."""
         options, scenario, model, target = self.options, self.scenario, self.options.model, self.target
         checks = target.preflight(model, scenario)
         preflight_warnings = check_preflight(checks, options.allow)
         facts = target.facts()
-
         run_id = make_run_id(self.started, options.device, model.alias, scenario.name)
         self.writer = RunWriter(options.out_root, run_id)
         target.event = self.event  # the target reports pushes and server phases into this run's events
@@ -218,11 +250,7 @@ class _Run:
             "started_at": self.started.isoformat(), "finished_at": None,
             "harness": {"name": "ondevice-bench", "version": __version__, "git_commit": _git_commit()},
             "device": to_dict(facts),
-            "model": {"alias": model.alias, "file": Path(model.path).name, "path": model.path,
-                      "sha256": model.sha256, "pinned": model.pinned, "bytes": model.bytes,
-                      "params": model.gguf.parameters, "quant": model.gguf.quantization,
-                      "arch": model.gguf.architecture, "name": model.gguf.name,
-                      "context_length": model.gguf.context_length},
+            "model": _model_record(model),
             "runtime": {"kind": None, "threads": target.threads(scenario), "n_ctx": scenario.n_ctx, "n_batch": scenario.n_batch},
             "scenario": _scenario_record(scenario),
             "telemetry": {"enabled": options.telemetry_hz is not None, "hz": options.telemetry_hz,
@@ -237,79 +265,75 @@ class _Run:
         self.event("phase", "run started", device=options.device, model=model.alias, scenario=scenario.name)
         for note in target.setup_notes:
             self.warn(note)
+        return checks, facts
 
-        sampler = runtime = None
-        status, reason = "failed", None
+    def _prepare(self, baseline: float | None) -> None:
+        """Push and load the model, then start telemetry and find the device's power-rail source."""
+        scenario, target = self.scenario, self.target
+        self.event("phase", "prepare started (push, load)")
+        # llama-bench runs all its tests once started: the cooldown gate holds right before it starts
+        gate = (lambda: self.cooldown(scenario.cooldown, baseline, 0)) if scenario.kind == "llama-bench" else (lambda: None)
+        self.runtime = target.prepare(self.options.model, scenario, self.progress, before_start=gate)
+        facts = self.runtime.facts()
+        self.meta["runtime"] = facts.as_record()
+        self.event("phase", "model loaded", load_ms=facts.load_ms)
+        if self.options.telemetry_hz:
+            self.sampler = target.sampler(self.clock, self.on_samples, self.options.telemetry_hz, facts.pid)
+            self.sampler.start()
+            self.meta["telemetry"]["absent"] = self.sampler.absent
+        if self.sampler is not None and self.sampler.rail_source:
+            self.rail_source = self.sampler.rail_source  # the telemetry loop reads the meter itself
+        else:
+            self.rails = bool(self._rail_mark())  # a first reading says whether the device has rails
+            self.rail_source = "dumpsys" if self.rails else None
+        self.meta["telemetry"]["rail_source"] = self.rail_source
+        if not self.rail_source and target.kind == "android":
+            self.meta["telemetry"]["absent"]["rail/*"] = ("no PowerStats HAL energy meter (Pixel 6 and later have one): "
+                                                         "energy comes from battery current only")
+        self.write_meta("running")
+
+    def _measure(self, baseline: float | None) -> None:
+        if self.scenario.kind == "llama-bench":
+            self._llama_bench(self.runtime)
+        else:
+            self._repetitions(self.runtime, resolve_prompts(self.runtime, self.scenario.prompts), baseline)
+
+    def _failure_reason(self, error: BenchError) -> str:
+        if self.guard.tripped:
+            return f"aborted: {self.guard.tripped}"
         try:
-            baseline, _ = target.cpu_temperature()
-            self.event("phase", "prepare started (push, load)")
-            # llama-bench runs all its tests once started: the cooldown gate holds right before it starts
-            gate = (lambda: self.cooldown(scenario.cooldown, baseline, 0)) if scenario.kind == "llama-bench" else (lambda: None)
-            runtime = target.prepare(model, scenario, self.progress, before_start=gate)
-            self.meta["runtime"] = runtime.info()
-            self.event("phase", "model loaded", load_ms=runtime.info().get("load_ms"))
-            if options.telemetry_hz:
-                sampler = target.sampler(self.clock, self.on_samples, options.telemetry_hz, runtime.process_id())
-                sampler.start()
-                self.meta["telemetry"]["absent"] = sampler.absent
-            if sampler is not None and sampler.rail_source:
-                self.rail_source = sampler.rail_source  # the telemetry loop reads the meter itself
-            else:
-                self.rails = bool(self._rail_mark())  # a first reading says whether the device has rails
-                self.rail_source = "dumpsys" if self.rails else None
-            self.meta["telemetry"]["rail_source"] = self.rail_source
-            if not self.rail_source and target.kind == "android":
-                self.meta["telemetry"]["absent"]["rail/*"] = ("no PowerStats HAL energy meter (Pixel 6 and later have one): "
-                                                             "energy comes from battery current only")
-            self.write_meta("running")
-            if scenario.kind == "llama-bench":
-                self._llama_bench(runtime)
-            else:
-                self._repetitions(runtime, resolve_prompts(runtime, scenario.prompts), baseline)
-            status = "complete" if not any(r.error for r in self.requests) else "partial"
-            reason = None if status == "complete" else "some requests failed"
-        except KeyboardInterrupt as interrupt:
-            how = "SIGTERM" if str(interrupt) == "SIGTERM" else "Ctrl-C"
-            status, reason = "partial", f"interrupted ({how})"
-            self.event("error", f"interrupted by {how}")
-        except BenchError as error:
-            status = "partial" if self._measured() else "failed"
-            if self.guard.tripped:
-                reason = f"aborted: {self.guard.tripped}"
-            else:
-                reason = str(error)
-                try:
-                    diagnosis = target.diagnose(model)
-                except BenchError:
-                    diagnosis = None  # the device itself is gone: the error says so
-                if diagnosis:
-                    reason += f"; llama-server: {diagnosis}"
-            self.event("error", reason)
-        finally:
-            self.meta["pushed"] = dict(target.pushed)  # also what was pushed before a failure
-            self._finish(sampler, runtime)
-            data = None  # the stored tables, final from here on: read once for the summary and Parquet
-            try:
-                data = load_run(self.writer.dir)
-                summary = self._summary(facts, data)
-            except Exception as error:  # a run.json left at "running" is worse than one without a summary
-                summary = {}
-                self.warn(f"the summary could not be computed: {type(error).__name__}: {error}")
-            self.event("phase", "run finished", status=status)
-            self.writer.close()
-            try:
-                write_parquet(self.writer.dir, (data.requests, data.samples) if data is not None else None)
-            except Exception as error:  # the CSV tables are the record; Parquet is a faster copy
-                # events.jsonl is closed by now: the warning goes to run.json only
-                self.warnings.append(f"the Parquet copy of the tables could not be written: {type(error).__name__}: {error}")
-            self.write_meta(status, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(), reason=reason,
-                            summary=summary, warnings=self.warnings)
-            try:
-                write_report(self.writer.dir)
-            except Exception as error:
-                self.warnings.append(f"the report could not be written: {type(error).__name__}: {error}")
-                self.write_meta(status)
-        return RunResult(self.writer.dir, status, summary, reason, tuple(self.warnings))
+            diagnosis = self.target.diagnose(self.options.model)
+        except BenchError:
+            diagnosis = None  # the device itself is gone: the error says so
+        return f"{error}; llama-server: {diagnosis}" if diagnosis else str(error)
+
+    def _finish_run(self, facts: DeviceFacts, status: str, reason: str | None) -> dict:
+        """Stop everything, then summarise the stored tables and write run.json, Parquet and the
+        report. Each of the last three failing is a warning, never a run left at "running"."""
+        self.meta["pushed"] = dict(self.target.pushed)  # also what was pushed before a failure
+        self._finish(self.sampler, self.runtime)
+        data = None  # the stored tables, final from here on: read once for the summary and Parquet
+        try:
+            data = load_run(self.writer.dir)
+            summary = self._summary(facts, data)
+        except Exception as error:  # a run.json left at "running" is worse than one without a summary
+            summary = {}
+            self.warn(f"the summary could not be computed: {type(error).__name__}: {error}")
+        self.event("phase", "run finished", status=status)
+        self.writer.close()
+        try:
+            write_parquet(self.writer.dir, (data.requests, data.samples) if data is not None else None)
+        except Exception as error:  # the CSV tables are the record; Parquet is a faster copy
+            # events.jsonl is closed by now: the warning goes to run.json only
+            self.warnings.append(f"the Parquet copy of the tables could not be written: {type(error).__name__}: {error}")
+        self.write_meta(status, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(), reason=reason,
+                        summary=summary, warnings=self.warnings)
+        try:
+            write_report(self.writer.dir)
+        except Exception as error:
+            self.warnings.append(f"the report could not be written: {type(error).__name__}: {error}")
+            self.write_meta(status)
+        return summary
 
     def _measured(self) -> bool:
         return any(not r.warmup and not r.error for r in self.requests)
@@ -330,7 +354,7 @@ class _Run:
             # One more tick, so the samples cover the end of the last request's window; a power
             # monitor read by the loop stamps readings at its own pace: wait (briefly) for one past it.
             time.sleep(min(1.0, 1.5 / (self.options.telemetry_hz or 10)))
-            last_end = max((r.t_start_s + (r.e2e_ms or 0) / 1000 for r in self.requests), default=None)
+            last_end = max((r.window_s[1] for r in self.requests), default=None)
             deadline = time.monotonic() + METER_WAIT_S
             while (sampler.rail_source and last_end is not None and (sampler.last_rail_s or 0.0) < last_end
                    and time.monotonic() < deadline):
@@ -344,7 +368,7 @@ class _Run:
             self._final_peak = runtime.peak_rss_bytes()
 
         def derived_samples() -> None:
-            windows = [(r.t_start_s, r.t_start_s + (r.e2e_ms or 0) / 1000) for r in self.requests]
+            windows = [r.window_s for r in self.requests]
             derived, how = sampler.finish(windows)
             if derived:
                 self.writer.samples(derived)

@@ -25,7 +25,6 @@ import pyarrow.csv as pa_csv
 from .errors import StoreError
 from .files import atomic_write_json
 from .records import REQUEST_COLUMNS, SAMPLE_COLUMNS, RequestRecord, Sample, to_dict
-from .summary import REPETITION_METRICS, repetition_values
 
 SCHEMA_VERSION = 1
 RUN_FILE, REQUESTS_FILE, SAMPLES_FILE, EVENTS_FILE = "run.json", "requests.csv", "samples.csv", "events.jsonl"
@@ -289,17 +288,6 @@ def load_run(run_dir: str | Path) -> RunData:
             _check_version(events_path, events[0].get("schema_version"))
             events = events[1:]
     return RunData(directory, run, requests, samples, tuple(events))
-
-
-def run_repetition_values(run_dir: str | Path, run: dict[str, Any]) -> dict[str, list[float]]:
-    """Per-repetition values of every compared metric: finished runs store them in run.json;
-    older ones are recomputed from their tables."""
-    summary = run.get("summary") or {}
-    stored = summary.get("per_repetition")
-    if isinstance(stored, dict) and all(isinstance(stored.get(k), list) for k in REPETITION_METRICS):
-        return stored
-    data = load_run(run_dir)
-    return repetition_values(data.requests, data.samples, summary.get("peak_rss_bytes"))
 
 
 def find_runs(path: str | Path) -> list[Path]:

@@ -4,10 +4,13 @@ repetitions. Pure: DataFrames in, plain values out; report, compare and `--json`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .records import request_end_s
+from .store import load_run
 from .stats import Summary, integrate_window, summarize
 
 # metric -> (requests column, unit, higher_is_better, label)
@@ -27,6 +30,12 @@ def measured_requests(requests: pd.DataFrame) -> pd.DataFrame:
     if requests.empty:
         return requests
     return requests[~warmup_mask(requests) & ~failed_mask(requests)]
+
+
+def request_windows(requests: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's (start, end) in seconds since run start, as arrays."""
+    starts = pd.to_numeric(requests["t_start_s"]).to_numpy(dtype=float)
+    return starts, request_end_s(starts, pd.to_numeric(requests["e2e_ms"]).to_numpy(dtype=float))
 
 
 def warmup_mask(requests: pd.DataFrame) -> np.ndarray:
@@ -178,8 +187,7 @@ def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rs
     requests = measured_requests(requests)
     if not requests.empty:
         repetitions = requests["repetition"].to_numpy()
-        starts = pd.to_numeric(requests["t_start_s"]).to_numpy(dtype=float)
-        ends = starts + pd.to_numeric(requests["e2e_ms"]).to_numpy(dtype=float) / 1000
+        starts, ends = request_windows(requests)
         tokens = pd.to_numeric(requests["gen_tokens"]).to_numpy(dtype=float)
         columns = {name: pd.to_numeric(requests[name], errors="coerce").to_numpy(dtype=float)
                    for name in ("prefill_tps", "decode_tps", "ttft_ms", "itl_p95_ms")}
@@ -300,8 +308,7 @@ def energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, charging: b
     frame = measured_requests(requests)
     if power.empty or frame.empty:
         return {"valid": False, "reason": "no battery power samples"}
-    starts = pd.to_numeric(frame["t_start_s"]).to_numpy(dtype=float)
-    ends = starts + pd.to_numeric(frame["e2e_ms"]).to_numpy(dtype=float) / 1000
+    starts, ends = request_windows(frame)
     tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
     windows = list(zip(starts, ends))
     energy = window_energy(power["t_s"].to_numpy(dtype=float), power["value"].to_numpy(dtype=float), windows, tokens)
@@ -357,8 +364,7 @@ def rail_energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, source: s
     frame = measured_requests(requests)
     if rails.empty or frame.empty:
         return {"available": False, "reason": "no power-rail readings (the device has no PowerStats HAL energy meter)"}
-    starts = pd.to_numeric(frame["t_start_s"]).to_numpy(dtype=float)
-    ends = starts + pd.to_numeric(frame["e2e_ms"]).to_numpy(dtype=float) / 1000
+    starts, ends = request_windows(frame)
     tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
     prompt_tokens = pd.to_numeric(frame["prompt_tokens"]).to_numpy(dtype=float)
     energies: dict[str, np.ndarray] = {}
@@ -404,3 +410,14 @@ def rail_energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, source: s
         result["reason"] = (f"rail readings cover {int(covered.sum())} of {starts.size} requests on every channel; "
                             "partial coverage is not a measurement of the run")
     return result
+
+
+def run_repetition_values(run_dir: str | Path, run: dict) -> dict[str, list[float]]:
+    """Per-repetition values of every compared metric: finished runs store them in run.json;
+    older ones are recomputed from their tables."""
+    summary = run.get("summary") or {}
+    stored = summary.get("per_repetition")
+    if isinstance(stored, dict) and all(isinstance(stored.get(k), list) for k in REPETITION_METRICS):
+        return stored
+    data = load_run(run_dir)
+    return repetition_values(data.requests, data.samples, summary.get("peak_rss_bytes"))

@@ -3,7 +3,6 @@ llama-server built by `bench runtime build --target host`, and SmolLM2 from PyPI
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from bench.android.device import ROOT, AndroidTarget
 from bench.catalog import cache_root
 from bench.sim import control
 from bench.store import load_run
-from conftest import REPO, bench_cli, long_run, write_gguf
+from conftest import bench_cli, long_run, write_gguf
 
 pytestmark = pytest.mark.slow
 FIXTURES = Path(__file__).resolve().parent / "data" / "android"

@@ -290,7 +290,7 @@ def test_a_device_port_already_taken_is_not_a_failed_run(start_sim, host_runtime
         try:
             scenario, model = resolve_scenario(str(_scenario(tmp_path))), model_info("smollm2-135m")
             runtime = target.prepare(model, scenario, NullProgress())
-            assert runtime.info()["device_port"] == free_port
+            assert dict(runtime.facts().details)["device_port"] == free_port
             assert runtime.complete("Hi", n_predict=4, ignore_eos=True, keep_cache=False, temperature=0, seed=1).gen_tokens == 4
         finally:
             target.release()

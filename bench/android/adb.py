@@ -4,6 +4,7 @@ come out as AdbFailure with the serial, the command and what adb said."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import struct
@@ -87,7 +88,7 @@ def default_server() -> Server:
     port = os.environ.get(SERVER_PORT_ENV, "5037").strip()
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise BenchError(f"{SERVER_PORT_ENV}='{port}' is not a port number",
-                         f"set it to the adb server's port (1-65535, adb's default is 5037) or unset it")
+                         "set it to the adb server's port (1-65535, adb's default is 5037) or unset it")
     return Server(os.environ.get(SERVER_ADDRESS_ENV) or "127.0.0.1", int(port))
 
 
@@ -194,6 +195,12 @@ class ShellResult:
     stderr: str
 
 
+def runs_ours(pid: int, marker: str) -> str:
+    """A device-shell condition: process PID is alive and its command line contains `marker`. A
+    PID a process left behind may belong to another program by now; only ours gets killed."""
+    return f"tr '\\0' ' ' < /proc/{int(pid)}/cmdline 2>/dev/null | grep -qF -- {shlex.quote(marker)}"
+
+
 class Device:
     """One device by serial. Commands go through shell v2 (exit codes, separate stderr)."""
 
@@ -210,6 +217,10 @@ class Device:
         if check and out.returncode != 0:
             raise AdbFailure(f"exit {out.returncode}", serial=self.serial, command=command, output=out.stderr or out.stdout)
         return out
+
+    def process_runs(self, pid: int, marker: str, timeout: float = 10) -> bool:
+        """Whether PID is alive with `marker` in its command line (see runs_ours)."""
+        return self.shell(f"if {runs_ours(pid, marker)}; then echo yes; fi", timeout=timeout).stdout.strip() == "yes"
 
     def push(self, local: Path, remote: str, on_bytes: Callable[[int], None] | None = None,
              timeout: float | None = None, mode: int = 0o755) -> int:

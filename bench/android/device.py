@@ -6,10 +6,9 @@ The same code path serves a Pixel and `bench sim`; nothing here knows which it t
 from __future__ import annotations
 
 import random
-import re
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,9 +21,11 @@ from ..profiles import DeviceProfile, load_profiles, match_profile
 from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
 from ..runtimes import llama_bench
+from ..runtimes.base import RuntimeFacts
 from ..runtimes.build import arm_arch_of, required_cpu_features
 from ..runtimes.llama_server import LlamaServerRuntime
-from .adb import (AdbFailure, Device, Listed, Server, connect, default_server, ensure_server, list_devices,
+from ..runtimes.process import LineReader
+from .adb import (AdbFailure, Device, Listed, Server, connect, default_server, ensure_server, list_devices, runs_ours,
                   wait_for_state)
 from .lock import DeviceLock
 
@@ -294,12 +295,9 @@ class AndroidTarget:
         out = self.device.shell(f"cat {pidfile} 2>/dev/null", timeout=10).stdout.strip()
         if not out.isdigit():
             return None
-        cmdline = self.device.shell(f"tr '\\0' ' ' < /proc/{out}/cmdline 2>/dev/null", timeout=10).stdout
-        self.device.shell(f"rm -f {pidfile}", timeout=10)
-        if f"{ROOT}/" not in cmdline:
-            return None
-        self.device.shell(f"kill -9 {out} 2>/dev/null; true", timeout=10)
-        return int(out)
+        killed = self.device.shell(f"rm -f {pidfile}; if {runs_ours(int(out), ROOT + '/')}; then kill -9 {out} "
+                                   f"2>/dev/null; echo killed; fi", timeout=10).stdout.strip() == "killed"
+        return int(out) if killed else None
 
     # -- facts and checks ----------------------------------------------------------------------
     def facts(self) -> DeviceFacts:
@@ -483,9 +481,9 @@ class AndroidTarget:
                        f" -t {threads} -tb {threads}{mask}{no_repack} --seed {scenario.seed} > {log} 2>&1")
             self.event("phase", "llama-server starting", threads=threads, affinity=list(affinity), device_port=device_port)
             try:
-                server = self._await_server(command, model, scenario, device_port, {
-                    **self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason),
-                    "n_ctx": scenario.n_ctx, "parallel": 1, "device_port": device_port})
+                server = self._await_server(command, model, scenario, device_port, replace(
+                    self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason,
+                                        parallel=1, device_port=device_port), n_ctx=scenario.n_ctx))
                 break
             except PortTaken:
                 self.stop_server()
@@ -498,7 +496,7 @@ class AndroidTarget:
         return server
 
     def _await_server(self, command: str, model: ModelInfo, scenario: Scenario, device_port: int,
-                      runtime_info: dict) -> LlamaServerRuntime:
+                      facts: RuntimeFacts) -> LlamaServerRuntime:
         """Start llama-server with `command` and wait for /health; PortTaken when its port was in use."""
         started = time.monotonic()
         self._server_stream = self.device.open_shell_stream(command)
@@ -506,7 +504,7 @@ class AndroidTarget:
         if first.startswith("PID "):
             self._server_pid = int(first.split()[1])
         server = LlamaServerRuntime(lambda timeout: self.device.open_tcp(device_port, timeout),
-                                    info={**runtime_info, "server_pid": self._server_pid}, process_id=self._server_pid,
+                                    facts=replace(facts, pid=self._server_pid),
                                     request_timeout_s=scenario.request_timeout_s)
         deadline = started + 60 + model.bytes / 1e8
         while True:
@@ -524,15 +522,18 @@ class AndroidTarget:
         return server
 
     def _runtime_facts(self, kind: str, scenario: Scenario, threads: int, affinity: tuple[int, ...], repack: bool,
-                       repack_reason: str) -> dict:
-        """What run.json says of the runtime on the device, llama-server's or llama-bench's."""
-        return {"kind": kind, "version": None, "llama_cpp_commit": self.runtime.meta.get("llama_cpp_commit"),
-                "build_flags": self.runtime.meta.get("cmake_flags"), "runtime_target": self.runtime.meta.get("target"),
-                "threads": threads, "affinity": list(affinity), "n_batch": scenario.n_batch, "repack": repack,
-                "repack_reason": repack_reason, "fixed_performance": self._fixed_enabled,
-                "arm_arch": arm_arch_of(self.runtime.meta.get("cmake_flags")),
-                "runtime_variant": arm_variant_name(arm_arch_of(self.runtime.meta.get("cmake_flags"))),
-                "cpu_features_required": sorted(required_cpu_features(self.runtime.meta))}
+                       repack_reason: str, **details) -> RuntimeFacts:
+        """What run.json says of the runtime on the device, llama-server's or llama-bench's (its PID
+        is added once the process runs)."""
+        flags = self.runtime.meta.get("cmake_flags")
+        return RuntimeFacts(
+            kind=kind, process="server" if kind == "llama-server" else "llama-bench", pid=None, threads=threads,
+            affinity=affinity, n_batch=scenario.n_batch, llama_cpp_commit=self.runtime.meta.get("llama_cpp_commit"),
+            build_flags=flags, repack=repack, repack_reason=repack_reason,
+            details=(("runtime_target", self.runtime.meta.get("target")), ("fixed_performance", self._fixed_enabled),
+                     ("arm_arch", arm_arch_of(flags)), ("runtime_variant", arm_variant_name(arm_arch_of(flags))),
+                     ("cpu_features_required", sorted(required_cpu_features(self.runtime.meta))),
+                     *details.items()))
 
     def repack_choice(self) -> tuple[bool, str]:
         """Weight repacking (llama-server's default) stays on, except for an x86 runtime that may use
@@ -591,7 +592,7 @@ class AndroidTarget:
         the process left behind may belong to another program by now."""
         if self._server_pid is not None:
             pid = self._server_pid
-            ours = f"tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null | grep -q {ROOT}/bin/"
+            ours = runs_ours(pid, f"{ROOT}/bin/")
             try:
                 self.device.shell(f"if {ours}; then kill {pid}; sleep 0.3; {ours} && kill -9 {pid}; fi 2>/dev/null; true",
                                   timeout=10)
@@ -632,10 +633,10 @@ class AndroidTarget:
         command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo $$ > run/llama-server.pid && echo PID $$ && exec "
                    f"{' '.join(shlex.quote(a) for a in argv)} 2> {ROOT}/run/llama-bench.log")
         self._server_stream = self.device.open_shell_stream(command)
-        bench = DeviceBench(self, self._server_stream, model, info={
-            **self._runtime_facts("llama-bench", scenario, threads, affinity, repack, repack_reason),
-            "pp": scenario.pp, "tg": scenario.tg, "repetitions": scenario.repetitions, "command": argv})
-        self._server_pid = bench.process_id()
+        bench = DeviceBench(self, self._server_stream, model, facts=self._runtime_facts(
+            "llama-bench", scenario, threads, affinity, repack, repack_reason, pp=scenario.pp, tg=scenario.tg,
+            repetitions=scenario.repetitions, command=argv))
+        self._server_pid = bench.facts().pid
         self.event("phase", "llama-bench started", pid=self._server_pid, threads=threads)
         return bench
 
@@ -775,10 +776,10 @@ class DeviceBench:
 
     kind = "llama-bench"
 
-    def __init__(self, target: AndroidTarget, stream, model: ModelInfo, *, info: dict):
-        self.target, self.stream, self.model, self._info = target, stream, model, info
-        self._buffer = b""
-        self._pid: int | None = None
+    def __init__(self, target: AndroidTarget, stream, model: ModelInfo, *, facts: RuntimeFacts):
+        self.target, self.stream, self.model = target, stream, model
+        self._lines = LineReader(self._read_chunk)
+        pid: int | None = None
         try:
             first = self.read_line(60)
         except TimeoutError:  # the target closes its shell in cleanup
@@ -786,26 +787,24 @@ class DeviceBench:
                             f"{target.process_failure(stream, 'llama-bench.log', model)}",
                             hint="the device may be overloaded; retry, or check `adb shell` works") from None
         if first and first[1].startswith("PID ") and first[1].split()[1].isdigit():
-            self._pid = int(first[1].split()[1])
-        self._info["process_pid"] = self._pid
+            pid = int(first[1].split()[1])
+        self._facts = replace(facts, pid=pid)
 
     def read_line(self, timeout_s: float) -> tuple[int, str] | None:
-        while b"\n" not in self._buffer:
-            try:
-                self.stream.connection.conn.settimeout(timeout_s)
-            except OSError:
-                pass
-            chunk = self.stream.read_stdout()
-            if chunk is None:
-                if isinstance(self.stream.error, TimeoutError):  # socket.timeout is TimeoutError
-                    raise TimeoutError(f"no output within {timeout_s:.0f} s")
-                if self._buffer:
-                    line, self._buffer = self._buffer, b""
-                    return time.perf_counter_ns(), line.decode(errors="replace")
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return time.perf_counter_ns(), line.decode(errors="replace")
+        found = self._lines.read_line(timeout_s)
+        return None if found is None else (found[0], found[1].decode(errors="replace"))
+
+    def _read_chunk(self, timeout_s: float) -> bytes | None:
+        try:
+            self.stream.connection.conn.settimeout(timeout_s)
+        except OSError:
+            pass
+        chunk = self.stream.read_stdout()
+        if chunk is None:  # the end of the stream, or no output in time (socket.timeout is TimeoutError)
+            if isinstance(self.stream.error, TimeoutError):
+                raise TimeoutError(f"no output within {timeout_s:.0f} s")
+            return b""
+        return chunk or None  # an empty stdout packet is not the end
 
     def exit_status(self) -> int | None:
         return self.stream.wait_exit(10)
@@ -813,11 +812,8 @@ class DeviceBench:
     def failure(self) -> str:
         return self.target.process_failure(self.stream, "llama-bench.log", self.model)
 
-    def info(self) -> dict:
-        return dict(self._info)
-
-    def process_id(self) -> int | None:
-        return self._pid
+    def facts(self) -> RuntimeFacts:
+        return self._facts
 
     def peak_rss_bytes(self) -> float | None:
         return None  # on the device: the telemetry loop samples its VmHWM

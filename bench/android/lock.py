@@ -72,11 +72,10 @@ class DeviceLock:
         self.fixed_performance = False
         self.taken_over: LockOwner | None = None  # the stale owner whose lock this run removed
 
-    def _holder_alive(self, owner: LockOwner) -> bool:
-        cmdline = self.device.shell(f"tr '\\0' ' ' < /proc/{owner.holder_pid}/cmdline 2>/dev/null", timeout=10).stdout
-        return owner.token in cmdline
+    def holder_alive(self, owner: LockOwner) -> bool:
+        return self.device.process_runs(owner.holder_pid, owner.token)
 
-    def _owner(self) -> tuple[LockOwner | None, float | None]:
+    def owner(self) -> tuple[LockOwner | None, float | None]:
         """The lock's owner (None if it has no readable owner.json) and the lock dir's age in s."""
         out = self.device.shell(f"cat {LOCK_DIR}/owner.json 2>/dev/null; echo; echo AGE $(( $(date +%s) - $(stat -c %Y {LOCK_DIR} 2>/dev/null || date +%s) ))",
                                 timeout=10).stdout
@@ -116,13 +115,13 @@ class DeviceLock:
                 self._write_owner()
                 self.held = True
                 return note
-            owner, age = self._owner()
+            owner, age = self.owner()
             if owner is None:
                 if age is not None and age < ACQUIRING_GRACE_S:
                     time.sleep(1)  # another run is between its mkdir and its owner.json
                     continue
                 note = "took over a device lock with no owner (left by an interrupted acquire)"
-            elif self._holder_alive(owner):
+            elif self.holder_alive(owner):
                 raise DeviceBusy(f"device {self.device.serial} is in use by {owner.describe()}",
                                  "wait for that run to finish (a lock whose run died is taken over automatically)")
             else:
@@ -197,5 +196,5 @@ class DeviceLock:
 def live_lock(device: Device) -> LockOwner | None:
     """The owner of a live lock on the device, or None (no lock, or a stale one)."""
     probe = DeviceLock(device, "probe")
-    owner, _ = probe._owner()
-    return owner if owner is not None and probe._holder_alive(owner) else None
+    owner, _ = probe.owner()
+    return owner if owner is not None and probe.holder_alive(owner) else None

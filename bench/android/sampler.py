@@ -212,54 +212,58 @@ class AndroidSampler:
             return []
         self.ticks += 1
         values = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+        return [*self._thermal_and_cpu(t_s, values), *self._battery(t_s, values), *self._process(t_s, values)]
+
+    def _thermal_and_cpu(self, t_s: float, values: dict[str, str]) -> list[Sample]:
         samples: list[Sample] = []
-
-        def number(key: str) -> float | None:
-            text = values.get(key, "")
-            try:
-                return float(text)
-            except ValueError:
-                return None
-
         for index, kind in self.zone_names.items():
             raw = values.get(f"z{index}")
             celsius = parse.thermal_zone_celsius(kind, raw) if raw else None
             if celsius is not None:
                 samples.append(Sample(t_s, "thermal", kind, celsius, "C"))
         for cpu, max_khz in self.cluster_max.items():
-            cur, cap = number(f"f{cpu}"), number(f"m{cpu}")
+            cur, cap = _number(values, f"f{cpu}"), _number(values, f"m{cpu}")
             if cur is not None:
                 samples.append(Sample(t_s, "cpu", f"freq_cpu{cpu}", cur / 1000, "MHz"))
             if cap is not None and max_khz:
                 samples.append(Sample(t_s, "cpu", f"cap_cpu{cpu}", cap / max_khz, "ratio"))
-        current = number("b_current_now")
+        return samples
+
+    def _battery(self, t_s: float, values: dict[str, str]) -> list[Sample]:
+        samples: list[Sample] = []
+        current = _number(values, "b_current_now")
         if current is not None:
             self.raw_current.append((t_s, current))
             samples.append(Sample(t_s, "battery", "current_now_raw", current, "raw"))
-        volts = parse.battery_voltage_v(number("b_voltage_now"))
+        volts = parse.battery_voltage_v(_number(values, "b_voltage_now"))
         if volts is not None:
             self.raw_voltage.append((t_s, volts))
             samples.append(Sample(t_s, "battery", "voltage", volts, "V"))
-        online = [number(f"p{index}") for index in range(len(self.layout.supplies))]
+        online = [_number(values, f"p{index}") for index in range(len(self.layout.supplies))]
         if any(value is not None for value in online):
             samples.append(Sample(t_s, "battery", "plugged", float(any(value for value in online if value)), "bool"))
         for key, name, unit, scale in (("b_capacity", "level", "%", 1), ("b_charge_counter", "charge_counter", "uAh", 1),
                                        ("b_temp", "temperature", "C", 0.1)):
-            value = number(key)
+            value = _number(values, key)
             if value is not None:
                 samples.append(Sample(t_s, "battery", name, value * scale, unit))
         status = values.get("b_status")
         if status:
             self.statuses.append((t_s, status))
             samples.append(Sample(t_s, "battery", "status_code", float(STATUS_CODES.get(status, 1)), "code"))
+        return samples
+
+    @staticmethod
+    def _process(t_s: float, values: dict[str, str]) -> list[Sample]:
+        samples: list[Sample] = []
         for key, name in (("rss", "rss"), ("hwm", "peak_rss"), ("swap", "swap")):
-            value = number(key)
+            value = _number(values, key)
             if value is not None:
                 samples.append(Sample(t_s, "process", name, value * 1024, "B"))
-        user, system = number("ut"), number("st")
+        user, system = _number(values, "ut"), _number(values, "st")
         if user is not None and system is not None:
             samples.append(Sample(t_s, "process", "cpu_time", (user + system) / 100, "s"))  # USER_HZ = 100
-        available = number("ma")
+        available = _number(values, "ma")
         if available is not None:
             samples.append(Sample(t_s, "system", "mem_available", available * 1024, "B"))
         return samples
@@ -315,3 +319,10 @@ class AndroidSampler:
             if t_s in voltages:
                 samples.append(Sample(t_s, "battery", "power", amps * voltages[t_s], "W"))
         return samples, {"unit": unit_how, "sign": sign_how, "scale_to_A": scale, "discharge_sign": sign}
+
+
+def _number(values: dict[str, str], key: str) -> float | None:
+    try:
+        return float(values.get(key, ""))
+    except ValueError:
+        return None

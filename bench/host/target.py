@@ -14,6 +14,7 @@ from ..gguf import kv_cache_bytes
 from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario, to_dict
 from ..runtimes import llama_bench
+from ..runtimes.base import RuntimeFacts
 from ..runtimes.llama_bench import LocalBench
 from ..runtimes.llama_cpp import LlamaCppRuntime
 from . import device as host_device
@@ -90,12 +91,12 @@ class HostTarget:
             argv = llama_bench.command(str(self._llama_bench()), model.path, pp=scenario.pp, tg=scenario.tg,
                                        repetitions=scenario.repetitions, threads=threads, n_batch=scenario.n_batch,
                                        repack=self.repack != "off")
-            self.runtime = LocalBench(argv, log_dir / "runtime.log", affinity=self.affinity, model_bytes=model.bytes, info={
-                "kind": "llama-bench", "llama_cpp_commit": self.tools.get("llama_cpp_commit"),
-                "llama_cpp_commit_source": "runtime.json of the host build", "build_flags": self.tools.get("cmake_flags"),
-                "threads": threads, "affinity": list(self.affinity) if self.affinity is not None else None,
-                "pp": scenario.pp, "tg": scenario.tg, "repetitions": scenario.repetitions, "n_batch": scenario.n_batch,
-                "repack": self.repack != "off"})
+            self.runtime = LocalBench(argv, log_dir / "runtime.log", model_bytes=model.bytes, facts=RuntimeFacts(
+                kind="llama-bench", process="llama-bench", pid=None, threads=threads, affinity=self.affinity,
+                n_batch=scenario.n_batch, llama_cpp_commit=self.tools.get("llama_cpp_commit"),
+                build_flags=self.tools.get("cmake_flags"), repack=self.repack != "off",
+                details=(("llama_cpp_commit_source", "runtime.json of the host build"), ("pp", scenario.pp),
+                         ("tg", scenario.tg), ("repetitions", scenario.repetitions))))
             return self.runtime
         runtime = LlamaCppRuntime(model, n_ctx=scenario.n_ctx, n_batch=scenario.n_batch, threads=self.threads(scenario),
                                   seed=scenario.seed, log_path=log_dir / "runtime.log", repack=self.repack,
@@ -130,3 +131,4 @@ class HostTarget:
     def release(self) -> None:
         if self.runtime is not None:
             self.runtime.close()  # only does something when the run never reached its own cleanup
+

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..clock import RunClock
 from ..records import RequestRecord
+from .base import RuntimeFacts
 from .process import LineProcess
 
 
@@ -86,8 +87,7 @@ class BenchProcess(Protocol):
     def read_line(self, timeout_s: float) -> tuple[int, str] | None: ...   # (arrival perf_counter_ns, line)
     def exit_status(self) -> int | None: ...
     def failure(self) -> str: ...
-    def info(self) -> dict: ...
-    def process_id(self) -> int | None: ...
+    def facts(self) -> RuntimeFacts: ...
     def peak_rss_bytes(self) -> float | None: ...
     def interrupt(self) -> None: ...
     def close(self) -> None: ...
@@ -98,11 +98,9 @@ class LocalBench:
 
     kind = "llama-bench"
 
-    def __init__(self, argv: list[str], log_path, *, info: dict, affinity: tuple[int, ...] | None,
-                 model_bytes: int | None):
-        self._info = {**info, "command": argv, "log": str(log_path)}
-        self._process = LineProcess(argv, log_path, affinity=affinity, model_bytes=model_bytes)
-        self._info["process_pid"] = self._process.pid
+    def __init__(self, argv: list[str], log_path, *, facts: RuntimeFacts, model_bytes: int | None):
+        self._process = LineProcess(argv, log_path, affinity=facts.affinity, model_bytes=model_bytes)
+        self._facts = replace(facts, pid=self._process.pid, log=str(log_path)).with_details(command=argv)
 
     def read_line(self, timeout_s: float) -> tuple[int, str] | None:
         found = self._process.read_line(timeout_s)
@@ -117,11 +115,8 @@ class LocalBench:
     def failure(self) -> str:
         return self._process.failure()
 
-    def info(self) -> dict:
-        return dict(self._info)
-
-    def process_id(self) -> int | None:
-        return self._process.pid
+    def facts(self) -> RuntimeFacts:
+        return self._facts
 
     def peak_rss_bytes(self) -> float | None:
         return self._process.peak_rss_bytes()

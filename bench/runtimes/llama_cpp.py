@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..errors import ModelError, RunFailed
 from ..records import ModelInfo
-from .base import Completion
+from .base import Completion, RuntimeFacts
 from .process import LineProcess
 
 START_TIMEOUT_S = 60
@@ -85,29 +85,16 @@ class LlamaCppRuntime:
         self.load_ms = answer["load_ms"]
         return self.load_ms
 
-    def info(self) -> dict:
-        version = importlib.metadata.version("llama-cpp-python")
+    def facts(self) -> RuntimeFacts:
         commit, commit_source = self.commit
-        return {
-            "kind": self.kind,
-            "version": version,
-            "llama_cpp_commit": commit,
-            "llama_cpp_commit_source": commit_source,
-            "build_flags": self._loaded.get("system_info"),
-            "repack": self._loaded.get("repack"),
-            "repack_reason": self._loaded.get("repack_reason"),
-            "amx_in_build": self._loaded.get("amx_in_build"),
-            "use_extra_bufts": self._loaded.get("use_extra_bufts"),  # what llama_model_load was given
-            "process": "worker",
-            "worker_pid": self.process_id(),
-            "log": str(self.log_path),
-            "threads": self.threads,
-            "affinity": list(self.affinity) if self.affinity is not None else None,
-            "n_ctx": self.n_ctx,
-            "n_batch": self.n_batch,
-            "load_ms": self.load_ms,
-            "rss_before_load_bytes": self._loaded.get("rss_before_load_bytes"),
-        }
+        return RuntimeFacts(
+            kind=self.kind, process="worker", pid=self.process_id(), threads=self.threads, affinity=self.affinity,
+            n_ctx=self.n_ctx, n_batch=self.n_batch, version=importlib.metadata.version("llama-cpp-python"),
+            llama_cpp_commit=commit, build_flags=self._loaded.get("system_info"), repack=self._loaded.get("repack"),
+            repack_reason=self._loaded.get("repack_reason"), load_ms=self.load_ms, log=str(self.log_path),
+            details=(("llama_cpp_commit_source", commit_source), ("amx_in_build", self._loaded.get("amx_in_build")),
+                     ("use_extra_bufts", self._loaded.get("use_extra_bufts")),  # what llama_model_load was given
+                     ("rss_before_load_bytes", self._loaded.get("rss_before_load_bytes"))))
 
     def tokenize(self, text: str) -> list[int]:
         return list(self._call("tokenize", 60, text=text)["tokens"])

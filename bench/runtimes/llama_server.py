@@ -8,10 +8,11 @@ import http.client
 import json
 import socket
 import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from ..errors import RunFailed
-from .base import Completion
+from .base import Completion, RuntimeFacts
 
 
 class ServerGone(RunFailed):
@@ -37,14 +38,14 @@ class _OpenedConnection(http.client.HTTPConnection):
 class LlamaServerRuntime:
     kind = "llama-server"
 
-    def __init__(self, opener: SocketOpener, *, info: dict, process_id: int | None, request_timeout_s: float = 600):
-        self._opener, self._info, self._pid, self.timeout = opener, info, process_id, request_timeout_s
+    def __init__(self, opener: SocketOpener, *, facts: RuntimeFacts, request_timeout_s: float = 600):
+        self._opener, self._facts, self.timeout = opener, facts, request_timeout_s
 
     def _connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
         return _OpenedConnection(self._opener, timeout or self.timeout)
 
     def loaded(self, load_ms: float) -> None:
-        self._info["load_ms"] = load_ms
+        self._facts = replace(self._facts, load_ms=load_ms)
 
     def _post(self, path: str, body: dict, timeout: float | None = None) -> dict:
         connection = self._connection(timeout)
@@ -74,13 +75,10 @@ class LlamaServerRuntime:
             connection.close()
 
     def load(self) -> float:
-        return float(self._info.get("load_ms") or 0.0)
+        return float(self._facts.load_ms or 0.0)
 
-    def info(self) -> dict:
-        return dict(self._info)
-
-    def process_id(self) -> int | None:
-        return self._pid
+    def facts(self) -> RuntimeFacts:
+        return self._facts
 
     def peak_rss_bytes(self) -> float | None:
         return None  # on the device: the telemetry loop samples its VmHWM

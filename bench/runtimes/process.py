@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..parse import parse_meminfo, parse_proc_status
 
@@ -28,6 +29,36 @@ def memory_available_bytes() -> int | None:
         return None
 
 
+class LineReader:
+    """Lines out of a byte stream read in chunks, each stamped with perf_counter_ns when it was
+    complete; a last line without a newline comes at the end of the stream."""
+
+    def __init__(self, read_chunk: Callable[[float], bytes | None]):
+        # read_chunk(timeout_s): bytes; b"" at the end of the stream; None when nothing came in time
+        self._read_chunk = read_chunk
+        self._buffer = b""
+
+    def read_line(self, timeout_s: float) -> tuple[int, bytes] | None:
+        """(arrival perf_counter_ns, line) or None at the end of the stream; TimeoutError when no
+        line came within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no output within {timeout_s:.0f} s")
+            chunk = self._read_chunk(remaining)
+            if chunk is None:
+                continue
+            if not chunk:
+                if self._buffer:
+                    line, self._buffer = self._buffer, b""
+                    return time.perf_counter_ns(), line
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return time.perf_counter_ns(), line
+
+
 class LineProcess:
     """Popen with stdout read by lines (arrival time stamped on perf_counter_ns) and stderr into a log."""
 
@@ -43,7 +74,7 @@ class LineProcess:
             os.sched_setaffinity(self.process.pid, set(affinity))
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
-        self._buffer = b""
+        self._lines = LineReader(self._read_chunk)
         self._last_peak: int | None = None
 
     @property
@@ -52,22 +83,12 @@ class LineProcess:
 
     def read_line(self, timeout_s: float) -> tuple[int, bytes] | None:
         """(arrival perf_counter_ns, line) or None at end of output; TimeoutError when none came."""
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no output within {timeout_s:.0f} s")
-            if not self._selector.select(min(remaining, 1.0)):
-                continue
-            chunk = os.read(self.process.stdout.fileno(), 1 << 20)
-            if not chunk:
-                if self._buffer:
-                    line, self._buffer = self._buffer, b""
-                    return time.perf_counter_ns(), line
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return time.perf_counter_ns(), line
+        return self._lines.read_line(timeout_s)
+
+    def _read_chunk(self, timeout_s: float) -> bytes | None:
+        if not self._selector.select(min(timeout_s, 1.0)):
+            return None
+        return os.read(self.process.stdout.fileno(), 1 << 20)
 
     def send(self, data: bytes) -> None:
         self.process.stdin.write(data)

@@ -27,7 +27,7 @@ def sim_dir(cache: Path, name: str) -> Path:
     return cache / "sim" / name
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench.sim.server")
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, required=True)
@@ -37,43 +37,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unauthorized", action="store_true", help="never accept the host's key (tests)")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    state_dir: Path = args.state_dir
-    profile = load_profile(args.profile, parse_overrides(args.set))
-    cpus = os.cpu_count() or 1
-    sandbox = Sandbox(state_dir / "root", cpus, args.replay, abi=abi(profile), qemu_cpu=profile.qemu_cpu)
-    sandbox.create()
-    sandbox.set_quota(profile.data_quota_bytes)
-    sandbox.start()
-    state = PhoneState(profile, cpus, usb_plugged=not args.unplugged)
-    sandbox.publish(state)
-    serial = f"127.0.0.1:{args.port}"
-    props = profile.props
-    banner = Banner(product=props.get("ro.product.name", "bench_sim"), model=props.get("ro.product.model", "Bench Sim").replace(" ", "_"),
-                    device=props.get("ro.product.device", "benchsim"))
 
-    def apply_commands() -> None:
-        for path, words in sandbox.take_commands():
+class _Phone:
+    """One emulated phone: its sandbox, its physical state and physics loop, its ADB link."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.state_dir: Path = args.state_dir
+        self.profile = load_profile(args.profile, parse_overrides(args.set))
+        cpus = os.cpu_count() or 1
+        self.sandbox = Sandbox(self.state_dir / "root", cpus, args.replay, abi=abi(self.profile),
+                               qemu_cpu=self.profile.qemu_cpu)
+        self.sandbox.create()
+        self.sandbox.set_quota(self.profile.data_quota_bytes)
+        self.sandbox.start()
+        self.state = PhoneState(self.profile, cpus, usb_plugged=not args.unplugged)
+        self.sandbox.publish(self.state)
+        self.physics = PhysicsLoop(self.state, self.sandbox.mount_ns, {self.sandbox.holder.pid}, self.sandbox.publish,
+                                   lmkd=Lmkd(self.profile.lmk_kill_above_bytes, self.sandbox.append_log))
+        self.physics_thread = threading.Thread(target=self.physics.run, args=(self.apply_commands,), name="physics",
+                                               daemon=True)
+        self.link = Link()
+        self.faults_dir = self.state_dir / "faults"
+        self.faults_dir.mkdir(exist_ok=True)
+
+    def banner(self) -> Banner:
+        props = self.profile.props
+        return Banner(product=props.get("ro.product.name", "bench_sim"),
+                      model=props.get("ro.product.model", "Bench Sim").replace(" ", "_"),
+                      device=props.get("ro.product.device", "benchsim"))
+
+    def apply_commands(self) -> None:
+        """`cmd` and `dumpsys battery` commands the sandbox's shims queued for the phone's state."""
+        for path, words in self.sandbox.take_commands():
             if words[:1] == ["cmd"]:
-                output = state.cmd_command(words[1:])
+                output = self.state.cmd_command(words[1:])
             else:
-                output = state.battery_command(words[1:] if words[:1] == ["battery"] else words)
+                output = self.state.battery_command(words[1:] if words[:1] == ["battery"] else words)
             if output:
                 path.with_suffix(".out").write_text(output)
             path.unlink(missing_ok=True)
 
-    physics = PhysicsLoop(state, sandbox.mount_ns, {sandbox.holder.pid}, sandbox.publish,
-                          lmkd=Lmkd(profile.lmk_kill_above_bytes, sandbox.append_log))
-    link = Link()
-    faults_dir = state_dir / "faults"
-    faults_dir.mkdir(exist_ok=True)
-
-    def kill_sandbox_processes() -> int:
+    def kill_sandbox_processes(self) -> int:
         """Everything that runs inside the sandbox is ours: resume it (the throttle may have stopped
         it) and kill it by PID. Returns how many there were."""
-        physics.throttle.resume()
-        members = namespace_members(sandbox.mount_ns, {sandbox.holder.pid})
+        self.physics.throttle.resume()
+        members = namespace_members(self.sandbox.mount_ns, {self.sandbox.holder.pid})
         for pid in members:
             for signum in (signal.SIGCONT, signal.SIGKILL):
                 try:
@@ -82,68 +93,77 @@ def main(argv: list[str] | None = None) -> int:
                     pass
         return len(members)
 
-    def apply_fault(fault: dict) -> None:
+    def apply_fault(self, fault: dict) -> None:
         """Injected by tests (control.inject): what a pulled cable, a reboot or a full disk does."""
         kind = fault.get("fault")
         offline_s = float(fault.get("offline_s", 3.0))
         if kind == "cable":
-            link.cut(offline_s)
+            self.link.cut(offline_s)
         elif kind == "reboot":
-            link.cut(offline_s)
-            kill_sandbox_processes()
-            sandbox.clear_log()
-            state.battery_command(["reset"])
+            self.link.cut(offline_s)
+            self.kill_sandbox_processes()
+            self.sandbox.clear_log()
+            self.state.battery_command(["reset"])
         elif kind == "disk-full":
-            sandbox.set_quota(sandbox.data_used_bytes())
+            self.sandbox.set_quota(self.sandbox.data_used_bytes())
         elif kind == "memory-pressure":  # free memory drops: lmkd now kills past limit_mb
-            physics.lmkd.limit_bytes = int(float(fault.get("limit_mb", 64)) * 2**20)
+            self.physics.lmkd.limit_bytes = int(float(fault.get("limit_mb", 64)) * 2**20)
         elif kind == "rail-glitch":  # the dumpsys shim fails this many energy-meter dumps
-            sandbox.write_state("rail_glitch", f"{int(fault.get('count', 1))}\n")
+            self.sandbox.write_state("rail_glitch", f"{int(fault.get('count', 1))}\n")
 
-    async def watch_faults() -> None:
+    async def watch_faults(self) -> None:
         while True:
-            for path in sorted(faults_dir.glob("*.json")):
+            for path in sorted(self.faults_dir.glob("*.json")):
                 try:
-                    apply_fault(json.loads(path.read_text()))
+                    self.apply_fault(json.loads(path.read_text()))
                 finally:
                     path.unlink(missing_ok=True)
             await asyncio.sleep(0.05)
 
-    physics_thread = threading.Thread(target=physics.run, args=(apply_commands,), name="physics", daemon=True)
-    processes: set = set()
+    def write_info(self) -> None:
+        args, sandbox = self.args, self.sandbox
+        atomic_write_json(self.state_dir / "sim.json", {
+            "schema_version": 1, "name": args.name, "port": args.port, "serial": f"127.0.0.1:{args.port}",
+            "pid": os.getpid(), "profile": self.profile.name, "replay": str(args.replay) if args.replay else None,
+            "replay_missing": sandbox.missing_replay, "unplugged": args.unplugged, "root": str(sandbox.root),
+            "shell": sandbox.shell, "holder_pid": sandbox.holder.pid, "started_at": time.time(),
+        })
 
-    async def amain() -> None:
+    async def serve_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        server = await serve("127.0.0.1", args.port, banner, Services(sandbox, processes), args.unauthorized, link)
-        physics_thread.start()
-        watcher = asyncio.create_task(watch_faults())
-        atomic_write_json(state_dir / "sim.json", {
-            "schema_version": 1, "name": args.name, "port": args.port, "serial": serial, "pid": os.getpid(),
-            "profile": profile.name, "replay": str(args.replay) if args.replay else None,
-            "replay_missing": sandbox.missing_replay, "unplugged": args.unplugged, "root": str(sandbox.root),
-            "shell": sandbox.shell, "holder_pid": sandbox.holder.pid, "started_at": time.time(),
-        })
+        server = await serve("127.0.0.1", self.args.port, self.banner(), Services(self.sandbox, set()),
+                             self.args.unauthorized, self.link)
+        self.physics_thread.start()
+        watcher = asyncio.create_task(self.watch_faults())
+        self.write_info()
         await stop.wait()
         watcher.cancel()
         server.close()
 
-    try:
-        asyncio.run(amain())
-    finally:
-        physics.stop()
-        physics_thread.join(timeout=5) if physics_thread.is_alive() else None
-        physics.throttle.resume()
-        if sandbox.mount_ns:  # before the namespace goes
+    def shut_down(self) -> None:
+        self.physics.stop()
+        if self.physics_thread.is_alive():
+            self.physics_thread.join(timeout=5)
+        self.physics.throttle.resume()
+        if self.sandbox.mount_ns:  # before the namespace goes
             for _ in range(3):
-                if not kill_sandbox_processes():
+                if not self.kill_sandbox_processes():
                     break
                 time.sleep(0.1)
-        sandbox.stop()
-        shutil.rmtree(sandbox.root, ignore_errors=True)
-        (state_dir / "sim.json").unlink(missing_ok=True)
+        self.sandbox.stop()
+        shutil.rmtree(self.sandbox.root, ignore_errors=True)
+        (self.state_dir / "sim.json").unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    phone = _Phone(_parse_args(argv))
+    try:
+        asyncio.run(phone.serve_until_stopped())
+    finally:
+        phone.shut_down()
     return 0
 
 
