@@ -137,6 +137,7 @@ class RequestRecord:
     e2e_ms: float | None
     stop_reason: str
     error: str | None = None
+    streamed_tokens: int | None = None  # token events that reached the host; the runtime counted gen_tokens
 
     @property
     def window_s(self) -> tuple[float, float]:
@@ -150,6 +151,8 @@ def request_end_s(t_start_s, e2e_ms):
 
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(RequestRecord))
+# added after runs were first stored: a table without them still loads, with the column empty
+OPTIONAL_COLUMNS = ("streamed_tokens",)
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,15 @@ def _header(run: dict) -> list[str]:
     harness = run.get("harness", {})
     return [f"# bench run `{run.get('run_id')}`", "",
             f"**Status: {run.get('status')}**" + (f" ({run['reason']})" if run.get("reason") else ""),
-            "", f"Started {run.get('started_at')}, finished {run.get('finished_at')}. "
+            *_invalid(run), "", f"Started {run.get('started_at')}, finished {run.get('finished_at')}. "
             f"Harness {harness.get('version')} (commit {harness.get('git_commit') or 'unknown'}).", ""]
+
+
+def _invalid(run: dict) -> list[str]:
+    validity = (run.get("summary") or {}).get("validity") or {}
+    if validity.get("valid", True):
+        return []
+    return ["", f"**Invalid: {validity.get('invalid_reason')}.** The figures below are kept for diagnosis only."]
 
 
 def _results(run: dict, requests) -> list[str]:
@@ -157,7 +164,17 @@ def _validity(run: dict) -> list[str]:
             f"with charging paused ('Not charging'), or a USB/AC/wireless supply online (energy figures invalid)"
             f"{declared} |",
             f"| throttled | {_flag(validity.get('throttled'))} | thermal status above NONE, or a CPU capped below its max under load |",
-            f"| unstable | {_flag(validity.get('unstable'))} | {validity.get('unstable_rule', '')} |", ""]
+            f"| unstable | {_flag(validity.get('unstable'))} | {validity.get('unstable_rule', '')} |",
+            *[f"| self-check: {_CHECKS.get(c['name'], c['name'])} | {_check(c['ok'])} | {c['detail']} |"
+              for c in validity.get("checks") or ()], ""]
+
+
+_CHECKS = {"roofline": "decode within the roofline", "token_count": "streamed tokens = generated tokens",
+           "device_clock": "device clock steady", "telemetry_gaps": "no telemetry gaps"}
+
+
+def _check(ok: bool | None) -> str:
+    return {True: "passed", False: "**FAILED**", None: "not checked"}[ok]
 
 
 def _facts(run: dict) -> list[str]:

@@ -19,7 +19,8 @@ from .progress import NullProgress, Progress
 from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, RequestRecord, Scenario, to_dict
 from .render import write_report
 from .store import RunWriter, load_run, make_run_id, run_owner, write_parquet
-from .summary import decode_drift, energy_summary, rail_energy_summary, run_summary, validity_from_samples
+from .summary import (decode_drift, energy_summary, rail_energy_summary, run_summary, self_checks,
+                      validity_from_samples)
 from .runtimes import llama_bench
 from .workload import resolve_prompts, run_repetition
 
@@ -362,7 +363,7 @@ class _Run:
             try:
                 sampler.stop()
             finally:
-                self.meta["telemetry"].update(ticks=sampler.ticks, errors=sampler.errors)
+                self.meta["telemetry"].update(ticks=sampler.ticks, errors=sampler.errors, clock_check=sampler.clock_check)
 
         def final_peak() -> None:
             self._final_peak = runtime.peak_rss_bytes()
@@ -463,6 +464,12 @@ class _Run:
         summary["energy"] = energy_summary(data.requests, data.samples, charging=validity["charging"],
                                            declared_unplugged=self.options.declare_unplugged)
         summary["rail_energy"] = rail_energy_summary(data.requests, data.samples, self.rail_source or "dumpsys")
+        checks = self_checks(data.requests, data.samples, decode_median=summary.get("decode_tps_median"),
+                             ceiling_tps=summary.get("roofline_ceiling_tps"), telemetry_hz=self.options.telemetry_hz,
+                             clock=self.meta["telemetry"].get("clock_check"))
+        failed = [c for c in checks if c["ok"] is False and c["invalidates"]]
+        summary["validity"].update(checks=checks, valid=not failed,
+                                   invalid_reason="; ".join(c["detail"] for c in failed) or None)
         summary["cooldown_waits_s"] = self.cooldown_waits
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:

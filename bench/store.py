@@ -24,7 +24,7 @@ import pyarrow.csv as pa_csv
 
 from .errors import StoreError
 from .files import atomic_write_json
-from .records import REQUEST_COLUMNS, SAMPLE_COLUMNS, RequestRecord, Sample, to_dict
+from .records import OPTIONAL_COLUMNS, REQUEST_COLUMNS, SAMPLE_COLUMNS, RequestRecord, Sample, to_dict
 
 SCHEMA_VERSION = 1
 RUN_FILE, REQUESTS_FILE, SAMPLES_FILE, EVENTS_FILE = "run.json", "requests.csv", "samples.csv", "events.jsonl"
@@ -162,11 +162,7 @@ def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
             raise StoreError(f"{parquet} is corrupt: {str(error).splitlines()[0]}", "delete it to read the CSV") from None
         version = (table.schema.metadata or {}).get(PARQUET_VERSION_KEY)
         _check_version(parquet, int(version) if version and version.isdigit() else None)
-        frame = table.to_pandas()
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise StoreError(f"{parquet} lacks columns {', '.join(missing)}")
-        return frame
+        return _with_columns(table.to_pandas(), columns, parquet)
     return _read_csv_table(path, columns)
 
 
@@ -177,9 +173,15 @@ def _read_csv_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
         frame = pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(skip_rows=1)).to_pandas()
     except (pa.ArrowInvalid, UnicodeDecodeError, ValueError) as error:
         raise StoreError(f"{path} is corrupt: {str(error).splitlines()[0]}") from None
+    return _with_columns(frame, columns, path)
+
+
+def _with_columns(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> pd.DataFrame:
     missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise StoreError(f"{path} lacks columns {', '.join(missing)}")
+    if [c for c in missing if c not in OPTIONAL_COLUMNS]:
+        raise StoreError(f"{path} lacks columns {', '.join(c for c in missing if c not in OPTIONAL_COLUMNS)}")
+    for column in missing:
+        frame[column] = None
     return frame
 
 

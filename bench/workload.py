@@ -53,6 +53,7 @@ def to_record(completion: Completion, *, repetition: int, step: int, warmup: boo
         e2e_ms=(completion.done_ns - completion.sent_ns) / 1e6,
         stop_reason=completion.stop_reason,
         error=completion.error,
+        streamed_tokens=completion.streamed_tokens,
     )
 
 

@@ -18,7 +18,7 @@ from .. import parse
 from ..clock import RunClock
 from ..profiles import DeviceProfile
 from ..records import Sample
-from .adb import Device
+from .adb import AdbFailure, Device
 
 BATTERY = "/sys/class/power_supply/battery"
 BATTERY_FIELDS = ("current_now", "voltage_now", "capacity", "charge_counter", "status", "temp")
@@ -143,24 +143,37 @@ class AndroidSampler:
         self.offset_s = 0.0
         self.offset_uncertainty_s = 0.0
         self.boot_epoch_s: float | None = None
+        self.clock_check: dict | None = None  # device clock vs the host's at start and end (see _check_clock)
+        self._started_s = 0.0
         self._meter_ms: dict[str, int] = {}  # rail -> the meter's last time stamp seen
         self.last_rail_s: float | None = None  # run time of the meter's newest reading
         self._stream = None
         self._thread = threading.Thread(target=self._loop, name="bench-android-sampler", daemon=True)
         self._lines = b""
 
-    def _clock_offset(self) -> None:
+    def _clock_offset(self) -> tuple[float, float, list[str]]:
         """device epoch - run clock, from a round trip; half the round trip is the uncertainty."""
         before = self.clock.now_s()
         out = self.device.shell("echo $EPOCHREALTIME; read -r up _ < /proc/uptime; echo $up", timeout=10).stdout.split()
         after = self.clock.now_s()
-        self.offset_s = float(out[0]) - (before + after) / 2
-        self.offset_uncertainty_s = (after - before) / 2
-        # the power monitor stamps its readings in ms since boot (CLOCK_BOOTTIME, as /proc/uptime)
-        self.boot_epoch_s = float(out[0]) - float(out[1]) if len(out) > 1 else None
+        return float(out[0]) - (before + after) / 2, (after - before) / 2, out
+
+    def _check_clock(self) -> None:
+        """The same round trip at the end: a device clock that jumped (network time, a user) moved
+        every later sample's stamp by as much."""
+        self.clock_check = {"offset_start_s": self.offset_s, "offset_end_s": None,
+                            "uncertainty_s": self.offset_uncertainty_s, "seconds": self.clock.now_s() - self._started_s}
+        try:
+            offset, uncertainty, _ = self._clock_offset()
+        except (AdbFailure, ValueError, IndexError):
+            return
+        self.clock_check.update(offset_end_s=offset, uncertainty_s=self.offset_uncertainty_s + uncertainty)
 
     def start(self) -> "AndroidSampler":
-        self._clock_offset()
+        self.offset_s, self.offset_uncertainty_s, out = self._clock_offset()
+        self._started_s = self.clock.now_s()
+        # the power monitor stamps its readings in ms since boot (CLOCK_BOOTTIME, as /proc/uptime)
+        self.boot_epoch_s = float(out[0]) - float(out[1]) if len(out) > 1 else None
         with tempfile.TemporaryDirectory() as scratch:
             script = Path(scratch) / "telemetry.sh"
             script.write_text(loop_script(self.layout))
@@ -174,6 +187,7 @@ class AndroidSampler:
 
     def stop(self) -> None:
         if self._stream is not None:
+            self._check_clock()
             self._stream.close()
         self._thread.join(timeout=5)
 

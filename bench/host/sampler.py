@@ -40,6 +40,7 @@ def smaps_pss_bytes(pid: int) -> int | None:
 class HostSampler:
     rail_source = None  # a host has no power-rail energy meter
     last_rail_s = None
+    clock_check = None  # stamped on the host's own clock: nothing to check
     def __init__(self, clock: RunClock, sink: Sink, hz: float, pid: int):
         self.clock, self.sink, self.interval_s, self.pid = clock, sink, 1.0 / hz, pid
         self._last_pss_s = float("-inf")

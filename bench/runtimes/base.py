@@ -21,6 +21,7 @@ class Completion:
     stop_reason: str              # length | eos | error
     text: str
     error: str | None = None
+    streamed_tokens: int | None = None  # tokens the stream delivered one by one (None: not streamed)
 
 
 # run.json named the PID after the process before `pid` existed; stored runs and scripts read these

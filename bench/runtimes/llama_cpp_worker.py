@@ -134,7 +134,7 @@ class Worker:
             "sent_ns": sent_ns, "token_ns": token_ns, "done_ns": done_ns,
             "prefill_ms": float(perf.t_p_eval_ms), "prefill_n": int(perf.n_p_eval),
             "decode_ms": decode_ms, "decode_n": len(generated) - 1 if decode_ms else None,
-            "stop_reason": stop_reason,
+            "stop_reason": stop_reason, "streamed_tokens": len(token_ns),
             "text": llm.detokenize(generated).decode("utf-8", errors="replace"), "error": error,
         }
 

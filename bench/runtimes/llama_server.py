@@ -95,6 +95,7 @@ class LlamaServerRuntime:
         token_ns: list[int] = []
         text_parts: list[str] = []
         final: dict = {}
+        streamed = 0  # partial events: one per token llama-server released to the stream
         sent_ns = time.perf_counter_ns()
         try:
             # The prompt travels as JSON in an HTTP body: it never meets a device shell.
@@ -113,6 +114,7 @@ class LlamaServerRuntime:
                 if event.get("stop"):
                     final = event
                     break
+                streamed += 1
         except (OSError, http.client.HTTPException, ValueError) as error:
             raise ServerGone(f"the stream from llama-server broke: {error}") from None
         finally:
@@ -137,6 +139,7 @@ class LlamaServerRuntime:
             decode_n=max(0, generated - 1) if timings.get("predicted_ms") else None,
             stop_reason={"limit": "length", "eos": "eos", "word": "stop_word"}.get(stop_type, str(stop_type)),
             text="".join(text_parts),
+            streamed_tokens=streamed,
         )
 
     def close(self) -> None:

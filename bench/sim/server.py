@@ -110,6 +110,32 @@ class _Phone:
             self.physics.lmkd.limit_bytes = int(float(fault.get("limit_mb", 64)) * 2**20)
         elif kind == "rail-glitch":  # the dumpsys shim fails this many energy-meter dumps
             self.sandbox.write_state("rail_glitch", f"{int(fault.get('count', 1))}\n")
+        elif kind == "stall":
+            self.stall(str(fault.get("match", "telemetry.sh")), float(fault.get("seconds_s", 2.0)))
+
+    def stall(self, match: str, seconds_s: float) -> None:
+        """Freeze the sandbox's processes whose command line holds `match` for seconds_s."""
+        frozen = []
+        for pid in namespace_members(self.sandbox.mount_ns, {self.sandbox.holder.pid}):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if match.encode() not in handle.read():
+                        continue
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+            except OSError:
+                continue
+        self.sandbox.append_log("bench.sim", f"stall: froze {frozen} ({match}) for {seconds_s:.1f} s")
+
+        def thaw() -> None:
+            for pid in frozen:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except OSError:
+                    pass
+        timer = threading.Timer(seconds_s, thaw)
+        timer.daemon = True
+        timer.start()
 
     async def watch_faults(self) -> None:
         while True:
