@@ -50,6 +50,9 @@ METRICS = (
     MetricSpec("max_temperature_c", "Max temperature", "C", False),
     MetricSpec("j_per_token", "Energy per token", "J/token", False, energy=True),
     MetricSpec("time_throttled_s", "Time throttled", "s", False),
+    # one value a run (run sets compare): slowest repetition / fastest, and load before the first throttle
+    MetricSpec("stability", "Stability (slowest / fastest repetition)", "ratio", True),
+    MetricSpec("time_to_throttle_s", "Time to first throttle", "s", True),
 )
 
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .summary import request_windows, sample_series, warmup_mask  # noqa: E402
+from .summary import hottest_zone, request_windows, sample_series, warmup_mask  # noqa: E402
 
 
 def _save(figure, path: Path) -> str:
@@ -33,21 +33,57 @@ _PANELS = (  # source, sample names, y label with unit, scale, file, title
 )
 
 
-def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame) -> list[str]:
+def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame, stress: dict | None = None) -> list[str]:
     """Every plot of a run, on one time axis (0 to the run's last request or sample) so they line
     up when read one above the other; speeds start at zero."""
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
-    return [_save(figure, plots_dir / name) for name, figure in run_figures(requests, samples).items()]
+    return [_save(figure, plots_dir / name) for name, figure in run_figures(requests, samples, stress).items()]
 
 
-def run_figures(requests: pd.DataFrame, samples: pd.DataFrame) -> dict:
+def run_figures(requests: pd.DataFrame, samples: pd.DataFrame, stress: dict | None = None) -> dict:
     """file name -> figure, for what the run has data for (the caller saves or closes them)."""
     span = _time_span(requests, samples)
-    figures = [_speed_plot(requests, column, span) for column in ("decode_tps", "prefill_tps")]
+    figures = [_stress_plot(samples, stress, span)] if stress and stress.get("available") else []
+    figures += [_speed_plot(requests, column, span) for column in ("decode_tps", "prefill_tps")]
     figures += [_panel_plot(samples, panel, span) for panel in _PANELS]
     figures.append(_temperature_plot(samples, span))
     return dict(found for found in figures if found)
+
+
+def _stress_plot(samples: pd.DataFrame, stress: dict, span) -> tuple:
+    """Decode t/s per loop with the hottest zone over it, thermal status shaded; below, each
+    cluster's frequency cap: where the speed went and why, on the run's time axis."""
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, height_ratios=(3, 2))
+    run_loops = stress["loops"]
+    top.plot([(loop["start_s"] + loop["end_s"]) / 2 for loop in run_loops], [loop["decode_tps"] for loop in run_loops],
+             marker="o", color="tab:blue", label="decode per loop")
+    top.set_ylim(0, max(loop["decode_tps"] for loop in run_loops) * 1.15)
+    top.set_ylabel("decode (tokens/s)")
+    top.set_title(f"Thermal stress: stability {stress['stability']:.0%}, sustained "
+                  f"{stress['sustained_decode_tps']:.1f} of peak {stress['peak_decode_tps']:.1f} tokens/s")
+    status = sample_series(samples, "thermal", "status").sort_values("t_s") if not samples.empty else samples
+    for time_s, level, next_s in zip(status["t_s"], status["value"], list(status["t_s"][1:]) + [span[1]]):
+        if level > 0:
+            top.axvspan(time_s, next_s, color="tab:red", alpha=min(0.08 * level, 0.5), linewidth=0)
+    zone = (stress.get("steady_state") or {}).get("zone") or hottest_zone(samples)
+    if zone:
+        temps = sample_series(samples, "thermal", zone)
+        right = top.twinx()
+        right.plot(temps["t_s"], temps["value"], color="tab:orange", label=f"{zone} (°C)")
+        right.set_ylabel(f"{zone} temperature (°C)")
+        right.legend(loc="lower right", fontsize=7)
+    top.legend(loc="lower left", fontsize=7)
+    top.grid(alpha=0.3)
+    caps = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")] \
+        if not samples.empty else samples
+    for name, frame in caps.groupby("name"):
+        bottom.plot(frame["t_s"], frame["value"] * 100, label=str(name).replace("cap_", ""))
+    bottom.set_ylim(0, 105)
+    if not caps.empty:
+        bottom.legend(loc="lower left", fontsize=7)
+    _time_axes(bottom, span, "frequency cap (% of max)", "Cluster frequency caps (shaded above: thermal status > NONE)")
+    return "stress.png", figure
 
 
 def _time_span(requests: pd.DataFrame, samples: pd.DataFrame) -> tuple[float, float]:

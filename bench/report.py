@@ -32,7 +32,7 @@ def _flag(value) -> str:
 
 
 def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
-    lines = [*_header(run), *_results(run, requests), *_roofline(run), *_energy(run), *_rail_energy(run),
+    lines = [*_header(run), *_results(run, requests), *_stress(run), *_roofline(run), *_energy(run), *_rail_energy(run),
              *_validity(run), *_facts(run), *_warnings_and_events(run, events), *_plots(plots),
              "---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, "
              "unit), `events.jsonl`. Times are seconds since run start on one host clock."]
@@ -98,6 +98,38 @@ _DECODE_DEFINITION = (
     "the time from the first generated token to the last, timed by the process that generates them "
     "(llama-cpp-python's generate loop in the worker; llama-server's own `predicted_ms`). It includes "
     "sampling, as llama-server's does, and excludes the prompt, which is prefill.")
+
+
+def _stress(run: dict) -> list[str]:
+    stress = (run.get("summary") or {}).get("stress") or {}
+    if not stress.get("available"):
+        return []
+    throttle = stress.get("time_to_first_throttle_s")
+    if throttle is None:
+        throttle_text = "unknown (the device reports neither thermal status nor frequency caps)"
+    elif stress.get("never_throttled"):
+        throttle_text = f"never in {throttle:.0f} s of load (a lower bound)"
+    else:
+        throttle_text = f"{throttle:.1f} s after the load started (at {stress['first_throttle_at_s']:.1f} s)"
+    steady = stress.get("steady_state")
+    steady_text = (f"{steady['zone']} settled at {steady['temperature_c']:.1f} °C from {steady['at_s']:.0f} s "
+                   f"(slope {steady['slope_c_per_min']:+.2f} °C/min over 60 s)" if steady else
+                   "not reached: the hottest zone was still moving by 0.5 °C/min or more over every 60 s")
+
+    def end(item) -> str:
+        return f"{item['temperature_c']:.1f} °C (`{item['sensor']}`)" if item else "n/a"
+
+    return ["## Thermal stress profile", "",
+            f"{len(stress['loops'])} loops over {stress['seconds']:.0f} s, back to back. Decode per loop is the median "
+            "of its requests (runtime timings).", "",
+            "| figure | value | how |", "|---|---:|---|",
+            f"| peak decode | {stress['peak_decode_tps']:.1f} tokens/s | fastest loop |",
+            f"| sustained decode | {stress['sustained_decode_tps']:.1f} tokens/s | median of the loops in the last 20% of the run |",
+            f"| stability | {stress['stability']:.1%} | slowest loop / fastest loop (higher is steadier) |",
+            f"| time to first throttle | {throttle_text} | thermal status above NONE or a cluster capped below 99% |",
+            f"| steady state | {steady_text} | first 60 s in which the hottest zone's slope stays under 0.5 °C/min |",
+            f"| skin at the end | {end(stress.get('skin_end'))} | last reading |",
+            f"| battery at the end | {end(stress.get('battery_end'))} | last reading |", ""]
 
 
 def _roofline(run: dict) -> list[str]:

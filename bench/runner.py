@@ -20,7 +20,7 @@ from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, Reque
 from .render import write_report
 from .store import RunWriter, load_run, make_run_id, run_owner, write_parquet
 from .summary import (decode_drift, energy_summary, rail_energy_summary, run_summary, self_checks,
-                      validity_from_samples)
+                      stress_profile, validity_from_samples)
 from .runtimes import llama_bench
 from .workload import resolve_prompts, run_repetition
 
@@ -474,6 +474,7 @@ class _Run:
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:
             summary["decode_tps_drift"] = decode_drift(data.requests)
+            summary["stress"] = stress_profile(data.requests, data.samples)
         return summary
 
 

@@ -239,7 +239,123 @@ def _gap_check(samples: pd.DataFrame, hz: float | None) -> dict:
 
 
 REPETITION_METRICS = ("prefill_tps", "decode_tps", "ttft_ms", "itl_p95_ms", "peak_rss_bytes", "max_temperature_c",
-                      "j_per_token", "time_throttled_s")
+                      "j_per_token", "time_throttled_s", "stability", "time_to_throttle_s")
+SUSTAINED_SHARE = 0.2            # sustained decode: the median of the loops in the last 20% of the run
+STEADY_SLOPE_C_PER_MIN = 0.5     # steady state: the hottest zone's slope stays under this ...
+STEADY_HOLD_S = 60.0             # ... for this long
+CAPPED_BELOW = 0.99              # a cluster whose frequency cap is below 99% of its maximum is throttled
+
+
+def throttle_times(samples: pd.DataFrame) -> np.ndarray:
+    """Sample times at which the device was throttled: thermal status above NONE, or a cluster's
+    frequency cap below its maximum."""
+    if samples.empty:
+        return np.array([])
+    status = sample_series(samples, "thermal", "status")
+    caps = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")]
+    times = np.concatenate([status["t_s"].to_numpy(dtype=float)[status["value"].to_numpy(dtype=float) > 0],
+                            caps["t_s"].to_numpy(dtype=float)[caps["value"].to_numpy(dtype=float) < CAPPED_BELOW]])
+    return np.sort(times)
+
+
+def has_throttle_telemetry(samples: pd.DataFrame) -> bool:
+    return not samples.empty and bool(((samples["source"] == "thermal") & (samples["name"] == "status")).any() or
+                                      ((samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")).any())
+
+
+def loops(requests: pd.DataFrame) -> list[dict]:
+    """Each measured repetition (a loop of a stress run): when it started and its median decode t/s."""
+    frame = measured_requests(requests)
+    if frame.empty:
+        return []
+    starts, ends = request_windows(frame)
+    decode = pd.to_numeric(frame["decode_tps"], errors="coerce").to_numpy(dtype=float)
+    repetitions = frame["repetition"].to_numpy()
+    found = []
+    for repetition in np.unique(repetitions):
+        mask = repetitions == repetition
+        rates = decode[mask][np.isfinite(decode[mask])]
+        if rates.size:
+            found.append({"repetition": int(repetition), "start_s": float(starts[mask].min()),
+                          "end_s": float(np.nanmax(ends[mask])), "decode_tps": float(np.median(rates))})
+    return found
+
+
+def time_to_throttle(requests: pd.DataFrame, samples: pd.DataFrame) -> tuple[float | None, float | None]:
+    """Seconds from the first measured request to the first throttled sample (0 when the device was
+    throttled from the start), and when that sample was (s since run start; None if it never
+    throttled: then the figure is the load's whole length, a lower bound). None, None without
+    thermal status or frequency caps."""
+    run_loops = loops(requests)
+    if not run_loops or not has_throttle_telemetry(samples):
+        return None, None
+    start, end = run_loops[0]["start_s"], max(loop["end_s"] for loop in run_loops)
+    throttled = throttle_times(samples)
+    throttled = throttled[throttled <= end]
+    if throttled.size == 0:
+        return end - start, None
+    return max(0.0, float(throttled[0]) - start), float(throttled[0])
+
+
+def hottest_zone(samples: pd.DataFrame) -> str | None:
+    """The temperature sensor that read the highest value in the run."""
+    thermal = sample_series(samples, "thermal")
+    thermal = thermal[thermal["unit"] == "C"] if not thermal.empty else thermal
+    return None if thermal.empty else str(thermal.loc[thermal["value"].idxmax(), "name"])
+
+
+def steady_state(samples: pd.DataFrame) -> dict | None:
+    """The first time the hottest zone's temperature slope (least squares over STEADY_HOLD_S) is under
+    STEADY_SLOPE_C_PER_MIN, and its temperature then; None if it never settles in the run."""
+    hottest = hottest_zone(samples)
+    if hottest is None:
+        return None
+    zone = sample_series(samples, "thermal", hottest).sort_values("t_s")
+    times, temps = zone["t_s"].to_numpy(dtype=float), zone["value"].to_numpy(dtype=float)
+    for index, start in enumerate(times):
+        inside = (times >= start) & (times <= start + STEADY_HOLD_S)
+        if times[inside][-1] - start < STEADY_HOLD_S * 0.95:
+            break  # too little run left to hold for STEADY_HOLD_S
+        slope_per_min = float(np.polyfit(times[inside], temps[inside], 1)[0]) * 60
+        if abs(slope_per_min) < STEADY_SLOPE_C_PER_MIN:
+            return {"zone": hottest, "at_s": float(start), "temperature_c": float(np.mean(temps[inside])),
+                    "slope_c_per_min": slope_per_min}
+    return None
+
+
+def _last(samples: pd.DataFrame, source: str, match) -> dict | None:
+    series = sample_series(samples, source)
+    if series.empty:
+        return None
+    series = series[series["name"].astype(str).map(match) & (series["unit"] == "C")]
+    if series.empty:
+        return None
+    row = series.sort_values("t_s").iloc[-1]
+    return {"sensor": f"{source}/{row['name']}", "temperature_c": float(row["value"])}
+
+
+def stress_profile(requests: pd.DataFrame, samples: pd.DataFrame) -> dict:
+    """A stress (timed) run's thermal profile: peak and sustained decode, stability (slowest loop /
+    fastest), time to first throttle, the hottest zone's steady state, skin and battery at the end."""
+    run_loops = loops(requests)
+    if len(run_loops) < 2:
+        return {"available": False, "reason": "fewer than two measured loops"}
+    rates = np.array([loop["decode_tps"] for loop in run_loops])
+    first, last = run_loops[0]["start_s"], max(loop["end_s"] for loop in run_loops)
+    tail = [loop["decode_tps"] for loop in run_loops if loop["start_s"] >= last - SUSTAINED_SHARE * (last - first)]
+    throttle_s, throttled_at = time_to_throttle(requests, samples)
+    battery = _last(samples, "thermal", lambda name: name.lower() == "battery") or \
+        _last(samples, "battery", lambda name: name == "temperature")
+    return {
+        "available": True, "loops": run_loops, "seconds": last - first,
+        "peak_decode_tps": float(rates.max()), "sustained_decode_tps": float(np.median(tail or [rates[-1]])),
+        "stability": float(rates.min() / rates.max()),
+        "time_to_first_throttle_s": throttle_s, "never_throttled": throttle_s is not None and throttled_at is None,
+        "first_throttle_at_s": throttled_at,
+        "steady_state": steady_state(samples),
+        "skin_end": _last(samples, "thermal", lambda name: "skin" in name.lower()),
+        "battery_end": battery,
+    }
 
 
 def _series(samples: pd.DataFrame) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, str]]:
@@ -311,6 +427,13 @@ def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rs
                     values["time_throttled_s"].append(float(np.sum(np.diff(times)[status[:-1] > 0])))
     if not values["peak_rss_bytes"] and run_peak_rss:
         values["peak_rss_bytes"] = [float(run_peak_rss)]  # no telemetry: one figure for the whole run
+    # run-level figures, one value a run: compared across run sets, as llama-bench users compare tables
+    decode = values["decode_tps"]
+    if len(decode) >= 2 and max(decode) > 0:
+        values["stability"] = [min(decode) / max(decode)]
+    throttle_s, _ = time_to_throttle(requests, samples)
+    if throttle_s is not None:
+        values["time_to_throttle_s"] = [throttle_s]
     return values
 
 

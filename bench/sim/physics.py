@@ -30,6 +30,7 @@ SIM_RAILS = (
     ("VSYS_PWR_MODEM", "Modem", 0.10, 0.0),
 )
 FIXED_PERFORMANCE_SHARE = 0.6  # fixed performance mode holds clocks at a sustainable fraction of max
+FIRST_STEP = 0.2  # a mitigation's first step, as a share of max_duty: status LIGHT and a CPU cap together
 
 
 def namespace_members(mount_ns: str, exclude: set[int]) -> list[int]:
@@ -160,7 +161,8 @@ class PhoneState:
         self.level_pct = min(100.0, max(0.0, self.level_pct + self.current_a * dt / 3600 / (p.capacity_mah / 1000) * 100))
         excess = self.hottest_cpu_c - p.throttle_start_c
         self.thermal_status = 0 if excess < 0 else min(6, 1 + int(excess // p.status_step_c))
-        self.duty = 0.0 if excess < 0 else min(p.max_duty, excess / p.throttle_span_c * p.max_duty)
+        # a governor's mitigation starts with a step (status LIGHT and a cap at once), then scales
+        self.duty = 0.0 if excess < 0 else min(p.max_duty, max(FIRST_STEP, excess / p.throttle_span_c) * p.max_duty)
 
     def cmd_command(self, words: list[str]) -> str:
         """`cmd power set-fixed-performance-mode-enabled true|false` (API 30+)."""

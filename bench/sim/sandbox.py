@@ -233,6 +233,7 @@ class Sandbox:
         self.mount_ns: str | None = None
         self.replayed: set[str] = set()  # sandbox paths whose text comes from the replay DIR
         self.missing_replay: list[str] = []
+        self.throttle_published = False  # first_throttle_epoch written
 
     def _binfmt_entry(self) -> str:
         """The binfmt_misc registration an arm64 sim needs on a non-arm64 host ("" when none)."""
@@ -394,6 +395,10 @@ class Sandbox:
             self._write(f"{base}/cpuinfo_max_freq", f"{state.profile.max_khz}\n")
             self._write(f"{base}/cpuinfo_min_freq", f"{state.profile.min_khz}\n")
             self._write(f"{base}/scaling_max_freq", f"{int(state.profile.max_khz * (1 - state.duty))}\n")
+        if state.duty > 0 and not self.throttle_published:
+            # the truth a test holds detection to: when the phone first showed a capped CPU (host epoch)
+            self.throttle_published = True
+            self.write_state("first_throttle_epoch", f"{time.time():.6f}\n")
 
     def _publish_rails(self, state: PhoneState) -> None:
         """The energy meter as the profile's phone shows it: an AIDL HAL's "[RAIL]:Subsystem" names,
