@@ -102,7 +102,7 @@ def _thread_counts(text: str) -> list[int]:
 
 
 def _cpu_list(text: str) -> tuple[int, ...]:
-    from .matrix import parse_cpus
+    from .cpu import parse_cpus
 
     try:
         return parse_cpus(text)

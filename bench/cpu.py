@@ -146,3 +146,28 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """"4-7", "0,2,4", "0-3,8" -> sorted CPU numbers; ValueError for anything else."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, sep, high = part.strip().partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise ValueError(f"'{text}' is not a CPU list (e.g. 4-7 or 0,2,4)")
+        first, last = int(low), int(high) if sep else int(low)
+        if last < first:
+            raise ValueError(f"'{part}' runs backwards")
+        cpus.update(range(first, last + 1))
+    return tuple(sorted(cpus))
+
+
+def format_cpus(cpus: tuple[int, ...]) -> str:
+    ranges, start = [], None
+    for index, cpu in enumerate(cpus):
+        if start is None:
+            start = cpu
+        if index + 1 == len(cpus) or cpus[index + 1] != cpu + 1:
+            ranges.append(str(start) if start == cpu else f"{start}-{cpu}")
+            start = None
+    return ",".join(ranges)

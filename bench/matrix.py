@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import key_line, load_toml
+from .cpu import format_cpus, parse_cpus
 from .errors import BenchError, ConfigError, StoreError
 from .files import atomic_write_bytes, atomic_write_json
 from .progress import Progress
@@ -68,31 +69,6 @@ class MatrixSpec:
     def points(self) -> list[MatrixPoint]:
         return [MatrixPoint(d, m, s, t, a) for d in self.devices for m in self.models for s in self.scenarios
                 for a in self.affinities for t in self.threads]
-
-
-def parse_cpus(text: str) -> tuple[int, ...]:
-    """"4-7", "0,2,4", "0-3,8" -> sorted CPU numbers; ValueError for anything else."""
-    cpus: set[int] = set()
-    for part in text.split(","):
-        low, sep, high = part.strip().partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
-            raise ValueError(f"'{text}' is not a CPU list (e.g. 4-7 or 0,2,4)")
-        first, last = int(low), int(high) if sep else int(low)
-        if last < first:
-            raise ValueError(f"'{part}' runs backwards")
-        cpus.update(range(first, last + 1))
-    return tuple(sorted(cpus))
-
-
-def format_cpus(cpus: tuple[int, ...]) -> str:
-    ranges, start = [], None
-    for index, cpu in enumerate(cpus):
-        if start is None:
-            start = cpu
-        if index + 1 == len(cpus) or cpus[index + 1] != cpu + 1:
-            ranges.append(str(start) if start == cpu else f"{start}-{cpu}")
-            start = None
-    return ",".join(ranges)
 
 
 def load_matrix_file(path: Path) -> MatrixSpec:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .records import Sample
+
 # -- getprop -------------------------------------------------------------------------------------
 
 _PROP = re.compile(r"^\[([^\]]+)\]:\s*\[(.*)\]\s*$")
@@ -188,6 +190,49 @@ def parse_proc_status(text: str) -> dict[str, int]:
         if sep and key.startswith(("Vm", "Rss")) and parts and parts[0].isdigit():
             values[key] = int(parts[0]) * 1024
     return values
+
+
+def parse_task_stat(text: str) -> tuple[int, int, int] | None:
+    """A /proc/PID/task/TID/stat line -> (tid, last CPU, utime + stime in clock ticks). The thread's
+    name sits in parentheses and may hold spaces: fields are counted from its closing one."""
+    head, sep, rest = text.rpartition(")")
+    fields = rest.split()
+    if not sep or len(fields) < 37 or not head.split("(")[0].strip().isdigit():
+        return None
+    try:  # after the name: state is field 3, utime 14, stime 15, processor 39
+        return int(head.split("(")[0]), int(fields[36]), int(fields[11]) + int(fields[12])
+    except ValueError:
+        return None
+
+
+class ThreadPlacement:
+    """Where a process's threads ran, from successive readings of their task stat lines: each tick's
+    new CPU time of a thread is put on the CPU it was last seen on (the kernel's `processor` field),
+    into cumulative per-CPU seconds; `busy` counts the threads that used CPU since the last tick."""
+
+    def __init__(self, ticks_per_s: float = 100.0):  # USER_HZ: 100 on Linux and Android
+        self.ticks_per_s = ticks_per_s
+        self._last: dict[int, int] = {}
+        self.cpu_seconds: dict[int, float] = {}
+
+    def samples(self, t_s: float, readings: list[tuple[int, int, int]]) -> list[Sample]:
+        """One tick's readings as samples: busy threads, and each CPU's cumulative seconds of the
+        runtime's CPU time (a counter, cut by request windows as the energy counters are)."""
+        busy = self.update(readings)
+        return [Sample(t_s, "threads", "busy", float(busy), "count"),
+                *(Sample(t_s, "threads", f"cpu{cpu}", seconds, "s") for cpu, seconds in sorted(self.cpu_seconds.items()))]
+
+    def update(self, readings: list[tuple[int, int, int]]) -> int:
+        busy = 0
+        seen = {}
+        for tid, cpu, ticks in readings:
+            used = ticks - self._last.get(tid, ticks)  # a thread's time before its first reading is not placed
+            if used > 0:
+                busy += 1
+                self.cpu_seconds[cpu] = self.cpu_seconds.get(cpu, 0.0) + used / self.ticks_per_s
+            seen[tid] = ticks
+        self._last = seen
+        return busy
 
 
 def parse_smaps_rollup(text: str) -> dict[str, int]:

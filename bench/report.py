@@ -32,7 +32,7 @@ def _flag(value) -> str:
 
 
 def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
-    lines = [*_header(run), *_results(run, requests), *_stress(run), *_roofline(run), *_energy(run), *_rail_energy(run),
+    lines = [*_header(run), *_results(run, requests), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run),
              *_validity(run), *_facts(run), *_warnings_and_events(run, events), *_plots(plots),
              "---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, "
              "unit), `events.jsonl`. Times are seconds since run start on one host clock."]
@@ -130,6 +130,25 @@ def _stress(run: dict) -> list[str]:
             f"| steady state | {steady_text} | first 60 s in which the hottest zone's slope stays under 0.5 °C/min |",
             f"| skin at the end | {end(stress.get('skin_end'))} | last reading |",
             f"| battery at the end | {end(stress.get('battery_end'))} | last reading |", ""]
+
+
+def _threads(run: dict) -> list[str]:
+    placement = (run.get("summary") or {}).get("threads") or {}
+    if not placement.get("available"):
+        return []
+    runtime = run.get("runtime") or {}
+    asked = (f"cores {','.join(map(str, runtime['affinity']))}" if runtime.get("affinity") else "no CPU set")
+    lines = ["## Where the threads ran", "",
+             f"From `/proc/PID/task/*/stat` of the runtime in each telemetry tick: each thread's new CPU time is put on "
+             f"the CPU it last ran on. {placement['cpu_seconds']:.1f} s of CPU time during the measured requests; asked for "
+             f"{runtime.get('threads')} threads on {asked}; busy threads per tick: median "
+             f"{_fmt(placement.get('busy_threads_median'), 0)}, max {_fmt(placement.get('busy_threads_max'))}.", "",
+             "| cluster or CPU | CPUs | share of the runtime's CPU time |", "|---|---|---:|"]
+    for name, share in placement["cluster_shares"].items():
+        cpus = ",".join(map(str, placement["clusters"][name]))
+        lines.append(f"| {name} | {cpus} | {'n/a' if share is None else f'{share:.1%}'} |")
+    lines += ["", *[f"**Warning:** {warning}." for warning in placement.get("warnings", [])]]
+    return lines + ([""] if placement.get("warnings") else [])
 
 
 def _roofline(run: dict) -> list[str]:

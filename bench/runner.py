@@ -20,7 +20,7 @@ from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, Reque
 from .render import write_report
 from .store import RunWriter, load_run, make_run_id, run_owner, write_parquet
 from .summary import (decode_drift, energy_summary, rail_energy_summary, run_summary, self_checks,
-                      stress_profile, validity_from_samples)
+                      stress_profile, thread_placement, validity_from_samples)
 from .runtimes import llama_bench
 from .workload import resolve_prompts, run_repetition
 
@@ -470,6 +470,11 @@ class _Run:
         failed = [c for c in checks if c["ok"] is False and c["invalidates"]]
         summary["validity"].update(checks=checks, valid=not failed,
                                    invalid_reason="; ".join(c["detail"] for c in failed) or None)
+        runtime = self.meta.get("runtime") or {}
+        summary["threads"] = thread_placement(data.requests, data.samples, clusters=facts.extra.get("clusters") or [],
+                                              affinity=runtime.get("affinity"), threads=runtime.get("threads"))
+        for warning in summary["threads"].get("warnings", []):
+            self.warn(f"where the threads ran: {warning}")
         summary["cooldown_waits_s"] = self.cooldown_waits
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:

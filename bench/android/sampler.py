@@ -110,6 +110,14 @@ while :; do
   fi
   while read -r k v u; do case $k in MemAvailable:) ma=$v; break;; esac; done < /proc/meminfo
   echo "S $t {line} rss=$rss hwm=$hwm swap=$swp ut=$ut st=$st ma=$ma"{meters}
+  th=
+  for f in /proc/$pid/task/*/stat; do
+    read -r l < $f 2>/dev/null || continue
+    tid=${{f%/stat}}; tid=${{tid##*/}}
+    set -- ${{l##*) }}
+    th="$th $tid:${{37}}:${{12}}:${{13}}"
+  done
+  echo "H $t$th"
   n=$((n+1))
   if [ $((n % every)) -eq 1 ] || [ $every -eq 1 ]; then
     ts=$(dumpsys thermalservice 2>/dev/null | grep -m1 'Thermal Status')
@@ -143,6 +151,7 @@ class AndroidSampler:
         self.offset_s = 0.0
         self.offset_uncertainty_s = 0.0
         self.boot_epoch_s: float | None = None
+        self.placement = parse.ThreadPlacement()
         self.clock_check: dict | None = None  # device clock vs the host's at start and end (see _check_clock)
         self._started_s = 0.0
         self._meter_ms: dict[str, int] = {}  # rail -> the meter's last time stamp seen
@@ -218,6 +227,13 @@ class AndroidSampler:
             if len(parts) >= 3 and parts[2].isdigit():
                 return [Sample(t_s, "thermal", "status", float(parts[2]), "level")]
             return []
+        if parts[0] == "H":  # the runtime's threads: tid:last cpu:utime:stime each
+            readings = []
+            for item in parts[2:]:
+                fields = item.split(":")
+                if len(fields) == 4 and all(field.isdigit() for field in fields):
+                    readings.append((int(fields[0]), int(fields[1]), int(fields[2]) + int(fields[3])))
+            return self.placement.samples(t_s, readings)
         if parts[0] == "M":  # PSS, about once a second: smaps_rollup costs a page-table walk
             if len(parts) >= 3 and parts[2].isdigit():
                 return [Sample(t_s, "process", "pss", float(parts[2]) * 1024, "B")]
@@ -340,3 +356,4 @@ def _number(values: dict[str, str], key: str) -> float | None:
         return float(values.get(key, ""))
     except ValueError:
         return None
+

@@ -11,7 +11,7 @@ from typing import Callable
 import psutil
 
 from ..clock import RunClock
-from ..parse import parse_proc_status, parse_smaps_rollup
+from ..parse import ThreadPlacement, parse_proc_status, parse_smaps_rollup, parse_task_stat
 from ..records import Sample
 from .device import temperatures
 
@@ -25,6 +25,19 @@ def proc_status_bytes(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
     except OSError:
         return {}
     return {key: values[key] for key in keys if key in values}
+
+
+def task_stats(pid: int) -> list[tuple[int, int, int]]:
+    """(tid, last CPU, CPU ticks) of each of the process's threads; empty off Linux."""
+    readings = []
+    for path in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            found = parse_task_stat(path.read_text())
+        except OSError:  # the thread ended between listing and reading
+            continue
+        if found:
+            readings.append(found)
+    return readings
 
 
 PSS_EVERY_S = 1.0  # smaps_rollup walks the page tables: about once a second is enough
@@ -44,6 +57,7 @@ class HostSampler:
     def __init__(self, clock: RunClock, sink: Sink, hz: float, pid: int):
         self.clock, self.sink, self.interval_s, self.pid = clock, sink, 1.0 / hz, pid
         self._last_pss_s = float("-inf")
+        self.placement = ThreadPlacement()
         self.process = psutil.Process(pid)
         self.absent: dict[str, str] = {}
         self.ticks = 0
@@ -104,6 +118,7 @@ class HostSampler:
                 add("process", "pss", pss, "B")
                 self._last_pss_s = t_s
         add("process", "cpu", self.process.cpu_percent(interval=None), "%")
+        samples += self.placement.samples(t_s, task_stats(self.pid))
         add("system", "mem_available", psutil.virtual_memory().available, "B")
         add("cpu", "utilization", psutil.cpu_percent(interval=None), "%")
         if "cpu/freq" not in self.absent:

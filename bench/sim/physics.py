@@ -262,6 +262,22 @@ class Lmkd:
                                         f"0kB swap; reason: device memory limit of {self.limit_bytes // 1024}kB reached")
 
 
+def unpin(pids: list[int]) -> None:
+    """Every thread of these processes may run on every CPU again: what a phone whose cpuset or
+    scheduler overrides sched_setaffinity does to llama.cpp's --cpu-mask (llama.cpp issue 26836)."""
+    every = set(range(os.cpu_count() or 1))
+    for pid in pids:
+        try:
+            tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, every)
+            except OSError:
+                pass
+
+
 class PhysicsLoop:
     def __init__(self, state: PhoneState, mount_ns: str, exclude: set[int], publish: Callable[[PhoneState], None],
                  period_s: float = 0.2, lmkd: Lmkd | None = None):
@@ -292,6 +308,8 @@ class PhysicsLoop:
             if before_tick:
                 before_tick()
             cpu_seconds, members = self._cpu_seconds()
+            if self.state.profile.ignore_affinity:
+                unpin(members)
             if self.lmkd is not None:
                 self.lmkd.check(members)
             now = time.monotonic()

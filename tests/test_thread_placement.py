@@ -1,0 +1,70 @@
+"""Where the threads really ran (issue 14.2): the runtime's /proc/PID/task/*/stat in every telemetry
+tick. A phone that ignores llama.cpp's CPU mask (the sim's cpu.ignore_affinity undoes every
+thread's mask, as some phones' cpusets do) must draw the warning; one that honours it must not."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from bench.parse import ThreadPlacement, parse_task_stat
+from bench.store import load_run
+from bench.summary import thread_placement
+from conftest import bench_cli
+
+STAT = "{tid} (llama server) R 1 1 1 0 -1 4194368 500 0 0 0 {utime} {stime} 0 0 20 0 6 0 100 9000 300 1 1 1 0 0 0 0 0 0 0 0 0 0 -1 {cpu} 0 0 0 0 0"
+
+
+def test_a_task_stat_line_gives_thread_cpu_and_ticks_even_with_spaces_in_the_name():
+    assert parse_task_stat(STAT.format(tid=42, utime=250, stime=30, cpu=6)) == (42, 6, 280)
+    assert parse_task_stat("garbage") is None
+
+
+def test_new_cpu_time_goes_to_the_cpu_the_thread_was_last_seen_on():
+    placement = ThreadPlacement()
+    assert placement.update([(1, 4, 100), (2, 5, 100)]) == 0  # the first reading only sets the baseline
+    assert placement.update([(1, 4, 150), (2, 1, 100)]) == 1
+    assert placement.update([(1, 0, 170), (2, 1, 130)]) == 2
+    assert placement.cpu_seconds == {4: 0.5, 0: 0.2, 1: 0.3}
+
+
+def _tables(per_cpu_seconds: dict[int, float], busy: int):
+    requests = pd.DataFrame({"repetition": [0], "warmup": False, "error": None, "t_start_s": [1.0], "e2e_ms": [8000.0]})
+    rows = [(t, "threads", "busy", float(busy), "count") for t in range(10)]
+    rows += [(t, "threads", f"cpu{cpu}", seconds * t / 9, "s") for cpu, seconds in per_cpu_seconds.items() for t in range(10)]
+    return requests, pd.DataFrame(rows, columns=["t_s", "source", "name", "value", "unit"])
+
+
+def test_time_spilled_off_the_asked_cores_is_a_warning_per_cluster():
+    clusters = [{"cpus": [0, 1, 2, 3], "name": "little"}, {"cpus": [4, 5, 6, 7], "name": "big"}]
+    requests, samples = _tables({0: 2.0, 1: 1.1, 4: 3.0, 5: 3.9}, busy=4)
+    placement = thread_placement(requests, samples, clusters=clusters, affinity=[4, 5, 6, 7], threads=4)
+    assert placement["cluster_shares"]["little"] == pytest.approx(0.31) and placement["busy_threads_median"] == 4
+    assert placement["warnings"] == ["asked for cores 4-7, 31% of the runtime's CPU time ran on cores 0-1"]
+    pinned = thread_placement(*_tables({4: 3.0, 5: 3.0}, busy=2), clusters=clusters, affinity=[4, 5, 6, 7], threads=4)
+    assert pinned["warnings"] == ["asked for 4 threads, 2 were busy per telemetry tick (median over the measured requests)"]
+
+
+def _placement_of(result) -> tuple[dict, list[str]]:
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = load_run(json.loads(result.stdout)["run_dir"]).run
+    placement = run["summary"]["threads"]
+    assert placement["available"] and placement["cpu_seconds"] > 0.5
+    return placement, [w for w in run["warnings"] if w.startswith("where the threads ran: asked for cores 1,")]
+
+
+@pytest.mark.slow
+def test_a_phone_that_ignores_the_cpu_mask_is_caught(start_sim, host_runtime, smollm2_path, tmp_path):
+    info = start_sim(name="mask-ignored", settings=["cpu.ignore_affinity=true"])
+    placement, warned = _placement_of(bench_cli("run", "--device", info.serial, "--affinity", "1", "--threads", "1",
+                                                "--repetitions", "3", "--out", str(tmp_path / "r"), "--json"))
+    assert placement["off_affinity_share"] > 0.2 and warned and "ran on cores 0" in warned[0], placement
+
+
+@pytest.mark.slow
+def test_a_mask_that_holds_draws_no_warning(host_runtime, smollm2_path, tmp_path):
+    # the host pins the llama-cpp-python worker itself (sched_setaffinity before the model loads)
+    placement, warned = _placement_of(bench_cli("run", "--affinity", "1", "--threads", "1", "--repetitions", "3",
+                                                "--out", str(tmp_path / "r"), "--json"))
+    assert placement["off_affinity_share"] < 0.05 and not warned, placement
+    assert placement["cluster_shares"]["cpu1"] > 0.95
