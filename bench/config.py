@@ -18,7 +18,7 @@ SCENARIO_SCHEMA_VERSION = 1
 _SCENARIO_KEYS = {
     "schema_version", "name", "description", "repetitions", "warmup", "seed", "temperature",
     "n_ctx", "n_batch", "threads", "n_predict", "ignore_eos", "prompts", "keep_history",
-    "duration_s", "cooldown", "request_timeout_s", "kind", "pp", "tg",
+    "duration_s", "cooldown", "request_timeout_s", "kind", "pp", "tg", "idle_s",
 }
 KINDS = ("generate", "llama-bench")
 # Keys added after scenarios were first hashed count in the hash only when set, so the runs of an
@@ -172,9 +172,10 @@ def parse_scenario(path: Path) -> Scenario:
         cooldown=cooldown,
         request_timeout_s=float(check.get("request_timeout_s", (int, float), 600.0, minimum=0.1)),
         kind=kind, pp=pp, tg=tg,
+        idle_s=float(check.get("idle_s", (int, float), 10.0, minimum=0)),
     )
     # The hash names the workload, so compare can match runs: paths, text and a patience limit are not part of it.
-    canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description", "request_timeout_s"}
+    canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description", "request_timeout_s", "idle_s"}
                             and not (k in _LATER_KEYS and v == _LATER_KEYS[k])},
                            default=lambda o: o.__dict__, sort_keys=True)
     return Scenario(**fields, content_hash=hashlib.sha256(canonical.encode()).hexdigest())

@@ -154,6 +154,19 @@ def parse_uevent(text: str) -> dict[str, str]:
     return values
 
 
+def battery_capacity_mah(uevent: dict[str, str]) -> tuple[float | None, str]:
+    """The battery's full capacity from its uevent: CHARGE_FULL (what the fuel gauge learned, uAh),
+    unless it is absent or implausible (some kernels report more than 125% of the design), then
+    CHARGE_FULL_DESIGN. (None, why) when neither is there."""
+    full, design = parse_number(uevent.get("CHARGE_FULL")), parse_number(uevent.get("CHARGE_FULL_DESIGN"))
+    if full and full > 0 and (not design or full <= 1.25 * design):
+        return full / 1000, "charge_full in the battery's uevent (the fuel gauge's learned capacity)"
+    if design and design > 0:
+        why = f"charge_full {full / 1000:.0f} mAh is implausible" if full else "no charge_full"
+        return design / 1000, f"charge_full_design in the battery's uevent ({why})"
+    return None, "the battery's uevent has neither charge_full nor charge_full_design"
+
+
 def thermal_zone_celsius(zone_type: str, raw: str) -> float | None:
     """A thermal_zone*/temp reading in C, or None when it is a placeholder or not a temperature.
     Millidegrees by the kernel ABI; a few zones report whole degrees; -40000-style values and

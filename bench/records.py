@@ -55,6 +55,7 @@ class Scenario:
     kind: str = "generate"            # or "llama-bench": llama.cpp's own pp/tg benchmark on the target
     pp: int | None = None             # llama-bench prompt tokens (-p)
     tg: int | None = None             # llama-bench generated tokens (-n)
+    idle_s: float = 10.0              # idle power measured this long before the first request (phones)
 
     def with_overrides(self, repetitions: int | None = None, threads: int | None = None) -> "Scenario":
         return dataclasses.replace(

@@ -32,7 +32,7 @@ def _flag(value) -> str:
 
 
 def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
-    lines = [*_header(run), *_results(run, requests), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run),
+    lines = [*_header(run), *_results(run, requests), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run), *_energy_phases(run),
              *_validity(run), *_facts(run), *_warnings_and_events(run, events), *_plots(plots),
              "---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, "
              "unit), `events.jsonl`. Times are seconds since run start on one host clock."]
@@ -181,6 +181,46 @@ def _energy(run: dict) -> list[str]:
         "", f"Source: {energy.get('source')}; {energy.get('windows_covered')} of {energy.get('windows')} request windows covered "
         f"by power samples (valid only when all are){unplugged}. Current normalisation: {normalisation.get('unit', 'n/a')}; "
         f"{normalisation.get('sign', 'n/a')}.", ""]
+
+
+def _energy_phases(run: dict) -> list[str]:
+    phases = (run.get("summary") or {}).get("energy_phases") or {}
+    if not phases.get("available"):
+        return []
+    idle = run.get("idle") or {}
+    if phases.get("idle_w") is not None:
+        screen = {True: "on", False: "off"}.get(phases.get("screen_on"), "state unknown")
+        idle_text = (f"Idle power {phases['idle_w']:.3f} W, measured for {phases['idle_s']:.1f} s with the model loaded "
+                     f"and nothing asked of it, before the first request (screen {screen}).")
+    else:
+        idle_text = f"No idle baseline ({idle.get('skipped', 'the power readings do not cover it')}): no figures above idle."
+    ci = phases.get("j_per_token_ci95")
+    ci_text = (f"{_fmt(ci[0], 4)} to {_fmt(ci[1], 4)} (95% bootstrap interval of the median over "
+               f"{phases['j_per_token_repetitions']} repetitions)" if ci else "n/a (fewer than 2 repetitions)")
+    lines = ["## Energy per phase, above idle", "",
+             f"Source: {phases['source']}, {phases['requests_covered']} of {phases['requests']} measured requests "
+             "covered. Each request is split at its first token: before it is prefill (J per evaluated prompt "
+             f"token), after it decode (J per generated token). {idle_text}"
+             + ("" if phases.get("valid", True) else f" **Invalid: {phases.get('reason')}.**"), "",
+             "| figure | total | above idle | unit |", "|---|---:|---:|---|",
+             f"| energy over the measured requests | {_fmt(phases['energy_j'], 2)} | {_fmt(phases['energy_above_idle_j'], 2)} | J |",
+             f"| energy per generated token (whole request) | {_fmt(phases['j_per_token'], 4)} | "
+             f"{_fmt(phases['j_per_token_above_idle'], 4)} | J/token |",
+             f"| prefill, per evaluated prompt token | {_fmt(phases['prefill_j_per_prompt_token'], 5)} | "
+             f"{_fmt(phases['prefill_j_per_prompt_token_above_idle'], 5)} | J/token |",
+             f"| decode, per generated token | {_fmt(phases['decode_j_per_token'], 4)} | "
+             f"{_fmt(phases['decode_j_per_token_above_idle'], 4)} | J/token |",
+             f"| mean power during the requests | {_fmt(phases['mean_power_w'], 3)} | | W |", "",
+             f"J per generated token, spread: {ci_text}.", ""]
+    projection = phases.get("projection")
+    if projection:
+        lines += [f"**Projection, not a measurement:** a full charge of {projection['capacity_mah']:,.0f} mAh at "
+                  f"{projection['volts']:.2f} V ({projection['capacity_j'] / 1000:,.1f} kJ; "
+                  f"{(run.get('device', {}).get('extra') or {}).get('battery_capacity_source', 'capacity source unknown')}) "
+                  f"would last about {projection['tokens_per_full_charge']:,.0f} generated tokens, or "
+                  f"{projection['hours_of_generation']:.1f} hours of back-to-back generation at this run's mean power, "
+                  "if every other drain stayed as it was during the run.", ""]
+    return lines
 
 
 _RAIL_GROUP_LABELS = {"cpu_big": "CPU big (group)", "cpu_mid": "CPU mid (group)", "cpu_little": "CPU little (group)",

@@ -19,7 +19,7 @@ from .progress import NullProgress, Progress
 from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, RequestRecord, Scenario, to_dict
 from .render import write_report
 from .store import RunWriter, load_run, make_run_id, run_owner, write_parquet
-from .summary import (decode_drift, energy_summary, rail_energy_summary, run_summary, self_checks,
+from .summary import (decode_drift, energy_phases, energy_summary, rail_energy_summary, run_summary, self_checks,
                       stress_profile, thread_placement, validity_from_samples)
 from .runtimes import llama_bench
 from .workload import resolve_prompts, run_repetition
@@ -297,7 +297,35 @@ class _Run:
         if self.scenario.kind == "llama-bench":
             self._llama_bench(self.runtime)
         else:
+            self._idle_power()
             self._repetitions(self.runtime, resolve_prompts(self.runtime, self.scenario.prompts), baseline)
+
+    def _idle_power(self) -> None:
+        """With the model loaded and nothing asked of it, hold still for idle_s so the energy
+        figures can say what the requests cost above the phone's idle draw."""
+        idle_s = self.scenario.idle_s
+        why = ("idle_s is 0" if not idle_s else "telemetry is off" if self.sampler is None else
+               "a host has no power meter" if self.target.kind != "android" else None)
+        if why:
+            self.meta["idle"] = {"skipped": why}
+            return
+        screen_on = (self.meta["device"].get("extra") or {}).get("screen_on")
+        screen = {True: "on", False: "off"}.get(screen_on, "state unknown")
+        task = self.progress.task(f"idle power baseline ({idle_s:.0f} s, screen {screen})", idle_s, "s")
+        if self.rails:
+            self._rail_mark()
+        start = self.clock.now_s()
+        while (elapsed := self.clock.now_s() - start) < idle_s:
+            self._check([], 0)
+            time.sleep(min(0.2, idle_s - elapsed))
+            task.update(completed=min(idle_s, self.clock.now_s() - start))
+        end = self.clock.now_s()
+        if self.rails:
+            self._rail_mark()
+        task.done()
+        self.meta["idle"] = {"start_s": start, "end_s": end, "screen_on": screen_on}
+        self.event("phase", f"idle power baseline from {start:.1f} s to {end:.1f} s", start_s=start, end_s=end,
+                   screen_on=screen_on)
 
     def _failure_reason(self, error: BenchError) -> str:
         if self.guard.tripped:
@@ -475,6 +503,9 @@ class _Run:
                                               affinity=runtime.get("affinity"), threads=runtime.get("threads"))
         for warning in summary["threads"].get("warnings", []):
             self.warn(f"where the threads ran: {warning}")
+        summary["energy_phases"] = energy_phases(
+            data.requests, data.samples, idle=self.meta.get("idle"), charging=validity["charging"],
+            capacity_mah=facts.extra.get("battery_capacity_mah"))
         summary["cooldown_waits_s"] = self.cooldown_waits
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:

@@ -12,7 +12,7 @@ import pandas as pd
 from .cpu import format_cpus
 from .records import request_end_s
 from .store import load_run
-from .stats import Summary, integrate_window, summarize
+from .stats import Summary, bootstrap_median_ci, integrate_window, summarize
 
 # metric -> (requests column, unit, higher_is_better, label)
 REQUEST_METRICS = {
@@ -679,3 +679,104 @@ def run_repetition_values(run_dir: str | Path, run: dict) -> dict[str, list[floa
         return stored
     data = load_run(run_dir)
     return repetition_values(data.requests, data.samples, summary.get("peak_rss_bytes"))
+
+
+def _energy_meter(samples: pd.DataFrame):
+    """(source, joules(start, end) or None when not covered): the power rails' counters summed when
+    the device has them (they stay valid while charging), else battery power integrated."""
+    rails = sample_series(samples, "rail")
+    if not rails.empty:
+        counters = [(g["t_s"].to_numpy(dtype=float), g["value"].to_numpy(dtype=float))
+                    for _, g in rails.sort_values("t_s").groupby("name")]
+
+        def rail_joules(start: float, end: float) -> float | None:
+            if any(times.size < 2 or start < times[0] or end > times[-1] for times, _ in counters):
+                return None
+            return float(sum(np.interp(end, times, values) - np.interp(start, times, values) for times, values in counters))
+        return "power rails (sum of every channel)", rail_joules
+    power = sample_series(samples, "battery", "power")
+    if power.empty:
+        return None, None
+    times, watts = power["t_s"].to_numpy(dtype=float), power["value"].to_numpy(dtype=float)
+    order = np.argsort(times)
+    return "battery power (V x I)", lambda start, end: integrate_window(times[order], watts[order], start, end)
+
+
+def energy_phases(requests: pd.DataFrame, samples: pd.DataFrame, *, idle: dict | None,
+                  capacity_mah: float | None, charging: bool | None) -> dict:
+    """Energy above idle, split at each request's first token: prefill J per evaluated prompt token
+    and decode J per generated token, total and above the idle power measured before the first
+    request; a 95% bootstrap interval of J/token over repetitions; and, from the battery's capacity,
+    tokens per full charge and hours of continuous generation, as a projection."""
+    source, joules = _energy_meter(samples)
+    frame = measured_requests(requests)
+    if joules is None or frame.empty:
+        return {"available": False, "reason": "no power rails and no battery power samples"}
+    result: dict = {"available": True, "source": source}
+    if source.startswith("battery") and charging:
+        result.update(valid=False, reason="on external power: the battery's power is not the device's")
+    idle_w = None
+    if idle and idle.get("end_s") is not None:
+        idle_j = joules(idle["start_s"], idle["end_s"])
+        idle_w = idle_j / (idle["end_s"] - idle["start_s"]) if idle_j is not None else None
+    result.update(idle_w=idle_w, idle_s=idle["end_s"] - idle["start_s"] if idle_w is not None else None,
+                  screen_on=(idle or {}).get("screen_on"))
+    starts, ends = request_windows(frame)
+    ttft = pd.to_numeric(frame["ttft_ms"], errors="coerce").to_numpy(dtype=float) / 1000
+    tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
+    evaluated = (pd.to_numeric(frame["prompt_tokens"]) - pd.to_numeric(frame["cached_tokens"])).to_numpy(dtype=float)
+    reps = frame["repetition"].to_numpy()
+    total = prefill = decode = seconds = prefill_s = decode_s = 0.0
+    prompt_n = gen_n = 0.0
+    per_rep: dict = {}
+    covered = 0
+    for i, (start, end) in enumerate(zip(starts, ends)):
+        whole = joules(start, end)
+        if whole is None:
+            continue
+        covered += 1
+        total, seconds = total + whole, seconds + (end - start)
+        rep = per_rep.setdefault(reps[i], [0.0, 0.0])
+        rep[0], rep[1] = rep[0] + whole, rep[1] + tokens[i]
+        if np.isfinite(ttft[i]) and 0 < ttft[i] < end - start and tokens[i] > 0:
+            first = joules(start, start + ttft[i])
+            if first is not None:
+                prefill, prefill_s, prompt_n = prefill + first, prefill_s + ttft[i], prompt_n + evaluated[i]
+                decode, decode_s, gen_n = decode + whole - first, decode_s + end - start - ttft[i], gen_n + tokens[i]
+    if not covered:
+        return {**result, "available": False, "reason": "no request window is covered by the power readings"}
+    gen_total = float(sum(rep[1] for rep in per_rep.values()))
+    per_rep_jpt = [rep[0] / rep[1] for rep in per_rep.values() if rep[1] > 0]
+    ci = bootstrap_median_ci(per_rep_jpt) if len(per_rep_jpt) >= 2 else None
+
+    def above(joule: float, span: float) -> float | None:
+        return joule - idle_w * span if idle_w is not None else None
+
+    def per(joule: float | None, count: float) -> float | None:
+        return joule / count if joule is not None and count else None
+
+    result.update(
+        requests_covered=covered, requests=int(len(frame)), seconds=seconds, energy_j=total,
+        energy_above_idle_j=above(total, seconds), mean_power_w=total / seconds if seconds else None,
+        j_per_token=per(total, gen_total), j_per_token_above_idle=per(above(total, seconds), gen_total),
+        j_per_token_ci95=list(ci) if ci else None, j_per_token_repetitions=len(per_rep_jpt),
+        prefill_j=prefill, prefill_j_per_prompt_token=per(prefill, prompt_n),
+        prefill_j_per_prompt_token_above_idle=per(above(prefill, prefill_s), prompt_n),
+        decode_j=decode, decode_j_per_token=per(decode, gen_n),
+        decode_j_per_token_above_idle=per(above(decode, decode_s), gen_n))
+    result["projection"] = _battery_projection(samples, capacity_mah, result["j_per_token"], result["mean_power_w"])
+    return result
+
+
+NOMINAL_CELL_V = 3.85  # a Li-ion cell's nominal voltage, when the run sampled none
+
+
+def _battery_projection(samples: pd.DataFrame, capacity_mah: float | None, j_per_token: float | None,
+                        watts: float | None) -> dict | None:
+    if not capacity_mah or not j_per_token or not watts:
+        return None
+    voltage = sample_series(samples, "battery", "voltage")
+    volts = float(voltage["value"].mean()) if not voltage.empty else NOMINAL_CELL_V
+    capacity_j = capacity_mah / 1000 * volts * 3600
+    return {"capacity_mah": capacity_mah, "volts": volts, "capacity_j": capacity_j,
+            "tokens_per_full_charge": capacity_j / j_per_token, "hours_of_generation": capacity_j / watts / 3600}

@@ -55,6 +55,7 @@ class Snapshot:
     thermal: parse.ThermalReport
     clusters: tuple[parse.Cluster, ...]
     screen_on: bool | None
+    battery_uevent: dict[str, str]
     cpu_features: frozenset[str] = frozenset()  # /proc/cpuinfo "Features" (ARM) or "flags" (x86)
 
 
@@ -75,6 +76,7 @@ _SNAPSHOT_SCRIPT = " ; ".join([
     f"echo {_MARK}power; dumpsys power | grep -m1 mWakefulness=",
     f"echo {_MARK}sysbattery; for f in status current_now voltage_now capacity charge_counter temp; do "
     "[ -r /sys/class/power_supply/battery/$f ] && echo $f=$(cat /sys/class/power_supply/battery/$f); done",
+    f"echo {_MARK}uevent; cat /sys/class/power_supply/battery/uevent 2>/dev/null",
     f"echo {_MARK}cpuinfo; cat /proc/cpuinfo",
     f"echo {_MARK}cpufreq; for f in /sys/devices/system/cpu/cpu*/cpufreq/related_cpus /sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq; do "
     "[ -r $f ] && echo $f: $(cat $f); done",
@@ -94,6 +96,7 @@ def snapshot(device: Device, profiles: dict[str, DeviceProfile] | None = None) -
         thermal=parse.parse_thermalservice(sections.get("thermal", "")),
         clusters=parse.parse_cpufreq_topology(sections.get("cpufreq", "")),
         screen_on=None if "mWakefulness=" not in power else "Awake" in power,
+        battery_uevent=parse.parse_uevent(sections.get("uevent", "")),
         cpu_features=cpuinfo_flags(sections.get("cpuinfo", "")),
     )
 
@@ -318,7 +321,9 @@ class AndroidTarget:
             memory_bandwidth_source=source,
             extra={"build_fingerprint": props.get("ro.build.fingerprint"), "sdk": props.get("ro.build.version.sdk"),
                    "kernel": None, "clusters": clusters, "profile_file": profile.path, "adb_server": self.server.label,
-                   "screen_on": self.snap.screen_on, "cpu_features": sorted(self.snap.cpu_features)},
+                   "screen_on": self.snap.screen_on, "cpu_features": sorted(self.snap.cpu_features),
+                   **dict(zip(("battery_capacity_mah", "battery_capacity_source"),
+                              parse.battery_capacity_mah(self.snap.battery_uevent)))},
         )
 
     def cpus(self, scenario: Scenario) -> tuple[int, ...]:

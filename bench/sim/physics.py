@@ -79,6 +79,7 @@ class PhoneState:
     temps: dict[str, float] = field(default_factory=dict)
     level_pct: float = 0.0
     power_w: float = 0.0
+    energy_j: float = 0.0         # everything the phone has drawn since it started (the energy log's truth)
     current_a: float = 0.0        # + into the battery
     cpu_load: float = 0.0         # cores busy
     duty: float = 0.0
@@ -148,6 +149,7 @@ class PhoneState:
         p = self.profile
         self.cpu_load = max(0.0, cpu_seconds / dt) if dt > 0 else 0.0
         self.power_w = p.idle_w + p.per_core_w * self.cpu_load
+        self.energy_j += self.power_w * dt
         for rail, subsystem, idle_share, load_share in SIM_RAILS:
             watts = p.idle_w * idle_share + p.per_core_w * self.cpu_load * load_share
             key = f"[{rail}]:{subsystem}"

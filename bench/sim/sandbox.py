@@ -395,6 +395,9 @@ class Sandbox:
             self._write(f"{base}/cpuinfo_max_freq", f"{state.profile.max_khz}\n")
             self._write(f"{base}/cpuinfo_min_freq", f"{state.profile.min_khz}\n")
             self._write(f"{base}/scaling_max_freq", f"{int(state.profile.max_khz * (1 - state.duty))}\n")
+        # the truth energy figures are held to: the phone's cumulative energy at each step (host epoch)
+        with (self.root / "sim/state/energy_log.txt").open("a") as log:
+            log.write(f"{time.time():.6f} {state.energy_j:.6f}\n")
         if state.duty > 0 and not self.throttle_published:
             # the truth a test holds detection to: when the phone first showed a capped CPU (host epoch)
             self.throttle_published = True
