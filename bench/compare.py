@@ -90,7 +90,7 @@ class Side:
     runs: tuple[str, ...]
     key: dict[str, str]
     values: dict[str, tuple[float, ...]]
-    flags: dict[str, bool]         # charging / throttled / unstable over its runs
+    flags: dict[str, bool]         # charging / throttled / unstable / invalid (a failed self-check) over its runs
     facts: dict
     per_run: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)  # metric -> each run's values
 
@@ -126,13 +126,14 @@ class RunValues:
 
 def make_side(label: str, runs: Sequence[RunValues]) -> Side:
     pooled: dict[str, list[float]] = {spec.name: [] for spec in METRICS}
-    flags = {"charging": False, "throttled": False, "unstable": False}
+    flags = {"charging": False, "throttled": False, "unstable": False, "invalid": False}
     for item in runs:
         for name in pooled:
             pooled[name].extend(item.values.get(name) or [])
         validity = (item.run.get("summary") or {}).get("validity") or {}
-        for flag in flags:
+        for flag in ("charging", "throttled", "unstable"):
             flags[flag] = flags[flag] or bool(validity.get(flag))
+        flags["invalid"] = flags["invalid"] or validity.get("valid") is False
     first = runs[0].run
     facts = {"device": first.get("device", {}), "model": first.get("model", {}), "runtime": first.get("runtime", {}),
              "scenario": {k: (first.get("scenario") or {}).get(k) for k in ("name", "hash")},

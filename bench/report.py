@@ -200,7 +200,8 @@ def _energy_phases(run: dict) -> list[str]:
     lines = ["## Energy per phase, above idle", "",
              f"Source: {phases['source']}, {phases['requests_covered']} of {phases['requests']} measured requests "
              "covered. Each request is split at its first token: before it is prefill (J per evaluated prompt "
-             f"token), after it decode (J per generated token). {idle_text}"
+             f"token), after it decode (J per generated token){'; split ' + phases['split'] if phases.get('split') else ''}. "
+             f"{idle_text}"
              + ("" if phases.get("valid", True) else f" **Invalid: {phases.get('reason')}.**"), "",
              "| figure | total | above idle | unit |", "|---|---:|---:|---|",
              f"| energy over the measured requests | {_fmt(phases['energy_j'], 2)} | {_fmt(phases['energy_above_idle_j'], 2)} | J |",

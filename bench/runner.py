@@ -505,7 +505,7 @@ class _Run:
             self.warn(f"where the threads ran: {warning}")
         summary["energy_phases"] = energy_phases(
             data.requests, data.samples, idle=self.meta.get("idle"), charging=validity["charging"],
-            capacity_mah=facts.extra.get("battery_capacity_mah"))
+            capacity_mah=facts.extra.get("battery_capacity_mah"), rail_source=self.rail_source)
         summary["cooldown_waits_s"] = self.cooldown_waits
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:

@@ -703,7 +703,7 @@ def _energy_meter(samples: pd.DataFrame):
 
 
 def energy_phases(requests: pd.DataFrame, samples: pd.DataFrame, *, idle: dict | None,
-                  capacity_mah: float | None, charging: bool | None) -> dict:
+                  capacity_mah: float | None, charging: bool | None, rail_source: str | None = None) -> dict:
     """Energy above idle, split at each request's first token: prefill J per evaluated prompt token
     and decode J per generated token, total and above the idle power measured before the first
     request; a 95% bootstrap interval of J/token over repetitions; and, from the battery's capacity,
@@ -713,6 +713,9 @@ def energy_phases(requests: pd.DataFrame, samples: pd.DataFrame, *, idle: dict |
     if joules is None or frame.empty:
         return {"available": False, "reason": "no power rails and no battery power samples"}
     result: dict = {"available": True, "source": source}
+    if source.startswith("power rails") and rail_source == "dumpsys":
+        result["split"] = ("by time: dumpsys reads the rails only before and after each request, so the energy "
+                           "between is shared out in proportion to prefill and decode time")
     if source.startswith("battery") and charging:
         result.update(valid=False, reason="on external power: the battery's power is not the device's")
     idle_w = None
