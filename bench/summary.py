@@ -702,6 +702,46 @@ def _energy_meter(samples: pd.DataFrame):
     return "battery power (V x I)", lambda start, end: integrate_window(times[order], watts[order], start, end)
 
 
+@dataclass
+class _Phase:
+    """Energy, time and tokens summed over the request windows of one phase."""
+    joules: float = 0.0
+    seconds: float = 0.0
+    tokens: float = 0.0
+
+    def add(self, joules: float, seconds: float, tokens: float) -> None:
+        self.joules, self.seconds, self.tokens = self.joules + joules, self.seconds + seconds, self.tokens + tokens
+
+    def above(self, idle_w: float | None) -> float | None:
+        return self.joules - idle_w * self.seconds if idle_w is not None else None
+
+    def per_token(self, joules: float | None) -> float | None:
+        return joules / self.tokens if joules is not None and self.tokens else None
+
+
+def _phase_energy(frame: pd.DataFrame, joules) -> tuple[_Phase, _Phase, _Phase, dict, int]:
+    """Whole requests, prefill (sent to first token, per evaluated prompt token), decode (first
+    token to last, per generated token), each repetition's whole, and how many windows were covered."""
+    starts, ends = request_windows(frame)
+    ttft = pd.to_numeric(frame["ttft_ms"], errors="coerce").to_numpy(dtype=float) / 1000
+    tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
+    evaluated = (pd.to_numeric(frame["prompt_tokens"]) - pd.to_numeric(frame["cached_tokens"])).to_numpy(dtype=float)
+    repetitions = frame["repetition"].to_numpy()
+    whole, prefill, decode, per_repetition, covered = _Phase(), _Phase(), _Phase(), {}, 0
+    for i, (start, end) in enumerate(zip(starts, ends)):
+        energy = joules(start, end)
+        if energy is None:
+            continue
+        covered += 1
+        whole.add(energy, end - start, tokens[i])
+        per_repetition.setdefault(repetitions[i], _Phase()).add(energy, end - start, tokens[i])
+        first = joules(start, start + ttft[i]) if np.isfinite(ttft[i]) and 0 < ttft[i] < end - start and tokens[i] else None
+        if first is not None:
+            prefill.add(first, ttft[i], evaluated[i])
+            decode.add(energy - first, end - start - ttft[i], tokens[i])
+    return whole, prefill, decode, per_repetition, covered
+
+
 def energy_phases(requests: pd.DataFrame, samples: pd.DataFrame, *, idle: dict | None,
                   capacity_mah: float | None, charging: bool | None, rail_source: str | None = None) -> dict:
     """Energy above idle, split at each request's first token: prefill J per evaluated prompt token
@@ -718,55 +758,24 @@ def energy_phases(requests: pd.DataFrame, samples: pd.DataFrame, *, idle: dict |
                            "between is shared out in proportion to prefill and decode time")
     if source.startswith("battery") and charging:
         result.update(valid=False, reason="on external power: the battery's power is not the device's")
-    idle_w = None
-    if idle and idle.get("end_s") is not None:
-        idle_j = joules(idle["start_s"], idle["end_s"])
-        idle_w = idle_j / (idle["end_s"] - idle["start_s"]) if idle_j is not None else None
+    idle_j = joules(idle["start_s"], idle["end_s"]) if idle and idle.get("end_s") is not None else None
+    idle_w = idle_j / (idle["end_s"] - idle["start_s"]) if idle_j is not None else None
     result.update(idle_w=idle_w, idle_s=idle["end_s"] - idle["start_s"] if idle_w is not None else None,
                   screen_on=(idle or {}).get("screen_on"))
-    starts, ends = request_windows(frame)
-    ttft = pd.to_numeric(frame["ttft_ms"], errors="coerce").to_numpy(dtype=float) / 1000
-    tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
-    evaluated = (pd.to_numeric(frame["prompt_tokens"]) - pd.to_numeric(frame["cached_tokens"])).to_numpy(dtype=float)
-    reps = frame["repetition"].to_numpy()
-    total = prefill = decode = seconds = prefill_s = decode_s = 0.0
-    prompt_n = gen_n = 0.0
-    per_rep: dict = {}
-    covered = 0
-    for i, (start, end) in enumerate(zip(starts, ends)):
-        whole = joules(start, end)
-        if whole is None:
-            continue
-        covered += 1
-        total, seconds = total + whole, seconds + (end - start)
-        rep = per_rep.setdefault(reps[i], [0.0, 0.0])
-        rep[0], rep[1] = rep[0] + whole, rep[1] + tokens[i]
-        if np.isfinite(ttft[i]) and 0 < ttft[i] < end - start and tokens[i] > 0:
-            first = joules(start, start + ttft[i])
-            if first is not None:
-                prefill, prefill_s, prompt_n = prefill + first, prefill_s + ttft[i], prompt_n + evaluated[i]
-                decode, decode_s, gen_n = decode + whole - first, decode_s + end - start - ttft[i], gen_n + tokens[i]
+    whole, prefill, decode, per_repetition, covered = _phase_energy(frame, joules)
     if not covered:
         return {**result, "available": False, "reason": "no request window is covered by the power readings"}
-    gen_total = float(sum(rep[1] for rep in per_rep.values()))
-    per_rep_jpt = [rep[0] / rep[1] for rep in per_rep.values() if rep[1] > 0]
-    ci = bootstrap_median_ci(per_rep_jpt) if len(per_rep_jpt) >= 2 else None
-
-    def above(joule: float, span: float) -> float | None:
-        return joule - idle_w * span if idle_w is not None else None
-
-    def per(joule: float | None, count: float) -> float | None:
-        return joule / count if joule is not None and count else None
-
+    repetition_jpt = [p.joules / p.tokens for p in per_repetition.values() if p.tokens > 0]
+    ci = bootstrap_median_ci(repetition_jpt) if len(repetition_jpt) >= 2 else None
     result.update(
-        requests_covered=covered, requests=int(len(frame)), seconds=seconds, energy_j=total,
-        energy_above_idle_j=above(total, seconds), mean_power_w=total / seconds if seconds else None,
-        j_per_token=per(total, gen_total), j_per_token_above_idle=per(above(total, seconds), gen_total),
-        j_per_token_ci95=list(ci) if ci else None, j_per_token_repetitions=len(per_rep_jpt),
-        prefill_j=prefill, prefill_j_per_prompt_token=per(prefill, prompt_n),
-        prefill_j_per_prompt_token_above_idle=per(above(prefill, prefill_s), prompt_n),
-        decode_j=decode, decode_j_per_token=per(decode, gen_n),
-        decode_j_per_token_above_idle=per(above(decode, decode_s), gen_n))
+        requests_covered=covered, requests=int(len(frame)), seconds=whole.seconds, energy_j=whole.joules,
+        energy_above_idle_j=whole.above(idle_w), mean_power_w=whole.joules / whole.seconds if whole.seconds else None,
+        j_per_token=whole.per_token(whole.joules), j_per_token_above_idle=whole.per_token(whole.above(idle_w)),
+        j_per_token_ci95=list(ci) if ci else None, j_per_token_repetitions=len(repetition_jpt),
+        prefill_j=prefill.joules, prefill_j_per_prompt_token=prefill.per_token(prefill.joules),
+        prefill_j_per_prompt_token_above_idle=prefill.per_token(prefill.above(idle_w)),
+        decode_j=decode.joules, decode_j_per_token=decode.per_token(decode.joules),
+        decode_j_per_token_above_idle=decode.per_token(decode.above(idle_w)))
     result["projection"] = _battery_projection(samples, capacity_mah, result["j_per_token"], result["mean_power_w"])
     return result
 

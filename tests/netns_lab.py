@@ -57,6 +57,7 @@ def relay(listener: socket.socket, connect) -> threading.Thread:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # connected: an idle stream (a held shell) stays open, as through socat
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
 
