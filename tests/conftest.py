@@ -122,7 +122,7 @@ def long_run(device: str, tmp_path: Path, rows: int, *extra: str, scenario_extra
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     scenario = tmp_path / "long.toml"
-    scenario.write_text(f'name = "long"\nrepetitions = 1\nwarmup = 0\nn_predict = {n_predict}\nduration_s = 120\n'
+    scenario.write_text(f'name = "long"\nrepetitions = 1\nwarmup = 0\nn_predict = {n_predict}\nduration_s = 120\nidle_s = 1\n'
                         f'prompts = ["Go on."]\n{scenario_extra}[cooldown]\nmode = "none"\n')
     out = tmp_path / "r"
     process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", device, "--out", str(out),

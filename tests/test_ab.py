@@ -11,7 +11,7 @@ from bench.store import load_run
 from conftest import bench_cli
 
 pytestmark = pytest.mark.slow
-TINY = 'name = "tiny"\nrepetitions = 2\nwarmup = 0\nn_predict = 8\nprompts = ["Hello there."]\n[cooldown]\nmode = "temperature"\nmax_wait_s = 5\n'
+TINY = 'name = "tiny"\nrepetitions = 2\nwarmup = 0\nn_predict = 8\nidle_s = 1\nprompts = ["Hello there."]\n[cooldown]\nmode = "temperature"\nmax_wait_s = 5\n'
 
 
 def _scenario(tmp_path: Path) -> Path:

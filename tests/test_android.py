@@ -86,7 +86,7 @@ def test_unplugged_sim_gives_valid_energy(start_sim, host_runtime, smollm2_path,
 def test_sustained_on_a_hot_sim_is_flagged_throttled_with_cooldown_waits(start_sim, host_runtime, smollm2_path, tmp_path):
     info = start_sim(profile="hot")
     scenario = tmp_path / "soak.toml"
-    scenario.write_text('name = "hot-soak"\nrepetitions = 3\nwarmup = 0\nn_predict = 16\nduration_s = 6\n'
+    scenario.write_text('name = "hot-soak"\nrepetitions = 3\nwarmup = 0\nn_predict = 16\nduration_s = 6\nidle_s = 1\n'
                         'prompts = ["Tell me about lighthouses."]\n[cooldown]\nmode = "temperature"\nmax_wait_s = 1.5\npoll_s = 0.5\n')
     result = bench_cli("run", "--device", info.serial, "--out", str(tmp_path), "--scenario", str(scenario), "--json",
                        "--allow", "thermal")
@@ -154,7 +154,7 @@ def test_hostile_prompt_reaches_the_model_verbatim_and_runs_nothing(phone, tmp_p
     prompt = ("He said \"hi\" and 'bye'; touch /data/local/tmp/pwned1\n$(touch /data/local/tmp/pwned2) "
               "`touch /data/local/tmp/pwned3` && echo $HOME | sh\n\\n %s {} ;;")
     scenario = tmp_path / "hostile.toml"
-    scenario.write_text("name = \"hostile\"\nrepetitions = 1\nwarmup = 0\nn_predict = 4\nprompts = [" + json.dumps(prompt) + "]\n")
+    scenario.write_text("name = \"hostile\"\nrepetitions = 1\nwarmup = 0\nn_predict = 4\nidle_s = 1\nprompts = [" + json.dumps(prompt) + "]\n")
     result = _run(phone.serial, tmp_path, "--scenario", str(scenario), "--no-telemetry")
     requests = load_run(result["run_dir"]).requests
     llm = llama_cpp.Llama(model_path=str(Path(load_run(result["run_dir"]).run["model"]["path"])), vocab_only=True, verbose=False)

@@ -86,3 +86,15 @@ def test_unknown_scenario_suggests_closest():
 def test_overrides():
     quick = resolve_scenario("quick").with_overrides(repetitions=7, threads=2)
     assert (quick.repetitions, quick.threads) == (7, 2)
+
+
+def test_idle_s_defaults_to_ten_seconds_and_leaves_the_hash_alone(tmp_path: Path):
+    plain, idle = tmp_path / "plain.toml", tmp_path / "idle.toml"
+    plain.write_text('name = "x"\nprompts = ["a"]\n')
+    idle.write_text('name = "x"\nprompts = ["a"]\nidle_s = 2\n')
+    assert parse_scenario(plain).idle_s == 10.0 and parse_scenario(idle).idle_s == 2.0
+    assert parse_scenario(plain).content_hash == parse_scenario(idle).content_hash  # runs still match in compare
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nprompts = ["a"]\nidle_s = -1\n')
+    with pytest.raises(ConfigError, match="idle_s"):
+        parse_scenario(bad)

@@ -20,7 +20,7 @@ from bench.store import load_run
 from conftest import REPO, bench_cli, long_run
 from netns_lab import relay
 
-TINY = 'name = "tiny"\nrepetitions = 2\nwarmup = 0\nn_predict = 12\nprompts = ["Hello there."]\n[cooldown]\nmode = "none"\n'
+TINY = 'name = "tiny"\nrepetitions = 2\nwarmup = 0\nn_predict = 12\nidle_s = 1\nprompts = ["Hello there."]\n[cooldown]\nmode = "none"\n'
 
 
 def _scenario(tmp_path: Path) -> Path:

@@ -83,7 +83,7 @@ def test_a_frozen_telemetry_loop_on_the_phone_is_a_gap_where_it_happened(start_s
                                                                          tmp_path):
     info = start_sim(name="stall")
     scenario = tmp_path / "short.toml"
-    scenario.write_text('name = "short"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 8\n'
+    scenario.write_text('name = "short"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 8\nidle_s = 1\n'
                         'prompts = ["Go on."]\n[cooldown]\nmode = "none"\n')
     out = tmp_path / "r"
     process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", info.serial, "--out", str(out),

@@ -64,7 +64,7 @@ def test_stress_on_the_phone_finds_its_throttle_point_within_one_telemetry_perio
     # idle at about 32 C, about 68 C under load: the throttle point at 38 C is crossed a few seconds in
     info = start_sim(name="stress", settings=["thermal.throttle_start_c=38"])
     scenario = tmp_path / "stress.toml"
-    scenario.write_text('name = "stress-short"\nrepetitions = 2\nwarmup = 0\nn_predict = 32\nduration_s = 14\n'
+    scenario.write_text('name = "stress-short"\nrepetitions = 2\nwarmup = 0\nn_predict = 32\nduration_s = 14\nidle_s = 1\n'
                         'ignore_eos = true\nprompts = ["Go on."]\n[cooldown]\nmode = "none"\n')
     result = bench_cli("run", "--device", info.serial, "--scenario", str(scenario), "--out", str(tmp_path / "r"),
                        "--json")
