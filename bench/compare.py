@@ -53,6 +53,10 @@ METRICS = (
     # one value a run (run sets compare): slowest repetition / fastest, and load before the first throttle
     MetricSpec("stability", "Stability (slowest / fastest repetition)", "ratio", True),
     MetricSpec("time_to_throttle_s", "Time to first throttle", "s", True),
+    MetricSpec("decode_j_per_token", "Decode energy per token", "J/token", False, energy=True),
+    MetricSpec("prefill_j_per_prompt_token", "Prefill energy per prompt token", "J/token", False, energy=True),
+    MetricSpec("j_per_token_above_idle", "Energy per token above idle", "J/token", False, energy=True),
+    MetricSpec("off_affinity_share", "CPU time off the asked-for cores", "ratio", False),
 )
 
 

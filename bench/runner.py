@@ -506,6 +506,9 @@ class _Run:
         summary["energy_phases"] = energy_phases(
             data.requests, data.samples, idle=self.meta.get("idle"), charging=validity["charging"],
             capacity_mah=facts.extra.get("battery_capacity_mah"), rail_source=self.rail_source)
+        summary["per_repetition"].update(summary["energy_phases"].pop("per_repetition", {}))
+        if summary["threads"].get("off_affinity_share") is not None:
+            summary["per_repetition"]["off_affinity_share"] = [summary["threads"]["off_affinity_share"]]
         summary["cooldown_waits_s"] = self.cooldown_waits
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:

@@ -240,7 +240,11 @@ def _gap_check(samples: pd.DataFrame, hz: float | None) -> dict:
 
 
 REPETITION_METRICS = ("prefill_tps", "decode_tps", "ttft_ms", "itl_p95_ms", "peak_rss_bytes", "max_temperature_c",
-                      "j_per_token", "time_throttled_s", "stability", "time_to_throttle_s")
+                      "j_per_token", "time_throttled_s", "stability", "time_to_throttle_s",
+                      # from the run's idle window and thread readings: set by the runner, absent from
+                      # runs stored before them (then not compared)
+                      "decode_j_per_token", "prefill_j_per_prompt_token", "j_per_token_above_idle",
+                      "off_affinity_share")
 SUSTAINED_SHARE = 0.2            # sustained decode: the median of the loops in the last 20% of the run
 STEADY_SLOPE_C_PER_MIN = 0.5     # steady state: the hottest zone's slope stays under this ...
 STEADY_HOLD_S = 60.0             # ... for this long
@@ -721,7 +725,8 @@ class _Phase:
 
 def _phase_energy(frame: pd.DataFrame, joules) -> tuple[_Phase, _Phase, _Phase, dict, int]:
     """Whole requests, prefill (sent to first token, per evaluated prompt token), decode (first
-    token to last, per generated token), each repetition's whole, and how many windows were covered."""
+    token to last, per generated token), each repetition's (whole, prefill, decode), and how many
+    windows were covered."""
     starts, ends = request_windows(frame)
     ttft = pd.to_numeric(frame["ttft_ms"], errors="coerce").to_numpy(dtype=float) / 1000
     tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
@@ -733,12 +738,15 @@ def _phase_energy(frame: pd.DataFrame, joules) -> tuple[_Phase, _Phase, _Phase, 
         if energy is None:
             continue
         covered += 1
-        whole.add(energy, end - start, tokens[i])
-        per_repetition.setdefault(repetitions[i], _Phase()).add(energy, end - start, tokens[i])
+        phases = per_repetition.setdefault(repetitions[i], (_Phase(), _Phase(), _Phase()))
+        for phase in (whole, phases[0]):
+            phase.add(energy, end - start, tokens[i])
         first = joules(start, start + ttft[i]) if np.isfinite(ttft[i]) and 0 < ttft[i] < end - start and tokens[i] else None
         if first is not None:
-            prefill.add(first, ttft[i], evaluated[i])
-            decode.add(energy - first, end - start - ttft[i], tokens[i])
+            for phase in (prefill, phases[1]):
+                phase.add(first, ttft[i], evaluated[i])
+            for phase in (decode, phases[2]):
+                phase.add(energy - first, end - start - ttft[i], tokens[i])
     return whole, prefill, decode, per_repetition, covered
 
 
@@ -765,7 +773,7 @@ def energy_phases(requests: pd.DataFrame, samples: pd.DataFrame, *, idle: dict |
     whole, prefill, decode, per_repetition, covered = _phase_energy(frame, joules)
     if not covered:
         return {**result, "available": False, "reason": "no request window is covered by the power readings"}
-    repetition_jpt = [p.joules / p.tokens for p in per_repetition.values() if p.tokens > 0]
+    repetition_jpt = [whole_r.joules / whole_r.tokens for whole_r, _, _ in per_repetition.values() if whole_r.tokens > 0]
     ci = bootstrap_median_ci(repetition_jpt) if len(repetition_jpt) >= 2 else None
     result.update(
         requests_covered=covered, requests=int(len(frame)), seconds=whole.seconds, energy_j=whole.joules,
@@ -777,7 +785,15 @@ def energy_phases(requests: pd.DataFrame, samples: pd.DataFrame, *, idle: dict |
         decode_j=decode.joules, decode_j_per_token=decode.per_token(decode.joules),
         decode_j_per_token_above_idle=decode.per_token(decode.above(idle_w)))
     result["projection"] = _battery_projection(samples, capacity_mah, result["j_per_token"], result["mean_power_w"])
+    result["per_repetition"] = {  # compared by `bench compare` like the other per-repetition metrics
+        "decode_j_per_token": _finite(d.per_token(d.joules) for _, _, d in per_repetition.values()),
+        "prefill_j_per_prompt_token": _finite(p.per_token(p.joules) for _, p, _ in per_repetition.values()),
+        "j_per_token_above_idle": _finite(w.per_token(w.above(idle_w)) for w, _, _ in per_repetition.values())}
     return result
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and np.isfinite(v)]
 
 
 NOMINAL_CELL_V = 3.85  # a Li-ion cell's nominal voltage, when the run sampled none

@@ -89,3 +89,18 @@ def test_the_phone_s_known_power_model_is_measured_within_5_percent(start_sim, h
         sum(truth(a, b) - idle_w * (b - a) for a, b in zip(starts, ends)), rel=0.05)
     assert phases["projection"]["capacity_mah"] == 4500  # the sim's battery (charge_full in its uevent)
     assert "## Energy per phase, above idle" in (data.dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_compare_weighs_energy_per_phase_and_above_idle(start_sim, host_runtime, smollm2_path, tmp_path):
+    info = start_sim(name="energy-compare", unplugged=True)
+    for side in ("base", "head"):
+        result = bench_cli("run", "--device", info.serial, "--repetitions", "4", "--out", str(tmp_path / side), "--json")
+        assert result.returncode == 0, result.stderr[-2000:]
+    compared = bench_cli("compare", str(tmp_path / "base"), str(tmp_path / "head"), "--format", "json",
+                         "--results", str(tmp_path / "none"))
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    rows = {row["metric"]: row for row in json.loads(compared.stdout)["comparisons"][0]["metrics"]}
+    for name in ("decode_j_per_token", "prefill_j_per_prompt_token", "j_per_token_above_idle"):
+        assert rows[name]["base_median"] > 0 and rows[name]["head_median"] > 0, rows[name]
+        assert rows[name]["base_n"] == 4 and rows[name]["verdict"] != "not compared", rows[name]

@@ -50,6 +50,8 @@ def _placement_of(result) -> tuple[dict, list[str]]:
     run = load_run(json.loads(result.stdout)["run_dir"]).run
     placement = run["summary"]["threads"]
     assert placement["available"] and placement["cpu_seconds"] > 0.5
+    # what `bench compare` weighs (lower is better, one value a run)
+    assert run["summary"]["per_repetition"]["off_affinity_share"] == [placement["off_affinity_share"]]
     return placement, [w for w in run["warnings"] if w.startswith("where the threads ran: asked for cores 1,")]
 
 
