@@ -63,6 +63,8 @@ system_packages() {
   command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu libc6-dev-arm64-cross)
   command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
   command -v chromium >/dev/null || missing+=(chromium)  # renders `bench history`'s page in a test
+  # lets a sim's wall clock jump (clock.adjustable), for the device-clock self-check's test
+  compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(libfaketime)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} (apt-get)"

@@ -109,3 +109,27 @@ def test_a_frozen_telemetry_loop_on_the_phone_is_a_gap_where_it_happened(start_s
     assert checks["token_count"]["ok"] is True and checks["device_clock"]["ok"] is True
     assert checks["roofline"]["ok"] is True and run["summary"]["validity"]["valid"] is True
     assert "self-check: no telemetry gaps | **FAILED**" in (Path(json.loads(stdout)["run_dir"]) / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not list(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")),
+                    reason="needs libfaketime (./dev.sh test installs it)")
+def test_a_device_clock_that_jumps_mid_run_is_caught(start_sim, host_runtime, smollm2_path, tmp_path):
+    info = start_sim(name="clock", settings=["clock.adjustable=true"])
+    scenario = tmp_path / "short.toml"
+    scenario.write_text('name = "short"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 6\nidle_s = 1\n'
+                        'prompts = ["Go on."]\n[cooldown]\nmode = "none"\n')
+    out = tmp_path / "r"
+    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", info.serial, "--out", str(out),
+                                "--scenario", str(scenario), "--json"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(out.glob("*/requests.csv")) or len(next(out.glob("*/requests.csv")).read_text().splitlines()) < 3:
+        assert time.time() < deadline and process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.1)
+    control.inject(info, "clock-jump", seconds=3.0)  # network time sets the phone's clock 3 s ahead
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    check = _by_name(load_run(json.loads(stdout)["run_dir"]).run["summary"]["validity"]["checks"])["device_clock"]
+    assert check["ok"] is False and check["moved_s"] == pytest.approx(3.0, abs=0.1), check
+    assert "jumped +3.0" in check["detail"]

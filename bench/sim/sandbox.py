@@ -234,6 +234,7 @@ class Sandbox:
         self.replayed: set[str] = set()  # sandbox paths whose text comes from the replay DIR
         self.missing_replay: list[str] = []
         self.throttle_published = False  # first_throttle_epoch written
+        self.clock_env: dict[str, str] = {}  # set by adjustable_clock()
 
     def _binfmt_entry(self) -> str:
         """The binfmt_misc registration an arm64 sim needs on a non-arm64 host ("" when none)."""
@@ -322,7 +323,7 @@ class Sandbox:
         """The host command that runs `command` (or an interactive shell) inside the sandbox."""
         # through /system/bin/sh (a link to the shell): $0 is what a phone's shell says
         inner = ["/system/bin/sh"] if command is None else ["/system/bin/sh", "-c", command]
-        env = {**ENV, **({"QEMU_CPU": self.qemu_cpu} if self.binfmt and self.qemu_cpu else {})}
+        env = {**ENV, **({"QEMU_CPU": self.qemu_cpu} if self.binfmt and self.qemu_cpu else {}), **self.clock_env}
         return ["nsenter", f"--target={self.holder.pid}", "--user", "--mount", "--preserve-credentials", "--",
                 "chroot", str(self.root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *inner]
 
@@ -417,6 +418,27 @@ class Sandbox:
             now_ms = int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000)
             self._write("sys/bus/iio/devices/iio:device0/energy_value", f"t={now_ms}\n" + "".join(
                 f"CH{index}(T={now_ms})[{name}], {uws:.0f}\n" for index, (name, uws) in enumerate(rows)))
+
+    def adjustable_clock(self) -> None:
+        """Every later shell sees the wall clock through libfaketime, offset by what
+        /sim/state/clock_offset says ("+0" until a `clock-jump` fault): a phone whose clock network
+        time or a user moves. Monotonic clocks stay real, as on a phone."""
+        found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+        if not found:
+            raise RuntimeError("clock.adjustable needs libfaketime (apt-get install libfaketime)")
+        self.write_state("clock_offset", "+0\n")
+        self.clock_env = {"LD_PRELOAD": str(found[0]), "FAKETIME_TIMESTAMP_FILE": "/sim/state/clock_offset",
+                          "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+    def jump_clock(self, seconds: float) -> None:
+        offset = float(self.read_state("clock_offset", "+0").strip() or 0) + seconds
+        self.write_state("clock_offset", f"{offset:+.3f}\n")
+
+    def read_state(self, name: str, default: str = "") -> str:
+        try:
+            return (self.root / "sim/state" / name).read_text()
+        except OSError:
+            return default
 
     def write_state(self, name: str, text: str) -> None:
         """A file under /sim/state that the shims read (faults the tests inject)."""

@@ -53,6 +53,8 @@ class _Phone:
         self.sandbox.create()
         self.sandbox.set_quota(self.profile.data_quota_bytes)
         self.sandbox.start()
+        if self.profile.adjustable_clock:
+            self.sandbox.adjustable_clock()
         self.state = PhoneState(self.profile, cpus, usb_plugged=not args.unplugged)
         self.sandbox.publish(self.state)
         self.physics = PhysicsLoop(self.state, self.sandbox.mount_ns, {self.sandbox.holder.pid}, self.sandbox.publish,
@@ -110,6 +112,8 @@ class _Phone:
             self.physics.lmkd.limit_bytes = int(float(fault.get("limit_mb", 64)) * 2**20)
         elif kind == "rail-glitch":  # the dumpsys shim fails this many energy-meter dumps
             self.sandbox.write_state("rail_glitch", f"{int(fault.get('count', 1))}\n")
+        elif kind == "clock-jump":  # network time or a user moves the wall clock
+            self.sandbox.jump_clock(float(fault.get("seconds", 5.0)))
         elif kind == "stall":
             self.stall(str(fault.get("match", "telemetry.sh")), float(fault.get("seconds_s", 2.0)))
 
