@@ -23,9 +23,9 @@ from netns_lab import relay
 TINY = 'name = "tiny"\nrepetitions = 2\nwarmup = 0\nn_predict = 12\nidle_s = 1\nprompts = ["Hello there."]\n[cooldown]\nmode = "none"\n'
 
 
-def _scenario(tmp_path: Path) -> Path:
+def _scenario(tmp_path: Path, n_predict: int = 12) -> Path:
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY)
+    path.write_text(TINY.replace("n_predict = 12", f"n_predict = {n_predict}"))
     return path
 
 
@@ -125,7 +125,10 @@ def test_two_runs_that_found_one_stale_lock_cannot_both_hold_the_phone(sim):
 def test_power_rails_from_an_older_hal_and_from_the_iio_meter(start_sim, host_runtime, smollm2_path, tmp_path,
                                                                rails, source):
     info = start_sim(settings=(f"power.rails={rails}",))
-    result = bench_cli("run", "--device", info.serial, "--scenario", str(_scenario(tmp_path)), "--out", str(tmp_path),
+    # the sim's meter, like a HAL's, moves once a physics step (0.2 s): a request must outlast a few
+    # of them for its energy, read by dumpsys right before and after it, to be more than 0 J
+    result = bench_cli("run", "--device", info.serial, "--scenario", str(_scenario(tmp_path, n_predict=96)),
+                       "--out", str(tmp_path),
                        "--json", "--telemetry-hz", "10")
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout)
