@@ -78,26 +78,33 @@ def test_the_report_names_an_invalid_run_and_every_check():
     assert "| self-check: no telemetry gaps | passed |" in text
 
 
-@pytest.mark.slow
-def test_a_frozen_telemetry_loop_on_the_phone_is_a_gap_where_it_happened(start_sim, host_runtime, smollm2_path,
-                                                                         tmp_path):
-    info = start_sim(name="stall")
+def _hurt_mid_run(serial: str, tmp_path: Path, hurt, duration_s: float) -> tuple[dict, float]:
+    """A short timed run on the phone; once its first request is stored, `hurt()`. Returns the
+    stored run.json and when (host epoch) the hurt came."""
     scenario = tmp_path / "short.toml"
-    scenario.write_text('name = "short"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 8\nidle_s = 1\n'
-                        'prompts = ["Go on."]\n[cooldown]\nmode = "none"\n')
+    scenario.write_text(f'name = "short"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = {duration_s}\n'
+                        'idle_s = 1\nprompts = ["Go on."]\n[cooldown]\nmode = "none"\n')
     out = tmp_path / "r"
-    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", info.serial, "--out", str(out),
+    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", serial, "--out", str(out),
                                 "--scenario", str(scenario), "--json"], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(out.glob("*/requests.csv")) or len(next(out.glob("*/requests.csv")).read_text().splitlines()) < 3:
         assert time.time() < deadline and process.poll() is None, process.stderr.read()[-2000:]
         time.sleep(0.1)
-    frozen_at = time.time()
-    control.inject(info, "stall", match="telemetry.sh", seconds_s=2.0)
+    hurt_at = time.time()
+    hurt()
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-2000:]
-    run = load_run(json.loads(stdout)["run_dir"]).run
+    return load_run(json.loads(stdout)["run_dir"]).run, hurt_at
+
+
+@pytest.mark.slow
+def test_a_frozen_telemetry_loop_on_the_phone_is_a_gap_where_it_happened(start_sim, host_runtime, smollm2_path,
+                                                                         tmp_path):
+    info = start_sim(name="stall")
+    run, frozen_at = _hurt_mid_run(info.serial, tmp_path, lambda: control.inject(
+        info, "stall", match="telemetry.sh", seconds_s=2.0), duration_s=8)
     checks = _by_name(run["summary"]["validity"]["checks"])
     gap_check = checks["telemetry_gaps"]
     assert gap_check["ok"] is False, gap_check
@@ -108,7 +115,8 @@ def test_a_frozen_telemetry_loop_on_the_phone_is_a_gap_where_it_happened(start_s
     # the rest of the phone path passes: real tokens, a steady clock, decode under the ceiling
     assert checks["token_count"]["ok"] is True and checks["device_clock"]["ok"] is True
     assert checks["roofline"]["ok"] is True and run["summary"]["validity"]["valid"] is True
-    assert "self-check: no telemetry gaps | **FAILED**" in (Path(json.loads(stdout)["run_dir"]) / "report.md").read_text()
+    report = (tmp_path / "r" / run["run_id"] / "report.md").read_text()
+    assert "self-check: no telemetry gaps | **FAILED**" in report
 
 
 @pytest.mark.slow
@@ -116,20 +124,9 @@ def test_a_frozen_telemetry_loop_on_the_phone_is_a_gap_where_it_happened(start_s
                     reason="needs libfaketime (./dev.sh test installs it)")
 def test_a_device_clock_that_jumps_mid_run_is_caught(start_sim, host_runtime, smollm2_path, tmp_path):
     info = start_sim(name="clock", settings=["clock.adjustable=true"])
-    scenario = tmp_path / "short.toml"
-    scenario.write_text('name = "short"\nrepetitions = 1\nwarmup = 0\nn_predict = 32\nduration_s = 6\nidle_s = 1\n'
-                        'prompts = ["Go on."]\n[cooldown]\nmode = "none"\n')
-    out = tmp_path / "r"
-    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--device", info.serial, "--out", str(out),
-                                "--scenario", str(scenario), "--json"], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(out.glob("*/requests.csv")) or len(next(out.glob("*/requests.csv")).read_text().splitlines()) < 3:
-        assert time.time() < deadline and process.poll() is None, process.stderr.read()[-2000:]
-        time.sleep(0.1)
-    control.inject(info, "clock-jump", seconds=3.0)  # network time sets the phone's clock 3 s ahead
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-2000:]
-    check = _by_name(load_run(json.loads(stdout)["run_dir"]).run["summary"]["validity"]["checks"])["device_clock"]
+    # network time sets the phone's clock 3 s ahead
+    run, _ = _hurt_mid_run(info.serial, tmp_path, lambda: control.inject(info, "clock-jump", seconds=3.0),
+                           duration_s=6)
+    check = _by_name(run["summary"]["validity"]["checks"])["device_clock"]
     assert check["ok"] is False and check["moved_s"] == pytest.approx(3.0, abs=0.1), check
     assert "jumped +3.0" in check["detail"]
