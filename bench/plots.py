@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .summary import hottest_zone, request_windows, sample_series, warmup_mask  # noqa: E402
+from .summary import frequency_caps, hottest_zone, request_windows, sample_series, warmup_mask  # noqa: E402
 
 
 def _save(figure, path: Path) -> str:
@@ -75,8 +75,7 @@ def _stress_plot(samples: pd.DataFrame, stress: dict, span) -> tuple:
         right.legend(loc="lower right", fontsize=7)
     top.legend(loc="lower left", fontsize=7)
     top.grid(alpha=0.3)
-    caps = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")] \
-        if not samples.empty else samples
+    caps = frequency_caps(samples)
     for name, frame in caps.groupby("name"):
         bottom.plot(frame["t_s"], frame["value"] * 100, label=str(name).replace("cap_", ""))
     bottom.set_ylim(0, 105)

@@ -251,21 +251,22 @@ STEADY_HOLD_S = 60.0             # ... for this long
 CAPPED_BELOW = 0.99              # a cluster whose frequency cap is below 99% of its maximum is throttled
 
 
-def throttle_times(samples: pd.DataFrame) -> np.ndarray:
-    """Sample times at which the device was throttled: thermal status above NONE, or a cluster's
-    frequency cap below its maximum."""
+def frequency_caps(samples: pd.DataFrame) -> pd.DataFrame:
+    """Each cluster's frequency cap (`cpu/cap_cpuN`, a ratio of its maximum) as sampled."""
     if samples.empty:
-        return np.array([])
-    status = sample_series(samples, "thermal", "status")
-    caps = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")]
+        return samples
+    return samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")]
+
+
+def throttle_times(samples: pd.DataFrame) -> np.ndarray | None:
+    """Sample times at which the device was throttled: thermal status above NONE, or a cluster's
+    frequency cap below CAPPED_BELOW of its maximum. None when it reports neither."""
+    status, caps = sample_series(samples, "thermal", "status"), frequency_caps(samples)
+    if status.empty and caps.empty:
+        return None
     times = np.concatenate([status["t_s"].to_numpy(dtype=float)[status["value"].to_numpy(dtype=float) > 0],
                             caps["t_s"].to_numpy(dtype=float)[caps["value"].to_numpy(dtype=float) < CAPPED_BELOW]])
     return np.sort(times)
-
-
-def has_throttle_telemetry(samples: pd.DataFrame) -> bool:
-    return not samples.empty and bool(((samples["source"] == "thermal") & (samples["name"] == "status")).any() or
-                                      ((samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")).any())
 
 
 def loops(requests: pd.DataFrame) -> list[dict]:
@@ -286,16 +287,15 @@ def loops(requests: pd.DataFrame) -> list[dict]:
     return found
 
 
-def time_to_throttle(requests: pd.DataFrame, samples: pd.DataFrame) -> tuple[float | None, float | None]:
-    """Seconds from the first measured request to the first throttled sample (0 when the device was
-    throttled from the start), and when that sample was (s since run start; None if it never
-    throttled: then the figure is the load's whole length, a lower bound). None, None without
-    thermal status or frequency caps."""
-    run_loops = loops(requests)
-    if not run_loops or not has_throttle_telemetry(samples):
+def time_to_throttle(run_loops: list[dict], samples: pd.DataFrame) -> tuple[float | None, float | None]:
+    """Seconds from the first measured request (of `loops()`) to the first throttled sample (0 when
+    the device was throttled from the start), and when that sample was (s since run start; None if
+    it never throttled: then the figure is the load's whole length, a lower bound). None, None
+    without thermal status or frequency caps."""
+    throttled = throttle_times(samples)
+    if not run_loops or throttled is None:
         return None, None
     start, end = run_loops[0]["start_s"], max(loop["end_s"] for loop in run_loops)
-    throttled = throttle_times(samples)
     throttled = throttled[throttled <= end]
     if throttled.size == 0:
         return end - start, None
@@ -315,7 +315,8 @@ def thread_placement(requests: pd.DataFrame, samples: pd.DataFrame, *, clusters:
     counters = sample_series(samples, "threads")
     if frame.empty or counters.empty:
         return {"available": False, "reason": "no thread readings (telemetry off, or no /proc/PID/task)"}
-    start, end = float(request_windows(frame)[0].min()), float(np.nanmax(request_windows(frame)[1]))
+    starts, ends = request_windows(frame)
+    start, end = float(starts.min()), float(np.nanmax(ends))
     per_cpu: dict[int, float] = {}
     for name, series in counters[counters["name"] != "busy"].groupby("name"):
         times, values = series["t_s"].to_numpy(dtype=float), series["value"].to_numpy(dtype=float)
@@ -363,13 +364,13 @@ def steady_state(samples: pd.DataFrame) -> dict | None:
         return None
     zone = sample_series(samples, "thermal", hottest).sort_values("t_s")
     times, temps = zone["t_s"].to_numpy(dtype=float), zone["value"].to_numpy(dtype=float)
-    for index, start in enumerate(times):
-        inside = (times >= start) & (times <= start + STEADY_HOLD_S)
-        if times[inside][-1] - start < STEADY_HOLD_S * 0.95:
+    for first, start in enumerate(times):
+        last = np.searchsorted(times, start + STEADY_HOLD_S, "right")  # times are sorted: the window is a slice
+        if times[last - 1] - start < STEADY_HOLD_S * 0.95:
             break  # too little run left to hold for STEADY_HOLD_S
-        slope_per_min = float(np.polyfit(times[inside], temps[inside], 1)[0]) * 60
+        slope_per_min = float(np.polyfit(times[first:last], temps[first:last], 1)[0]) * 60
         if abs(slope_per_min) < STEADY_SLOPE_C_PER_MIN:
-            return {"zone": hottest, "at_s": float(start), "temperature_c": float(np.mean(temps[inside])),
+            return {"zone": hottest, "at_s": float(start), "temperature_c": float(np.mean(temps[first:last])),
                     "slope_c_per_min": slope_per_min}
     return None
 
@@ -394,7 +395,7 @@ def stress_profile(requests: pd.DataFrame, samples: pd.DataFrame) -> dict:
     rates = np.array([loop["decode_tps"] for loop in run_loops])
     first, last = run_loops[0]["start_s"], max(loop["end_s"] for loop in run_loops)
     tail = [loop["decode_tps"] for loop in run_loops if loop["start_s"] >= last - SUSTAINED_SHARE * (last - first)]
-    throttle_s, throttled_at = time_to_throttle(requests, samples)
+    throttle_s, throttled_at = time_to_throttle(run_loops, samples)
     battery = _last(samples, "thermal", lambda name: name.lower() == "battery") or \
         _last(samples, "battery", lambda name: name == "temperature")
     return {
@@ -482,7 +483,7 @@ def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rs
     decode = values["decode_tps"]
     if len(decode) >= 2 and max(decode) > 0:
         values["stability"] = [min(decode) / max(decode)]
-    throttle_s, _ = time_to_throttle(requests, samples)
+    throttle_s, _ = time_to_throttle(loops(requests), samples)
     if throttle_s is not None:
         values["time_to_throttle_s"] = [throttle_s]
     return values
@@ -550,14 +551,9 @@ def validity_from_samples(samples: pd.DataFrame, *, declared_unplugged: bool = F
     if not status.empty or not plugged.empty:
         detected = bool(status["value"].isin(ON_EXTERNAL_POWER_CODES).any() if not status.empty else False) or \
             bool((plugged["value"] > 0).any() if not plugged.empty else False)
-    thermal_status = sample_series(samples, "thermal", "status")
-    caps = samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")] if not samples.empty else samples
-    throttled = None
-    if not thermal_status.empty or not caps.empty:
-        throttled = bool((thermal_status["value"] > 0).any() if not thermal_status.empty else False) or \
-            bool((caps["value"] < 0.99).any() if not caps.empty else False)
+    throttled = throttle_times(samples)
     return {"charging": False if declared_unplugged else detected, "external_power_detected": detected,
-            "declared_unplugged": declared_unplugged, "throttled": throttled}
+            "declared_unplugged": declared_unplugged, "throttled": None if throttled is None else bool(throttled.size)}
 
 
 def energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, charging: bool | None,
