@@ -3,6 +3,8 @@ tick. A phone that ignores llama.cpp's CPU mask (the sim's cpu.ignore_affinity u
 thread's mask, as some phones' cpusets do) must draw the warning; one that honours it must not."""
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -58,8 +60,15 @@ def _placement_of(result) -> tuple[dict, list[str]]:
 @pytest.mark.slow
 def test_a_phone_that_ignores_the_cpu_mask_is_caught(start_sim, host_runtime, smollm2_path, tmp_path):
     info = start_sim(name="mask-ignored", settings=["cpu.ignore_affinity=true"])
-    placement, warned = _placement_of(bench_cli("run", "--device", info.serial, "--affinity", "1", "--threads", "1",
-                                                "--repetitions", "3", "--out", str(tmp_path / "r"), "--json"))
+    # an unpinned thread may happen to stay on CPU 1 of this 2-CPU host; a busy loop held there makes
+    # the scheduler move it, as a phone's other load does, so an ignored mask always shows
+    hog = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {1})\nwhile True: pass"])
+    try:
+        placement, warned = _placement_of(bench_cli("run", "--device", info.serial, "--affinity", "1", "--threads",
+                                                    "1", "--repetitions", "3", "--out", str(tmp_path / "r"), "--json"))
+    finally:
+        hog.kill()
+        hog.wait(timeout=10)
     assert placement["off_affinity_share"] > 0.2 and warned and "ran on cores 0" in warned[0], placement
 
 
