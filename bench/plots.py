@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .summary import frequency_caps, hottest_zone, request_windows, sample_series, warmup_mask  # noqa: E402
+from .tables import request_windows, sample_series, warmup_mask  # noqa: E402
+from .throttle import frequency_caps, hottest_zone  # noqa: E402
 
 
 def _save(figure, path: Path) -> str:

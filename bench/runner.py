@@ -19,8 +19,11 @@ from .progress import NullProgress, Progress
 from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, RequestRecord, Scenario, to_dict
 from .render import write_report
 from .store import RunWriter, load_run, make_run_id, run_owner, write_parquet
-from .summary import (decode_drift, energy_phases, energy_summary, rail_energy_summary, run_summary, self_checks,
-                      stress_profile, thread_placement, validity_from_samples)
+from .checks import self_checks
+from .energy import energy_phases, energy_summary, rail_energy_summary
+from .placement import thread_placement
+from .summary import decode_drift, run_summary, validity_from_samples
+from .throttle import stress_profile
 from .runtimes import llama_bench
 from .workload import resolve_prompts, run_repetition
 

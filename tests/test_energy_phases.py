@@ -11,7 +11,7 @@ import pytest
 
 from bench.parse import battery_capacity_mah, parse_uevent
 from bench.store import load_run
-from bench.summary import energy_phases
+from bench.energy import energy_phases
 from conftest import REPO, bench_cli
 
 

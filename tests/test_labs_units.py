@@ -95,7 +95,7 @@ def _rail_samples(readings: dict[str, list[tuple[float, float]]]):
 
 
 def test_rail_with_fewer_readings_is_uncovered_not_zero_and_partial_is_invalid():
-    from bench.summary import rail_energy_summary
+    from bench.energy import rail_energy_summary
 
     requests = _requests([(1.0, 2.0), (3.0, 4.0)])
     # 1 W on both rails; the memory rail's reading after the second request failed
@@ -113,7 +113,7 @@ def test_rail_with_fewer_readings_is_uncovered_not_zero_and_partial_is_invalid()
 
 
 def test_llama_bench_j_per_token_counts_tg_rows_only_and_prefill_per_prompt_token():
-    from bench.summary import energy_summary, rail_energy_summary
+    from bench.energy import energy_summary, rail_energy_summary
 
     # a pp512 row (1 s, no generated tokens) then a tg128 row (2 s, 128 tokens), 3 W throughout
     requests = _requests([(1.0, 2.0), (3.0, 5.0)], gen=(0, 128), prompt=(512, 0))

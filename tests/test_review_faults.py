@@ -15,7 +15,8 @@ from bench.android.sampler import AndroidSampler, Layout
 from bench.clock import RunClock
 from bench.profiles import load_profiles
 from bench.store import RunWriter, load_run, load_run_meta, persist_settled_status
-from bench.summary import energy_summary, repetition_values, validity_from_samples
+from bench.energy import energy_summary
+from bench.summary import repetition_values, validity_from_samples
 from conftest import bench_cli
 
 

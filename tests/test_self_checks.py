@@ -16,7 +16,7 @@ import pytest
 from bench.report import markdown
 from bench.sim import control
 from bench.store import load_run
-from bench.summary import self_checks, telemetry_gaps
+from bench.checks import self_checks, telemetry_gaps
 from conftest import REPO
 
 

@@ -13,7 +13,8 @@ import pytest
 from bench.compare import METRICS
 from bench.records import Sample
 from bench.store import load_run
-from bench.summary import REPETITION_METRICS, steady_state, stress_profile
+from bench.summary import REPETITION_METRICS
+from bench.throttle import steady_state, stress_profile
 from conftest import bench_cli
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bench.parse import ThreadPlacement, parse_task_stat
 from bench.store import load_run
-from bench.summary import thread_placement
+from bench.placement import thread_placement
 from conftest import bench_cli
 
 STAT = "{tid} (llama server) R 1 1 1 0 -1 4194368 500 0 0 0 {utime} {stime} 0 0 20 0 6 0 100 9000 300 1 1 1 0 0 0 0 0 0 0 0 0 0 -1 {cpu} 0 0 0 0 0"

@@ -1,0 +1,123 @@
+"""The one catalogue of figures: what each metric is (unit, direction, level, the windows it
+covers, whether it can be censored) and where its one computation lives. `summary`, `report`,
+`compare`, `history` and the stored tables read it, so a figure has one definition everywhere.
+
+Levels: a "repetition" metric has one value per repetition (the median of its requests, or its
+window of samples), compared across repetitions, runs or pairs; a "run" metric has one value a
+run (stability, time to first throttle), compared only across run sets or pairs.
+
+Censoring: a "lower bound" metric may hold "at least this much" instead of a measurement (a run
+that never throttled has a time to first throttle of at least its load's length). Such values
+travel with a flag and are never compared as if measured (`compare.censored_verdict`).
+
+Primary metrics (prefill, decode, TTFT) alone decide a comparison's exit code; the rest are
+reported. Each family is corrected for the number of metrics it tests (Holm), so an A/A reads "no
+change" on every row at the stated rate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LEVELS = ("repetition", "run")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    label: str
+    unit: str                  # as shown; the stored unit may be scaled (bytes shown as MiB)
+    higher_is_better: bool
+    level: str                 # repetition | run
+    windows: str               # the span of time or requests the figure covers
+    computed_by: str           # the one function that computes it (module.function)
+    definition: str
+    censored: str | None = None  # how it can be censored ("lower bound: ..."), None if never
+    energy: bool = False       # never compared from a run on external power
+    primary: bool = False      # decides a comparison's exit code
+    compared: bool = True      # in `bench compare`'s table
+    scale: float = 1.0         # stored unit -> shown unit
+
+
+CATALOGUE: tuple[Metric, ...] = (
+    Metric("prefill_tps", "Prefill", "tokens/s", True, "repetition",
+           "each measured request's prompt evaluation, as the runtime timed it", "summary.per_repetition",
+           "prompt tokens evaluated / prompt evaluation time (the runtime's own timings); per repetition the median "
+           "over its requests", primary=True),
+    Metric("decode_tps", "Decode", "tokens/s", True, "repetition",
+           "first generated token to last, per measured request", "summary.per_repetition",
+           "(generated tokens - 1) / time from the first token to the last (llama.cpp's convention: the first token "
+           "belongs to prefill); per repetition the median over its requests", primary=True),
+    Metric("ttft_ms", "Time to first token", "ms", False, "repetition",
+           "request sent to first token received, host clock", "summary.per_repetition",
+           "time from sending a request to receiving its first token; per repetition the median", primary=True),
+    Metric("itl_p50_ms", "Inter-token latency p50", "ms", False, "repetition",
+           "gaps between streamed tokens of each request", "summary.per_repetition",
+           "median gap between consecutive streamed tokens", compared=False),
+    Metric("itl_p95_ms", "Inter-token latency p95", "ms", False, "repetition",
+           "gaps between streamed tokens of each request", "summary.per_repetition",
+           "95th percentile of the gaps between consecutive streamed tokens"),
+    Metric("e2e_ms", "End-to-end request", "ms", False, "repetition",
+           "request sent to last token", "summary.per_repetition", "time from sending a request to its last token",
+           compared=False),
+    Metric("peak_rss_bytes", "Peak RSS", "MiB", False, "repetition",
+           "each repetition's window (first request sent to last token)", "summary.repetition_values",
+           "max over the window of the runtime's VmRSS + VmSwap", scale=1 / 2**20),
+    Metric("max_temperature_c", "Max temperature", "C", False, "repetition",
+           "each repetition's window", "summary.repetition_values",
+           "the highest reading of any temperature sensor during the window"),
+    Metric("j_per_token", "Energy per token", "J/token", False, "repetition",
+           "the windows of the measured requests that generated tokens (request sent to last token)",
+           "energy.token_energy",
+           "energy of the covered windows that generated tokens / the tokens they generated; a prompt-only window "
+           "(llama-bench pp) is never in it; valid only when every window is covered", energy=True),
+    Metric("decode_j_per_token", "Decode energy per token", "J/token", False, "repetition",
+           "first token to last token of each covered request (the decode t/s window); a llama-bench tg row: "
+           "its whole window", "energy.energy_phases",
+           "energy from the first token to the last / (generated tokens - 1), the tokens that window produced; "
+           "a llama-bench tg row, which has no prompt phase: its energy / its tokens", energy=True),
+    Metric("prefill_j_per_prompt_token", "Prefill energy per prompt token", "J/token", False, "repetition",
+           "request sent to first token (a llama-bench pp row: its whole window)", "energy.energy_phases",
+           "energy from sending the request to its first token / prompt tokens evaluated (not cached)", energy=True),
+    Metric("j_per_token_above_idle", "Energy per token above idle", "J/token", False, "repetition",
+           "the windows that generated tokens, less idle power x their length", "energy.energy_phases",
+           "(energy of the windows that generated tokens - idle W x their seconds) / the tokens they generated",
+           energy=True),
+    Metric("time_throttled_s", "Time throttled", "s", False, "repetition",
+           "each repetition's window", "summary.repetition_values",
+           "seconds of the window during which thermal status was above NONE"),
+    Metric("stability", "Stability (slowest / fastest repetition)", "ratio", True, "run",
+           "the measured repetitions", "summary.repetition_values",
+           "the slowest repetition's decode t/s / the fastest's"),
+    Metric("time_to_throttle_s", "Time to first throttle", "s", True, "run",
+           "first measured request sent to the first throttled sample at or after it", "throttle.time_to_throttle",
+           "seconds from the first measured request to the first sample with thermal status above NONE or a "
+           "cluster's frequency cap below 99% of the cap in force when the run started (fixed-performance caps "
+           "are not throttling)",
+           censored="lower bound: a run that never throttled holds the length of its load, 'at least'"),
+    Metric("off_affinity_share", "CPU time off the asked-for cores", "ratio", False, "run",
+           "the runtime's CPU time inside the measured request windows", "placement.thread_placement",
+           "CPU seconds on cores outside the asked-for set / all the runtime's CPU seconds in the windows"),
+)
+
+BY_NAME = {metric.name: metric for metric in CATALOGUE}
+COMPARED = tuple(metric for metric in CATALOGUE if metric.compared)
+PRIMARY = tuple(metric.name for metric in COMPARED if metric.primary)
+REQUEST_COLUMNS = ("prefill_tps", "decode_tps", "ttft_ms", "itl_p50_ms", "itl_p95_ms", "e2e_ms")
+CENSORED_KEY = "censored"  # per_repetition[CENSORED_KEY][metric] = one flag per value: True = a lower bound
+
+# How far one run's median may move from another's with nothing changed, when no run-to-run noise
+# is known for a setup (no history): the largest run-to-run spread the false-alarm benchmark measured
+# on the host and the emulated phone (docs/comparing-and-history.md), with a margin. A single-run
+# change within it is "suspected"; beyond it, a verdict. Metrics without an entry stay "suspected".
+DEFAULT_RUN_TO_RUN = {
+    "prefill_tps": 0.25,
+    "decode_tps": 0.15,
+    "ttft_ms": 0.30,
+    "itl_p95_ms": 0.30,
+}
+DEFAULT_RUN_TO_RUN_SOURCE = ("bench's default run-to-run bound (the largest spread its false-alarm benchmark "
+                             "measured, with a margin; keep 3+ earlier runs of this setup for a measured one)")
+
+
+def metric(name: str) -> Metric:
+    return BY_NAME[name]
