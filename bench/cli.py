@@ -379,6 +379,9 @@ def _verdict_flags(parser) -> None:
                         help="exit 1 when any metric regressed (PCT, if given, sets the threshold)")
     parser.add_argument("--strict", action="store_true",
                         help="with --fail-on-regression: a suspected regression (within run-to-run noise) fails too")
+    parser.add_argument("--gate", metavar="METRICS",
+                        help="the metrics whose regression fails --fail-on-regression: a comma list or 'all' (default: "
+                             "prefill_tps,decode_tps,ttft_ms; the rest are reported)")
 
 
 def _servers(args, also: tuple[str, ...] = ()) -> list:
@@ -561,6 +564,7 @@ def cmd_ab(args) -> int:
     from .catalog import model_info
     from .config import resolve_scenario
 
+    _check_verdict_flags(args)
     arms = {"base": _ab_arm(args, args.base), "head": _ab_arm(args, args.head)}
     if set(arms["base"]) != set(arms["head"]):
         raise UsageError("--base and --head must be the same kind (two models, or two runtime folders)",
@@ -780,19 +784,23 @@ def _run_values(run_dir: Path):
     from .summary import run_repetition_values
 
     run = load_run_meta(run_dir)
-    return RunValues(str(run_dir), run, run_repetition_values(run_dir, run))
+    found = run_repetition_values(run_dir, run)
+    return RunValues(str(run_dir), run, found.values, found.censored)
 
 
-def _noise_bands(root: Path, key: dict, exclude: set[Path]) -> dict:
-    """Run-to-run noise per metric for one setup, from the complete runs of that setup under root
-    (the compared runs left out): {} when root holds too few of them."""
+def _noise_bands(root: Path, base_run: dict, exclude: set[Path], before: str | None) -> dict:
+    """Run-to-run noise per metric for one setup: the complete runs under root of the base's setup
+    and runtime build (so runs of a changed head never widen the band that judges it), started
+    before the compared runs (the history that existed then), the compared runs left out. {} when
+    root holds too few of them."""
     import numpy as np
 
-    from .compare import MIN_NOISE_RUNS, NoiseBand, run_key, run_to_run_band
+    from .compare import MIN_NOISE_RUNS, build_key, noise_from_medians, run_key
     from .errors import StoreError
     from .store import find_runs, load_run_meta
     from .summary import run_repetition_values
 
+    key, build = run_key(base_run), build_key(base_run)
     try:
         candidates = [d for d in find_runs(root) if d.resolve() not in exclude]
     except StoreError:
@@ -803,21 +811,35 @@ def _noise_bands(root: Path, key: dict, exclude: set[Path]) -> dict:
             run = load_run_meta(run_dir)
         except (BenchError, OSError, ValueError):
             continue  # a broken or foreign folder in the history is no evidence either way
-        if run.get("status") == "complete" and run_key(run) == key:
+        if run.get("status") == "complete" and run_key(run) == key and build_key(run) == build and \
+                (before is None or str(run.get("started_at") or "") < before):
             same.append((run_dir, run))
     if len(same) < MIN_NOISE_RUNS:
         return {}
     medians: dict[str, list[float]] = {}
     for run_dir, run in same:  # run.json is read once: its per-repetition values come with it
-        for name, values in run_repetition_values(run_dir, run).items():
+        for name, values in run_repetition_values(run_dir, run).values.items():
             if values:
                 medians.setdefault(name, []).append(float(np.median(values)))
-    bands = {}
-    for name, values in medians.items():
-        band = run_to_run_band(values)
-        if band is not None:
-            bands[name] = NoiseBand(band, len(values), f"complete runs of this setup in {root}")
-    return bands
+    source = f"complete earlier runs of the base's setup and build in {root}"
+    return {name: band for name, values in medians.items() if (band := noise_from_medians(values, source))}
+
+
+def _gate(args) -> tuple[str, ...]:
+    from .metrics import COMPARED, PRIMARY
+
+    text = getattr(args, "gate", None)
+    if not text:
+        return PRIMARY
+    names = {metric.name for metric in COMPARED}
+    if text == "all":
+        return tuple(metric.name for metric in COMPARED)
+    picked = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in picked if name not in names]
+    if unknown or not picked:
+        raise UsageError(f"--gate names no compared metric: {', '.join(unknown) or text!r}",
+                         f"use 'all' or a comma list of: {', '.join(sorted(names))}")
+    return picked
 
 
 def _comparisons(args, paths: list[Path], threshold: float):
@@ -829,6 +851,7 @@ def _comparisons(args, paths: list[Path], threshold: float):
     from .compare import MATCH_KEYS, compare_sides, make_side, run_key
     from .store import find_runs
 
+    gate = _gate(args)
     if len(paths) == 1:
         loaded = load_pairs(paths[0])
         if loaded is None:
@@ -838,9 +861,14 @@ def _comparisons(args, paths: list[Path], threshold: float):
         base_runs = [_run_values(Path(pair.base)) for pair in pairs]
         head_runs = [_run_values(Path(pair.head)) for pair in pairs]
         ignore = sorted(set(args.ignore) | ({record["differs_in"]} if record.get("differs_in") else set()))
-        return [compare_sides(make_side(f"base {Path(str(record.get('base', 'base'))).name}", base_runs),
-                              make_side(f"head {Path(str(record.get('head', 'head'))).name}", head_runs),
-                              threshold=threshold, ignore=ignore, paired=True)]
+        incomplete = None
+        if record.get("status") != "complete":
+            asked = record.get("pairs_asked")
+            incomplete = (f"{len(pairs)} of {asked or '?'} pairs, {record.get('status')}: "
+                          f"{record.get('reason') or 'no reason recorded'}")
+        return [compare_sides(make_side(f"base {Path(str(record.get('base', 'base'))).name}", base_runs, incomplete),
+                              make_side(f"head {Path(str(record.get('head', 'head'))).name}", head_runs, incomplete),
+                              threshold=threshold, ignore=ignore, paired=True, gate=gate)]
 
     def groups(path: Path) -> dict[tuple, list]:
         found: dict[tuple, list] = {}
@@ -863,8 +891,10 @@ def _comparisons(args, paths: list[Path], threshold: float):
                           make_side(f"head {head_path.name}{suffix}", head_runs))
             noise = {}
             if min(len(base.runs), len(head.runs)) < 2:
-                noise = _noise_bands(args.results, head.key, {Path(d).resolve() for d in base.runs + head.runs})
-            comparisons.append(compare_sides(base, head, threshold=threshold, ignore=args.ignore, noise=noise))
+                started = [str(item.run.get("started_at")) for item in (*base_runs, *head_runs) if item.run.get("started_at")]
+                noise = _noise_bands(args.results, base_runs[0].run, {Path(d).resolve() for d in base.runs + head.runs},
+                                     min(started) if started else None)
+            comparisons.append(compare_sides(base, head, threshold=threshold, ignore=args.ignore, noise=noise, gate=gate))
     return comparisons
 
 
@@ -887,11 +917,19 @@ def _report_comparisons(args, comparisons) -> int:
     return 1 if args.fail_on_regression is not None and failed else 0
 
 
+def _check_verdict_flags(args) -> None:
+    if args.strict and args.fail_on_regression is None:
+        raise UsageError("--strict only changes what fails --fail-on-regression, which is not given",
+                         "add --fail-on-regression, or drop --strict")
+    _gate(args)
+
+
 def _threshold(args) -> float:
     return (args.fail_on_regression if args.fail_on_regression and args.fail_on_regression > 0 else args.threshold) / 100
 
 
 def cmd_compare(args) -> int:
+    _check_verdict_flags(args)
     if args.baseline:
         base_path = args.results / "baselines" / args.baseline
         if not base_path.exists():

@@ -21,43 +21,18 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
+from scipy import stats as scipy_stats
 
+from .metrics import COMPARED, DEFAULT_RUN_TO_RUN, DEFAULT_RUN_TO_RUN_SOURCE, PRIMARY, Metric
 from .stats import (bootstrap_median_ci, bootstrap_ratio_ci, finite, hierarchical_ratio_ci, mann_whitney_p,
                     wilcoxon_signed_rank_p)
 
 MIN_REPETITIONS = 4   # 4 vs 4 is the smallest design whose Mann-Whitney p can go below 0.05
 MIN_PAIRS = 6         # 6 pairs: the smallest design whose exact signed-rank p can go below 0.05 (2/64)
 MIN_NOISE_RUNS = 3    # earlier runs of the same setup needed to know its run-to-run noise
-ALPHA = 0.05
+ALPHA = 0.05          # per family of metrics: the gate's, and the reported rest's (Bonferroni within each)
 MATCH_KEYS = ("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack")
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    label: str
-    unit: str
-    higher_is_better: bool
-    energy: bool = False
-
-
-METRICS = (
-    MetricSpec("prefill_tps", "Prefill", "tokens/s", True),
-    MetricSpec("decode_tps", "Decode", "tokens/s", True),
-    MetricSpec("ttft_ms", "Time to first token", "ms", False),
-    MetricSpec("itl_p95_ms", "Inter-token latency p95", "ms", False),
-    MetricSpec("peak_rss_bytes", "Peak RSS", "MiB", False),
-    MetricSpec("max_temperature_c", "Max temperature", "C", False),
-    MetricSpec("j_per_token", "Energy per token", "J/token", False, energy=True),
-    MetricSpec("time_throttled_s", "Time throttled", "s", False),
-    # one value a run (run sets compare): slowest repetition / fastest, and load before the first throttle
-    MetricSpec("stability", "Stability (slowest / fastest repetition)", "ratio", True),
-    MetricSpec("time_to_throttle_s", "Time to first throttle", "s", True),
-    MetricSpec("decode_j_per_token", "Decode energy per token", "J/token", False, energy=True),
-    MetricSpec("prefill_j_per_prompt_token", "Prefill energy per prompt token", "J/token", False, energy=True),
-    MetricSpec("j_per_token_above_idle", "Energy per token above idle", "J/token", False, energy=True),
-    MetricSpec("off_affinity_share", "CPU time off the asked-for cores", "ratio", False),
-)
+METRICS = COMPARED
 
 
 def run_key(run: dict) -> dict[str, str]:
@@ -74,6 +49,18 @@ def run_key(run: dict) -> dict[str, str]:
         "fixed_performance": str(bool(runtime.get("fixed_performance"))),
         "repack": str(runtime.get("repack", True)),
     }
+
+
+def build_key(run: dict) -> str:
+    """Which runtime build a run used: its version, llama.cpp commit, variant and flags, and the
+    hashes of the binaries pushed to a phone. Run-to-run noise is taken only from runs of the
+    base's build, so earlier runs of a regressed head never widen the band that judges it."""
+    runtime = run.get("runtime") or {}
+    pushed = run.get("pushed") or {}
+    binaries = ",".join(f"{kind}={item.get('sha256')}" for kind, item in sorted(pushed.items())
+                        if kind != "model" and isinstance(item, dict))
+    return "|".join(str(runtime.get(k)) for k in ("kind", "version", "llama_cpp_commit", "runtime_variant",
+                                                    "build_flags")) + "|" + binaries
 
 
 def setup_label(key: dict[str, str]) -> str:
@@ -97,38 +84,68 @@ class Side:
     flags: dict[str, bool]         # charging / throttled / unstable / invalid (a failed self-check) over its runs
     facts: dict
     per_run: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)  # metric -> each run's values
+    censored: dict[str, tuple[tuple[bool, ...], ...]] = field(default_factory=dict)  # metric -> each run's flags
+    incomplete: str | None = None  # an A/B cut short: why, said beside every verdict
+
+    def censored_count(self, name: str) -> int:
+        return sum(sum(flags) for flags in self.censored.get(name, ()))
 
 
 @dataclass(frozen=True)
 class NoiseBand:
     """How far one run's median of a metric moves from another's when nothing changed, for one
-    setup (device, model, scenario, runtime, threads, ...): 95% of single-run pairs stay inside."""
+    setup: measured from earlier runs' medians (a t prediction interval for the ratio of two new
+    runs, n - 1 degrees of freedom), or a stated default bound when no history is known."""
 
-    band: float      # a fraction: 0.04 = ±4%
-    runs: int        # the earlier runs it was measured on
+    runs: int        # the earlier runs it was measured on (0: the default bound)
     source: str
+    log_sd: float | None = None   # standard deviation of the earlier runs' log medians
+    fixed: float | None = None    # a stated bound, a fraction
+
+    def band(self, alpha: float = ALPHA) -> float:
+        """The ± fraction that two runs of an unchanged build stay inside with probability 1 - alpha."""
+        if self.fixed is not None:
+            return self.fixed
+        quantile = float(scipy_stats.t.ppf(1 - alpha / 2, self.runs - 1))
+        return float(math.exp(quantile * math.sqrt(2) * self.log_sd) - 1)
+
+    @property
+    def measured(self) -> bool:
+        return self.fixed is None
 
 
-def run_to_run_band(run_medians: Sequence[float]) -> float | None:
-    """The ±band of the ratio of two single runs' medians, from the spread of earlier runs' medians
-    (log scale: 1.96 x sqrt(2) x their standard deviation); None with fewer than MIN_NOISE_RUNS."""
+def noise_from_medians(run_medians: Sequence[float], source: str) -> NoiseBand | None:
+    """The band from earlier runs' medians; None with fewer than MIN_NOISE_RUNS."""
     medians = finite(run_medians)
     medians = medians[medians > 0]
     if medians.size < MIN_NOISE_RUNS:
         return None
-    return float(math.exp(1.96 * math.sqrt(2) * float(np.std(np.log(medians), ddof=1))) - 1)
+    return NoiseBand(int(medians.size), source, log_sd=float(np.std(np.log(medians), ddof=1)))
+
+
+def default_noise(name: str) -> NoiseBand | None:
+    bound = DEFAULT_RUN_TO_RUN.get(name)
+    return NoiseBand(0, DEFAULT_RUN_TO_RUN_SOURCE, fixed=bound) if bound is not None else None
+
+
+def run_to_run_band(run_medians: Sequence[float], alpha: float = ALPHA) -> float | None:
+    """The ±band of the ratio of two single runs' medians at 1 - alpha; None with too few runs."""
+    noise = noise_from_medians(run_medians, "")
+    return noise.band(alpha) if noise else None
 
 
 @dataclass(frozen=True)
 class RunValues:
-    """One stored run as compare sees it: its run.json and its per-repetition metric values."""
+    """One stored run as compare sees it: its run.json, its per-repetition metric values, and which
+    of them are lower bounds (censored)."""
 
     dir: str
     run: dict
     values: dict[str, list[float]]
+    censored: dict[str, list[bool]] = field(default_factory=dict)
 
 
-def make_side(label: str, runs: Sequence[RunValues]) -> Side:
+def make_side(label: str, runs: Sequence[RunValues], incomplete: str | None = None) -> Side:
     pooled: dict[str, list[float]] = {spec.name: [] for spec in METRICS}
     flags = {"charging": False, "throttled": False, "unstable": False, "invalid": False}
     for item in runs:
@@ -143,13 +160,15 @@ def make_side(label: str, runs: Sequence[RunValues]) -> Side:
              "scenario": {k: (first.get("scenario") or {}).get(k) for k in ("name", "hash")},
              "harness": first.get("harness", {}), "statuses": sorted({str(r.run.get("status")) for r in runs})}
     per_run = {name: tuple(tuple(item.values.get(name) or ()) for item in runs) for name in pooled}
+    censored = {name: tuple(tuple(bool(f) for f in (item.censored.get(name) or [False] * len(item.values.get(name) or [])))
+                            for item in runs) for name in pooled}
     return Side(label, tuple(r.dir for r in runs), run_key(first), {k: tuple(v) for k, v in pooled.items()},
-                flags, facts, per_run)
+                flags, facts, per_run, censored, incomplete)
 
 
 @dataclass(frozen=True)
 class MetricComparison:
-    spec: MetricSpec
+    spec: Metric
     base_n: int
     head_n: int
     base_median: float | None
@@ -162,6 +181,8 @@ class MetricComparison:
     reason: str = ""
     flags: tuple[str, ...] = ()
     method: str = "repetitions"     # paired | runs | repetitions: what the interval and test resample
+    alpha: float = ALPHA            # the level this metric was tested at (its family's, corrected)
+    gating: bool = True             # decides the exit code (in the gate set)
 
     @property
     def worse(self) -> bool:
@@ -171,38 +192,34 @@ class MetricComparison:
         return self.change < 0 if self.spec.higher_is_better else self.change > 0
 
 
-def compare_metric(spec: MetricSpec, base: Sequence[float], head: Sequence[float], *, threshold: float,
-                   flags: tuple[str, ...] = (), seed: int = 0) -> MetricComparison:
+def _not_compared(spec: Metric, base_n: int, head_n: int, reason: str, flags: tuple[str, ...] = (),
+                  method: str = "repetitions") -> MetricComparison:
+    return MetricComparison(spec, base_n, head_n, None, None, None, None, None, None, "not compared", reason, flags,
+                            method)
+
+
+def compare_metric(spec: Metric, base: Sequence[float], head: Sequence[float], *, threshold: float,
+                   flags: tuple[str, ...] = (), seed: int = 0, alpha: float = ALPHA) -> MetricComparison:
     base_a, head_a = np.asarray(base, float), np.asarray(head, float)
     if base_a.size == 0 or head_a.size == 0:
-        return MetricComparison(spec, base_a.size, head_a.size, None, None, None, None, None, None, "not compared",
-                                "not measured on " + ("both sides" if base_a.size == head_a.size else
-                                                      "base" if base_a.size == 0 else "head"), flags)
+        return _not_compared(spec, base_a.size, head_a.size, "not measured on " + (
+            "both sides" if base_a.size == head_a.size else "base" if base_a.size == 0 else "head"), flags)
     base_median, head_median = float(np.median(base_a)), float(np.median(head_a))
     change = head_median / base_median - 1 if base_median else None
-    ci = bootstrap_ratio_ci(base_a, head_a, seed=seed)
+    ci = bootstrap_ratio_ci(base_a, head_a, seed=seed, confidence=1 - alpha)
     enough = base_a.size >= MIN_REPETITIONS and head_a.size >= MIN_REPETITIONS
     p_value = mann_whitney_p(base_a, head_a) if enough else None
     test = "Mann-Whitney U (two-sided)" if enough else None
-    verdict, reason = "inconclusive", ""
     if not enough:
-        reason = f"fewer than {MIN_REPETITIONS} repetitions on a side ({base_a.size} vs {head_a.size})"
-    elif change is None or ci is None:
-        reason = "base median is zero"
+        verdict, reason = "inconclusive", f"fewer than {MIN_REPETITIONS} repetitions on a side ({base_a.size} vs {head_a.size})"
     else:
-        significant = p_value is not None and p_value < ALPHA and (ci[0] > 1 or ci[1] < 1)
-        better = change > 0 if spec.higher_is_better else change < 0
-        if significant and abs(change) >= threshold:
-            verdict = "improved" if better else "regressed"
-        elif 1 - threshold <= ci[0] and ci[1] <= 1 + threshold:
-            verdict = "unchanged"
-        else:
-            reason = "interval reaches past the threshold" if not significant else "significant but smaller than the threshold"
+        significant = p_value is not None and p_value < alpha and ci is not None and (ci[0] > 1 or ci[1] < 1)
+        verdict, reason = _verdict(spec, change, ci, significant, threshold)
     return MetricComparison(spec, base_a.size, head_a.size, base_median, head_median, change, ci, p_value, test,
-                            verdict, reason, flags)
+                            verdict, reason, flags, alpha=alpha)
 
 
-def _verdict(spec: MetricSpec, change: float | None, ci: tuple[float, float] | None, significant: bool,
+def _verdict(spec: Metric, change: float | None, ci: tuple[float, float] | None, significant: bool,
              threshold: float) -> tuple[str, str]:
     if change is None or ci is None:
         return "inconclusive", "base median is zero"
@@ -215,8 +232,8 @@ def _verdict(spec: MetricSpec, change: float | None, ci: tuple[float, float] | N
                             else "significant but smaller than the threshold")
 
 
-def compare_paired(spec: MetricSpec, base_runs: Sequence[Sequence[float]], head_runs: Sequence[Sequence[float]], *,
-                   threshold: float, flags: tuple[str, ...] = (), seed: int = 0) -> MetricComparison:
+def compare_paired(spec: Metric, base_runs: Sequence[Sequence[float]], head_runs: Sequence[Sequence[float]], *,
+                   threshold: float, flags: tuple[str, ...] = (), seed: int = 0, alpha: float = ALPHA) -> MetricComparison:
     """Interleaved A/B: pair i is base run i and head run i, taken back to back on one device. Each
     pair gives one ratio of medians, so drift between pairs cancels; Wilcoxon's signed-rank test
     on the log ratios, and a bootstrap interval of the median ratio."""
@@ -227,25 +244,27 @@ def compare_paired(spec: MetricSpec, base_runs: Sequence[Sequence[float]], head_
             ratios.append(float(np.median(h) / np.median(b)))
     base_all, head_all = finite([v for run in base_runs for v in run]), finite([v for run in head_runs for v in run])
     if not ratios:
-        return MetricComparison(spec, base_all.size, head_all.size, None, None, None, None, None, None, "not compared",
-                                "no pair measured it on both sides", flags, "paired")
+        return _not_compared(spec, base_all.size, head_all.size, "no pair measured it on both sides", flags, "paired")
     ratio = np.asarray(ratios)
     change = float(np.median(ratio)) - 1
-    ci = bootstrap_median_ci(ratio, seed=seed)
+    ci = bootstrap_median_ci(ratio, seed=seed, confidence=1 - alpha)
     enough = ratio.size >= MIN_PAIRS
     p_value = wilcoxon_signed_rank_p(np.log(ratio[ratio > 0])) if enough else None
     test = f"Wilcoxon signed-rank over {ratio.size} pairs (two-sided)" if enough else None
     if not enough:
         verdict, reason = "inconclusive", f"fewer than {MIN_PAIRS} pairs ({ratio.size})"
     else:
-        significant = p_value is not None and p_value < ALPHA and ci is not None and (ci[0] > 1 or ci[1] < 1)
+        significant = p_value is not None and p_value < alpha and ci is not None and (ci[0] > 1 or ci[1] < 1)
         verdict, reason = _verdict(spec, change, ci, significant, threshold)
+        if not significant and p_value is not None and p_value >= alpha and ratio.size < 20 and \
+                2 / 2 ** ratio.size >= alpha and verdict == "inconclusive":
+            reason += f"; {ratio.size} pairs cannot reach p < {alpha:.2g} (at best {2 / 2 ** ratio.size:.2g}): use more pairs"
     return MetricComparison(spec, base_all.size, head_all.size, float(np.median(base_all)), float(np.median(head_all)),
-                            change, ci, p_value, test, verdict, reason, flags, "paired")
+                            change, ci, p_value, test, verdict, reason, flags, "paired", alpha)
 
 
-def compare_runs(spec: MetricSpec, base_runs: Sequence[Sequence[float]], head_runs: Sequence[Sequence[float]], *,
-                 threshold: float, flags: tuple[str, ...] = (), seed: int = 0) -> MetricComparison:
+def compare_runs(spec: Metric, base_runs: Sequence[Sequence[float]], head_runs: Sequence[Sequence[float]], *,
+                 threshold: float, flags: tuple[str, ...] = (), seed: int = 0, alpha: float = ALPHA) -> MetricComparison:
     """Several runs a side: the interval resamples runs, then repetitions within them, so the
     variance between runs counts; with MIN_REPETITIONS runs a side, Mann-Whitney over run medians."""
     base_runs = [finite(r) for r in base_runs if finite(r).size]
@@ -253,32 +272,63 @@ def compare_runs(spec: MetricSpec, base_runs: Sequence[Sequence[float]], head_ru
     base_all, head_all = np.concatenate(base_runs), np.concatenate(head_runs)
     base_median, head_median = float(np.median(base_all)), float(np.median(head_all))
     change = head_median / base_median - 1 if base_median else None
-    ci = hierarchical_ratio_ci(base_runs, head_runs, seed=seed)
+    ci = hierarchical_ratio_ci(base_runs, head_runs, seed=seed, confidence=1 - alpha)
     enough = len(base_runs) >= MIN_REPETITIONS and len(head_runs) >= MIN_REPETITIONS
     p_value = mann_whitney_p([np.median(r) for r in base_runs], [np.median(r) for r in head_runs]) if enough else None
     test = (f"Mann-Whitney U over run medians ({len(base_runs)} vs {len(head_runs)} runs)" if enough else
             f"two-level bootstrap ({len(base_runs)} vs {len(head_runs)} runs, then repetitions)")
     excludes_one = ci is not None and (ci[0] > 1 or ci[1] < 1)
-    significant = excludes_one and (p_value is None or p_value < ALPHA)
+    significant = excludes_one and (p_value is None or p_value < alpha)
     verdict, reason = _verdict(spec, change, ci, significant, threshold)
     return MetricComparison(spec, base_all.size, head_all.size, base_median, head_median, change, ci, p_value, test,
-                            verdict, reason, flags, "runs")
+                            verdict, reason, flags, "runs", alpha)
 
 
 def against_noise(result: MetricComparison, noise: NoiseBand | None) -> MetricComparison:
     """One run a side: repetitions inside one run are not independent samples of a build (the
     machine drifts between runs), so "regressed" or "improved" also needs the change to exceed the
-    run-to-run noise known for this setup; otherwise the verdict is "suspected"."""
+    run-to-run noise known for this setup, or, with none known, the stated default bound for the
+    metric; within it the verdict is "suspected". The reason names the bound that decided."""
     if result.verdict not in ("regressed", "improved") or result.change is None:
         return result
+    noise = noise or default_noise(result.spec.name)
     if noise is None:
-        why = ("one run a side and no run-to-run noise known for this setup: use `bench ab`, more runs a side, "
-               f"or keep {MIN_NOISE_RUNS}+ runs of it in the results folder")
+        why = ("one run a side and no run-to-run noise known for this setup or metric: use `bench ab`, more runs a "
+               f"side, or keep {MIN_NOISE_RUNS}+ runs of it in the results folder")
         return replace(result, verdict="suspected", reason=why)
-    if abs(result.change) <= noise.band:
-        return replace(result, verdict="suspected",
-                       reason=f"within the run-to-run noise of ±{noise.band:.1%} ({noise.runs} runs, {noise.source})")
-    return replace(result, reason=f"beyond the run-to-run noise of ±{noise.band:.1%} ({noise.runs} runs, {noise.source})")
+    band = noise.band(result.alpha)
+    described = (f"the run-to-run noise of ±{band:.1%} ({noise.runs} earlier runs, {noise.source})" if noise.measured
+                 else f"±{band:.0%}, {noise.source}")
+    if abs(result.change) <= band:
+        return replace(result, verdict="suspected", reason=f"within {described}")
+    return replace(result, reason=f"beyond {described}")
+
+
+def censoring(spec: Metric, base: Side, head: Side) -> tuple[str | None, str | None]:
+    """(why the metric is not compared, or None; the side holding lower bounds, or None). Both
+    sides censored: not compared. One side: the verdict stands only where the bound decides it."""
+    if not spec.censored:
+        return None, None
+    base_n, head_n = base.censored_count(spec.name), head.censored_count(spec.name)
+    if base_n and head_n:
+        return (f"both sides hold lower bounds ({base_n} base and {head_n} head runs never reached the event): "
+                "a bound is not a measurement"), None
+    return None, ("base" if base_n else "head" if head_n else None)
+
+
+def bound_decides(result: MetricComparison, censored_side: str, count: int) -> MetricComparison:
+    """A lower bound understates its side: a verdict that the censored side did better (for a
+    higher-is-better metric) only grows with the truth, so it stands; any other is undecided."""
+    head_better = result.verdict == "improved"
+    censored_better = head_better if censored_side == "head" else result.verdict == "regressed"
+    stands = censored_better if result.spec.higher_is_better else (
+        result.verdict in ("improved", "regressed") and not censored_better)
+    note = f"{censored_side} never reached the event in {count} run(s): its value is a lower bound"
+    if result.verdict in ("improved", "regressed") and stands:
+        return replace(result, reason="; ".join(filter(None, [result.reason, note + ", so the change is at least this"])))
+    if result.verdict == "not compared":
+        return result
+    return replace(result, verdict="inconclusive", reason=note + " that does not decide the comparison")
 
 
 @dataclass(frozen=True)
@@ -292,15 +342,21 @@ class Comparison:
     ignored: tuple[str, ...] = field(default_factory=tuple)
     paired: bool = False
     noise: dict[str, NoiseBand] = field(default_factory=dict)
+    gate: tuple[str, ...] = PRIMARY
 
     @property
     def regressed(self) -> bool:
-        return any(m.verdict == "regressed" for m in self.metrics)
+        """A metric of the gate set regressed: what fails --fail-on-regression."""
+        return any(m.verdict == "regressed" and m.gating for m in self.metrics)
 
     @property
     def suspected(self) -> bool:
-        """A change the bad way that the run-to-run noise could explain."""
-        return any(m.verdict == "suspected" and m.worse for m in self.metrics)
+        """A change the bad way in the gate set that the run-to-run noise could explain."""
+        return any(m.verdict == "suspected" and m.worse and m.gating for m in self.metrics)
+
+    @property
+    def incomplete(self) -> str | None:
+        return self.base.incomplete or self.head.incomplete
 
     @property
     def method(self) -> str:
@@ -308,13 +364,17 @@ class Comparison:
         runs = f"{len(self.base.runs)} vs {len(self.head.runs)} run{'s' if len(self.head.runs) != 1 else ''}"
         if self.paired:
             return (f"paired and interleaved: {min(len(self.base.runs), len(self.head.runs))} ABBA pairs on one device, "
-                    "Wilcoxon signed-rank on per-pair ratios, bootstrap interval of the median paired ratio")
+                    "Wilcoxon signed-rank on per-pair ratios, bootstrap interval of the median paired ratio"
+                    + (f" (A/B cut short: {self.incomplete})" if self.incomplete else ""))
         if len(self.base.runs) >= 2 and len(self.head.runs) >= 2:
             return f"{runs} a side: between-run variance counted (bootstrap over runs, then repetitions)"
-        if self.noise:
-            floor = ", ".join(f"{name} ±{band.band:.1%}" for name, band in list(self.noise.items())[:3])
-            return f"{runs}: repetitions within runs, gated by the run-to-run noise of {next(iter(self.noise.values())).runs} earlier runs ({floor})"
-        return f"{runs}: repetitions within runs; no run-to-run noise known for this setup, so changes are at most suspected"
+        measured = [band for band in self.noise.values() if band.measured]
+        if measured:
+            floor = ", ".join(f"{name} ±{band.band():.1%}" for name, band in list(self.noise.items())[:3] if band.measured)
+            return (f"{runs}: repetitions within runs, gated by the run-to-run noise of {measured[0].runs} earlier runs "
+                    f"of the base's build ({floor})")
+        return (f"{runs}: repetitions within runs; no run-to-run noise known for this setup, so a change is a verdict "
+                "only beyond bench's default bound for its metric (decode ±15%, prefill ±25%, TTFT ±30%), else suspected")
 
 
 def mismatches(base: Side, head: Side, ignore: Sequence[str] = ()) -> list[str]:
@@ -322,37 +382,57 @@ def mismatches(base: Side, head: Side, ignore: Sequence[str] = ()) -> list[str]:
             if key not in ignore and base.key[key] != head.key[key]]
 
 
+def _skip_reason(spec: Metric, base: Side, head: Side, problems: list[str]) -> str | None:
+    if problems:
+        return problems[0]
+    if spec.energy and (base.flags["charging"] or head.flags["charging"]):
+        return "energy from a charging run is never compared"
+    if not base.values[spec.name] or not head.values[spec.name]:
+        return None  # the comparison itself says which side did not measure it
+    return censoring(spec, base, head)[0]
+
+
 def compare_sides(base: Side, head: Side, *, threshold: float = 0.05, ignore: Sequence[str] = (), paired: bool = False,
-                  noise: dict[str, NoiseBand] | None = None) -> Comparison:
+                  noise: dict[str, NoiseBand] | None = None, gate: Sequence[str] = PRIMARY) -> Comparison:
     """`paired`: base run i and head run i were taken back to back (bench ab). `noise`: the
-    run-to-run noise per metric for this setup, used when a side has one run."""
+    run-to-run noise per metric for this setup, used when a side has one run. `gate`: the metrics
+    that decide the exit code; they and the reported rest are each a family tested at ALPHA
+    (Bonferroni: ALPHA / the family's metrics measured on both sides)."""
     problems = mismatches(base, head, ignore)
     noise = noise or {}
-    results = []
     side_flags = tuple(sorted({f"{side.label} {flag}" for side in (base, head)
                                for flag, on in side.flags.items() if on}))
+    skips = {spec.name: _skip_reason(spec, base, head, problems) for spec in METRICS}
+    tested = [spec.name for spec in METRICS if skips[spec.name] is None and base.values[spec.name]
+              and head.values[spec.name]]
+    family_size = {True: max(1, sum(name in gate for name in tested)),
+                   False: max(1, sum(name not in gate for name in tested))}
+    results = []
     for spec in METRICS:
-        if problems:
-            results.append(MetricComparison(spec, 0, 0, None, None, None, None, None, None, "not compared", problems[0]))
-            continue
-        if spec.energy and (base.flags["charging"] or head.flags["charging"]):
-            results.append(MetricComparison(spec, len(base.values[spec.name]), len(head.values[spec.name]), None, None,
-                                            None, None, None, None, "not compared",
-                                            "energy from a charging run is never compared", side_flags))
+        gating = spec.name in gate
+        alpha = ALPHA / family_size[gating]
+        if skips[spec.name] is not None:
+            results.append(replace(_not_compared(spec, len(base.values[spec.name]), len(head.values[spec.name]),
+                                                 skips[spec.name], side_flags), gating=gating))
             continue
         base_runs = [r for r in base.per_run.get(spec.name, ()) if r] or [base.values[spec.name]]
         head_runs = [r for r in head.per_run.get(spec.name, ()) if r] or [head.values[spec.name]]
         if paired:
-            results.append(compare_paired(spec, base.per_run.get(spec.name, ()), head.per_run.get(spec.name, ()),
-                                          threshold=threshold, flags=side_flags))
+            result = compare_paired(spec, base.per_run.get(spec.name, ()), head.per_run.get(spec.name, ()),
+                                    threshold=threshold, flags=side_flags, alpha=alpha)
         elif len(base_runs) >= 2 and len(head_runs) >= 2:
-            results.append(compare_runs(spec, base_runs, head_runs, threshold=threshold, flags=side_flags))
+            result = compare_runs(spec, base_runs, head_runs, threshold=threshold, flags=side_flags, alpha=alpha)
         else:
-            single = compare_metric(spec, base.values[spec.name], head.values[spec.name], threshold=threshold,
-                                    flags=side_flags)
-            results.append(against_noise(single, noise.get(spec.name)))
+            result = against_noise(compare_metric(spec, base.values[spec.name], head.values[spec.name],
+                                                  threshold=threshold, flags=side_flags, alpha=alpha),
+                                   noise.get(spec.name))
+        censored_side = censoring(spec, base, head)[1]
+        if censored_side is not None:
+            side = base if censored_side == "base" else head
+            result = bound_decides(result, censored_side, side.censored_count(spec.name))
+        results.append(replace(result, gating=gating))
     return Comparison(base, head, not problems, tuple(problems), tuple(results), threshold, tuple(ignore), paired,
-                      dict(noise))
+                      dict(noise), tuple(gate))
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -361,11 +441,10 @@ _ICON = {"improved": "🟢 improved", "regressed": "🔴 regressed", "suspected"
          "inconclusive": "🟡 inconclusive", "not compared": "➖ not compared"}
 
 
-def _value(spec: MetricSpec, value: float | None) -> str:
+def _value(spec: Metric, value: float | None) -> str:
     if value is None:
         return "n/a"
-    if spec.unit == "MiB":
-        value /= 2**20
+    value *= spec.scale
     return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
@@ -374,18 +453,25 @@ def headline(comparisons: Sequence[Comparison]) -> str:
     for comparison in comparisons:
         for metric in comparison.metrics:
             counts[metric.verdict] = counts.get(metric.verdict, 0) + 1
-    regressed = [f"{m.spec.label} {m.change:+.1%}" for c in comparisons for m in c.metrics if m.verdict == "regressed"]
+    regressed = [f"{m.spec.label} {m.change:+.1%}" for c in comparisons for m in c.metrics
+                 if m.verdict == "regressed" and m.gating]
+    reported = [f"{m.spec.label} {m.change:+.1%}" for c in comparisons for m in c.metrics
+                if m.verdict == "regressed" and not m.gating]
     suspected = [f"{m.spec.label} {m.change:+.1%}" for c in comparisons for m in c.metrics
-                 if m.verdict == "suspected" and m.worse]
+                 if m.verdict == "suspected" and m.worse and m.gating]
     order = ("regressed", "suspected", "improved", "unchanged", "inconclusive", "not compared")
     tally = ", ".join(f"{counts[v]} {v}" for v in order if counts.get(v))
+    also = f"; also worse, not gating: {'; '.join(reported)}" if reported else ""
+    cut = next((c.incomplete for c in comparisons if c.incomplete), None)
+    tally += f"; A/B cut short: {cut}" if cut else ""
     if regressed:
-        return f"**🔴 Regression: {'; '.join(regressed)}** ({tally})"
+        return f"**🔴 Regression: {'; '.join(regressed)}** ({tally}{also})"
     if not any(c.comparable for c in comparisons):
         return f"**➖ Nothing comparable** ({tally})"
     if suspected:
-        return f"**🟠 Suspected regression, within run-to-run noise: {'; '.join(suspected)}** ({tally})"
-    return f"**{'🟢 No regression' if counts.get('improved') else '⚪ No regression'}** ({tally})"
+        return f"**🟠 Suspected regression, within run-to-run noise: {'; '.join(suspected)}** ({tally}{also})"
+    improved = any(m.verdict == "improved" for c in comparisons for m in c.metrics)
+    return f"**{'🟢 No regression' if improved else '⚪ No regression'}** ({tally}{also})"
 
 
 def method_line(comparisons: Sequence[Comparison]) -> str:
@@ -401,8 +487,11 @@ def markdown(comparisons: Sequence[Comparison]) -> str:
         lines.append("")
         if not comparison.comparable:
             lines += [f"Not comparable: {'; '.join(comparison.mismatches)}.", ""]
-        lines += [f"Threshold ±{comparison.threshold:.0%}; {comparison.method}; verdicts need p < 0.05 (or, with "
-                  "fewer than 4 runs a side, the two-level interval alone) and the 95% interval excluding 1.", "",
+        gate = ", ".join(m.spec.label for m in comparison.metrics if m.gating)
+        lines += [f"Threshold ±{comparison.threshold:.0%}; {comparison.method}. The gate ({gate}) decides the exit code; "
+                  "it and the reported rest are each a family tested at 5% in all: a metric's verdict needs p below 0.05 "
+                  "/ its family's measured metrics (or, with fewer than 4 runs a side, the two-level interval alone) and "
+                  "its interval at that level excluding 1.", "",
                   "| metric | base | head | change | 95% CI | p | verdict | notes |",
                   "|---|---:|---:|---:|---|---:|---|---|"]
         for m in comparison.metrics:
@@ -410,8 +499,10 @@ def markdown(comparisons: Sequence[Comparison]) -> str:
             ci = "n/a" if m.ci is None else f"{m.ci[0] - 1:+.1%} … {m.ci[1] - 1:+.1%}"
             p = "n/a" if m.p_value is None else f"{m.p_value:.3g}"
             change = "n/a" if m.change is None else f"{m.change:+.1%}"
-            notes = "; ".join(filter(None, [m.reason, *m.flags, f"n={m.base_n}/{m.head_n}"]))
-            lines.append(f"| {m.spec.label} ({m.spec.unit}{', higher is better' if m.spec.higher_is_better else ', lower is better'}) "
+            level = f"at p < {m.alpha:.2g}" if m.verdict != "not compared" else ""
+            notes = "; ".join(filter(None, [m.reason, *m.flags, f"n={m.base_n}/{m.head_n}", level]))
+            gating = "" if m.gating else ", reported"
+            lines.append(f"| {m.spec.label} ({m.spec.unit}{', higher is better' if m.spec.higher_is_better else ', lower is better'}{gating}) "
                          f"| {_value(m.spec, m.base_median)}{unit if m.base_median is not None else ''} "
                          f"| {_value(m.spec, m.head_median)}{unit if m.head_median is not None else ''} "
                          f"| {change} | {ci} | {p} | {_ICON[m.verdict]} | {notes} |")
@@ -443,24 +534,26 @@ def to_json(comparisons: Sequence[Comparison]) -> dict:
         return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "headline": headline(comparisons),
         "method": method_line(comparisons),
         "regressed": any(c.regressed for c in comparisons),
         "suspected": any(c.suspected for c in comparisons),
+        "incomplete": next((c.incomplete for c in comparisons if c.incomplete), None),
         "comparisons": [{
             "base": {"label": c.base.label, "runs": list(c.base.runs), "key": c.base.key, "flags": c.base.flags},
             "head": {"label": c.head.label, "runs": list(c.head.runs), "key": c.head.key, "flags": c.head.flags},
             "comparable": c.comparable, "mismatches": list(c.mismatches), "threshold": c.threshold,
-            "paired": c.paired, "method": c.method,
-            "noise": {name: {"band": band.band, "runs": band.runs, "source": band.source} for name, band in c.noise.items()},
+            "paired": c.paired, "method": c.method, "gate": list(c.gate),
+            "noise": {name: {"band": band.band(), "runs": band.runs, "source": band.source, "measured": band.measured}
+                      for name, band in c.noise.items()},
             "metrics": [{
                 "metric": m.spec.name, "unit": m.spec.unit, "higher_is_better": m.spec.higher_is_better,
                 "base_n": m.base_n, "head_n": m.head_n, "base_median": number(m.base_median),
                 "head_median": number(m.head_median), "change": number(m.change),
                 "ci_low": number(m.ci[0]) if m.ci else None, "ci_high": number(m.ci[1]) if m.ci else None,
                 "p_value": number(m.p_value), "test": m.test, "verdict": m.verdict, "reason": m.reason,
-                "method": m.method, "worse": m.worse,
+                "method": m.method, "worse": m.worse, "alpha": m.alpha, "gating": m.gating,
                 "flags": list(m.flags),
             } for m in c.metrics],
         } for c in comparisons],

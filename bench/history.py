@@ -54,7 +54,7 @@ def collect(root: Path) -> dict[str, list[HistoryPoint]]:
         commit = (run.get("harness") or {}).get("git_commit")
         series.setdefault(label, []).append(HistoryPoint(str(run_dir), str(run.get("started_at")),
                                                          commit[:9] if commit else None, str(run.get("status")),
-                                                         run_repetition_values(run_dir, run)))
+                                                         run_repetition_values(run_dir, run).values))
     for points in series.values():
         points.sort(key=lambda p: p.started_at)
     return series

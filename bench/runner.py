@@ -486,10 +486,12 @@ class _Run:
 
     def _summary(self, facts: DeviceFacts, data) -> dict:
         """From the stored tables, the truth the summary is taken from."""
-        validity = validity_from_samples(data.samples, declared_unplugged=self.options.declare_unplugged)
+        fixed = bool((self.meta.get("runtime") or {}).get("fixed_performance"))
+        validity = validity_from_samples(data.samples, declared_unplugged=self.options.declare_unplugged,
+                                         fixed_performance=fixed)
         summary = run_summary(data.requests, data.samples, final_peak_rss=self._final_peak,
                               bandwidth_gbs=facts.memory_bandwidth_gbs, model_bytes=self.options.model.bytes,
-                              charging=validity["charging"], throttled=validity["throttled"])
+                              charging=validity["charging"], throttled=validity["throttled"], fixed_performance=fixed)
         summary["validity"].update(external_power_detected=validity["external_power_detected"],
                                    declared_unplugged=validity["declared_unplugged"])
         summary["energy"] = energy_summary(data.requests, data.samples, charging=validity["charging"],
@@ -516,7 +518,7 @@ class _Run:
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:
             summary["decode_tps_drift"] = decode_drift(data.requests)
-            summary["stress"] = stress_profile(data.requests, data.samples)
+            summary["stress"] = stress_profile(data.requests, data.samples, fixed_performance=fixed)
         return summary
 
 

@@ -15,6 +15,7 @@ from .energy import window_energy
 from .stats import Summary, summarize
 from .store import load_run
 from .tables import failed_mask, measured_requests, request_windows, sample_series, series_window, split_series
+from .metrics import CENSORED_KEY, COMPARED
 from .throttle import loops, throttle_times, time_to_throttle
 
 
@@ -85,7 +86,7 @@ def max_temperature_c(samples: pd.DataFrame) -> float | None:
 
 def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss: float | None = None,
                 bandwidth_gbs: float | None = None, model_bytes: int | None = None,
-                charging: bool | None = None, throttled: bool | None = None) -> dict:
+                charging: bool | None = None, throttled: bool | None = None, fixed_performance: bool = False) -> dict:
     metrics = request_metrics(requests)
     decode = metrics["decode_tps"].summary
     measured = measured_requests(requests)
@@ -102,7 +103,8 @@ def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss
     summary["peak_rss_bytes"] = peak_rss_bytes(samples, final_peak_rss)
     pss = sample_series(samples, "process", "pss")
     summary["peak_pss_bytes"] = float(pss["value"].max()) if not pss.empty else None
-    summary["per_repetition"] = repetition_values(requests, samples, summary["peak_rss_bytes"])
+    summary["per_repetition"] = repetition_values(requests, samples, summary["peak_rss_bytes"],
+                                                  fixed_performance=fixed_performance)
     summary["max_temperature_c"] = max_temperature_c(samples)
     if bandwidth_gbs and model_bytes and decode.median:
         ceiling = bandwidth_gbs * 1e9 / model_bytes
@@ -120,17 +122,25 @@ def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss
     return summary
 
 
-REPETITION_METRICS = ("prefill_tps", "decode_tps", "ttft_ms", "itl_p95_ms", "peak_rss_bytes", "max_temperature_c",
-                      "j_per_token", "time_throttled_s", "stability", "time_to_throttle_s",
-                      # from the run's idle window and thread readings: set by the runner, absent from
-                      # runs stored before them (then not compared)
-                      "decode_j_per_token", "prefill_j_per_prompt_token", "j_per_token_above_idle",
-                      "off_affinity_share")
+# every compared metric of the catalogue; the energy phases' and thread placement's are set by the
+# runner, and absent from runs stored before them (then not compared)
+REPETITION_METRICS = tuple(metric.name for metric in COMPARED)
 
 
-def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rss: float | None = None) -> dict[str, list[float]]:
-    """Per-repetition values of every compared metric (empty list = not measured). Sample-based
-    metrics are taken over each repetition's window, first request sent to last token."""
+@dataclass(frozen=True)
+class RepetitionValues:
+    """A run's values of every compared metric (one per repetition, or one a run), and for a
+    metric that can be censored, which values are lower bounds."""
+
+    values: dict[str, list[float]]
+    censored: dict[str, list[bool]]
+
+
+def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rss: float | None = None, *,
+                      fixed_performance: bool = False) -> dict:
+    """Per-repetition values of every compared metric (empty list = not measured), as stored in
+    run.json: sample-based metrics are taken over each repetition's window, first request sent to
+    last token; `censored` flags the values that are lower bounds."""
     values: dict[str, list[float]] = {name: [] for name in REPETITION_METRICS}
     requests = measured_requests(requests)
     if not requests.empty:
@@ -175,10 +185,12 @@ def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rs
     decode = values["decode_tps"]
     if len(decode) >= 2 and max(decode) > 0:
         values["stability"] = [min(decode) / max(decode)]
-    throttle_s, _ = time_to_throttle(loops(requests), samples)
+    throttle_s, throttled_at = time_to_throttle(loops(requests), samples, fixed_performance=fixed_performance)
+    censored = {}
     if throttle_s is not None:
         values["time_to_throttle_s"] = [throttle_s]
-    return values
+        censored["time_to_throttle_s"] = [throttled_at is None]
+    return {**values, CENSORED_KEY: censored}
 
 
 def decode_drift(requests: pd.DataFrame) -> float | None:
@@ -192,29 +204,42 @@ def decode_drift(requests: pd.DataFrame) -> float | None:
 ON_EXTERNAL_POWER_CODES = (2.0, 4.0, 5.0)  # charging, not charging (Android says it only when plugged), full
 
 
-def validity_from_samples(samples: pd.DataFrame, *, declared_unplugged: bool = False) -> dict:
+def validity_from_samples(samples: pd.DataFrame, *, declared_unplugged: bool = False,
+                          fixed_performance: bool = False) -> dict:
     """charging: on external power at any sample: battery status Charging, Not charging (a plugged
     phone whose charger paused) or Full, or any supply (USB, AC, wireless) online, unless the user
     declared the phone ran on its battery; throttled: thermal status above NONE, or a CPU's frequency
-    cap below its maximum. None where the device gave no such samples."""
+    cap below the cap in force when the run began (throttle.throttle_times). None where the device
+    gave no such samples."""
     status = sample_series(samples, "battery", "status_code")
     plugged = sample_series(samples, "battery", "plugged")
     detected = None
     if not status.empty or not plugged.empty:
         detected = bool(status["value"].isin(ON_EXTERNAL_POWER_CODES).any() if not status.empty else False) or \
             bool((plugged["value"] > 0).any() if not plugged.empty else False)
-    throttled = throttle_times(samples)
+    throttled = throttle_times(samples, fixed_performance=fixed_performance)
     return {"charging": False if declared_unplugged else detected, "external_power_detected": detected,
             "declared_unplugged": declared_unplugged, "throttled": None if throttled is None else bool(throttled.size)}
 
 
-def run_repetition_values(run_dir: str | Path, run: dict) -> dict[str, list[float]]:
+def run_repetition_values(run_dir: str | Path, run: dict) -> RepetitionValues:
     """Per-repetition values of every compared metric: finished runs store them in run.json;
-    older ones are recomputed from their tables."""
+    older ones are recomputed from their tables. A run stored before censoring was recorded has
+    its time to first throttle recomputed, since it may hold a lower bound as if measured."""
     summary = run.get("summary") or {}
     stored = summary.get("per_repetition")
-    if isinstance(stored, dict) and all(isinstance(stored.get(k), list) for k in REPETITION_METRICS):
-        return stored
-    data = load_run(run_dir)
-    return repetition_values(data.requests, data.samples, summary.get("peak_rss_bytes"))
-
+    fixed = bool((run.get("runtime") or {}).get("fixed_performance"))
+    if not (isinstance(stored, dict) and all(isinstance(stored.get(k), list) for k in REPETITION_METRICS)):
+        data = load_run(run_dir)
+        stored = repetition_values(data.requests, data.samples, summary.get("peak_rss_bytes"), fixed_performance=fixed)
+    elif not isinstance(stored.get(CENSORED_KEY), dict):
+        stored = dict(stored)
+        if stored.get("time_to_throttle_s"):
+            data = load_run(run_dir)
+            fresh = repetition_values(data.requests, data.samples, fixed_performance=fixed)
+            stored["time_to_throttle_s"] = fresh["time_to_throttle_s"]
+            stored[CENSORED_KEY] = fresh[CENSORED_KEY]
+        else:
+            stored[CENSORED_KEY] = {}
+    censored = {name: [bool(flag) for flag in flags] for name, flags in stored[CENSORED_KEY].items()}
+    return RepetitionValues({name: [float(v) for v in stored.get(name) or []] for name in REPETITION_METRICS}, censored)

@@ -29,14 +29,22 @@ def frequency_caps(samples: pd.DataFrame) -> pd.DataFrame:
     return samples[(samples["source"] == "cpu") & samples["name"].astype(str).str.startswith("cap_")]
 
 
-def throttle_times(samples: pd.DataFrame) -> np.ndarray | None:
+def throttle_times(samples: pd.DataFrame, *, fixed_performance: bool = False) -> np.ndarray | None:
     """Sample times at which the device was throttled: thermal status above NONE, or a cluster's
-    frequency cap below CAPPED_BELOW of its maximum. None when it reports neither."""
+    frequency cap below CAPPED_BELOW of the cap in force when the run began: its maximum, or, in
+    fixed-performance mode (which lowers scaling_max_freq itself), the cap that mode set, as first
+    sampled. None when the device reports neither."""
     status, caps = sample_series(samples, "thermal", "status"), frequency_caps(samples)
     if status.empty and caps.empty:
         return None
-    times = np.concatenate([status["t_s"].to_numpy(dtype=float)[status["value"].to_numpy(dtype=float) > 0],
-                            caps["t_s"].to_numpy(dtype=float)[caps["value"].to_numpy(dtype=float) < CAPPED_BELOW]])
+    capped = np.zeros(0)
+    if not caps.empty:
+        caps = caps.sort_values("t_s", kind="stable")
+        values = caps["value"].to_numpy(dtype=float)
+        reference = caps.groupby("name")["value"].transform("first").to_numpy(dtype=float) if fixed_performance \
+            else np.ones_like(values)
+        capped = caps["t_s"].to_numpy(dtype=float)[values < CAPPED_BELOW * reference]
+    times = np.concatenate([status["t_s"].to_numpy(dtype=float)[status["value"].to_numpy(dtype=float) > 0], capped])
     return np.sort(times)
 
 
@@ -58,19 +66,21 @@ def loops(requests: pd.DataFrame) -> list[dict]:
     return found
 
 
-def time_to_throttle(run_loops: list[dict], samples: pd.DataFrame) -> tuple[float | None, float | None]:
-    """Seconds from the first measured request (of `loops()`) to the first throttled sample (0 when
-    the device was throttled from the start), and when that sample was (s since run start; None if
-    it never throttled: then the figure is the load's whole length, a lower bound). None, None
-    without thermal status or frequency caps."""
-    throttled = throttle_times(samples)
+def time_to_throttle(run_loops: list[dict], samples: pd.DataFrame, *,
+                     fixed_performance: bool = False) -> tuple[float | None, float | None]:
+    """Seconds from the first measured request (of `loops()`) to the first throttled sample at or
+    after it (0 when the device was still throttled when it began; a throttle that ended before it,
+    in the idle baseline or warmup, does not count), and when that sample was (s since run start).
+    A run that never throttled gets the load's whole length and None: a lower bound, never a
+    measurement. None, None without thermal status or frequency caps."""
+    throttled = throttle_times(samples, fixed_performance=fixed_performance)
     if not run_loops or throttled is None:
         return None, None
     start, end = run_loops[0]["start_s"], max(loop["end_s"] for loop in run_loops)
-    throttled = throttled[throttled <= end]
+    throttled = throttled[(throttled >= start) & (throttled <= end)]
     if throttled.size == 0:
         return end - start, None
-    return max(0.0, float(throttled[0]) - start), float(throttled[0])
+    return float(throttled[0]) - start, float(throttled[0])
 
 
 def hottest_zone(samples: pd.DataFrame) -> str | None:
@@ -110,7 +120,7 @@ def _last(samples: pd.DataFrame, source: str, match) -> dict | None:
     return {"sensor": f"{source}/{row['name']}", "temperature_c": float(row["value"])}
 
 
-def stress_profile(requests: pd.DataFrame, samples: pd.DataFrame) -> dict:
+def stress_profile(requests: pd.DataFrame, samples: pd.DataFrame, *, fixed_performance: bool = False) -> dict:
     """A stress (timed) run's thermal profile: peak and sustained decode, stability (slowest loop /
     fastest), time to first throttle, the hottest zone's steady state, skin and battery at the end."""
     run_loops = loops(requests)
@@ -119,7 +129,7 @@ def stress_profile(requests: pd.DataFrame, samples: pd.DataFrame) -> dict:
     rates = np.array([loop["decode_tps"] for loop in run_loops])
     first, last = run_loops[0]["start_s"], max(loop["end_s"] for loop in run_loops)
     tail = [loop["decode_tps"] for loop in run_loops if loop["start_s"] >= last - SUSTAINED_SHARE * (last - first)]
-    throttle_s, throttled_at = time_to_throttle(run_loops, samples)
+    throttle_s, throttled_at = time_to_throttle(run_loops, samples, fixed_performance=fixed_performance)
     battery = _last(samples, "thermal", lambda name: name.lower() == "battery") or \
         _last(samples, "battery", lambda name: name == "temperature")
     return {

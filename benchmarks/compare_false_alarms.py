@@ -32,7 +32,7 @@ import numpy as np
 from _common import emulated_phone
 
 from bench.catalog import cache_root, model_info
-from bench.compare import METRICS, NoiseBand, against_noise, compare_metric, compare_paired, run_to_run_band
+from bench.compare import METRICS, against_noise, compare_metric, compare_paired, noise_from_medians
 from bench.config import resolve_scenario
 from bench.host.membw import host_bandwidth_gbs
 from bench.host.target import HostTarget
@@ -125,8 +125,7 @@ def comparisons(label: str, make_target, count: int, pairs: int, slow_head, slow
     for index, (base, head) in enumerate(single_runs):
         others = medians[:2 * index] + medians[2 * index + 2:]
         single = compare_metric(DECODE, base, head, threshold=0.05, seed=index)
-        band = run_to_run_band(others)
-        gated = against_noise(single, NoiseBand(band, len(others), "the other A/A runs") if band is not None else None)
+        gated = against_noise(single, noise_from_medians(others, "the other A/A runs"))
         old += single.verdict in ("regressed", "improved")
         new += gated.verdict in ("regressed", "improved")
     if aa_paired:
