@@ -80,7 +80,8 @@ def energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, charging: b
         "energy_j": energy.joules, "j_per_token": energy.j_per_token,
         # prompt-only windows (llama-bench pp rows): their energy per prompt token, apart from J/token
         "prefill_j_per_prompt_token": prefill.j_per_token if prefill is not None else None,
-        "mah_per_1k_tokens": charge.joules / 3.6 / charge.tokens * 1000 if charge and charge.tokens else None,
+        # the charge of the same windows J/token counts (those that generated tokens), per 1,000 of their tokens
+        "mah_per_1k_tokens": charge.token_joules / 3.6 / charge.tokens * 1000 if charge and charge.tokens else None,
         "windows_covered": energy.windows_covered, "windows": energy.windows, "coverage": energy.coverage,
         "tokens_covered": energy.tokens,
         "charge_counter_drop_mah_whole_run": counter_drop,
@@ -168,25 +169,39 @@ def rail_energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, source: s
     return result
 
 
-def _energy_meter(samples: pd.DataFrame):
-    """(source, joules(start, end) or None when not covered): the power rails' counters summed when
-    the device has them (they stay valid while charging), else battery power integrated."""
+def _rail_meter(samples: pd.DataFrame):
     rails = sample_series(samples, "rail")
-    if not rails.empty:
-        counters = [(g["t_s"].to_numpy(dtype=float), g["value"].to_numpy(dtype=float))
-                    for _, g in rails.sort_values("t_s").groupby("name")]
+    if rails.empty:
+        return None
+    counters = [(g["t_s"].to_numpy(dtype=float), g["value"].to_numpy(dtype=float))
+                for _, g in rails.sort_values("t_s").groupby("name")]
 
-        def rail_joules(start: float, end: float) -> float | None:
-            if any(times.size < 2 or start < times[0] or end > times[-1] for times, _ in counters):
-                return None
-            return float(sum(np.interp(end, times, values) - np.interp(start, times, values) for times, values in counters))
-        return "power rails (sum of every channel)", rail_joules
+    def rail_joules(start: float, end: float) -> float | None:
+        if any(times.size < 2 or start < times[0] or end > times[-1] for times, _ in counters):
+            return None
+        return float(sum(np.interp(end, times, values) - np.interp(start, times, values) for times, values in counters))
+    return "power rails (sum of every channel)", rail_joules
+
+
+def _battery_meter(samples: pd.DataFrame):
     power = sample_series(samples, "battery", "power")
     if power.empty:
-        return None, None
+        return None
     times, watts = power["t_s"].to_numpy(dtype=float), power["value"].to_numpy(dtype=float)
     order = np.argsort(times)
     return "battery power (V x I)", lambda start, end: integrate_window(times[order], watts[order], start, end)
+
+
+def _energy_meter(samples: pd.DataFrame, windows: list[tuple[float, float]]):
+    """(source, joules(start, end) or None when not covered): of the power rails' counters summed
+    (they stay valid while charging) and battery power integrated, the meter that covers the most
+    request windows, the rails on a tie. A dumpsys-only phone can have a single rail reading, which
+    covers nothing, while its battery power covers every window."""
+    meters = [meter for meter in (_rail_meter(samples), _battery_meter(samples)) if meter is not None]
+    if not meters:
+        return None, None
+    covered = [sum(meter[1](start, end) is not None for start, end in windows) for meter in meters]
+    return meters[int(np.argmax(covered))]  # argmax keeps the first (rails) on a tie
 
 
 @dataclass
@@ -206,72 +221,111 @@ class _Phase:
         return joules / self.tokens if joules is not None and self.tokens else None
 
 
-def _phase_energy(frame: pd.DataFrame, joules) -> tuple[_Phase, _Phase, _Phase, dict, int]:
-    """Whole requests, prefill (sent to first token, per evaluated prompt token), decode (first
-    token to last, per generated token), each repetition's (whole, prefill, decode), and how many
-    windows were covered."""
+@dataclass
+class _Phases:
+    """One set of phases (the run's, or one repetition's): every covered window (whole), the windows
+    that generated tokens (J per generated token: the one definition), prefill and decode."""
+    whole: _Phase
+    generating: _Phase
+    prefill: _Phase
+    decode: _Phase
+
+    @classmethod
+    def empty(cls) -> "_Phases":
+        return cls(_Phase(), _Phase(), _Phase(), _Phase())
+
+
+def _phase_energy(frame: pd.DataFrame, joules) -> tuple[_Phases, dict, int]:
+    """The run's phases, each repetition's, and how many windows were covered. A request that
+    generated tokens: prefill is sent to first token (per evaluated prompt token), decode is first
+    token to last, per the tokens that window produced (generated - 1: the first belongs to
+    prefill, as decode t/s counts it). A request with no first-token time (a llama-bench tg row)
+    has no prompt phase: all of it is decode, per its tokens. A prompt-only window (a llama-bench
+    pp row) is prefill, per prompt token, and never in J per generated token."""
     starts, ends = request_windows(frame)
     ttft = pd.to_numeric(frame["ttft_ms"], errors="coerce").to_numpy(dtype=float) / 1000
     tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
     evaluated = (pd.to_numeric(frame["prompt_tokens"]) - pd.to_numeric(frame["cached_tokens"])).to_numpy(dtype=float)
     repetitions = frame["repetition"].to_numpy()
-    whole, prefill, decode, per_repetition, covered = _Phase(), _Phase(), _Phase(), {}, 0
+    run, per_repetition, covered = _Phases.empty(), {}, 0
     for i, (start, end) in enumerate(zip(starts, ends)):
         energy = joules(start, end)
         if energy is None:
             continue
         covered += 1
-        phases = per_repetition.setdefault(repetitions[i], (_Phase(), _Phase(), _Phase()))
-        for phase in (whole, phases[0]):
-            phase.add(energy, end - start, tokens[i])
-        first = joules(start, start + ttft[i]) if np.isfinite(ttft[i]) and 0 < ttft[i] < end - start and tokens[i] else None
-        if first is not None:
-            for phase in (prefill, phases[1]):
-                phase.add(first, ttft[i], evaluated[i])
-            for phase in (decode, phases[2]):
-                phase.add(energy - first, end - start - ttft[i], tokens[i])
-    return whole, prefill, decode, per_repetition, covered
+        targets = (run, per_repetition.setdefault(repetitions[i], _Phases.empty()))
+        seconds = end - start
+        first = None
+        if tokens[i] > 0 and np.isfinite(ttft[i]) and 0 < ttft[i] < seconds:
+            first = joules(start, start + ttft[i])
+        for phases in targets:
+            phases.whole.add(energy, seconds, tokens[i])
+            if tokens[i] <= 0:
+                phases.prefill.add(energy, seconds, evaluated[i])
+                continue
+            phases.generating.add(energy, seconds, tokens[i])
+            if first is not None:
+                phases.prefill.add(first, ttft[i], evaluated[i])
+                phases.decode.add(energy - first, seconds - ttft[i], tokens[i] - 1)
+            elif not np.isfinite(ttft[i]):
+                phases.decode.add(energy, seconds, tokens[i])
+    return run, per_repetition, covered
 
 
 def energy_phases(requests: pd.DataFrame, samples: pd.DataFrame, *, idle: dict | None,
                   capacity_mah: float | None, charging: bool | None, rail_source: str | None = None) -> dict:
     """Energy above idle, split at each request's first token: prefill J per evaluated prompt token
-    and decode J per generated token, total and above the idle power measured before the first
-    request; a 95% bootstrap interval of J/token over repetitions; and, from the battery's capacity,
-    tokens per full charge and hours of continuous generation, as a projection."""
-    source, joules = _energy_meter(samples)
+    and decode J per token of the decode window, total and above the idle power measured before the
+    first request; J per generated token over the windows that generated tokens; a 95% bootstrap
+    interval of J/token over repetitions; and, from the battery's capacity, tokens per full charge
+    and hours of continuous generation, as a projection. Valid only when every request window is
+    covered (and, from the battery, not on external power); otherwise nothing is compared."""
     frame = measured_requests(requests)
+    windows = list(zip(*request_windows(frame))) if not frame.empty else []
+    source, joules = _energy_meter(samples, windows)
     if joules is None or frame.empty:
         return {"available": False, "reason": "no power rails and no battery power samples"}
-    result: dict = {"available": True, "source": source}
+    result: dict = {"available": True, "source": source, "valid": True}
     if source.startswith("power rails") and rail_source == "dumpsys":
         result["split"] = ("by time: dumpsys reads the rails only before and after each request, so the energy "
                            "between is shared out in proportion to prefill and decode time")
-    if source.startswith("battery") and charging:
-        result.update(valid=False, reason="on external power: the battery's power is not the device's")
     idle_j = joules(idle["start_s"], idle["end_s"]) if idle and idle.get("end_s") is not None else None
     idle_w = idle_j / (idle["end_s"] - idle["start_s"]) if idle_j is not None else None
     result.update(idle_w=idle_w, idle_s=idle["end_s"] - idle["start_s"] if idle_w is not None else None,
                   screen_on=(idle or {}).get("screen_on"))
-    whole, prefill, decode, per_repetition, covered = _phase_energy(frame, joules)
+    run, per_repetition, covered = _phase_energy(frame, joules)
     if not covered:
         return {**result, "available": False, "reason": "no request window is covered by the power readings"}
-    repetition_jpt = [whole_r.joules / whole_r.tokens for whole_r, _, _ in per_repetition.values() if whole_r.tokens > 0]
+    if source.startswith("battery") and charging:
+        result.update(valid=False, reason="on external power: the battery's power is not the device's")
+    elif covered < len(frame):
+        result.update(valid=False, reason=f"the power readings cover {covered} of {len(frame)} request windows; "
+                                          "partial coverage is not a measurement of the run")
+    generating, prefill, decode = run.generating, run.prefill, run.decode
+    repetition_jpt = [p.generating.per_token(p.generating.joules) for p in per_repetition.values()]
+    repetition_jpt = _finite(repetition_jpt)
     ci = bootstrap_median_ci(repetition_jpt) if len(repetition_jpt) >= 2 else None
     result.update(
-        requests_covered=covered, requests=int(len(frame)), seconds=whole.seconds, energy_j=whole.joules,
-        energy_above_idle_j=whole.above(idle_w), mean_power_w=whole.joules / whole.seconds if whole.seconds else None,
-        j_per_token=whole.per_token(whole.joules), j_per_token_above_idle=whole.per_token(whole.above(idle_w)),
+        requests_covered=covered, requests=int(len(frame)), seconds=run.whole.seconds, energy_j=run.whole.joules,
+        energy_above_idle_j=run.whole.above(idle_w),
+        mean_power_w=run.whole.joules / run.whole.seconds if run.whole.seconds else None,
+        j_per_token=generating.per_token(generating.joules),
+        j_per_token_above_idle=generating.per_token(generating.above(idle_w)),
         j_per_token_ci95=list(ci) if ci else None, j_per_token_repetitions=len(repetition_jpt),
         prefill_j=prefill.joules, prefill_j_per_prompt_token=prefill.per_token(prefill.joules),
         prefill_j_per_prompt_token_above_idle=prefill.per_token(prefill.above(idle_w)),
         decode_j=decode.joules, decode_j_per_token=decode.per_token(decode.joules),
         decode_j_per_token_above_idle=decode.per_token(decode.above(idle_w)))
-    result["projection"] = _battery_projection(samples, capacity_mah, result["j_per_token"], result["mean_power_w"])
-    result["per_repetition"] = {  # compared by `bench compare` like the other per-repetition metrics
-        "decode_j_per_token": _finite(d.per_token(d.joules) for _, _, d in per_repetition.values()),
-        "prefill_j_per_prompt_token": _finite(p.per_token(p.joules) for _, p, _ in per_repetition.values()),
-        "j_per_token_above_idle": _finite(w.per_token(w.above(idle_w)) for w, _, _ in per_repetition.values())}
+    result["projection"] = _battery_projection(samples, capacity_mah, result["j_per_token"],
+                                               generating.joules / generating.seconds if generating.seconds else None)
+    # compared by `bench compare` like the other per-repetition metrics; never from a run whose
+    # windows are not all covered (a part of a run is not a measurement of it)
+    compared = result["valid"] or (source.startswith("battery") and charging)  # charging: compare skips energy itself
+    phases = list(per_repetition.values()) if compared and covered == len(frame) else []
+    result["per_repetition"] = {
+        "decode_j_per_token": _finite(p.decode.per_token(p.decode.joules) for p in phases),
+        "prefill_j_per_prompt_token": _finite(p.prefill.per_token(p.prefill.joules) for p in phases),
+        "j_per_token_above_idle": _finite(p.generating.per_token(p.generating.above(idle_w)) for p in phases)}
     return result
 
 

@@ -22,18 +22,25 @@ def thread_placement(requests: pd.DataFrame, samples: pd.DataFrame, *, clusters:
     counters = sample_series(samples, "threads")
     if frame.empty or counters.empty:
         return {"available": False, "reason": "no thread readings (telemetry off, or no /proc/PID/task)"}
+    # only the requests' own windows: cooldown waits and think time between them are idle by design,
+    # and would read as threads not busy
     starts, ends = request_windows(frame)
-    start, end = float(starts.min()), float(np.nanmax(ends))
     per_cpu: dict[int, float] = {}
     for name, series in counters[counters["name"] != "busy"].groupby("name"):
         times, values = series["t_s"].to_numpy(dtype=float), series["value"].to_numpy(dtype=float)
         order = np.argsort(times)
-        used = float(np.interp(end, times[order], values[order], left=0.0) -
-                     np.interp(start, times[order], values[order], left=0.0))
+        used = float(np.sum(np.interp(ends, times[order], values[order], left=0.0) -
+                            np.interp(starts, times[order], values[order], left=0.0)))
         if used > 0:
             per_cpu[int(str(name)[3:])] = used
     total = sum(per_cpu.values())
-    busy = counters[(counters["name"] == "busy") & (counters["t_s"] >= start) & (counters["t_s"] <= end)]["value"]
+    # a tick counts the threads that ran since the tick before: only a tick whose whole interval lies
+    # inside one request's window says how many threads that request kept busy
+    busy_rows = counters[counters["name"] == "busy"].sort_values("t_s")
+    stamps = busy_rows["t_s"].to_numpy(dtype=float)
+    previous = np.concatenate([[-np.inf], stamps[:-1]])
+    inside = ((previous[:, None] >= starts[None, :]) & (stamps[:, None] <= ends[None, :])).any(axis=1)
+    busy = busy_rows["value"][inside]
     groups = [(c.get("name") or f"cpu{format_cpus(tuple(c['cpus']))}", tuple(c["cpus"])) for c in clusters] or \
         [(f"cpu{cpu}", (cpu,)) for cpu in sorted(per_cpu)]
     shares = {name: (sum(per_cpu.get(cpu, 0.0) for cpu in cpus) / total if total else None) for name, cpus in groups}

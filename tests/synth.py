@@ -15,7 +15,7 @@ from bench.summary import run_summary
 def write_run(root: Path, decode_tps: Sequence[float], *, ttft_ms: Sequence[float] | None = None,
               model_sha: str = "a" * 64, scenario_hash: str = "s" * 64, charging: bool = False,
               power_w: float | None = None, samples_per_rep: int = 5, rss_bytes: float = 3e8,
-              name: str = "run") -> Path:
+              name: str = "run", build: str = "0.3.36", started_at: str | None = None) -> Path:
     writer = RunWriter(root, f"20260101T000000Z-host-{name}-quick")
     t = 0.0
     samples: list[Sample] = []
@@ -35,7 +35,8 @@ def write_run(root: Path, decode_tps: Sequence[float], *, ttft_ms: Sequence[floa
         "status": "complete",
         "device": {"kind": "host", "profile": "host", "manufacturer": None, "model": "cpu", "device": "box"},
         "model": {"alias": "m", "sha256": model_sha, "quant": "Q4_0"},
-        "runtime": {"kind": "llama-cpp-python", "version": "0.3.36", "threads": 2},
+        "runtime": {"kind": "llama-cpp-python", "version": build, "threads": 2},
+        **({"started_at": started_at} if started_at else {}),
         "scenario": {"name": "quick", "hash": scenario_hash},
         "harness": {"version": "test"},
     }
