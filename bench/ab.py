@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import StoreError
+from .errors import BenchError, StoreError
 from .files import atomic_write_json
 from .progress import Progress
 from .runner import RunOptions, Target, run_benchmark
@@ -77,28 +77,40 @@ def load_pairs(directory: Path) -> tuple[list[Pair], dict] | None:
 
 def run_ab(directory: Path, pairs: int, make_run: Callable[[str, int], tuple[RunOptions, Target]],
            progress: Progress, meta: dict) -> AbResult:
-    """Run `pairs` ABBA pairs; ab.json is rewritten after every pair. A run that does not complete
-    (a failure, Ctrl-C) ends the A/B there: the complete pairs are kept and compared."""
+    """Run `pairs` ABBA pairs; ab.json is rewritten after every pair, "running" until the last.
+    A run that does not complete or cannot start (a failure, a preflight such as the battery guard
+    tripping mid-way, Ctrl-C) ends the A/B there: the complete pairs are kept and compared, and
+    ab.json says "partial" with why, so a later `bench compare` says so too."""
     done: list[Pair] = []
     status, reason = "complete", None
     task = progress.task(f"A/B: {pairs} pairs, ABBA order", pairs)
-    for index, order in enumerate(abba_order(pairs)):
-        dirs: dict[str, Path] = {}
-        for side in order:
-            options, target = make_run(side, index)
-            try:
-                result = run_benchmark(options, target, progress)
-            finally:
-                target.release()
-            dirs[side] = result.run_dir
-            if result.status != "complete":
-                status, reason = "partial", f"pair {index} ({side}): run {result.status}: {result.reason}"
+    _write(directory, meta, done, "running", None)
+    try:
+        for index, order in enumerate(abba_order(pairs)):
+            dirs: dict[str, Path] = {}
+            for side in order:
+                try:
+                    options, target = make_run(side, index)
+                    try:
+                        result = run_benchmark(options, target, progress)
+                    finally:
+                        target.release()
+                except BenchError as error:
+                    status, reason = "partial", f"pair {index} ({side}): {error}"
+                    break
+                dirs[side] = result.run_dir
+                if result.status != "complete":
+                    status, reason = "partial", f"pair {index} ({side}): run {result.status}: {result.reason}"
+                    break
+            if reason is not None:
                 break
-        if reason is not None:
-            break
-        done.append(Pair(index, order, str(dirs["base"].relative_to(directory)), str(dirs["head"].relative_to(directory))))
-        _write(directory, meta, done, status, reason)
-        task.advance(1)
+            done.append(Pair(index, order, str(dirs["base"].relative_to(directory)),
+                             str(dirs["head"].relative_to(directory))))
+            _write(directory, meta, done, "running", None)
+            task.advance(1)
+    except BaseException:  # Ctrl-C, SIGTERM: the record says the A/B stopped, then the signal goes on
+        _write(directory, meta, done, "partial" if done else "failed", f"interrupted after {len(done)} of {pairs} pairs")
+        raise
     task.done()
     if not done:
         status = "failed"
