@@ -44,7 +44,12 @@ class _BarTask:
 
 
 class BarProgress:
-    """Live bars on stderr for every step a user waits for (downloads, load, repetitions)."""
+    """Live bars on stderr for every step a user waits for (downloads, load, repetitions). A console
+    shows one live display at a time (rich raises LiveError on a second): a BarProgress opened while
+    another is live on the same console, as a phone runtime built inside `bench ab` or a matrix
+    is, adds its bars to the live one."""
+
+    _open: dict[int, "BarProgress"] = {}  # console id -> the outermost BarProgress open on it
 
     def __init__(self, console: Console):
         self.console = console
@@ -53,11 +58,17 @@ class BarProgress:
         self.bytes_bar = RichBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), console=console, transient=False)
         self._live: list[RichBar] = []
+        self._outer: BarProgress | None = None
 
     def __enter__(self):
+        self._outer = BarProgress._open.setdefault(id(self.console), self)
+        if self._outer is self:
+            self._outer = None
         return self
 
     def __exit__(self, *exc):
+        if self._outer is None:
+            BarProgress._open.pop(id(self.console), None)
         for bar in self._live:
             bar.stop()
 
@@ -70,6 +81,8 @@ class BarProgress:
         return bar
 
     def task(self, label: str, total: float | None = None, unit: str = "") -> _BarTask:
+        if self._outer is not None:
+            return self._outer.task(label, total, unit)
         bar = self._start(self.bytes_bar if unit == "B" else self.bar)
         return _BarTask(bar, bar.add_task(label, total=total))
 

@@ -3,6 +3,9 @@ the installed llama-cpp-python's sdist vendors (or from --src), cached per commi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+
 import hashlib
 import importlib.metadata
 import json
@@ -312,6 +315,26 @@ def build(plan: BuildPlan, progress: Progress | None = None) -> Path:
     progress = progress or NullProgress()
     if installed(plan):
         return plan.install_dir
+    with build_lock(plan.install_dir):
+        if installed(plan):  # another run (a matrix's other device) built it while this one waited
+            return plan.install_dir
+        return _build(plan, progress)
+
+
+@contextlib.contextmanager
+def build_lock(install_dir: Path):
+    """One build of a variant at a time, across threads and processes: an exclusive lock on a file
+    beside the install folder, held until the build is installed or has failed."""
+    install_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(install_dir.with_name(install_dir.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(plan: BuildPlan, progress: Progress) -> Path:
     plan.build_dir.mkdir(parents=True, exist_ok=True)
     log = plan.build_dir / "build.log"
     configure = progress.task(f"cmake configure ({plan.target})")
