@@ -352,6 +352,8 @@ class _Run:
             summary = {}
             self.warn(f"the summary could not be computed: {type(error).__name__}: {error}")
         self.event("phase", "run finished", status=status)
+        # what the target does after the run (its release, a retried restore) has no run to report into
+        self.target.event = lambda *args, **kwargs: None
         self.writer.close()
         try:
             write_parquet(self.writer.dir, (data.requests, data.samples) if data is not None else None)

@@ -16,6 +16,7 @@ import pytest
 
 from bench.android import adb
 from bench.android.lock import LOCK_DIR, DeviceBusy, DeviceLock, LockOwner
+from bench.sim import control
 from bench.store import load_run
 from conftest import REPO, bench_cli, long_run
 from netns_lab import relay
@@ -297,3 +298,24 @@ def test_a_device_port_already_taken_is_not_a_failed_run(start_sim, host_runtime
             assert runtime.complete("Hi", n_predict=4, ignore_eos=True, keep_cache=False, temperature=0, seed=1).gen_tokens == 4
         finally:
             target.release()
+
+
+@pytest.mark.slow
+def test_fixed_performance_that_could_not_be_turned_off_keeps_its_record(start_sim, host_runtime, smollm2_path, tmp_path):
+    """Issue 20.15: turning the mode off fails at the end of a run (a busy power HAL) but the lock
+    release would succeed: the record must survive, so the next run turns the mode off."""
+    info = start_sim()
+    phone = adb.Device(info.serial)
+    mode = lambda: phone.shell("cat /sim/state/fixed_performance.txt").stdout.strip()  # noqa: E731
+    control.inject(info, "performance-stuck", count=2)  # the run's cleanup and its release both fail
+    first = bench_cli("run", "--device", info.serial, "--scenario", str(_scenario(tmp_path)), "--out",
+                      str(tmp_path / "a"), "--json", "--no-telemetry", "--fixed-performance")
+    assert mode() == "true" and "Traceback" not in first.stderr, first.stderr[-2000:]
+    owner = _owner(phone)
+    assert owner is not None and owner.fixed_performance, "the record that the mode is on was lost"
+    second = bench_cli("run", "--device", info.serial, "--scenario", str(_scenario(tmp_path)), "--out",
+                       str(tmp_path / "b"), "--json", "--no-telemetry")
+    assert second.returncode == 0, second.stderr[-3000:]
+    warnings = load_run(json.loads(second.stdout)["run_dir"]).run["warnings"]
+    assert any("turned off fixed performance mode left on by" in w for w in warnings), warnings
+    assert mode() == "false" and phone.shell(f"ls -d {LOCK_DIR} 2>/dev/null").stdout.strip() == ""

@@ -733,13 +733,25 @@ class AndroidTarget:
         return done
 
     def _teardown(self) -> list[str]:
-        """Server, performance mode, lock: each step is tried; returns what failed."""
+        """Server, performance mode, lock: each step is tried; returns what failed. When fixed
+        performance mode could not be turned off, the lock stays as the record that says it is on
+        (its holder ended, so it is stale): the next run takes it over and turns the mode off,
+        where a released lock would leave later runs reading clocks held with no record of it."""
         failures = []
-        for step in (self.stop_server, self.restore_performance, self.lock.release):
+        for step in (self.stop_server, self.restore_performance):
             try:
                 step()
             except (AdbFailure, RunFailed) as error:
                 failures.append(f"{step.__name__}: {error}")
+        try:
+            if self._fixed_enabled:
+                self.lock.leave_as_record()
+                failures.append("fixed performance mode is still on: the device lock is left as its record, and "
+                                "the next run or `bench devices --reset` turns it off")
+            else:
+                self.lock.release()
+        except (AdbFailure, RunFailed) as error:
+            failures.append(f"release: {error}")
         return failures
 
     def reachable(self) -> bool:

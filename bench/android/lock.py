@@ -187,6 +187,12 @@ class DeviceLock:
         finally:
             self._close_holder()
 
+    def leave_as_record(self) -> None:
+        """End the holder but keep the lock and its owner record: a lock whose holder is gone is
+        stale, and the run that takes it over undoes what the record says this run left on."""
+        self.held = False
+        self._close_holder()
+
     def _close_holder(self) -> None:
         if self._holder is not None:
             self._holder.close()

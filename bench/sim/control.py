@@ -120,14 +120,15 @@ def plan_start(cache: Path, *, name: str = "sim", port: int | None = None, profi
     return next(p for p in range(FIRST_PORT, FIRST_PORT + 500) if p not in taken and _port_free(p))
 
 
-FAULTS = ("cable", "reboot", "disk-full", "memory-pressure", "rail-glitch", "stall", "clock-jump")
+FAULTS = ("cable", "reboot", "disk-full", "memory-pressure", "rail-glitch", "performance-stuck", "stall", "clock-jump")
 
 
 def inject(info: SimInfo, fault: str, timeout: float = 5.0, **params) -> None:
     """Make the running sim suffer a fault now: `cable` (the cable is pulled for offline_s),
     `reboot` (every process on the phone dies and it is unreachable for offline_s), `disk-full`
     (/data has no room left), `memory-pressure` (the low-memory killer kills any process above
-    limit_mb), `rail-glitch` (the next `count` energy-meter dumps fail, as a busy HAL's do), `stall`
+    limit_mb), `rail-glitch` (the next `count` energy-meter dumps fail, as a busy HAL's do),
+    `performance-stuck` (the next `count` requests to turn fixed performance off fail), `stall`
     (the processes whose command line holds `match` are frozen for seconds_s, as a starved or dozing
     phone's are), `clock-jump` (a sim started with clock.adjustable=true moves its wall clock by
     `seconds`, as network time or a user does). Returns once the sim has applied it."""

@@ -107,6 +107,13 @@ esac
 _CMD = r"""#!/system/bin/sh
 # cmd SERVICE ...: what the sim models: power set-fixed-performance-mode-enabled true|false
 if [ "$1" = power ] && [ "$2" = set-fixed-performance-mode-enabled ]; then
+  if [ "$3" = false ] && [ -r /sim/state/performance_stuck ]; then
+    read -r stuck < /sim/state/performance_stuck
+    if [ "${stuck:-0}" -gt 0 ]; then
+      echo $((stuck - 1)) > /sim/state/performance_stuck
+      echo "Error: the power HAL did not answer (binder transaction failed)"; exit 255
+    fi
+  fi
   id=$$.${RANDOM:-0}
   printf 'cmd %s\n' "$*" > /sim/control/.$id.tmp && mv /sim/control/.$id.tmp /sim/control/$id.cmd
   n=0

@@ -112,6 +112,8 @@ class _Phone:
             self.physics.lmkd.limit_bytes = int(float(fault.get("limit_mb", 64)) * 2**20)
         elif kind == "rail-glitch":  # the dumpsys shim fails this many energy-meter dumps
             self.sandbox.write_state("rail_glitch", f"{int(fault.get('count', 1))}\n")
+        elif kind == "performance-stuck":  # the power HAL fails this many requests to leave fixed performance
+            self.sandbox.write_state("performance_stuck", f"{int(fault.get('count', 1))}\n")
         elif kind == "clock-jump":  # network time or a user moves the wall clock
             self.sandbox.jump_clock(float(fault.get("seconds", 5.0)))
         elif kind == "stall":
