@@ -34,15 +34,18 @@ def telemetry_gaps(samples: pd.DataFrame, hz: float | None) -> list[dict]:
 
 
 def self_checks(requests: pd.DataFrame, samples: pd.DataFrame, *, decode_median: float | None,
-                ceiling_tps: float | None, telemetry_hz: float | None, clock: dict | None) -> list[dict]:
+                ceiling_tps: float | None, telemetry_hz: float | None, clock: dict | None,
+                roofline_note: str | None = None) -> list[dict]:
     """Checks every run's numbers must pass, each {name, ok (None: could not be checked), detail,
     invalidates}: a failed check that invalidates makes the run's figures invalid."""
-    return [_roofline_check(decode_median, ceiling_tps), _token_count_check(requests), _clock_check(clock),
-            _gap_check(samples, telemetry_hz)]
+    return [_roofline_check(decode_median, ceiling_tps, roofline_note), _token_count_check(requests),
+            _clock_check(clock), _gap_check(samples, telemetry_hz)]
 
 
-def _roofline_check(decode_median: float | None, ceiling_tps: float | None) -> dict:
+def _roofline_check(decode_median: float | None, ceiling_tps: float | None, note: str | None = None) -> dict:
     check = {"name": "roofline", "invalidates": True}
+    if note:
+        return {**check, "ok": None, "detail": f"not checked: {note}"}
     if not (ceiling_tps and decode_median):
         return {**check, "ok": None, "detail": "not checked: memory bandwidth or decode speed unknown"}
     if decode_median <= ceiling_tps:

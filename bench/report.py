@@ -153,6 +153,8 @@ def _threads(run: dict) -> list[str]:
 
 def _roofline(run: dict) -> list[str]:
     summary, device, model = run.get("summary") or {}, run.get("device", {}), run.get("model", {})
+    if summary.get("roofline_note"):
+        return ["## Roofline", "", f"No ceiling: {summary['roofline_note']}.", ""]
     if not summary.get("roofline_ceiling_tps"):
         return ["## Roofline", "", "No ceiling: memory bandwidth or decode speed unknown.", ""]
     return ["## Roofline", "",

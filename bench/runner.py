@@ -493,7 +493,8 @@ class _Run:
                                          fixed_performance=fixed)
         summary = run_summary(data.requests, data.samples, final_peak_rss=self._final_peak,
                               bandwidth_gbs=facts.memory_bandwidth_gbs, model_bytes=self.options.model.bytes,
-                              charging=validity["charging"], throttled=validity["throttled"], fixed_performance=fixed)
+                              charging=validity["charging"], throttled=validity["throttled"], fixed_performance=fixed,
+                              last_level_cache_bytes=facts.extra.get("last_level_cache_bytes"))
         summary["validity"].update(external_power_detected=validity["external_power_detected"],
                                    declared_unplugged=validity["declared_unplugged"])
         summary["energy"] = energy_summary(data.requests, data.samples, charging=validity["charging"],
@@ -501,7 +502,7 @@ class _Run:
         summary["rail_energy"] = rail_energy_summary(data.requests, data.samples, self.rail_source or "dumpsys")
         checks = self_checks(data.requests, data.samples, decode_median=summary.get("decode_tps_median"),
                              ceiling_tps=summary.get("roofline_ceiling_tps"), telemetry_hz=self.options.telemetry_hz,
-                             clock=self.meta["telemetry"].get("clock_check"))
+                             clock=self.meta["telemetry"].get("clock_check"), roofline_note=summary.get("roofline_note"))
         failed = [c for c in checks if c["ok"] is False and c["invalidates"]]
         summary["validity"].update(checks=checks, valid=not failed,
                                    invalid_reason="; ".join(c["detail"] for c in failed) or None)

@@ -86,7 +86,8 @@ def max_temperature_c(samples: pd.DataFrame) -> float | None:
 
 def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss: float | None = None,
                 bandwidth_gbs: float | None = None, model_bytes: int | None = None,
-                charging: bool | None = None, throttled: bool | None = None, fixed_performance: bool = False) -> dict:
+                charging: bool | None = None, throttled: bool | None = None, fixed_performance: bool = False,
+                last_level_cache_bytes: int | None = None) -> dict:
     metrics = request_metrics(requests)
     decode = metrics["decode_tps"].summary
     measured = measured_requests(requests)
@@ -106,12 +107,15 @@ def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss
     summary["per_repetition"] = repetition_values(requests, samples, summary["peak_rss_bytes"],
                                                   fixed_performance=fixed_performance)
     summary["max_temperature_c"] = max_temperature_c(samples)
-    if bandwidth_gbs and model_bytes and decode.median:
+    summary["roofline_ceiling_tps"] = summary["roofline_efficiency"] = summary["roofline_note"] = None
+    if model_bytes and last_level_cache_bytes and model_bytes <= last_level_cache_bytes:
+        # its weights can stay in the cache between tokens: DRAM bandwidth does not bound it
+        summary["roofline_note"] = (f"the model ({model_bytes / 2**20:,.1f} MiB) fits in the last-level cache "
+                                    f"({last_level_cache_bytes / 2**20:,.1f} MiB), so memory bandwidth is no ceiling")
+    elif bandwidth_gbs and model_bytes and decode.median:
         ceiling = bandwidth_gbs * 1e9 / model_bytes
         summary["roofline_ceiling_tps"] = ceiling
         summary["roofline_efficiency"] = decode.median / ceiling
-    else:
-        summary["roofline_ceiling_tps"] = summary["roofline_efficiency"] = None
     cv = decode.cv
     summary["validity"] = {
         "charging": charging,

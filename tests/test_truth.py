@@ -379,3 +379,58 @@ def test_every_metric_of_the_catalogue_has_a_known_answer_test():
 def test_request_records_carry_every_request_metric():
     columns = set(RequestRecord.__dataclass_fields__)
     assert {m.name for m in CATALOGUE if m.computed_by == "summary.per_repetition"} <= columns
+
+
+# -- the roofline is a ceiling ---------------------------------------------------------------------
+
+def test_the_roofline_ceiling_holds_a_many_core_host_and_spares_a_model_in_cache():
+    from bench.checks import self_checks
+    from bench.summary import run_summary
+
+    # the workstation: 8 threads decode a 4.4 GB model at 13 t/s, ~57 GB/s; all cores copy 60 GB/s
+    requests = _requests([{"repetition": r, "t_start_s": 10.0 * r, "e2e_ms": 5000.0, "ttft_ms": 100.0, "gen_tokens": 64,
+                           "decode_tps": 13.0, "prefill_tps": 100.0, "itl_p50_ms": 70.0,
+                           "itl_p95_ms": 80.0} for r in range(3)])
+    summary = run_summary(requests, pd.DataFrame(columns=["t_s", "source", "name", "value", "unit"]),
+                          bandwidth_gbs=60.0, model_bytes=4_400_000_000)
+    assert summary["roofline_ceiling_tps"] == pytest.approx(60e9 / 4.4e9)
+    check = self_checks(requests, pd.DataFrame(), decode_median=13.0, ceiling_tps=summary["roofline_ceiling_tps"],
+                        telemetry_hz=None, clock=None)[0]
+    assert check["ok"] is True
+    # a one-thread figure (25 GB/s) would call the same honest run impossible
+    assert self_checks(requests, pd.DataFrame(), decode_median=13.0, ceiling_tps=25e9 / 4.4e9, telemetry_hz=None,
+                       clock=None)[0]["ok"] is False
+    # a 20 MiB model on a 32 MiB last-level cache is not held to DRAM bandwidth
+    small = run_summary(requests, pd.DataFrame(columns=["t_s", "source", "name", "value", "unit"]), bandwidth_gbs=1.0,
+                        model_bytes=20 * 2**20, last_level_cache_bytes=32 * 2**20)
+    assert small["roofline_ceiling_tps"] is None and "last-level cache" in small["roofline_note"]
+    check = self_checks(requests, pd.DataFrame(), decode_median=13.0, ceiling_tps=None, telemetry_hz=None, clock=None,
+                        roofline_note=small["roofline_note"])[0]
+    assert check["ok"] is None and "last-level cache" in check["detail"]
+
+
+def test_host_bandwidth_is_all_cores_and_a_busy_measurement_is_not_cached(tmp_path: Path):
+    import threading
+
+    from bench.host.membw import host_bandwidth_gbs, last_level_cache_bytes, usable_cpus
+
+    assert last_level_cache_bytes() is None or last_level_cache_bytes() > 0
+    stop = threading.Event()
+
+    def spin():  # keeps this process's CPUs busy, as other work on a shared machine does
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinners = [threading.Thread(target=spin) for _ in range(usable_cpus() * 2)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        gbs, source = host_bandwidth_gbs(tmp_path)
+    finally:
+        stop.set()
+        for spinner in spinners:
+            spinner.join()
+    assert gbs and gbs > 0 and "not cached" in source and not (tmp_path / "host-bandwidth.json").exists(), source
+    quiet, source = host_bandwidth_gbs(tmp_path)
+    if "not cached" not in source:  # a quiet moment: cached, and it names the method
+        assert (tmp_path / "host-bandwidth.json").exists() and f"all {usable_cpus()} usable CPUs" in source

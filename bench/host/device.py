@@ -9,6 +9,8 @@ from pathlib import Path
 
 import psutil
 
+from .membw import last_level_cache_bytes
+
 from ..records import DeviceFacts
 
 
@@ -78,5 +80,6 @@ def host_facts() -> DeviceFacts:
             "llama_cpp_python": _package_version("llama-cpp-python"),
             "cpu_max_mhz": frequency.max if frequency and frequency.max else None,
             "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "last_level_cache_bytes": last_level_cache_bytes(),
         },
     )
