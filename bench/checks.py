@@ -68,13 +68,13 @@ def _token_count_check(requests: pd.DataFrame) -> dict:
         return {**check, "ok": None, "detail": "not checked: the runtime does not stream tokens (llama-bench)"}
     off = known & (streamed != counted)
     if not off.any():
-        return {**check, "ok": True, "detail": f"all {int(known.sum())} streamed requests delivered as many token "
-                "events as the runtime says it generated"}
+        return {**check, "ok": True, "detail": f"all {int(known.sum())} streamed requests delivered every token the "
+                "runtime counted, each at most one character's tokens at a time"}
     worst = int(np.argmax(np.where(off, np.abs(streamed - counted), -1)))
     return {**check, "ok": False, "requests": int(off.sum()), "detail": (
-        f"{int(off.sum())} of {int(known.sum())} requests streamed a different number of tokens than the runtime "
-        f"counted (worst: {int(streamed[worst])} streamed, {int(counted[worst])} generated): TTFT and inter-token "
-        "latency come from the streamed tokens and are suspect")}
+        f"{int(off.sum())} of {int(known.sum())} requests did not stream every token the runtime counted one "
+        f"character at a time (worst: {int(streamed[worst])} streamed, {int(counted[worst])} generated): tokens were "
+        "lost or held back in bursts, so TTFT and inter-token latency, taken from the stream, are suspect")}
 
 
 def _clock_check(clock: dict | None) -> dict:

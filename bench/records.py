@@ -138,7 +138,7 @@ class RequestRecord:
     e2e_ms: float | None
     stop_reason: str
     error: str | None = None
-    streamed_tokens: int | None = None  # token events that reached the host; the runtime counted gen_tokens
+    streamed_tokens: int | None = None  # tokens the stream delivered a character at a time; the runtime counted gen_tokens
 
     @property
     def window_s(self) -> tuple[float, float]:

@@ -126,11 +126,17 @@ class Worker:
         done_ns = time.perf_counter_ns()
         perf = lib.llama_perf_context(llm._ctx.ctx)
         token_ns = token_ns[: len(generated)]
+        # llama.cpp's own count of the tokens it sampled (each decode step but the last is one more
+        # eval; an EOS is sampled, not generated), against which the loop's timed tokens are checked.
+        # A prompt evaluated as a single token (all the rest cached) counts in n_eval, not n_p_eval.
+        single_token_prompt = int(perf.n_p_eval) == 0
+        sampled = (int(perf.n_eval) + 1 - (stop_reason == "eos") - single_token_prompt if error is None
+                   else len(generated))
         # Decode: (generated - 1) / first-to-last generated token, the definition llama-server's
         # predicted_ms uses on the phone; the prompt's own eval is prefill.
         decode_ms = (token_ns[-1] - token_ns[0]) / 1e6 if len(token_ns) >= 2 else None
         return {
-            "prompt_tokens": len(tokens), "cached_tokens": cached, "gen_tokens": len(generated),
+            "prompt_tokens": len(tokens), "cached_tokens": cached, "gen_tokens": sampled,
             "sent_ns": sent_ns, "token_ns": token_ns, "done_ns": done_ns,
             "prefill_ms": float(perf.t_p_eval_ms), "prefill_n": int(perf.n_p_eval),
             "decode_ms": decode_ms, "decode_n": len(generated) - 1 if decode_ms else None,

@@ -35,6 +35,11 @@ class _OpenedConnection(http.client.HTTPConnection):
         self.sock.settimeout(self.timeout)
 
 
+# a UTF-8 character is at most 4 bytes, so at most 4 byte-fallback tokens: an event that delivers
+# more was held back (buffered), and its tokens' arrival times are not theirs
+TOKENS_PER_CHARACTER = 4
+
+
 class LlamaServerRuntime:
     kind = "llama-server"
 
@@ -95,7 +100,10 @@ class LlamaServerRuntime:
         token_ns: list[int] = []
         text_parts: list[str] = []
         final: dict = {}
-        streamed = 0  # partial events: one per token llama-server released to the stream
+        # Tokens that reached the host one character at a time: each event's tokens_predicted is the
+        # server's running count, so its increase is how many tokens the event delivered (a token
+        # whose text ends mid UTF-8 character gets no event and comes with the next one)
+        streamed = delivered_before = 0
         sent_ns = time.perf_counter_ns()
         try:
             # The prompt travels as JSON in an HTTP body: it never meets a device shell.
@@ -108,20 +116,25 @@ class LlamaServerRuntime:
                 if not line.startswith(b"data:"):
                     continue
                 event = json.loads(line[5:])
-                if event.get("content"):
-                    token_ns.append(time.perf_counter_ns())
-                    text_parts.append(event["content"])
+                arrived_ns = time.perf_counter_ns()
+                text_parts.append(event.get("content") or "")
+                count = event.get("tokens_predicted")
+                delivered = int(count) - delivered_before if count is not None else int(not event.get("stop"))
+                delivered_before = int(count) if count is not None else delivered_before + delivered
+                if delivered > 0:
+                    token_ns.append(arrived_ns)  # one arrival per event: ITL is the wait for the next text
+                    if delivered <= TOKENS_PER_CHARACTER:
+                        streamed += delivered
                 if event.get("stop"):
                     final = event
                     break
-                streamed += 1
         except (OSError, http.client.HTTPException, ValueError) as error:
             raise ServerGone(f"the stream from llama-server broke: {error}") from None
         finally:
             connection.close()
         done_ns = time.perf_counter_ns()
         timings = final.get("timings") or {}
-        generated = int(final.get("tokens_predicted") or timings.get("predicted_n") or len(token_ns))
+        generated = int(final.get("tokens_predicted") or timings.get("predicted_n") or streamed)
         stop_type = final.get("stop_type") or ("eos" if final.get("stopped_eos") else "length")
         prompt_n = timings.get("prompt_n")
         cached = int(timings.get("cache_n") or 0)
