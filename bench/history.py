@@ -17,19 +17,14 @@ import numpy as np
 from .compare import MATCH_KEYS, run_key, setup_label
 from .errors import UsageError
 from .files import atomic_write_bytes, atomic_write_json
+from .metrics import BY_NAME
 from .store import find_runs, load_run_meta
 from .summary import run_repetition_values
 
 SCHEMA_VERSION = 1
-# metric -> (label, unit, scale from the stored unit)
-METRICS = {
-    "decode_tps": ("Decode", "tokens/s", 1.0),
-    "prefill_tps": ("Prefill", "tokens/s", 1.0),
-    "ttft_ms": ("Time to first token", "ms", 1.0),
-    "peak_rss_bytes": ("Peak RSS", "MiB", 1 / 2**20),
-    "max_temperature_c": ("Max temperature", "C", 1.0),
-    "j_per_token": ("Energy per token", "J/token", 1.0),
-}
+# metric -> (label, unit, scale from the stored unit), from the one catalogue
+METRICS = {name: (BY_NAME[name].label, BY_NAME[name].unit, BY_NAME[name].scale)
+           for name in ("decode_tps", "prefill_tps", "ttft_ms", "peak_rss_bytes", "max_temperature_c", "j_per_token")}
 
 
 @dataclass(frozen=True)

@@ -12,22 +12,17 @@ import numpy as np
 import pandas as pd
 
 from .energy import window_energy
+from .metrics import BY_NAME, CENSORED_KEY, COMPARED, REQUEST_COLUMNS
 from .stats import Summary, summarize
 from .store import load_run
 from .tables import failed_mask, measured_requests, request_windows, sample_series, series_window, split_series
-from .metrics import CENSORED_KEY, COMPARED
 from .throttle import loops, throttle_times, time_to_throttle
 
 
 # metric -> (requests column, unit, higher_is_better, label)
-REQUEST_METRICS = {
-    "prefill_tps": ("prefill_tps", "tokens/s", True, "Prefill"),
-    "decode_tps": ("decode_tps", "tokens/s", True, "Decode"),
-    "ttft_ms": ("ttft_ms", "ms", False, "Time to first token"),
-    "itl_p50_ms": ("itl_p50_ms", "ms", False, "Inter-token latency p50"),
-    "itl_p95_ms": ("itl_p95_ms", "ms", False, "Inter-token latency p95"),
-    "e2e_ms": ("e2e_ms", "ms", False, "End-to-end request"),
-}
+# the request-level metrics, as the catalogue defines them: (requests column, unit, higher is better, label)
+REQUEST_METRICS = {name: (name, BY_NAME[name].unit, BY_NAME[name].higher_is_better, BY_NAME[name].label)
+                   for name in REQUEST_COLUMNS}
 
 
 UNSTABLE_CV = 0.10
