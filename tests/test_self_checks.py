@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -130,3 +131,20 @@ def test_a_device_clock_that_jumps_mid_run_is_caught(start_sim, host_runtime, sm
     check = _by_name(run["summary"]["validity"]["checks"])["device_clock"]
     assert check["ok"] is False and check["moved_s"] == pytest.approx(3.0, abs=0.1), check
     assert "jumped +3.0" in check["detail"]
+
+
+@pytest.mark.slow
+def test_a_wall_clock_step_back_moves_no_telemetry_stamp(start_sim, host_runtime, smollm2_path, tmp_path):
+    """Issue 20.12: network time steps the phone's wall clock back 4 s mid-run. The check reports
+    the step, and the samples, stamped on the boot-time clock, keep their pace: no tick lands on an
+    earlier one, and no gap or overlap appears where the step was."""
+    info = start_sim(name="clockback", settings=["clock.adjustable=true"])
+    run, _ = _hurt_mid_run(info.serial, tmp_path, lambda: control.inject(info, "clock-jump", seconds=-4.0),
+                           duration_s=6)
+    check = _by_name(run["summary"]["validity"]["checks"])["device_clock"]
+    assert check["ok"] is False and check["moved_s"] == pytest.approx(-4.0, abs=0.1), check
+    samples = load_run(tmp_path / "r" / run["run_id"]).samples
+    ticks = np.unique(samples[samples["source"] == "system"]["t_s"].to_numpy(dtype=float))
+    steps = np.diff(ticks)
+    assert steps.min() > 0.02 and steps.max() < 1.0, (steps.min(), steps.max())  # 10 Hz, stepped by nothing
+    assert _by_name(run["summary"]["validity"]["checks"])["telemetry_gaps"]["ok"] is True

@@ -1,6 +1,6 @@
 """Telemetry on the device: one long-lived adb shell running a fork-free mksh loop (builtin `read`
-from sysfs and /proc, `$EPOCHREALTIME` stamps, `read -t` on a FIFO as the sleep), parsed on the host
-into samples on the run's clock. Only `dumpsys thermalservice` forks, about once a second.
+from sysfs and /proc, boot-clock stamps from /proc/uptime, `read -t` on a FIFO as the sleep), parsed
+on the host into samples on the run's clock. The wall clock, which phones step, is only checked. Only `dumpsys thermalservice` forks, about once a second.
 
 The loop script is generated from paths the device itself listed and pushed as a file: no text
 from users or files is interpolated into a device shell."""
@@ -101,7 +101,7 @@ fifo=/data/local/tmp/bench/run/telemetry.$$.fifo
 rm -f $fifo; mkfifo $fifo; exec 3<>$fifo; rm -f $fifo
 n=0
 while :; do
-  t=$EPOCHREALTIME
+  read -r t _ < /proc/uptime
   {body}
   rss=; hwm=; swp=; ut=; st=
   if [ -r /proc/$pid/status ]; then
@@ -121,12 +121,14 @@ while :; do
   n=$((n+1))
   if [ $((n % every)) -eq 1 ] || [ $every -eq 1 ]; then
     ts=$(dumpsys thermalservice 2>/dev/null | grep -m1 'Thermal Status')
-    echo "T $EPOCHREALTIME ${{ts##*: }}"
+    read -r tu _ < /proc/uptime
+    echo "T $tu ${{ts##*: }}"
     pss=
     if [ -r /proc/$pid/smaps_rollup ]; then
       while read -r k v u; do case $k in Pss:) pss=$v; break;; esac; done < /proc/$pid/smaps_rollup
     fi
-    echo "M $EPOCHREALTIME $pss"
+    read -r tu _ < /proc/uptime
+    echo "M $tu $pss"
   fi
   read -t $interval -u 3 _ 2>/dev/null
 done
@@ -148,9 +150,9 @@ class AndroidSampler:
         self.statuses: list[tuple[float, str]] = []
         self.ticks = 0
         self.errors = 0
-        self.offset_s = 0.0
+        self.offset_s = 0.0       # device boot clock - run clock: every sample's stamp
+        self.wall_offset_s = 0.0  # device wall clock - run clock, for the clock check only
         self.offset_uncertainty_s = 0.0
-        self.boot_epoch_s: float | None = None
         self.placement = parse.ThreadPlacement()
         self.clock_check: dict | None = None  # device clock vs the host's at start and end (see _check_clock)
         self._started_s = 0.0
@@ -160,29 +162,32 @@ class AndroidSampler:
         self._thread = threading.Thread(target=self._loop, name="bench-android-sampler", daemon=True)
         self._lines = b""
 
-    def _clock_offset(self) -> tuple[float, float, list[str]]:
-        """device epoch - run clock, from a round trip; half the round trip is the uncertainty."""
+    def _clock_offsets(self) -> tuple[float, float, float]:
+        """(device wall clock - run clock, device boot clock - run clock, uncertainty) from one round
+        trip; half the round trip is the uncertainty."""
         before = self.clock.now_s()
         out = self.device.shell("echo $EPOCHREALTIME; read -r up _ < /proc/uptime; echo $up", timeout=10).stdout.split()
         after = self.clock.now_s()
-        return float(out[0]) - (before + after) / 2, (after - before) / 2, out
+        middle = (before + after) / 2
+        return float(out[0]) - middle, float(out[1]) - middle, (after - before) / 2
 
     def _check_clock(self) -> None:
-        """The same round trip at the end: a device clock that jumped (network time, a user) moved
-        every later sample's stamp by as much."""
-        self.clock_check = {"offset_start_s": self.offset_s, "offset_end_s": None,
+        """The same round trip at the end: the wall clock that phones step (network time, a user)
+        against the host's. Telemetry is stamped on the boot clock, which does not step, so a jump
+        moves no figure; the check says it happened."""
+        self.clock_check = {"offset_start_s": self.wall_offset_s, "offset_end_s": None,
                             "uncertainty_s": self.offset_uncertainty_s, "seconds": self.clock.now_s() - self._started_s}
         try:
-            offset, uncertainty, _ = self._clock_offset()
+            wall, _, uncertainty = self._clock_offsets()
         except (AdbFailure, ValueError, IndexError):
             return
-        self.clock_check.update(offset_end_s=offset, uncertainty_s=self.offset_uncertainty_s + uncertainty)
+        self.clock_check.update(offset_end_s=wall, uncertainty_s=self.offset_uncertainty_s + uncertainty)
 
     def start(self) -> "AndroidSampler":
-        self.offset_s, self.offset_uncertainty_s, out = self._clock_offset()
+        # the loop stamps with /proc/uptime (CLOCK_BOOTTIME, 10 ms steps), as the power monitor
+        # stamps its readings: mapped to the run clock once, here
+        self.wall_offset_s, self.offset_s, self.offset_uncertainty_s = self._clock_offsets()
         self._started_s = self.clock.now_s()
-        # the power monitor stamps its readings in ms since boot (CLOCK_BOOTTIME, as /proc/uptime)
-        self.boot_epoch_s = float(out[0]) - float(out[1]) if len(out) > 1 else None
         with tempfile.TemporaryDirectory() as scratch:
             script = Path(scratch) / "telemetry.sh"
             script.write_text(loop_script(self.layout))
@@ -301,12 +306,12 @@ class AndroidSampler:
     def _energy_line(self, text: str) -> list[Sample]:
         """One line of an iio energy_value file: a channel's cumulative energy at the meter's own time."""
         _, readings = parse.parse_iio_energy(text)
-        if not readings or self.boot_epoch_s is None:
+        if not readings:
             return []
         # the loop reads the file every tick; the meter updates at its own pace: keep new readings only
         fresh = [r for r in readings if self._meter_ms.get(r.rail) != r.t_boot_ms]
         self._meter_ms.update((r.rail, r.t_boot_ms) for r in fresh)
-        samples = [Sample(r.t_boot_ms / 1000 + self.boot_epoch_s - self.offset_s, "rail", r.rail, r.joules, "J")
+        samples = [Sample(r.t_boot_ms / 1000 - self.offset_s, "rail", r.rail, r.joules, "J")
                    for r in fresh]
         if samples:
             self.last_rail_s = max(self.last_rail_s or 0.0, *(sample.t_s for sample in samples))
