@@ -9,10 +9,14 @@ samples of a build.
 - several runs a side: a two-level bootstrap (runs, then repetitions) for the interval, and
   Mann-Whitney over run medians once a side has enough runs.
 - one run a side: Mann-Whitney over repetitions and a bootstrap interval, but "regressed" or
-  "improved" also needs the change to exceed the run-to-run noise known for that setup, else it is
-  "suspected" (which fails a gate only with --strict).
-Verdicts need significance and a 95% interval that excludes 1, plus a change beyond the threshold;
-"unchanged" needs the whole interval inside the threshold band. Too few samples are inconclusive."""
+  "improved" also needs the change to exceed the run-to-run noise of earlier runs of the base's
+  setup and build (a t prediction interval), or with none known the metric's stated default bound,
+  else it is "suspected" (which fails a gate only with --strict).
+The gate (prefill, decode, TTFT by default) alone decides the exit code; it and the reported rest
+are each a family tested at ALPHA (Bonferroni within each). Values that are lower bounds (a run
+that never throttled) are never compared as measurements. Verdicts need significance and an
+interval at the metric's level that excludes 1, plus a change beyond the threshold; "unchanged"
+needs the whole interval inside the threshold band. Too few samples are inconclusive."""
 
 from __future__ import annotations
 

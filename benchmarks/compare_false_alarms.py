@@ -3,9 +3,11 @@
 On the host (llama-cpp-python) and on the emulated phone (llama-server behind a private adb
 server), with tiny shapes:
 - A/A: base and head are the same build and model, run as interleaved ABBA pairs (what `bench ab`
-  does). Each comparison is `--pairs` pairs; the share called regressed or improved is the false-
-  alarm rate of the paired design (goal <= 5%). The same runs, taken one pair at a time as single
-  runs, show the rate of the old within-run rule and of the new run-to-run noise gate.
+  does). Each comparison is `--pairs` pairs through `compare_sides`, every metric, with the gate's
+  correction; a gating verdict either way is a false alarm (goal <= 5%).
+- Single runs (`bench compare BASE HEAD`): the same runs one pair at a time, gated by the run-to-run
+  noise of a history (the other A/A runs: the base's build), or by the default bound with none;
+  for the A/B runs also with the head's own slow runs in the history, as the old match allowed.
 - A/B: the head runs with less CPU: held to `--head-cpu-share` of the machine by a cgroup quota
   where one can be made (root, cgroup v1 cpu controller), else beside a CPU burner (a process of
   ours that spins `--burn-duty` of every 10 ms on every core): a real slowdown of roughly 15%; the
@@ -32,13 +34,13 @@ import numpy as np
 from _common import emulated_phone
 
 from bench.catalog import cache_root, model_info
-from bench.compare import METRICS, against_noise, compare_metric, compare_paired, noise_from_medians
+from bench.compare import METRICS, RunValues, compare_sides, make_side, noise_from_medians
+from bench.metrics import CENSORED_KEY
 from bench.config import resolve_scenario
 from bench.host.membw import host_bandwidth_gbs
 from bench.host.target import HostTarget
 from bench.runner import RunOptions, run_benchmark
 
-DECODE = next(m for m in METRICS if m.name == "decode_tps")
 TINY = 'name = "tiny-ab"\nrepetitions = 4\nwarmup = 1\nn_predict = 16\nprompts = ["Hello there."]\n[cooldown]\nmode = "none"\n'
 BURNER = ("import time, sys\nduty = float(sys.argv[1])\n"
           "while True:\n    t = time.perf_counter()\n    while time.perf_counter() - t < duty * 0.01: pass\n"
@@ -81,7 +83,8 @@ def quota_available() -> bool:
     return os.access(CGROUP_V1_CPU / "cgroup.procs", os.W_OK)
 
 
-def decode_values(make_target, scenario, model, out: Path) -> list[float]:
+def run_values(make_target, scenario, model, out: Path) -> RunValues:
+    """One real run; what compare sees of it (every metric, per repetition)."""
     target = make_target()
     try:
         result = run_benchmark(RunOptions(device="ab", scenario=scenario, model=model, out_root=out, telemetry_hz=None),
@@ -90,7 +93,32 @@ def decode_values(make_target, scenario, model, out: Path) -> list[float]:
         target.release()
     if result.status != "complete":
         raise SystemExit(f"run {result.status}: {result.reason}")
-    return list(result.summary["per_repetition"]["decode_tps"])
+    stored = dict(result.summary["per_repetition"])
+    censored = stored.pop(CENSORED_KEY, {})
+    run = {"status": "complete", "device": {"kind": "ab"}, "model": {"sha256": "m"}, "scenario": {"hash": "s"},
+           "runtime": {"kind": "same"}}
+    return RunValues(str(result.run_dir), run, stored, censored)
+
+
+def _alarm(comparison) -> bool:
+    """A gating verdict either way: what fails (or would pass) a PR gate."""
+    return any(m.gating and m.verdict in ("regressed", "improved") for m in comparison.metrics)
+
+
+def single(base: RunValues, head: RunValues, history: list[RunValues] | None):
+    """`bench compare BASE HEAD` with one run a side: the noise band of each metric from the
+    history's run medians (a results folder), or, with none, bench's default bound."""
+    noise = {}
+    for spec in METRICS:
+        medians = [float(np.median(run.values[spec.name])) for run in history or [] if run.values.get(spec.name)]
+        band = noise_from_medians(medians, "earlier runs")
+        if band is not None:
+            noise[spec.name] = band
+    return compare_sides(make_side("base", [base]), make_side("head", [head]), noise=noise)
+
+
+def rate(hits: int, total: int) -> str:
+    return f"{hits}/{total} = {hits / total:.0%}" if total else "n/a"
 
 
 def comparisons(label: str, make_target, count: int, pairs: int, slow_head, slowdown_label: str, out: Path,
@@ -99,8 +127,9 @@ def comparisons(label: str, make_target, count: int, pairs: int, slow_head, slow
     scenario_path.write_text(TINY)
     scenario, model = resolve_scenario(str(scenario_path)), model_info("smollm2-135m")
     started = time.monotonic()
-    aa_paired, ab_paired, slowdowns = [], [], []
-    single_runs: list[tuple[list[float], list[float]]] = []
+    aa_alarms, ab_found, slowdowns = [], [], []
+    aa_single: list[tuple[RunValues, RunValues]] = []
+    ab_single: list[tuple[RunValues, RunValues]] = []
     for design in designs:
         for index in range(count):
             base_runs, head_runs = [], []
@@ -108,37 +137,45 @@ def comparisons(label: str, make_target, count: int, pairs: int, slow_head, slow
                 for side in (("base", "head") if pair % 2 == 0 else ("head", "base")):
                     loaded = slow_head() if design == "A/B" and side == "head" else contextlib.nullcontext()
                     with loaded:
-                        values = decode_values(make_target, scenario, model, out / "runs")
+                        values = run_values(make_target, scenario, model, out / "runs")
                     (base_runs if side == "base" else head_runs).append(values)
-            result = compare_paired(DECODE, base_runs, head_runs, threshold=0.05, seed=index)
+            result = compare_sides(make_side("base", base_runs), make_side("head", head_runs), paired=True)
+            decode = next(m for m in result.metrics if m.spec.name == "decode_tps")
             if design == "A/A":
-                aa_paired.append(result.verdict)
-                single_runs += list(zip(base_runs, head_runs))
+                aa_alarms.append(_alarm(result))
+                aa_single += list(zip(base_runs, head_runs))
             else:
-                ab_paired.append(result.verdict)
-                slowdowns.append(result.change)
-            print(f"  {label} {design} {index + 1}/{count}: {result.verdict} ({result.change:+.1%})", flush=True)
-    # The same A/A runs one pair at a time, as two single runs: the old rule, and the noise gate,
-    # whose noise comes from the other A/A runs (what a results folder holds).
-    medians = [float(np.median(v)) for pair in single_runs for v in pair]
-    old = new = 0
-    for index, (base, head) in enumerate(single_runs):
-        others = medians[:2 * index] + medians[2 * index + 2:]
-        single = compare_metric(DECODE, base, head, threshold=0.05, seed=index)
-        gated = against_noise(single, noise_from_medians(others, "the other A/A runs"))
-        old += single.verdict in ("regressed", "improved")
-        new += gated.verdict in ("regressed", "improved")
-    if aa_paired:
-        alarms = sum(v in ("regressed", "improved") for v in aa_paired)
-        print(f"{label}: {count} A/A comparisons of {pairs} interleaved pairs: false alarms {alarms}/{count} = "
-              f"{alarms / count:.0%} (goal <= 5%)")
-        print(f"{label}: the same A/A runs as {len(single_runs)} single-run comparisons: false alarms "
-              f"{old / len(single_runs):.0%} with the within-run rule alone, {new / len(single_runs):.0%} with the "
-              f"run-to-run noise gate")
-    if ab_paired:
-        found = sum(v == "regressed" for v in ab_paired)
-        print(f"{label}: {count} A/B comparisons, head {slowdown_label} (median slowdown "
-              f"{np.median(slowdowns):+.1%}): found regressed {found}/{count} = {found / count:.0%} (goal >= 90%)")
+                ab_found.append(result.regressed)
+                slowdowns.append(decode.change)
+                ab_single += list(zip(base_runs, head_runs))
+            print(f"  {label} {design} {index + 1}/{count}: {decode.verdict} ({decode.change:+.1%}), gate "
+                  f"{'regressed' if result.regressed else 'alarm' if _alarm(result) else 'quiet'}", flush=True)
+    gate = "prefill, decode and TTFT, each at 0.05/3"
+    if aa_alarms:
+        print(f"{label} paired: {count} A/A comparisons of {pairs} interleaved pairs, gate ({gate}): false alarms "
+              f"{rate(sum(aa_alarms), count)} (goal <= 5%)")
+    if ab_found:
+        print(f"{label} paired: {count} A/B comparisons, head {slowdown_label} (median decode change "
+              f"{np.median(slowdowns):+.1%}): found regressed {rate(sum(ab_found), count)} (goal >= 90%)")
+    # One pair at a time as two single runs (`bench compare BASE HEAD`), with what a results folder holds.
+    aa_runs = [run for pair in aa_single for run in pair]
+    if aa_single:
+        clean = [single(b, h, [r for r in aa_runs if r is not b and r is not h]) for b, h in aa_single]
+        bare = [single(b, h, None) for b, h in aa_single]
+        print(f"{label} single runs, A/A ({len(aa_single)} comparisons): false alarms with the history of the base's "
+              f"build {rate(sum(map(_alarm, clean)), len(clean))}, with no history (default bound) "
+              f"{rate(sum(map(_alarm, bare)), len(bare))} (goal <= 5%)")
+    if ab_single and aa_runs:
+        slow_runs = [head for _, head in ab_single]
+        clean = [single(b, h, aa_runs) for b, h in ab_single]
+        # the old rule: every earlier complete run of the setup, the head's own slow runs among them
+        mixed = [single(b, h, aa_runs + [r for r in slow_runs if r is not h]) for b, h in ab_single]
+        bare = [single(b, h, None) for b, h in ab_single]
+        print(f"{label} single runs, A/B ({len(ab_single)} comparisons): found regressed with the history of the base's "
+              f"build {rate(sum(c.regressed for c in clean), len(clean))}, with no history (default bound) "
+              f"{rate(sum(c.regressed for c in bare), len(bare))}; with the head's own runs in the history (the old "
+              f"match, which the build key now excludes) {rate(sum(c.regressed for c in mixed), len(mixed))} "
+              "(goal >= 90%)")
     print(f"{label}: {time.monotonic() - started:.0f} s")
 
 

@@ -44,3 +44,11 @@ def test_relative_links_resolve():
     for page in PAGES:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.relative_to(REPO)} links to missing {target}"
+
+
+def test_the_metrics_page_lists_every_metric_of_the_catalogue():
+    from bench.metrics import CATALOGUE
+
+    page = (REPO / "docs" / "results-and-metrics.md").read_text()
+    missing = [metric.name for metric in CATALOGUE if f"| `{metric.name}` |" not in page]
+    assert not missing, f"docs/results-and-metrics.md lacks: {missing}"
