@@ -202,16 +202,18 @@ def _energy_phases(run: dict) -> list[str]:
     lines = ["## Energy per phase, above idle", "",
              f"Source: {phases['source']}, {phases['requests_covered']} of {phases['requests']} measured requests "
              "covered. Each request is split at its first token: before it is prefill (J per evaluated prompt "
-             f"token), after it decode (J per generated token){'; split ' + phases['split'] if phases.get('split') else ''}. "
+             "token), after it decode (J per token the decode window produced: generated - 1, as decode t/s counts; "
+             "a llama-bench row is all prefill (pp) or all decode (tg))"
+             f"{'; split ' + phases['split'] if phases.get('split') else ''}. "
              f"{idle_text}"
              + ("" if phases.get("valid", True) else f" **Invalid: {phases.get('reason')}.**"), "",
              "| figure | total | above idle | unit |", "|---|---:|---:|---|",
              f"| energy over the measured requests | {_fmt(phases['energy_j'], 2)} | {_fmt(phases['energy_above_idle_j'], 2)} | J |",
-             f"| energy per generated token (whole request) | {_fmt(phases['j_per_token'], 4)} | "
+             f"| energy per generated token (whole requests that generated tokens) | {_fmt(phases['j_per_token'], 4)} | "
              f"{_fmt(phases['j_per_token_above_idle'], 4)} | J/token |",
              f"| prefill, per evaluated prompt token | {_fmt(phases['prefill_j_per_prompt_token'], 5)} | "
              f"{_fmt(phases['prefill_j_per_prompt_token_above_idle'], 5)} | J/token |",
-             f"| decode, per generated token | {_fmt(phases['decode_j_per_token'], 4)} | "
+             f"| decode, per token of the decode window | {_fmt(phases['decode_j_per_token'], 4)} | "
              f"{_fmt(phases['decode_j_per_token_above_idle'], 4)} | J/token |",
              f"| mean power during the requests | {_fmt(phases['mean_power_w'], 3)} | | W |", "",
              f"J per generated token, spread: {ci_text}.", ""]
@@ -221,7 +223,8 @@ def _energy_phases(run: dict) -> list[str]:
                   f"{projection['volts']:.2f} V ({projection['capacity_j'] / 1000:,.1f} kJ; "
                   f"{(run.get('device', {}).get('extra') or {}).get('battery_capacity_source', 'capacity source unknown')}) "
                   f"would last about {projection['tokens_per_full_charge']:,.0f} generated tokens, or "
-                  f"{projection['hours_of_generation']:.1f} hours of back-to-back generation at this run's mean power, "
+                  f"{projection['hours_of_generation']:.1f} hours of back-to-back generation at this run's mean power "
+                  "while generating, "
                   "if every other drain stayed as it was during the run.", ""]
     return lines
 

@@ -159,6 +159,12 @@ def comparisons(label: str, make_target, count: int, pairs: int, slow_head, slow
               f"{np.median(slowdowns):+.1%}): found regressed {rate(sum(ab_found), count)} (goal >= 90%)")
     # One pair at a time as two single runs (`bench compare BASE HEAD`), with what a results folder holds.
     aa_runs = [run for pair in aa_single for run in pair]
+    for name in ("prefill_tps", "decode_tps", "ttft_ms", "itl_p95_ms"):  # what the default bounds rest on
+        medians = np.array([np.median(run.values[name]) for run in aa_runs if run.values.get(name)])
+        if medians.size >= 2:
+            ratios = np.abs(np.log(medians[:, None] / medians[None, :]))[np.triu_indices(medians.size, 1)]
+            print(f"{label} run-to-run spread of {name} over {medians.size} A/A runs: two runs differ by up to "
+                  f"{np.exp(ratios.max()) - 1:.1%} (95th percentile {np.exp(np.percentile(ratios, 95)) - 1:.1%})")
     if aa_single:
         clean = [single(b, h, [r for r in aa_runs if r is not b and r is not h]) for b, h in aa_single]
         bare = [single(b, h, None) for b, h in aa_single]

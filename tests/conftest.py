@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -10,6 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
+
+# A shell starts a background job (`cmd &`) with SIGINT ignored, and every process it starts, and so
+# every `bench` the tests start, inherits that: Python then never turns SIGINT into Ctrl-C, and the
+# tests that send it see a run go on to its end. Handled here, it resets to the default in children.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 FAULT_TALLY: list[tuple[str, str, str]] = []  # (fault, outcome, test)

@@ -78,6 +78,9 @@ def discover(device: Device) -> Layout:
     return Layout(tuple(zones), tuple(sorted(clusters.items())), tuple(battery), absent, tuple(supplies), tuple(meters))
 
 
+UPTIME_STEP_S = 0.01  # /proc/uptime's resolution
+
+
 def loop_script(layout: Layout) -> str:
     reads = [f'read -r b_{name} < {BATTERY}/{name}' for name in layout.battery_fields]
     fields = [f'b_{name}=$b_{name}' for name in layout.battery_fields]
@@ -169,7 +172,9 @@ class AndroidSampler:
         out = self.device.shell("echo $EPOCHREALTIME; read -r up _ < /proc/uptime; echo $up", timeout=10).stdout.split()
         after = self.clock.now_s()
         middle = (before + after) / 2
-        return float(out[0]) - middle, float(out[1]) - middle, (after - before) / 2
+        # /proc/uptime truncates to 10 ms: the offset and every stamp read it, each centred on its
+        # step, so a stamp is within UPTIME_STEP_S of the boot time it stands for
+        return float(out[0]) - middle, float(out[1]) + UPTIME_STEP_S / 2 - middle, (after - before) / 2 + UPTIME_STEP_S
 
     def _check_clock(self) -> None:
         """The same round trip at the end: the wall clock that phones step (network time, a user)
@@ -227,7 +232,7 @@ class AndroidSampler:
             return []
         if parts[0][:1] == "E" and parts[0][1:].isdigit():
             return self._energy_line(line.split(None, 1)[1])
-        t_s = float(parts[1]) - self.offset_s
+        t_s = float(parts[1]) + UPTIME_STEP_S / 2 - self.offset_s
         if parts[0] == "T":
             if len(parts) >= 3 and parts[2].isdigit():
                 return [Sample(t_s, "thermal", "status", float(parts[2]), "level")]
