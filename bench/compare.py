@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-from .metrics import COMPARED, DEFAULT_RUN_TO_RUN, DEFAULT_RUN_TO_RUN_SOURCE, PRIMARY, Metric
+from .metrics import BY_NAME, COMPARED, DEFAULT_RUN_TO_RUN, DEFAULT_RUN_TO_RUN_SOURCE, PRIMARY, Metric
 from .stats import (bootstrap_median_ci, bootstrap_ratio_ci, finite, hierarchical_ratio_ci, mann_whitney_p,
                     wilcoxon_signed_rank_p)
 
@@ -303,7 +303,8 @@ def against_noise(result: MetricComparison, noise: NoiseBand | None) -> MetricCo
     band = noise.band(result.alpha)
     described = (f"the run-to-run noise of ±{band:.1%} ({noise.runs} earlier runs, {noise.source})" if noise.measured
                  else f"±{band:.0%}, {noise.source}")
-    if abs(result.change) <= band:
+    # a band on a ratio is symmetric on a log scale: ±50% is 1/1.5 to 1.5, so a change of -33% already leaves it
+    if abs(math.log1p(result.change)) <= math.log1p(band):
         return replace(result, verdict="suspected", reason=f"within {described}")
     return replace(result, reason=f"beyond {described}")
 
@@ -377,8 +378,9 @@ class Comparison:
             floor = ", ".join(f"{name} ±{band.band():.1%}" for name, band in list(self.noise.items())[:3] if band.measured)
             return (f"{runs}: repetitions within runs, gated by the run-to-run noise of {measured[0].runs} earlier runs "
                     f"of the base's build ({floor})")
+        bounds = ", ".join(f"{BY_NAME[name].label.lower()} ±{bound:.0%}" for name, bound in DEFAULT_RUN_TO_RUN.items())
         return (f"{runs}: repetitions within runs; no run-to-run noise known for this setup, so a change is a verdict "
-                "only beyond bench's default bound for its metric (decode ±15%, prefill ±25%, TTFT ±30%), else suspected")
+                f"only beyond bench's default bound for its metric ({bounds}), else suspected")
 
 
 def mismatches(base: Side, head: Side, ignore: Sequence[str] = ()) -> list[str]:

@@ -148,8 +148,10 @@ def comparisons(label: str, make_target, count: int, pairs: int, slow_head, slow
                 ab_found.append(result.regressed)
                 slowdowns.append(decode.change)
                 ab_single += list(zip(base_runs, head_runs))
-            print(f"  {label} {design} {index + 1}/{count}: {decode.verdict} ({decode.change:+.1%}), gate "
-                  f"{'regressed' if result.regressed else 'alarm' if _alarm(result) else 'quiet'}", flush=True)
+            alarms = [f"{m.spec.name} {m.verdict} {m.change:+.1%} p={m.p_value:.3g}" for m in result.metrics
+                      if m.gating and m.verdict in ("regressed", "improved")]
+            print(f"  {label} {design} {index + 1}/{count}: decode {decode.verdict} ({decode.change:+.1%}), gate "
+                  f"{'; '.join(alarms) or 'quiet'}", flush=True)
     gate = "prefill, decode and TTFT, each at 0.05/3"
     if aa_alarms:
         print(f"{label} paired: {count} A/A comparisons of {pairs} interleaved pairs, gate ({gate}): false alarms "
