@@ -498,7 +498,7 @@ def markdown(comparisons: Sequence[Comparison]) -> str:
                   "it and the reported rest are each a family tested at 5% in all: a metric's verdict needs p below 0.05 "
                   "/ its family's measured metrics (or, with fewer than 4 runs a side, the two-level interval alone) and "
                   "its interval at that level excluding 1.", "",
-                  "| metric | base | head | change | 95% CI | p | verdict | notes |",
+                  "| metric | base | head | change | CI (at the row's level) | p | verdict | notes |",
                   "|---|---:|---:|---:|---|---:|---|---|"]
         for m in comparison.metrics:
             unit = f" {m.spec.unit}"
