@@ -18,9 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LEVELS = ("repetition", "run")
-
-
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -120,7 +117,3 @@ DEFAULT_RUN_TO_RUN = {
 }
 DEFAULT_RUN_TO_RUN_SOURCE = ("bench's default run-to-run bound (the largest two-run difference its false-alarm "
                              "benchmark measured, with a margin; keep 3+ earlier runs of this setup for a measured one)")
-
-
-def metric(name: str) -> Metric:
-    return BY_NAME[name]

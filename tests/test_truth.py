@@ -410,26 +410,21 @@ def test_the_roofline_ceiling_holds_a_many_core_host_and_spares_a_model_in_cache
 
 
 def test_host_bandwidth_is_all_cores_and_a_busy_measurement_is_not_cached(tmp_path: Path):
-    import threading
+    import subprocess
+    import sys
 
     from bench.host.membw import host_bandwidth_gbs, last_level_cache_bytes, usable_cpus
 
     assert last_level_cache_bytes() is None or last_level_cache_bytes() > 0
-    stop = threading.Event()
-
-    def spin():  # keeps this process's CPUs busy, as other work on a shared machine does
-        while not stop.is_set():
-            sum(range(1000))
-
-    spinners = [threading.Thread(target=spin) for _ in range(usable_cpus() * 2)]
-    for spinner in spinners:
-        spinner.start()
+    # other work on every CPU, as on a shared machine: one spinning process per CPU (threads would
+    # share one interpreter lock and load one core), stopped by their PIDs
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cpus())]
     try:
         gbs, source = host_bandwidth_gbs(tmp_path)
     finally:
-        stop.set()
-        for spinner in spinners:
-            spinner.join()
+        for burner in burners:
+            burner.kill()
+            burner.wait(timeout=10)
     assert gbs and gbs > 0 and "not cached" in source and not (tmp_path / "host-bandwidth.json").exists(), source
     quiet, source = host_bandwidth_gbs(tmp_path)
     if "not cached" not in source:  # a quiet moment: cached, and it names the method
