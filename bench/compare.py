@@ -260,8 +260,7 @@ def compare_paired(spec: Metric, base_runs: Sequence[Sequence[float]], head_runs
     else:
         significant = p_value is not None and p_value < alpha and ci is not None and (ci[0] > 1 or ci[1] < 1)
         verdict, reason = _verdict(spec, change, ci, significant, threshold)
-        if not significant and p_value is not None and p_value >= alpha and ratio.size < 20 and \
-                2 / 2 ** ratio.size >= alpha and verdict == "inconclusive":
+        if verdict == "inconclusive" and 2 / 2 ** ratio.size >= alpha:  # the exact test's smallest p
             reason += f"; {ratio.size} pairs cannot reach p < {alpha:.2g} (at best {2 / 2 ** ratio.size:.2g}): use more pairs"
     return MetricComparison(spec, base_all.size, head_all.size, float(np.median(base_all)), float(np.median(head_all)),
                             change, ci, p_value, test, verdict, reason, flags, "paired", alpha)
@@ -322,17 +321,16 @@ def censoring(spec: Metric, base: Side, head: Side) -> tuple[str | None, str | N
 
 
 def bound_decides(result: MetricComparison, censored_side: str, count: int) -> MetricComparison:
-    """A lower bound understates its side: a verdict that the censored side did better (for a
-    higher-is-better metric) only grows with the truth, so it stands; any other is undecided."""
-    head_better = result.verdict == "improved"
-    censored_better = head_better if censored_side == "head" else result.verdict == "regressed"
-    stands = censored_better if result.spec.higher_is_better else (
-        result.verdict in ("improved", "regressed") and not censored_better)
-    note = f"{censored_side} never reached the event in {count} run(s): its value is a lower bound"
-    if result.verdict in ("improved", "regressed") and stands:
-        return replace(result, reason="; ".join(filter(None, [result.reason, note + ", so the change is at least this"])))
+    """A lower bound understates its side's value: a verdict that agrees with the truth only moving
+    further the bound's way (the censored side better when higher is better, worse when lower is)
+    stands; any other is undecided."""
     if result.verdict == "not compared":
         return result
+    note = f"{censored_side} never reached the event in {count} run(s): its value is a lower bound"
+    if result.verdict in ("improved", "regressed"):
+        censored_shown_better = (result.verdict == "improved") == (censored_side == "head")
+        if censored_shown_better == result.spec.higher_is_better:
+            return replace(result, reason="; ".join(filter(None, [result.reason, note + ", so the change is at least this"])))
     return replace(result, verdict="inconclusive", reason=note + " that does not decide the comparison")
 
 
@@ -388,14 +386,14 @@ def mismatches(base: Side, head: Side, ignore: Sequence[str] = ()) -> list[str]:
             if key not in ignore and base.key[key] != head.key[key]]
 
 
-def _skip_reason(spec: Metric, base: Side, head: Side, problems: list[str]) -> str | None:
+def _skip_reason(spec: Metric, base: Side, head: Side, problems: list[str], censored_why: str | None) -> str | None:
     if problems:
         return problems[0]
     if spec.energy and (base.flags["charging"] or head.flags["charging"]):
         return "energy from a charging run is never compared"
     if not base.values[spec.name] or not head.values[spec.name]:
         return None  # the comparison itself says which side did not measure it
-    return censoring(spec, base, head)[0]
+    return censored_why
 
 
 def compare_sides(base: Side, head: Side, *, threshold: float = 0.05, ignore: Sequence[str] = (), paired: bool = False,
@@ -408,7 +406,8 @@ def compare_sides(base: Side, head: Side, *, threshold: float = 0.05, ignore: Se
     noise = noise or {}
     side_flags = tuple(sorted({f"{side.label} {flag}" for side in (base, head)
                                for flag, on in side.flags.items() if on}))
-    skips = {spec.name: _skip_reason(spec, base, head, problems) for spec in METRICS}
+    censored = {spec.name: censoring(spec, base, head) for spec in METRICS}  # (why not compared, bound side)
+    skips = {spec.name: _skip_reason(spec, base, head, problems, censored[spec.name][0]) for spec in METRICS}
     tested = [spec.name for spec in METRICS if skips[spec.name] is None and base.values[spec.name]
               and head.values[spec.name]]
     family_size = {True: max(1, sum(name in gate for name in tested)),
@@ -432,7 +431,7 @@ def compare_sides(base: Side, head: Side, *, threshold: float = 0.05, ignore: Se
             result = against_noise(compare_metric(spec, base.values[spec.name], head.values[spec.name],
                                                   threshold=threshold, flags=side_flags, alpha=alpha),
                                    noise.get(spec.name))
-        censored_side = censoring(spec, base, head)[1]
+        censored_side = censored[spec.name][1]
         if censored_side is not None:
             side = base if censored_side == "base" else head
             result = bound_decides(result, censored_side, side.censored_count(spec.name))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -171,3 +172,8 @@ def format_cpus(cpus: tuple[int, ...]) -> str:
             ranges.append(str(start) if start == cpu else f"{start}-{cpu}")
             start = None
     return ",".join(ranges)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), else all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

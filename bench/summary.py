@@ -19,7 +19,6 @@ from .tables import failed_mask, measured_requests, request_windows, sample_seri
 from .throttle import loops, throttle_times, time_to_throttle
 
 
-# metric -> (requests column, unit, higher_is_better, label)
 # the request-level metrics, as the catalogue defines them: (requests column, unit, higher is better, label)
 REQUEST_METRICS = {name: (name, BY_NAME[name].unit, BY_NAME[name].higher_is_better, BY_NAME[name].label)
                    for name in REQUEST_COLUMNS}
@@ -134,6 +133,12 @@ class RepetitionValues:
     values: dict[str, list[float]]
     censored: dict[str, list[bool]]
 
+    @classmethod
+    def from_stored(cls, stored: dict) -> "RepetitionValues":
+        """From run.json's per_repetition (or repetition_values()), where the flags sit under CENSORED_KEY."""
+        censored = {name: [bool(flag) for flag in flags] for name, flags in (stored.get(CENSORED_KEY) or {}).items()}
+        return cls({name: [float(v) for v in stored.get(name) or []] for name in REPETITION_METRICS}, censored)
+
 
 def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rss: float | None = None, *,
                       fixed_performance: bool = False) -> dict:
@@ -240,5 +245,4 @@ def run_repetition_values(run_dir: str | Path, run: dict) -> RepetitionValues:
             stored[CENSORED_KEY] = fresh[CENSORED_KEY]
         else:
             stored[CENSORED_KEY] = {}
-    censored = {name: [bool(flag) for flag in flags] for name, flags in stored[CENSORED_KEY].items()}
-    return RepetitionValues({name: [float(v) for v in stored.get(name) or []] for name in REPETITION_METRICS}, censored)
+    return RepetitionValues.from_stored(stored)

@@ -35,7 +35,7 @@ from _common import emulated_phone
 
 from bench.catalog import cache_root, model_info
 from bench.compare import METRICS, RunValues, compare_sides, make_side, noise_from_medians
-from bench.metrics import CENSORED_KEY
+from bench.summary import RepetitionValues
 from bench.config import resolve_scenario
 from bench.host.membw import host_bandwidth_gbs
 from bench.host.target import HostTarget
@@ -93,11 +93,10 @@ def run_values(make_target, scenario, model, out: Path) -> RunValues:
         target.release()
     if result.status != "complete":
         raise SystemExit(f"run {result.status}: {result.reason}")
-    stored = dict(result.summary["per_repetition"])
-    censored = stored.pop(CENSORED_KEY, {})
+    found = RepetitionValues.from_stored(result.summary["per_repetition"])
     run = {"status": "complete", "device": {"kind": "ab"}, "model": {"sha256": "m"}, "scenario": {"hash": "s"},
            "runtime": {"kind": "same"}}
-    return RunValues(str(result.run_dir), run, stored, censored)
+    return RunValues(str(result.run_dir), run, found.values, found.censored)
 
 
 def _alarm(comparison) -> bool:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from bench.compare import METRICS, NoiseBand, RunValues, compare_metric, compare_sides, make_side
 from bench.store import load_run
-from bench.summary import repetition_values
+from bench.summary import RepetitionValues, repetition_values
 from conftest import bench_cli
 from synth import noisy, write_run
 
@@ -53,8 +53,8 @@ def test_tight_equal_sides_are_unchanged():
 
 def _values(run_dir: Path) -> RunValues:
     data = load_run(run_dir)
-    found = repetition_values(data.requests, data.samples)
-    return RunValues(str(run_dir), data.run, {k: v for k, v in found.items() if k != "censored"}, found["censored"])
+    found = RepetitionValues.from_stored(repetition_values(data.requests, data.samples))
+    return RunValues(str(run_dir), data.run, found.values, found.censored)
 
 
 def test_stored_per_repetition_values_match_the_tables(tmp_path: Path):

@@ -9,7 +9,6 @@ cached, so a busy moment cannot lower the ceiling for good."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -19,16 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpu import usable_cpus
 from ..files import atomic_write_json
 
 BUFFER_BYTES = 256 * 1024 * 1024   # in all, at least: 4x the last-level cache where that is larger
 TRIES = 5
 BUSY_SHARE = 0.25                  # more of the CPUs than this busy with other work: not cached
 SCHEMA_VERSION = 2
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def last_level_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
@@ -129,8 +125,7 @@ def host_bandwidth_gbs(cache_dir: Path) -> tuple[float | None, str]:
 
 def ceiling_gbs(threads: int) -> float:
     """The best of all CPUs copying at once and one alone: the machine moves at least that much."""
-    return max(measure_copy_bandwidth_gbs(threads), measure_copy_bandwidth_gbs(1)) if threads > 1 else \
-        measure_copy_bandwidth_gbs(1)
+    return max(measure_copy_bandwidth_gbs(count) for count in {threads, 1})
 
 
 if __name__ == "__main__":

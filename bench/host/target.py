@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..clock import RunClock
+from ..cpu import usable_cpus
 from ..errors import UsageError
 from ..gguf import kv_cache_bytes
 from ..progress import Progress
@@ -54,7 +55,7 @@ class HostTarget:
             return scenario.threads
         if self.affinity is not None:
             return len(self.affinity)
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return usable_cpus()
 
     def preflight(self, model: ModelInfo, scenario: Scenario) -> list[PreflightCheck]:
         kv = kv_cache_bytes(model.gguf, scenario.n_ctx)
