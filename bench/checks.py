@@ -35,11 +35,29 @@ def telemetry_gaps(samples: pd.DataFrame, hz: float | None) -> list[dict]:
 
 def self_checks(requests: pd.DataFrame, samples: pd.DataFrame, *, decode_median: float | None,
                 ceiling_tps: float | None, telemetry_hz: float | None, clock: dict | None,
-                roofline_note: str | None = None) -> list[dict]:
+                roofline_note: str | None = None, correctness: dict | None = None) -> list[dict]:
     """Checks every run's numbers must pass, each {name, ok (None: could not be checked), detail,
     invalidates}: a failed check that invalidates makes the run's figures invalid."""
     return [_roofline_check(decode_median, ceiling_tps, roofline_note), _token_count_check(requests),
-            _clock_check(clock), _gap_check(samples, telemetry_hz)]
+            _clock_check(clock), _gap_check(samples, telemetry_hz), _correctness_check(correctness)]
+
+
+def _correctness_check(record: dict | None) -> dict:
+    """Fast but wrong output is a failed run, not a fast one: a run whose model computes something
+    else than the host CPU reference (bench.correctness) is invalid."""
+    check = {"name": "correctness", "invalidates": True}
+    verdict = (record or {}).get("verdict")
+    if verdict == "pass":
+        value = record["value"]
+        agreement, decisive = value.get("top1_agreement"), value.get("decisive_positions")
+        where = f" at {agreement:.0%} of {decisive} decisive positions" if agreement is not None else ""
+        return {**check, "ok": True, "detail": (
+            f"the probe's next-token choices agree with the host CPU reference{where}, "
+            f"perplexity {value['perplexity']:,.2f} vs {record['reference']['perplexity']:,.2f}")}
+    if verdict == "fail":
+        return {**check, "ok": False, "detail": f"wrong output: {record['reason']}"}
+    why = (record or {}).get("reason") or "the run stored no correctness check"
+    return {**check, "ok": None, "detail": f"not checked: {why}"}
 
 
 def _roofline_check(decode_median: float | None, ceiling_tps: float | None, note: str | None = None) -> dict:

@@ -158,6 +158,8 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
                              "for the run, always turned off after; recorded in run.json")
     parser.add_argument("--max-temp", type=_positive_float, metavar="C",
                         help="abort the run (partial) when the hottest CPU sensor passes C degrees")
+    parser.add_argument("--no-correctness", action="store_true",
+                        help="skip the correctness probe after the measured requests (recorded in run.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -465,6 +467,7 @@ def _run_options(args, label: str, scenario, model, target, out_root: Path):
     return RunOptions(device=label, scenario=scenario, model=model, out_root=out_root,
                       telemetry_hz=None if args.no_telemetry else args.telemetry_hz, allow=allow,
                       max_temp_c=args.max_temp, declare_unplugged=args.declare_unplugged,
+                      correctness=not args.no_correctness,
                       min_battery_pct=None if "battery" in allow else target.min_battery_pct)
 
 
@@ -647,6 +650,10 @@ def _print_summary(result) -> None:
     if summary.get("roofline_efficiency"):
         table.add_row("share of bandwidth ceiling", f"{summary['roofline_efficiency']:.0%}", "",
                       f"of {summary['roofline_ceiling_tps']:,.0f} t/s")
+    check = next((c for c in (summary.get("validity") or {}).get("checks") or () if c["name"] == "correctness"), None)
+    if check is not None:
+        verdict = {True: "pass", False: "FAIL", None: "not checked"}[check["ok"]]
+        table.add_row("correctness", verdict, "", "vs host CPU")
     out.print(table)
     for warning in result.warnings:
         out.print(f"[yellow]warning:[/yellow] {warning}")

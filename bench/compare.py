@@ -90,6 +90,23 @@ class Side:
     per_run: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)  # metric -> each run's values
     censored: dict[str, tuple[tuple[bool, ...], ...]] = field(default_factory=dict)  # metric -> each run's flags
     incomplete: str | None = None  # an A/B cut short: why, said beside every verdict
+    correctness: tuple[dict, ...] = ()  # each run's correctness record (run.json), {} when it has none
+
+    @property
+    def correctness_verdict(self) -> tuple[str, str | None]:
+        """(fail | pass | unchecked, what to say): fail when any run's output was wrong."""
+        failed = [c for c in self.correctness if c.get("verdict") == "fail"]
+        if failed:
+            return "fail", f"{len(failed)} of {len(self.correctness)} runs wrong: {failed[0].get('reason')}"
+        passed = [c for c in self.correctness if c.get("verdict") == "pass"]
+        if passed and len(passed) == len(self.correctness):
+            agreements = [c["value"]["top1_agreement"] for c in passed if c["value"].get("top1_agreement") is not None]
+            ratios = [c["value"]["perplexity_ratio"] for c in passed]
+            return "pass", (f"{len(passed)} run{'s' if len(passed) != 1 else ''}: top-1 agreement "
+                            f"{f'≥ {min(agreements):.0%}' if agreements else 'n/a'}, perplexity / reference "
+                            f"{min(ratios):.3f}–{max(ratios):.3f}")
+        why = next((c.get("reason") for c in self.correctness if c.get("reason")), "no correctness check stored")
+        return "unchecked", f"{len(passed)} of {len(self.correctness)} runs checked ({why})"
 
     def censored_count(self, name: str) -> int:
         return sum(sum(flags) for flags in self.censored.get(name, ()))
@@ -167,7 +184,7 @@ def make_side(label: str, runs: Sequence[RunValues], incomplete: str | None = No
     censored = {name: tuple(tuple(bool(f) for f in (item.censored.get(name) or [False] * len(item.values.get(name) or [])))
                             for item in runs) for name in pooled}
     return Side(label, tuple(r.dir for r in runs), run_key(first), {k: tuple(v) for k, v in pooled.items()},
-                flags, facts, per_run, censored, incomplete)
+                flags, facts, per_run, censored, incomplete, tuple(r.run.get("correctness") or {} for r in runs))
 
 
 @dataclass(frozen=True)
@@ -348,9 +365,20 @@ class Comparison:
     gate: tuple[str, ...] = PRIMARY
 
     @property
+    def wrong(self) -> str | None:
+        """The head's output is wrong (bench.correctness): a regression whatever its speed, said with
+        whether the base's was wrong too."""
+        verdict, detail = self.head.correctness_verdict
+        if verdict != "fail":
+            return None
+        base = {"fail": "the base's is wrong too", "pass": "the base's was right"}.get(self.base.correctness_verdict[0],
+                                                                                      "the base's was not checked")
+        return f"{self.head.label} computes something else ({detail}); {base}"
+
+    @property
     def regressed(self) -> bool:
-        """A metric of the gate set regressed: what fails --fail-on-regression."""
-        return any(m.verdict == "regressed" and m.gating for m in self.metrics)
+        """A metric of the gate set regressed, or the head's output is wrong: what fails --fail-on-regression."""
+        return self.wrong is not None or any(m.verdict == "regressed" and m.gating for m in self.metrics)
 
     @property
     def suspected(self) -> bool:
@@ -464,6 +492,9 @@ def headline(comparisons: Sequence[Comparison]) -> str:
                 if m.verdict == "regressed" and not m.gating]
     suspected = [f"{m.spec.label} {m.change:+.1%}" for c in comparisons for m in c.metrics
                  if m.verdict == "suspected" and m.worse and m.gating]
+    wrong = [c.wrong for c in comparisons if c.wrong]
+    if wrong:
+        regressed = [f"wrong output: {wrong[0]}"] + regressed
     order = ("regressed", "suspected", "improved", "unchanged", "inconclusive", "not compared")
     tally = ", ".join(f"{counts[v]} {v}" for v in order if counts.get(v))
     also = f"; also worse, not gating: {'; '.join(reported)}" if reported else ""
@@ -493,6 +524,12 @@ def markdown(comparisons: Sequence[Comparison]) -> str:
         if not comparison.comparable:
             lines += [f"Not comparable: {'; '.join(comparison.mismatches)}.", ""]
         gate = ", ".join(m.spec.label for m in comparison.metrics if m.gating)
+        lines += ["| correctness (the probe against the host CPU reference) | verdict |", "|---|---|"]
+        for side in (base, head):
+            verdict, detail = side.correctness_verdict
+            icon = {"pass": "🟢 pass", "fail": "🔴 wrong output", "unchecked": "➖ unchecked"}[verdict]
+            lines.append(f"| {side.label} | {icon}: {detail} |")
+        lines.append("")
         lines += [f"Threshold ±{comparison.threshold:.0%}; {comparison.method}. The gate ({gate}) decides the exit code; "
                   "it and the reported rest are each a family tested at 5% in all: a metric's verdict needs p below 0.05 "
                   "/ its family's measured metrics (or, with fewer than 4 runs a side, the two-level interval alone) and "
@@ -539,7 +576,7 @@ def to_json(comparisons: Sequence[Comparison]) -> dict:
         return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
     return {
-        "schema_version": 2,
+        "schema_version": 3,
         "headline": headline(comparisons),
         "method": method_line(comparisons),
         "regressed": any(c.regressed for c in comparisons),
@@ -550,6 +587,9 @@ def to_json(comparisons: Sequence[Comparison]) -> dict:
             "head": {"label": c.head.label, "runs": list(c.head.runs), "key": c.head.key, "flags": c.head.flags},
             "comparable": c.comparable, "mismatches": list(c.mismatches), "threshold": c.threshold,
             "paired": c.paired, "method": c.method, "gate": list(c.gate),
+            "correctness": {"base": dict(zip(("verdict", "detail"), c.base.correctness_verdict)),
+                            "head": dict(zip(("verdict", "detail"), c.head.correctness_verdict)),
+                            "wrong": c.wrong},
             "noise": {name: {"band": band.band(), "runs": band.runs, "source": band.source, "measured": band.measured}
                       for name, band in c.noise.items()},
             "metrics": [{

@@ -94,6 +94,19 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("off_affinity_share", "CPU time off the asked-for cores", "ratio", False, "run",
            "the runtime's CPU time inside the measured request windows", "placement.thread_placement",
            "CPU seconds on cores outside the asked-for set / all the runtime's CPU seconds in the windows"),
+    # Correctness is a verdict, not a speed: `bench compare` shows each side's and fails the gate when
+    # the head's output is wrong (Comparison.wrong), whatever its speed.
+    Metric("correctness_top1_agreement", "Correctness: top-1 agreement with the host CPU reference", "fraction", True,
+           "run", "the correctness probe after the measured requests: teacher-forced, outside every timed window",
+           "correctness.evaluate",
+           "of the probe's positions where the reference's most likely next token beats its second by at least "
+           "0.5 nats, the share where the runtime's most likely token is the reference's; pass at 0.90 or more",
+           compared=False),
+    Metric("correctness_perplexity_ratio", "Correctness: probe perplexity / the reference's", "ratio", False, "run",
+           "the correctness probe after the measured requests: teacher-forced, outside every timed window",
+           "correctness.evaluate",
+           "exp(-mean ln p(the probe's next token)) by the runtime / the same by the host CPU reference on the same "
+           "model file; 1.0 = the same; pass within 0.905 to 1.105", compared=False),
 )
 
 BY_NAME = {metric.name: metric for metric in CATALOGUE}

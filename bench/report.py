@@ -33,7 +33,7 @@ def _flag(value) -> str:
 
 def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
     lines = [*_header(run), *_results(run, requests), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run), *_energy_phases(run),
-             *_validity(run), *_facts(run), *_warnings_and_events(run, events), *_plots(plots),
+             *_correctness(run), *_validity(run), *_facts(run), *_warnings_and_events(run, events), *_plots(plots),
              "---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, "
              "unit), `events.jsonl`. Times are seconds since run start on one host clock."]
     return "\n".join(lines) + "\n"
@@ -253,6 +253,28 @@ def _rail_energy(run: dict) -> list[str]:
     return lines + [""]
 
 
+def _correctness(run: dict) -> list[str]:
+    record = run.get("correctness") or {}
+    verdict = record.get("verdict")
+    if verdict not in ("pass", "fail"):
+        return ["## Correctness", "", f"Not checked: {record.get('reason') or 'this run stored no correctness check'}.", ""]
+    value, threshold, reference = record["value"], record["threshold"], record["reference"]
+    agreement = value.get("top1_agreement")
+    low, high = threshold["perplexity_ratio"]
+    return ["## Correctness", "",
+            f"**{'Passed' if verdict == 'pass' else 'FAILED: ' + str(record.get('reason'))}** — {record['statistic']}: "
+            f"bench's probe ({record['probe']['tokens']} tokens) scored teacher-forced by {record['runtime']} and by "
+            f"{reference['source']}{' (cached)' if reference.get('cached') else ''}; {record['seconds']:.1f} s on the device.", "",
+            "| statistic | value | pass when |", "|---|---:|---|",
+            f"| top-1 agreement (decisive positions) | {'n/a' if agreement is None else f'{agreement:.1%}'} "
+            f"({value['decisive_positions']}) | ≥ {threshold['top1_agreement']:.0%} of positions where the reference's top "
+            f"token leads by ≥ {threshold['decisive_margin_nats']} nats |",
+            f"| perplexity / reference | {value['perplexity_ratio']:.4f} ({value['perplexity']:,.2f} vs "
+            f"{reference['perplexity']:,.2f}) | {low:.3f} to {high:.3f} |",
+            f"| reference vs chance (ln ppl / ln vocab) | {value['chance_fraction']:.3f} | ≤ {threshold['chance_fraction']} "
+            "(else the model file itself is broken) |", ""]
+
+
 def _validity(run: dict) -> list[str]:
     validity = (run.get("summary") or {}).get("validity") or {}
     declared = " — declared unplugged by the user" if validity.get("declared_unplugged") else ""
@@ -267,7 +289,8 @@ def _validity(run: dict) -> list[str]:
 
 
 _CHECKS = {"roofline": "decode within the roofline", "token_count": "streamed tokens = generated tokens",
-           "device_clock": "device clock steady", "telemetry_gaps": "no telemetry gaps"}
+           "device_clock": "device clock steady", "telemetry_gaps": "no telemetry gaps",
+           "correctness": "output matches the host CPU reference"}
 
 
 def _check(ok: bool | None) -> str:

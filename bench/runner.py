@@ -8,11 +8,11 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
-from . import __version__
+from . import __version__, correctness
 from .clock import RunClock
 from .errors import BenchError, PreflightError, RunFailed
 from .progress import NullProgress, Progress
@@ -46,6 +46,7 @@ class Target(Protocol):
     def rail_samples(self, clock: RunClock) -> list: ...
     def abort(self) -> None: ...
     def cleanup(self) -> None: ...
+    def scoring_runtime(self, model: ModelInfo, scenario: Scenario, progress: Progress): ...
     def release(self) -> None: ...
 
 
@@ -63,6 +64,7 @@ class RunOptions:
     max_temp_c: float | None = None
     min_battery_pct: float | None = None
     declare_unplugged: bool = False   # the user says the phone ran on its battery whatever it reported
+    correctness: bool = True          # score bench's probe against the host CPU reference after measuring
 
 
 class RunGuard:
@@ -285,6 +287,7 @@ class _Run:
             self.sampler = target.sampler(self.clock, self.on_samples, self.options.telemetry_hz, facts.pid)
             self.sampler.start()
             self.meta["telemetry"]["absent"] = self.sampler.absent
+            self.meta["telemetry"]["cpus"] = list(self.sampler.cpus)
         if self.sampler is not None and self.sampler.rail_source:
             self.rail_source = self.sampler.rail_source  # the telemetry loop reads the meter itself
         else:
@@ -302,6 +305,49 @@ class _Run:
         else:
             self._idle_power()
             self._repetitions(self.runtime, resolve_prompts(self.runtime, self.scenario.prompts), baseline)
+        self._correctness()
+
+    def _correctness(self) -> None:
+        """After the measured requests, outside every window: the probe scored by the runtime that
+        ran them (for llama-bench, llama-server of the same build) against the host CPU reference."""
+        if not self.options.correctness:
+            self.meta["correctness"] = correctness.skipped("--no-correctness")
+            return
+        from .catalog import cache_root
+        from .runtimes.reference import reference_scores
+
+        model = self.options.model
+        # a host run's worker is the reference's own engine: it computes the reference when none is
+        # cached, and that scoring is the run's (no second copy of the model in memory)
+        own = self.runtime if getattr(self.runtime, "kind", None) == "llama-cpp-python" else None
+        started = time.monotonic()
+        try:
+            reference, cached = reference_scores(model, cache_root(), self.progress, loaded=own)
+            reference_s = 0.0 if cached else time.monotonic() - started
+            if own is not None and not cached:
+                scores, probe_s = reference, reference_s
+            else:
+                started = time.monotonic()
+                task = self.progress.task(f"correctness probe ({len(reference.positions)} positions)")
+                scorer = (self.runtime if hasattr(self.runtime, "score")
+                          else self.target.scoring_runtime(model, self.scenario, self.progress))
+                try:
+                    scores = scorer.score(reference.tokens)
+                finally:
+                    if scorer is not self.runtime:
+                        scorer.close()
+                task.done()
+                probe_s = time.monotonic() - started
+        except BenchError as error:
+            self.meta["correctness"] = correctness.unchecked(str(error), time.monotonic() - started)
+            self.warn(f"correctness could not be checked: {error}")
+            return
+        verdict = correctness.evaluate(replace(scores, vocab=reference.vocab), reference)
+        self.meta["correctness"] = correctness.record(verdict, reference, runtime=scores.source, seconds=probe_s,
+                                                      reference_cached=cached, reference_seconds=reference_s)
+        self.event("phase", f"correctness {self.meta['correctness']['verdict']}", **self.meta["correctness"]["value"])
+        if not verdict.passed:
+            self.warn(f"correctness failed: {verdict.reason}")
 
     def _idle_power(self) -> None:
         """With the model loaded and nothing asked of it, hold still for idle_s so the energy
@@ -502,7 +548,8 @@ class _Run:
         summary["rail_energy"] = rail_energy_summary(data.requests, data.samples, self.rail_source or "dumpsys")
         checks = self_checks(data.requests, data.samples, decode_median=summary.get("decode_tps_median"),
                              ceiling_tps=summary.get("roofline_ceiling_tps"), telemetry_hz=self.options.telemetry_hz,
-                             clock=self.meta["telemetry"].get("clock_check"), roofline_note=summary.get("roofline_note"))
+                             clock=self.meta["telemetry"].get("clock_check"), roofline_note=summary.get("roofline_note"),
+                             correctness=self.meta.get("correctness"))
         failed = [c for c in checks if c["ok"] is False and c["invalidates"]]
         summary["validity"].update(checks=checks, valid=not failed,
                                    invalid_reason="; ".join(c["detail"] for c in failed) or None)

@@ -47,11 +47,11 @@ def bench_decode_tps(model_alias: str, scenario_name: str, *, telemetry_hz: floa
 
 
 @contextlib.contextmanager
-def emulated_phone(name: str) -> Iterator[control.SimInfo]:
+def emulated_phone(name: str, settings: tuple[str, ...] = ()) -> Iterator[control.SimInfo]:
     """A sim connected to a private adb server (not the user's on 5037); all of it stopped after."""
     own_server = adb.SERVER_PORT_ENV not in os.environ
     os.environ.setdefault(adb.SERVER_PORT_ENV, "5139")
-    info = control.start(cache_root(), name=f"{name}-{os.getpid()}")
+    info = control.start(cache_root(), name=f"{name}-{os.getpid()}", settings=settings)
     try:
         adb.connect(info.serial)
         adb.wait_for_state(info.serial)

@@ -332,5 +332,8 @@ def test_llama_bench_on_the_device_with_telemetry(phone, tmp_path):
     assert ("process", "rss") in kinds and ("thermal", "BIG") in kinds  # the same telemetry as the server path
     assert result["summary"]["decode_tps_median"] > 0 and result["summary"]["prefill_tps_median"] > 0
     assert "keep llama-bench's own definition" in (Path(result["run_dir"]) / "report.md").read_text()
+    correctness = data.run["correctness"]  # scored by llama-server of the same build, pushed after llama-bench
+    assert correctness["verdict"] == "pass" and correctness["runtime"].startswith("llama-server"), correctness
+    assert data.run["pushed"]["scoring_runtime"]["path"].endswith("/llama-server")
     device = adb.Device(phone.serial)
     assert f"{ROOT}/" not in device.shell("ps -A -o args").stdout and not device.forwards()

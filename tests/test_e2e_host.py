@@ -248,6 +248,11 @@ def test_llama_bench_scenario_on_the_host(tmp_path: Path, smollm2_path, host_run
     starts = list(tg["t_start_s"])
     assert starts == sorted(starts) and starts[0] > pp["t_start_s"].max()  # windows rebuilt in order
     assert payload["summary"]["decode_tps_median"] > 0 and payload["summary"]["prefill_tps_median"] > 0
+    # llama-bench cannot score text: llama-server of the same build does, on 127.0.0.1, then is stopped
+    correctness = data.run["correctness"]
+    assert correctness["verdict"] == "pass" and correctness["runtime"].startswith("llama-server"), correctness
+    server = str(Path(host_runtime) / "bin" / "llama-server")
+    assert not [p for p in psutil.process_iter(["cmdline"]) if server in (p.info["cmdline"] or [])]
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\npp = 64\nprompts = ["x"]\n')
     refused = bench_cli("run", "--scenario", str(bad), "--out", str(tmp_path / "no"))

@@ -3,8 +3,10 @@ tick. A phone that ignores llama.cpp's CPU mask (the sim's cpu.ignore_affinity u
 thread's mask, as some phones' cpusets do) must draw the warning; one that honours it must not."""
 
 import json
+import os
 import subprocess
 import sys
+import threading
 
 import pandas as pd
 import pytest
@@ -79,3 +81,65 @@ def test_a_mask_that_holds_draws_no_warning(host_runtime, smollm2_path, tmp_path
                                                 "--out", str(tmp_path / "r"), "--json"))
     assert placement["off_affinity_share"] < 0.05 and not warned, placement
     assert placement["cluster_shares"]["cpu1"] > 0.95
+
+
+def _telemetry_loop_masks(seen: set[str], stop) -> None:
+    """Cpus_allowed_list of every telemetry loop (the sim runs the phone's processes on this host)."""
+    while not stop.is_set():
+        for entry in os.scandir("/proc"):
+            try:
+                argv = open(f"/proc/{entry.name}/cmdline", "rb").read().split(b"\0") if entry.name.isdigit() else []
+                # the shell running the loop (taskset, for the instant before it applies the mask and execs, is not)
+                if b"telemetry.sh" in b" ".join(argv) and not argv[0].endswith(b"taskset"):
+                    status = open(f"/proc/{entry.name}/status").read()
+                    seen.add(status.split("Cpus_allowed_list:")[1].split()[0])
+            except (OSError, IndexError):
+                continue
+        stop.wait(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a CPU the runtime is not pinned to")
+def test_the_telemetry_loop_runs_off_the_cores_the_runtime_is_pinned_to(start_sim, host_runtime, smollm2_path, tmp_path):
+    # item 20.13: the loop must not take a core from the threads it measures when the phone has others
+    info = start_sim(name="loop-pinned")
+    seen: set[str] = set()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_telemetry_loop_masks, args=(seen, stop), daemon=True)
+    watcher.start()
+    try:
+        result = bench_cli("run", "--device", info.serial, "--affinity", "1", "--threads", "1", "--repetitions", "1",
+                           "--out", str(tmp_path / "r"), "--json")
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = load_run(json.loads(result.stdout)["run_dir"]).run
+    others = sorted(set(range(os.cpu_count())) - {1})
+    assert run["telemetry"]["cpus"] == others and run["telemetry"]["ticks"] > 0
+    assert seen and all(_cpu_list(mask) == others for mask in seen), seen
+
+
+def _cpu_list(text: str) -> list[int]:
+    cpus = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus += range(int(first), int(last or first) + 1)
+    return cpus
+
+
+def test_the_loop_sends_thread_stat_lines_whole_and_the_host_groups_them_by_tick():
+    from bench.android.sampler import AndroidSampler, Layout
+
+    sampler = AndroidSampler.__new__(AndroidSampler)
+    sampler.offset_s, sampler.ticks, sampler.placement = 0.0, 0, ThreadPlacement()
+    sampler.layout, sampler.zone_names, sampler.cluster_max = Layout((), (), ()), {}, {}
+    sampler.raw_current, sampler.raw_voltage, sampler.statuses = [], [], []
+    lines = ["H 10.00", "h " + STAT.format(tid=7, utime=100, stime=0, cpu=4), "h " + STAT.format(tid=8, utime=50, stime=0, cpu=5),
+             "H 11.00", "h " + STAT.format(tid=7, utime=180, stime=10, cpu=4), "h " + STAT.format(tid=8, utime=50, stime=0, cpu=5),
+             "T 11.00 0"]
+    samples = [s for line in lines for s in sampler.parse_line(line)]
+    busy = [s for s in samples if s.name == "busy"]
+    # the second tick: thread 7 used 90 ticks on CPU 4, thread 8 nothing; stamped at its own H line
+    assert [(round(s.t_s, 3), s.value) for s in busy][-1] == (11.005, 1.0)
+    assert any(s.name == "cpu4" and s.value > 0 for s in samples) and not any(s.name == "cpu5" and s.value > 0 for s in samples)

@@ -8,6 +8,7 @@ far beyond any noise with no history. The last test fails when a catalogue metri
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,21 @@ def test_a_change_far_beyond_any_noise_is_a_regression_without_history(tmp_path:
     assert metrics["ttft_ms"]["verdict"] == "regressed"
 
 
+def test_correctness_figures_known_answers():
+    from bench.correctness import Position, Scores, evaluate
+
+    tokens = tuple(range(21))
+    # 20 positions: 10 decisive (margin 1 nat), 10 near-ties; the reference gives every target ln p = -1
+    reference = Scores(tokens, tuple(Position(i, -1.0, 1.0 if i < 10 else 0.2) for i in range(20)), 1000, "ref")
+    # the runtime misses decisive position 0 and near-tie 15; its targets are at ln p = -1.05
+    run = Scores(tokens, tuple(Position(i + (i in (0, 15)), -1.05) for i in range(20)), 0, "run")
+    verdict = evaluate(run, reference)
+    assert verdict.decisive == 10 and verdict.agreement == pytest.approx(0.9)  # correctness_top1_agreement
+    assert verdict.perplexity == pytest.approx(math.exp(1.05))
+    assert math.exp(verdict.log_perplexity_ratio) == pytest.approx(math.exp(0.05))  # correctness_perplexity_ratio
+    assert verdict.chance_fraction == pytest.approx(1 / math.log(1000)) and verdict.passed
+
+
 # -- every metric has its known answer -------------------------------------------------------------
 
 KNOWN_ANSWERS = {
@@ -364,6 +380,8 @@ KNOWN_ANSWERS = {
     "j_per_token_above_idle": test_energy_per_token_has_one_definition,
     "time_to_throttle_s": test_time_to_first_throttle_known_answer_and_lower_bound,
     "off_affinity_share": test_off_affinity_share_and_busy_threads_cover_the_requests_only,
+    "correctness_top1_agreement": test_correctness_figures_known_answers,
+    "correctness_perplexity_ratio": test_correctness_figures_known_answers,
 }
 
 

@@ -258,6 +258,7 @@ class AndroidTarget:
         self.profile = self.snap.profile
         self._server_stream = None
         self._server_pid: int | None = None
+        self._runtime_cpus: tuple[int, ...] = ()  # the CPUs the runtime is pinned to; () = not pinned
         self.device_ports = device_ports()
         self.pushed: dict[str, dict] = {}
         self._has_rails: bool | None = None  # decided by the first energy-meter reading
@@ -467,13 +468,14 @@ class AndroidTarget:
         return self.pushed
 
     # -- runtime -------------------------------------------------------------------------------
-    def start_server(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaServerRuntime:
+    def start_server(self, model: ModelInfo, scenario: Scenario, progress: Progress,
+                     server_remote: str | None = None) -> LlamaServerRuntime:
         if self.runtime is None:
             raise PreflightError(f"no llama.cpp runtime for {self.serial}", "pass --runtime DIR or run `bench runtime build`")
         model_remote = self.pushed["model"]["path"]
-        server_remote = self.pushed["runtime"]["path"]
+        server_remote = server_remote or self.pushed["runtime"]["path"]
         threads = self.threads(scenario)
-        affinity = self.cpus(scenario)
+        affinity = self._runtime_cpus = self.cpus(scenario)
         mask = f" --cpu-mask {cpu_mask(affinity)} --cpu-strict 1" if affinity else ""
         repack, repack_reason = self.repack_choice()
         no_repack = "" if repack else " --no-repack"
@@ -625,10 +627,20 @@ class AndroidTarget:
             return self.start_bench(model, scenario)
         return self.start_server(model, scenario, progress)
 
+    def scoring_runtime(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaServerRuntime:
+        """llama-bench cannot score text: llama-server of the same build does, once llama-bench has
+        ended. Its push is recorded apart from the measured runtime's."""
+        self.stop_server()
+        measured = dict(self.pushed)
+        self.push_artifacts(model, progress)
+        self.pushed = {**measured, "scoring_runtime": self.pushed["runtime"]}
+        server_path = self.pushed["scoring_runtime"]["path"]
+        return self.start_server(model, scenario, progress, server_remote=server_path)
+
     def start_bench(self, model: ModelInfo, scenario: Scenario) -> "DeviceBench":
         """llama-bench on the device, its jsonl on the stream's stdout, stderr into run/llama-bench.log."""
         threads = self.threads(scenario)
-        affinity = self.cpus(scenario)
+        affinity = self._runtime_cpus = self.cpus(scenario)
         repack, repack_reason = self.repack_choice()
         argv = llama_bench.command(self.pushed["runtime"]["path"], self.pushed["model"]["path"], pp=scenario.pp,
                                    tg=scenario.tg, repetitions=scenario.repetitions, threads=threads,
@@ -667,10 +679,17 @@ class AndroidTarget:
         if self._fixed_enabled:
             self.set_fixed_performance(False)
 
+    def telemetry_cpus(self) -> tuple[int, ...]:
+        """The CPUs the telemetry loop may use: those the runtime is not pinned to, so the loop
+        never takes a core from the threads it measures; () = no such CPU (or the runtime is not
+        pinned), and the loop goes where the scheduler puts it."""
+        every = {cpu for cluster in self.snap.clusters for cpu in cluster.cpus}
+        return tuple(sorted(every - set(self._runtime_cpus))) if self._runtime_cpus else ()
+
     def sampler(self, clock, sink, hz: float, pid: int | None):
         from .sampler import AndroidSampler
 
-        return AndroidSampler(self.device, clock, sink, hz, pid or 0, self.profile)
+        return AndroidSampler(self.device, clock, sink, hz, pid or 0, self.profile, cpus=self.telemetry_cpus())
 
     def rail_samples(self, clock) -> list[Sample]:
         """One dump of the PowerStats HAL energy meter as samples (cumulative J per channel),

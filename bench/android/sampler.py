@@ -113,14 +113,12 @@ while :; do
   fi
   while read -r k v u; do case $k in MemAvailable:) ma=$v; break;; esac; done < /proc/meminfo
   echo "S $t {line} rss=$rss hwm=$hwm swap=$swp ut=$ut st=$st ma=$ma"{meters}
-  th=
+  th="H $t"
   for f in /proc/$pid/task/*/stat; do
-    read -r l < $f 2>/dev/null || continue
-    tid=${{f%/stat}}; tid=${{tid##*/}}
-    set -- ${{l##*) }}
-    th="$th $tid:${{37}}:${{12}}:${{13}}"
+    read -r l < $f 2>/dev/null && th="$th
+h $l"
   done
-  echo "H $t$th"
+  echo "$th"
   n=$((n+1))
   if [ $((n % every)) -eq 1 ] || [ $every -eq 1 ]; then
     ts=$(dumpsys thermalservice 2>/dev/null | grep -m1 'Thermal Status')
@@ -141,9 +139,12 @@ done
 class AndroidSampler:
     """Runs the loop on the device and turns its lines into samples, on its own thread."""
 
+    _threads: tuple[float, list] | None = None  # the tick whose thread ("h") lines are being read
+
     def __init__(self, device: Device, clock: RunClock, sink: Callable[[list[Sample]], None], hz: float, pid: int,
-                 profile: DeviceProfile):
+                 profile: DeviceProfile, cpus: tuple[int, ...] = ()):
         self.device, self.clock, self.sink, self.hz, self.pid, self.profile = device, clock, sink, hz, pid, profile
+        self.cpus = cpus  # where the loop runs (taskset); () = where the scheduler puts it
         self.layout = discover(device)
         self.absent = dict(self.layout.absent)
         self.zone_names = {index: kind for index, kind in self.layout.zones}
@@ -200,7 +201,9 @@ class AndroidSampler:
             self.device.push(script, SCRIPT_PATH)
         interval = f"{1 / self.hz:.3f}"
         every = max(1, round(self.hz))  # thermal status about once a second
-        self._stream = self.device.open_shell_stream(f"exec sh {SCRIPT_PATH} {interval} {int(self.pid)} {every}")
+        # pinned off the runtime's cores: toybox and util-linux taskset both take a hex mask and a command
+        pin = f"taskset {sum(1 << cpu for cpu in self.cpus):x} " if self.cpus else ""
+        self._stream = self.device.open_shell_stream(f"exec {pin}sh {SCRIPT_PATH} {interval} {int(self.pid)} {every}")
         self._thread.start()
         return self
 
@@ -225,8 +228,27 @@ class AndroidSampler:
                     self.errors += 1
             if samples:
                 self.sink(samples)
+        if samples := self._thread_samples():
+            self.sink(samples)
 
     def parse_line(self, line: str) -> list[Sample]:
+        if line.startswith("h ") and self._threads is not None:
+            # a thread's stat line whole: parsed here, since splitting 52 fields in mksh cost the phone
+            # more than all its other reads together
+            reading = parse.parse_task_stat(line[2:])
+            if reading is not None:
+                self._threads[1].append(reading)
+            return []
+        return self._thread_samples() + self._parse_record(line)
+
+    def _thread_samples(self) -> list[Sample]:
+        """The threads' readings of one tick, once its last "h" line has passed."""
+        if self._threads is None:
+            return []
+        (t_s, readings), self._threads = self._threads, None
+        return self.placement.samples(t_s, readings)
+
+    def _parse_record(self, line: str) -> list[Sample]:
         parts = line.split()
         if len(parts) < 2:
             return []
@@ -237,13 +259,9 @@ class AndroidSampler:
             if len(parts) >= 3 and parts[2].isdigit():
                 return [Sample(t_s, "thermal", "status", float(parts[2]), "level")]
             return []
-        if parts[0] == "H":  # the runtime's threads: tid:last cpu:utime:stime each
-            readings = []
-            for item in parts[2:]:
-                fields = item.split(":")
-                if len(fields) == 4 and all(field.isdigit() for field in fields):
-                    readings.append((int(fields[0]), int(fields[1]), int(fields[2]) + int(fields[3])))
-            return self.placement.samples(t_s, readings)
+        if parts[0] == "H":  # the runtime's threads: their stat lines follow, one "h" line each
+            self._threads = (t_s, [])
+            return []
         if parts[0] == "M":  # PSS, about once a second: smaps_rollup costs a page-table walk
             if len(parts) >= 3 and parts[2].isdigit():
                 return [Sample(t_s, "process", "pss", float(parts[2]) * 1024, "B")]

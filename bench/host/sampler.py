@@ -54,6 +54,8 @@ class HostSampler:
     rail_source = None  # a host has no power-rail energy meter
     last_rail_s = None
     clock_check = None  # stamped on the host's own clock: nothing to check
+    cpus = ()  # a thread of bench's own process: where the scheduler puts it
+
     def __init__(self, clock: RunClock, sink: Sink, hz: float, pid: int):
         self.clock, self.sink, self.interval_s, self.pid = clock, sink, 1.0 / hz, pid
         self._last_pss_s = float("-inf")

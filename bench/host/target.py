@@ -18,6 +18,7 @@ from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.llama_bench import LocalBench
 from ..runtimes.llama_cpp import LlamaCppRuntime
+from ..runtimes.llama_server import LocalLlamaServer
 from . import device as host_device
 from .sampler import HostSampler
 
@@ -108,6 +109,18 @@ class HostTarget:
         runtime.load()
         task.done()
         return runtime
+
+    def scoring_runtime(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LocalLlamaServer:
+        """llama-bench cannot score text: llama-server of the same host build does."""
+        binary = Path(self.tools["bin"]) / "llama-server"
+        task = progress.task(f"load {model.alias} in llama-server (the llama-bench build) for the correctness probe")
+        log_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="bench-host-"))
+        server = LocalLlamaServer(binary, model.path, threads=self.threads(scenario), n_ctx=scenario.n_ctx,
+                                  log_path=log_dir / "scoring-server.log", facts=RuntimeFacts(
+                                      kind="llama-server", process="server", pid=None, threads=self.threads(scenario),
+                                      affinity=None, n_batch=scenario.n_batch))
+        task.done()
+        return server
 
     def sampler(self, clock: RunClock, sink, hz: float, pid: int | None):
         return HostSampler(clock, sink, hz, pid or os.getpid())

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..correctness import Position, Scores
 from ..errors import ModelError, RunFailed
 from ..records import ModelInfo
 from .base import Completion, RuntimeFacts
@@ -118,6 +119,13 @@ class LlamaCppRuntime:
             raise RunFailed(answer["error"], hint=answer.get("hint"))
         answer["token_ns"] = tuple(answer["token_ns"])
         return Completion(**answer)
+
+    def score(self, tokens: Sequence[int]) -> Scores:
+        answer = self._call("score", self.request_timeout_s, tokens=list(tokens))
+        if "error" in answer:
+            raise RunFailed(answer["error"], hint="raise n_ctx in the scenario")
+        return Scores(tuple(tokens), tuple(Position(*item) for item in answer["positions"]), answer["vocab"],
+                      f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')} on the host's CPU")
 
     def interrupt(self) -> None:
         """Stop the worker now (a run guard tripped, or Ctrl-C): the request in flight fails."""

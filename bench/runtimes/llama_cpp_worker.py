@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..parse import parse_proc_status
 
-COMMANDS = ("load", "tokenize", "complete")
+COMMANDS = ("load", "tokenize", "complete", "score")
 AMX_MARKER = "AMX_INT8 = 1"
 AMX_REASON = ("weight repacking off: this llama.cpp build uses AMX, whose repacked matmul crashes on multi-token "
               "batches at the vendored commit (llama.cpp issue 20824)")
@@ -143,6 +143,33 @@ class Worker:
             "stop_reason": stop_reason, "streamed_tokens": len(token_ns),
             "text": llm.detokenize(generated).decode("utf-8", errors="replace"), "error": error,
         }
+
+    def score(self, tokens: list[int]) -> dict:
+        """Teacher-forced, one token evaluated at a time (the context keeps logits for the last token
+        only): at each position the most likely next token, the ln-probability of the given next
+        token and the margin of the top token over the second (bench.correctness)."""
+        import numpy as np
+
+        llm = self.llm
+        if len(tokens) > self.n_ctx:
+            return {"error": f"the correctness probe ({len(tokens)} tokens) exceeds n_ctx {self.n_ctx}"}
+        llm.reset()
+        positions = []
+        for index, token in enumerate(tokens[:-1]):
+            llm.eval([token])
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+            if not np.all(np.isfinite(logits)):
+                positions.append([int(np.nanargmax(np.nan_to_num(logits, nan=-np.inf))) if np.isfinite(logits).any() else -1,
+                                  None, None])
+                continue
+            shifted = logits - logits.max()
+            logprobs = shifted - np.log(np.exp(shifted).sum())
+            first, second = np.argpartition(-logprobs, 1)[:2]
+            if logprobs[second] > logprobs[first]:
+                first, second = second, first
+            positions.append([int(first), float(logprobs[tokens[index + 1]]), float(logprobs[first] - logprobs[second])])
+        llm.reset()
+        return {"positions": positions, "vocab": int(llm.n_vocab())}
 
     def _reusable_prefix(self, tokens: list[int]) -> int:
         """How many prompt tokens generate() will take from the KV cache (its own rule: a fully

@@ -9,8 +9,10 @@ import json
 import socket
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Sequence
 
+from ..correctness import Position, Scores
 from ..errors import RunFailed
 from .base import Completion, RuntimeFacts
 
@@ -155,5 +157,52 @@ class LlamaServerRuntime:
             streamed_tokens=streamed,
         )
 
+    def score(self, tokens: Sequence[int]) -> Scores:
+        """Teacher-forced through /completion, one request a position: the prefix as token ids (so
+        no tokenizer stands between the runtime and the reference), one token generated and forced to
+        the probe's next by a logit bias, which the sampler applies and the reported probabilities,
+        taken from the model's own logits, do not see. The cached prefix makes each request one token
+        of work."""
+        positions = []
+        for index in range(1, len(tokens)):
+            target = int(tokens[index])
+            answer = self._post("/completion", {
+                "prompt": [int(t) for t in tokens[:index]], "n_predict": 1, "n_probs": 2, "temperature": 0.0,
+                "logit_bias": [[target, 100.0]], "cache_prompt": True, "ignore_eos": True, "stream": False})
+            probabilities = (answer.get("completion_probabilities") or [{}])[0]
+            top = probabilities.get("top_logprobs") or []
+            logprob = probabilities.get("logprob") if probabilities.get("id") == target else None
+            positions.append(Position(int(top[0]["id"]) if top else -1,
+                                      float(logprob) if isinstance(logprob, (int, float)) else None))
+        return Scores(tuple(tokens), tuple(positions), 0, f"llama-server ({self._facts.kind})")
+
     def close(self) -> None:
         pass  # the device side owns the process; AndroidTarget stops it
+
+
+class LocalLlamaServer(LlamaServerRuntime):
+    """llama-server of a host llama.cpp build, on 127.0.0.1 and a free port: what scores a host
+    llama-bench run's model with the same build. Stopped by its PID, ours."""
+
+    def __init__(self, binary: Path, model_path: str, *, threads: int, n_ctx: int, log_path: Path,
+                 facts: RuntimeFacts, start_timeout_s: float = 120):
+        from .process import LineProcess
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._process = LineProcess([str(binary), "-m", model_path, "--host", "127.0.0.1", "--port", str(port),
+                                     "-np", "1", "-c", str(n_ctx), "-t", str(threads)], log_path)
+        super().__init__(lambda timeout: socket.create_connection(("127.0.0.1", port), timeout),
+                         facts=replace(facts, pid=self._process.pid))
+        deadline = time.monotonic() + start_timeout_s
+        while self.health(timeout=5) != 200:
+            if self._process.process.poll() is not None or time.monotonic() > deadline:
+                failure = self._process.failure() if self._process.process.poll() is not None else "no answer in time"
+                self.close()
+                raise RunFailed(f"llama-server did not become healthy on the host: {failure}")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.close()

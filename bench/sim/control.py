@@ -120,7 +120,8 @@ def plan_start(cache: Path, *, name: str = "sim", port: int | None = None, profi
     return next(p for p in range(FIRST_PORT, FIRST_PORT + 500) if p not in taken and _port_free(p))
 
 
-FAULTS = ("cable", "reboot", "disk-full", "memory-pressure", "rail-glitch", "performance-stuck", "stall", "clock-jump")
+FAULTS = ("cable", "reboot", "disk-full", "memory-pressure", "rail-glitch", "performance-stuck", "stall", "clock-jump",
+          "tokens-corrupt")
 
 
 def inject(info: SimInfo, fault: str, timeout: float = 5.0, **params) -> None:
@@ -131,7 +132,9 @@ def inject(info: SimInfo, fault: str, timeout: float = 5.0, **params) -> None:
     `performance-stuck` (the next `count` requests to turn fixed performance off fail), `stall`
     (the processes whose command line holds `match` are frozen for seconds_s, as a starved or dozing
     phone's are), `clock-jump` (a sim started with clock.adjustable=true moves its wall clock by
-    `seconds`, as network time or a user does). Returns once the sim has applied it."""
+    `seconds`, as network time or a user does), `tokens-corrupt` (every token id llama-server sends
+    reaches the host altered, as from a backend that computes the wrong tokens). Returns once the sim
+    has applied it."""
     if fault not in FAULTS:
         raise UsageError(f"unknown fault '{fault}'", f"use one of: {', '.join(FAULTS)}")
     folder = info.state_dir / "faults"

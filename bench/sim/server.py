@@ -114,6 +114,8 @@ class _Phone:
             self.sandbox.write_state("rail_glitch", f"{int(fault.get('count', 1))}\n")
         elif kind == "performance-stuck":  # the power HAL fails this many requests to leave fixed performance
             self.sandbox.write_state("performance_stuck", f"{int(fault.get('count', 1))}\n")
+        elif kind == "tokens-corrupt":  # llama-server's token ids reach the host altered (a broken backend)
+            self.sandbox.write_state("tokens_corrupt", "1\n")
         elif kind == "clock-jump":  # network time or a user moves the wall clock
             self.sandbox.jump_clock(float(fault.get("seconds", 5.0)))
         elif kind == "stall":

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import struct
+from typing import Callable
 
 from .adbd import Stream, StreamClosed
 from .sandbox import Sandbox
@@ -16,6 +18,15 @@ SYNC_DATA_MAX = 64 * 1024
 
 def _packet(kind: int, data: bytes) -> bytes:
     return struct.pack("<BI", kind, len(data)) + data
+
+
+_TOKEN_ID = re.compile(rb'("id":\s*)(\d+)')
+
+
+def corrupt_token_ids(chunk: bytes) -> bytes:
+    """The `tokens-corrupt` fault: every token id llama-server sends has its last digit moved by one,
+    as a backend that computes the wrong tokens would send them. Lengths stay, so HTTP framing holds."""
+    return _TOKEN_ID.sub(lambda m: m.group(1) + m.group(2)[:-1] + str((int(m.group(2)[-1:]) + 1) % 10).encode(), chunk)
 
 
 class Services:
@@ -233,7 +244,8 @@ class Services:
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
         except (OSError, asyncio.TimeoutError):
             return  # closing the stream tells the host the connect failed
-        await self._bridge(stream, reader, writer)
+        corrupt = self.sandbox.read_state("tokens_corrupt").strip() == "1"
+        await self._bridge(stream, reader, writer, rewrite=corrupt_token_ids if corrupt else None)
 
     # -- reverse -------------------------------------------------------------------------------
     async def reverse(self, stream: Stream, request: str) -> None:
@@ -301,8 +313,10 @@ class Services:
         data = message.encode()
         await stream.write(b"FAIL" + f"{len(data):04x}".encode() + data)
 
-    async def _bridge(self, stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Bytes both ways between an ADB stream and a TCP connection, until either side ends."""
+    async def _bridge(self, stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      rewrite: Callable[[bytes], bytes] | None = None) -> None:
+        """Bytes both ways between an ADB stream and a TCP connection, until either side ends;
+        `rewrite` alters what the device's side sends (a fault)."""
         async def upstream():
             try:
                 while (data := await stream.read()) is not None:
@@ -313,7 +327,7 @@ class Services:
 
         async def downstream():
             while chunk := await reader.read(64 * 1024):
-                await stream.write(chunk)
+                await stream.write(rewrite(chunk) if rewrite else chunk)
 
         tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
