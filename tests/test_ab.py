@@ -31,6 +31,10 @@ def test_interleaved_ab_on_the_emulated_phone(start_sim, host_runtime, smollm2_p
     assert comparison["paired"] and "paired and interleaved: 2 ABBA pairs" in payload["method"]
     decode = next(m for m in comparison["metrics"] if m["metric"] == "decode_tps")
     assert decode["verdict"] == "inconclusive" and "fewer than 6 pairs" in decode["reason"]
+    # every run of both sides checked its output against the host CPU reference
+    correctness = comparison["correctness"]
+    assert correctness["base"]["verdict"] == correctness["head"]["verdict"] == "pass" and correctness["wrong"] is None
+    assert correctness["head"]["detail"].startswith("2 runs: top-1 agreement")
     (ab_dir,) = (tmp_path / "r").glob("*-ab-tiny")
     record = json.loads((ab_dir / "ab.json").read_text())
     assert record["schema_version"] == 1 and record["status"] == "complete"
@@ -57,6 +61,7 @@ def test_ab_of_two_models_on_the_host_and_bad_arms(smollm2_path, tmp_path):
     (ab_dir,) = (tmp_path / "r").glob("*-ab-tiny")
     again = bench_cli("compare", str(ab_dir))  # two models on purpose: the record says so, no --ignore needed
     assert again.returncode == 0 and "### base smollm2-135m" in again.stdout, again.stdout + again.stderr
+    assert "| head " in again.stdout and "🟢 pass: 2 runs" in again.stdout  # each side's correctness verdict
     mixed = bench_cli("ab", "--base", "smollm2-135m", "--head", str(tmp_path), "--out", str(tmp_path / "bad"))
     lines = [line for line in mixed.stderr.splitlines() if line.strip()]
     assert mixed.returncode == 2 and len(lines) == 1 and not (tmp_path / "bad").exists(), mixed.stderr

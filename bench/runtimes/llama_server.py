@@ -54,8 +54,12 @@ class LlamaServerRuntime:
     def loaded(self, load_ms: float) -> None:
         self._facts = replace(self._facts, load_ms=load_ms)
 
-    def _post(self, path: str, body: dict, timeout: float | None = None) -> dict:
-        connection = self._connection(timeout)
+    def _post(self, path: str, body: dict, timeout: float | None = None,
+              connection: http.client.HTTPConnection | None = None) -> dict:
+        """`connection`: one kept open across calls (HTTP keep-alive; it reconnects by itself when
+        the server closed it), else one for this call."""
+        own = connection is None
+        connection = connection or self._connection(timeout)
         try:
             connection.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
             response = connection.getresponse()
@@ -63,7 +67,8 @@ class LlamaServerRuntime:
         except (OSError, http.client.HTTPException) as error:
             raise ServerGone(f"llama-server did not answer {path}: {error}") from None
         finally:
-            connection.close()
+            if own:
+                connection.close()
         if response.status != 200:
             raise RunFailed(f"llama-server answered {path} with HTTP {response.status}: {payload[:200]!r}")
         return json.loads(payload)
@@ -164,16 +169,21 @@ class LlamaServerRuntime:
         taken from the model's own logits, do not see. The cached prefix makes each request one token
         of work."""
         positions = []
-        for index in range(1, len(tokens)):
-            target = int(tokens[index])
-            answer = self._post("/completion", {
-                "prompt": [int(t) for t in tokens[:index]], "n_predict": 1, "n_probs": 2, "temperature": 0.0,
-                "logit_bias": [[target, 100.0]], "cache_prompt": True, "ignore_eos": True, "stream": False})
-            probabilities = (answer.get("completion_probabilities") or [{}])[0]
-            top = probabilities.get("top_logprobs") or []
-            logprob = probabilities.get("logprob") if probabilities.get("id") == target else None
-            positions.append(Position(int(top[0]["id"]) if top else -1,
-                                      float(logprob) if isinstance(logprob, (int, float)) else None))
+        connection = self._connection()  # one adb stream for all of them, not one a position
+        try:
+            for index in range(1, len(tokens)):
+                target = int(tokens[index])
+                answer = self._post("/completion", {
+                    "prompt": [int(t) for t in tokens[:index]], "n_predict": 1, "n_probs": 2, "temperature": 0.0,
+                    "logit_bias": [[target, 100.0]], "cache_prompt": True, "ignore_eos": True, "stream": False},
+                    connection=connection)
+                probabilities = (answer.get("completion_probabilities") or [{}])[0]
+                top = probabilities.get("top_logprobs") or []
+                logprob = probabilities.get("logprob") if probabilities.get("id") == target else None
+                positions.append(Position(int(top[0]["id"]) if top else -1,
+                                          float(logprob) if isinstance(logprob, (int, float)) else None))
+        finally:
+            connection.close()
         return Scores(tuple(tokens), tuple(positions), 0, f"llama-server ({self._facts.kind})")
 
     def close(self) -> None:
