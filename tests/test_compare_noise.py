@@ -134,3 +134,20 @@ def test_an_ab_folder_compares_its_pairs(tmp_path: Path):
     (ab / "ab.json").write_text(json.dumps({**record, "pairs": record["pairs"][:6]}))
     six = bench_cli("compare", str(ab), "--fail-on-regression")
     assert six.returncode == 0 and "6 pairs cannot reach p < 0.017" in six.stdout, six.stdout
+
+
+def test_stored_runs_compare_without_the_command_line(tmp_path: Path):
+    """bench.comparisons is the decision; the CLI only prints: the same verdict from Python."""
+    from bench.comparisons import compare_stored, gate_metrics
+    from bench.errors import UsageError
+
+    base = write_run(tmp_path / "base", noisy(50, 8, 0.01, 1), name="a")
+    head = write_run(tmp_path / "head", noisy(44, 8, 0.01, 2), name="b")
+    _setup(tmp_path / "quiet", [50, 50.4, 49.7, 50.2, 49.9], "q")
+    (comparison,) = compare_stored([base, head], threshold=0.05, results=tmp_path / "quiet")
+    assert comparison.regressed and comparison.noise["decode_tps"].runs == 5
+    assert gate_metrics("all")[0] == "prefill_tps" and gate_metrics(None) == ("prefill_tps", "decode_tps", "ttft_ms")
+    with pytest.raises(UsageError):
+        gate_metrics("nonsense")
+    with pytest.raises(UsageError):
+        compare_stored([base], threshold=0.05)  # one folder that is no `bench ab` folder
