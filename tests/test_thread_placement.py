@@ -89,8 +89,9 @@ def _telemetry_loop_masks(seen: set[str], stop) -> None:
         for entry in os.scandir("/proc"):
             try:
                 argv = open(f"/proc/{entry.name}/cmdline", "rb").read().split(b"\0") if entry.name.isdigit() else []
-                # the shell running the loop (taskset, for the instant before it applies the mask and execs, is not)
-                if b"telemetry.sh" in b" ".join(argv) and not argv[0].endswith(b"taskset"):
+                # the shell running the loop, `sh .../telemetry.sh ...`: not adbd's `sh -c "exec taskset ..."`
+                # nor taskset itself, for the instants before each execs the next
+                if len(argv) > 1 and argv[1].endswith(b"telemetry.sh"):
                     status = open(f"/proc/{entry.name}/status").read()
                     seen.add(status.split("Cpus_allowed_list:")[1].split()[0])
             except (OSError, IndexError):
