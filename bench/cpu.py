@@ -163,6 +163,11 @@ def parse_cpus(text: str) -> tuple[int, ...]:
     return tuple(sorted(cpus))
 
 
+def cpu_mask(cpus: tuple[int, ...]) -> str:
+    """A CPU set as a hex mask, bit N for CPU N: llama.cpp's --cpu-mask and taskset both take it."""
+    return f"{sum(1 << cpu for cpu in cpus):x}"
+
+
 def format_cpus(cpus: tuple[int, ...]) -> str:
     ranges, start = [], None
     for index, cpu in enumerate(cpus):

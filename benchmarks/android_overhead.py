@@ -36,9 +36,10 @@ from pathlib import Path
 
 from _common import adb, adb_push, emulated_phone, interleaved
 
-from bench.android.device import ROOT, AndroidTarget, RuntimeBundle, cpu_mask
+from bench.android.device import ROOT, AndroidTarget, RuntimeBundle
 from bench.catalog import cache_root, model_info
 from bench.config import resolve_scenario
+from bench.cpu import cpu_mask, parse_cpus
 from bench.host.membw import host_bandwidth_gbs
 from bench.progress import NullProgress
 from bench.runner import RunOptions, run_benchmark
@@ -149,8 +150,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--affinity", type=lambda text: [int(cpu) for cpu in text.split(",")], default=None,
-                        help="CPUs to pin the runtime to, e.g. 1 or 2,3")
+    parser.add_argument("--affinity", type=parse_cpus, default=None, help="CPUs to pin the runtime to, e.g. 1 or 2-3")
     parser.add_argument("--push", action="store_true", help="also compare the model push with adb push")
     args = parser.parse_args()
     runtime_dir = build(plan_build("host", cache_root()))

@@ -11,6 +11,7 @@ import threading
 import pandas as pd
 import pytest
 
+from bench.cpu import parse_cpus
 from bench.parse import ThreadPlacement, parse_task_stat
 from bench.store import load_run
 from bench.placement import thread_placement
@@ -118,15 +119,7 @@ def test_the_telemetry_loop_runs_off_the_cores_the_runtime_is_pinned_to(start_si
     run = load_run(json.loads(result.stdout)["run_dir"]).run
     others = sorted(set(range(os.cpu_count())) - {1})
     assert run["telemetry"]["cpus"] == others and run["telemetry"]["ticks"] > 0
-    assert seen and all(_cpu_list(mask) == others for mask in seen), seen
-
-
-def _cpu_list(text: str) -> list[int]:
-    cpus = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        cpus += range(int(first), int(last or first) + 1)
-    return cpus
+    assert seen and all(list(parse_cpus(mask)) == others for mask in seen), seen
 
 
 def test_the_loop_sends_thread_stat_lines_whole_and_the_host_groups_them_by_tick():

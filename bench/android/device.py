@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from .. import parse
 from ..catalog import cached_sha256
-from ..cpu import arm_variant_for, arm_variant_name, cpuinfo_flags
+from ..cpu import arm_variant_for, arm_variant_name, cpu_mask, cpuinfo_flags
 from ..errors import PreflightError, RunFailed, UsageError
 from ..gguf import kv_cache_bytes
 from ..profiles import DeviceProfile, load_profiles, match_profile
@@ -204,11 +204,6 @@ def _resolve_one(selector: str, devices: list[Listed], profiles: dict[str, Devic
 def _usable(item: Listed) -> None:
     if item.state != "device":
         raise UsageError(f"device {item.serial} is {item.state}", STATE_FIXES.get(item.state, "check `adb devices`"))
-
-
-def cpu_mask(cpus: tuple[int, ...]) -> str:
-    """llama.cpp's --cpu-mask: hex, bit N for CPU N."""
-    return f"{sum(1 << cpu for cpu in cpus):x}"
 
 
 PORT_ATTEMPTS = 5

@@ -16,6 +16,7 @@ from typing import Callable
 
 from .. import parse
 from ..clock import RunClock
+from ..cpu import cpu_mask
 from ..profiles import DeviceProfile
 from ..records import Sample
 from .adb import AdbFailure, Device
@@ -202,7 +203,7 @@ class AndroidSampler:
         interval = f"{1 / self.hz:.3f}"
         every = max(1, round(self.hz))  # thermal status about once a second
         # pinned off the runtime's cores: toybox and util-linux taskset both take a hex mask and a command
-        pin = f"taskset {sum(1 << cpu for cpu in self.cpus):x} " if self.cpus else ""
+        pin = f"taskset {cpu_mask(self.cpus)} " if self.cpus else ""
         self._stream = self.device.open_shell_stream(f"exec {pin}sh {SCRIPT_PATH} {interval} {int(self.pid)} {every}")
         self._thread.start()
         return self

@@ -112,12 +112,12 @@ class HostTarget:
 
     def scoring_runtime(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LocalLlamaServer:
         """llama-bench cannot score text: llama-server of the same host build does."""
-        binary = Path(self.tools["bin"]) / "llama-server"
+        binary, threads = Path(self.tools["bin"]) / "llama-server", self.threads(scenario)
         task = progress.task(f"load {model.alias} in llama-server (the llama-bench build) for the correctness probe")
         log_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="bench-host-"))
-        server = LocalLlamaServer(binary, model.path, threads=self.threads(scenario), n_ctx=scenario.n_ctx,
+        server = LocalLlamaServer(binary, model.path, threads=threads, n_ctx=scenario.n_ctx,
                                   log_path=log_dir / "scoring-server.log", facts=RuntimeFacts(
-                                      kind="llama-server", process="server", pid=None, threads=self.threads(scenario),
+                                      kind="llama-server", process="server", pid=None, threads=threads,
                                       affinity=None, n_batch=scenario.n_batch))
         task.done()
         return server
