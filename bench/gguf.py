@@ -81,7 +81,19 @@ class _Cursor:
 
 
 def read_gguf(path: str | Path) -> GGUFInfo:
-    path = Path(path)
+    return _read(Path(path), _parse)
+
+
+def tensor_data_offsets(path: str | Path) -> dict[str, tuple[int, int]]:
+    """Each tensor's (GGML type, byte offset of its data in the file), from the header alone."""
+    def offsets(buffer, path: Path, file_bytes: int) -> dict[str, tuple[int, int]]:
+        _, _, tensors, data_start = _header(buffer, path)
+        return {name: (tensor_type, data_start + offset) for name, _, tensor_type, offset in tensors}
+
+    return _read(Path(path), offsets)
+
+
+def _read(path: Path, parse):
     try:
         handle = path.open("rb")
     except OSError as error:
@@ -92,13 +104,14 @@ def read_gguf(path: str | Path) -> GGUFInfo:
             raise ModelError(f"{path} is not a GGUF model ({file_bytes} bytes)", "give a .gguf file")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
             try:
-                return _parse(buffer, path, file_bytes)
+                return parse(buffer, path, file_bytes)
             except struct.error:
                 raise ModelError(f"{path} is truncated inside its GGUF header",
                                  "download the model again (`bench models pull ALIAS`)") from None
 
 
-def _parse(buffer, path: Path, file_bytes: int) -> GGUFInfo:
+def _header(buffer, path: Path) -> tuple[int, dict[str, object], list[tuple[str, list[int], int, int]], int]:
+    """(version, metadata, tensors as (name, dims, type, offset from the data start), data start)."""
     if buffer[:4] != GGUF_MAGIC:
         raise ModelError(f"{path} is not a GGUF model (magic {bytes(buffer[:4])!r})",
                          "give a .gguf file (convert other formats with llama.cpp's convert scripts)")
@@ -112,21 +125,25 @@ def _parse(buffer, path: Path, file_bytes: int) -> GGUFInfo:
     for _ in range(kv_count):
         key = cursor.string()
         metadata[key] = cursor.value(cursor.take("<I"))
+    tensors = []
+    for _ in range(tensor_count):
+        name = cursor.string()
+        dims = [cursor.take("<Q") for _ in range(cursor.take("<I"))]
+        tensor_type, offset = cursor.take("<I"), cursor.take("<Q")
+        tensors.append((name, dims, tensor_type, offset))
+    alignment = int(metadata.get("general.alignment") or 32)
+    return version, metadata, tensors, (cursor.offset + alignment - 1) // alignment * alignment
+
+
+def _parse(buffer, path: Path, file_bytes: int) -> GGUFInfo:
+    version, metadata, tensors, data_start = _header(buffer, path)
+    tensor_count = len(tensors)
     architecture = metadata.get("general.architecture")
     prefix = f"{architecture}." if architecture else ""
 
-    tensors = []
-    for _ in range(tensor_count):
-        cursor.string()
-        dims = [cursor.take("<Q") for _ in range(cursor.take("<I"))]
-        tensor_type, offset = cursor.take("<I"), cursor.take("<Q")
-        tensors.append((dims, tensor_type, offset))
-    alignment = int(metadata.get("general.alignment") or 32)
-    data_start = (cursor.offset + alignment - 1) // alignment * alignment
-
     parameters = 0
     data_end = data_start
-    for dims, tensor_type, offset in tensors:
+    for _, dims, tensor_type, offset in tensors:
         elements = 1
         for dim in dims:
             elements *= dim

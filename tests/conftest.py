@@ -205,33 +205,11 @@ def corrupt_first_block(source: Path, target: Path, tensor: str) -> tuple[int, i
     """A copy of a GGUF model with the first quantization block of `tensor` overwritten (its fp16
     scale and offset set to 60000, its quants to 15): the header intact, the file still loads, one
     block of one weight computes nonsense. Returns (the block's byte offset, the tensor's type)."""
-    import mmap
+    from bench.gguf import tensor_data_offsets
 
-    from bench.gguf import _Cursor
-
-    with source.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
-        cursor = _Cursor(buffer, source)
-        cursor.offset = 8
-        tensor_count, kv_count = cursor.take("<Q"), cursor.take("<Q")
-        alignment = 32
-        for _ in range(kv_count):
-            key = cursor.string()
-            value = cursor.value(cursor.take("<I"))
-            alignment = int(value) if key == "general.alignment" else alignment
-        found = None
-        for _ in range(tensor_count):
-            name = cursor.string()
-            for _dim in range(cursor.take("<I")):
-                cursor.take("<Q")
-            tensor_type, offset = cursor.take("<I"), cursor.take("<Q")
-            if name == tensor:
-                found = (tensor_type, offset)
-        data_start = (cursor.offset + alignment - 1) // alignment * alignment
-    assert found is not None, f"{source} has no tensor {tensor}"
-    tensor_type, offset = found
+    tensor_type, where = tensor_data_offsets(source)[tensor]
     assert tensor_type == 3, f"{tensor} is not Q4_1 (type {tensor_type}): the corruption below assumes its block layout"
     data = bytearray(source.read_bytes())
-    where = data_start + offset
     data[where:where + 20] = struct.pack("<ee", 60000.0, 60000.0) + b"\xff" * 16  # Q4_1: d, m, 32 x 4-bit quants
     target.write_bytes(bytes(data))
     return where, tensor_type

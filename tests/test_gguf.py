@@ -62,3 +62,12 @@ def test_real_smollm2_header(smollm2_path):
     assert info.quantization == "Q4_1"
     assert 130e6 < info.parameters < 140e6  # "135M"
     assert info.block_count == 30 and info.file_bytes == smollm2_path.stat().st_size
+
+
+def test_tensor_data_offsets_point_at_each_tensor_s_data(tmp_path):
+    from bench.gguf import tensor_data_offsets
+
+    path = write_gguf(tmp_path / "t.gguf", {"general.architecture": "llama"}, [("a", [8], 0), ("b", [4, 2], 1)])
+    offsets = tensor_data_offsets(path)
+    header = path.stat().st_size - (32 + 16)  # a: 8 x f32 = 32 bytes; b: 8 x f16 = 16, after a's 32-byte aligned slot
+    assert offsets == {"a": (0, header), "b": (1, header + 32)}
