@@ -158,8 +158,9 @@ class Worker:
         for index, token in enumerate(tokens[:-1]):
             llm.eval([token])
             logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
-            if not np.all(np.isfinite(logits)):
-                positions.append([int(np.nanargmax(np.nan_to_num(logits, nan=-np.inf))) if np.isfinite(logits).any() else -1,
+            finite = np.isfinite(logits)
+            if not finite.all():  # a broken backend: its top token (NaN never wins), no probabilities
+                positions.append([int(np.argmax(np.where(np.isnan(logits), -np.inf, logits))) if finite.any() else -1,
                                   None, None])
                 continue
             shifted = logits - logits.max()

@@ -184,7 +184,8 @@ class LlamaServerRuntime:
                                           float(logprob) if isinstance(logprob, (int, float)) else None))
         finally:
             connection.close()
-        return Scores(tuple(tokens), tuple(positions), 0, f"llama-server ({self._facts.kind})")
+        commit = self._facts.llama_cpp_commit
+        return Scores(tuple(tokens), tuple(positions), 0, f"llama-server (llama.cpp {commit})" if commit else "llama-server")
 
     def close(self) -> None:
         pass  # the device side owns the process; AndroidTarget stops it
