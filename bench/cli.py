@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import sys
 import threading
@@ -18,8 +17,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import BenchError, UsageError
-
-HOST_DEVICES = ("host",)
+from .targets import HOST, connect, device_ids
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -46,8 +44,8 @@ class _BarTask:
 class BarProgress:
     """Live bars on stderr for every step a user waits for (downloads, load, repetitions). A console
     shows one live display at a time (rich raises LiveError on a second): a BarProgress opened while
-    another is live on the same console, as a phone runtime built inside `bench ab` or a matrix
-    is, adds its bars to the live one."""
+    another is live on the same console adds its bars to the live one, so a step that opens its own
+    (a phone runtime built inside `bench ab` or a matrix once did) cannot end the run."""
 
     _open: dict[int, "BarProgress"] = {}  # console id -> the outermost BarProgress open on it
 
@@ -319,72 +317,6 @@ def _add_report_command(commands) -> None:
 
 # -- commands ---------------------------------------------------------------------------------
 
-def _runtime_bundle(explicit: Path | None, abi: str | None, features: frozenset[str] = frozenset()):
-    """The llama.cpp build to push: --runtime DIR (preflight checks that it fits), else the cached
-    build for the device's ABI that needs the most of the CPU features the device has. An arm64
-    phone that no cached build fits gets one built now when the cross compiler is here."""
-    from .android.device import RuntimeBundle
-    from .catalog import cache_root
-    from .runtimes.build import describe_runtime_dir, required_cpu_features
-
-    if explicit is not None:
-        meta = describe_runtime_dir(explicit)
-        return RuntimeBundle(Path(meta["bin"]) / "llama-server", meta)
-    def bundle(meta: dict) -> RuntimeBundle:
-        return RuntimeBundle(Path(meta["path"]) / "bin" / "llama-server", meta)
-
-    same_abi = [meta for meta in _usable_runtimes(cache_root()) if meta.get("abi") == abi]
-    fitting = [meta for meta in same_abi if required_cpu_features(meta) <= features]
-    if fitting:  # max() keeps the first of equals: the newest
-        return bundle(max(fitting, key=lambda meta: len(required_cpu_features(meta))))
-    built = _build_phone_runtime(features) if abi == "arm64-v8a" else None
-    if built is not None:
-        return bundle(built)
-    # none fits: preflight names the missing feature and the build command
-    return bundle(same_abi[0]) if same_abi else None
-
-
-def _build_phone_runtime(features: frozenset[str]) -> dict | None:
-    """The best static aarch64 variant for these CPU features, built once into the cache (with a
-    progress bar); None when no variant fits or no cross compiler is installed."""
-    from .catalog import cache_root
-    from .cpu import arm_variant_for
-    from .runtimes import build as builder
-
-    variant = arm_variant_for(features)
-    if variant is None or shutil.which(f"{builder.CROSS_PREFIX}g++") is None:
-        return None
-    err.print(f"no cached runtime fits this phone's CPU: building the {variant[0]} variant ({variant[1]}) once")
-    with BarProgress(err) as progress:
-        plan = builder.plan_build("linux-arm64", cache_root(), arm_arch=variant[1], progress=progress)
-        path = builder.build(plan, progress)
-    return builder.describe_runtime_dir(path)
-
-
-def _usable_runtimes(cache: Path) -> list[dict]:
-    """Cached builds, newest first; a host build counts only on the CPU it was built for."""
-    from .cpu import host_cpu_build
-    from .runtimes.build import list_runtimes
-
-    key = host_cpu_build().key
-    return [meta for meta in reversed(list_runtimes(cache))
-            if meta.get("target") != "host" or (meta.get("cpu") or {}).get("key") == key]
-
-
-def _host_tools(args) -> dict | None:
-    """The host llama.cpp build whose llama-bench a llama-bench scenario runs: --runtime DIR, or the
-    cached build for this CPU."""
-    from .catalog import cache_root
-    from .runtimes.build import describe_runtime_dir
-
-    if args.runtime is not None:
-        return describe_runtime_dir(args.runtime)
-    for meta in _usable_runtimes(cache_root()):
-        if meta.get("target") == "host":
-            return {**meta, "bin": str(Path(meta["path"]) / "bin")}
-    return None
-
-
 def _verdict_flags(parser) -> None:
     """What `bench compare` and `bench ab` share: threshold, output, and the gate's exit code."""
     parser.add_argument("--threshold", type=_positive_float, default=5.0, help="smallest change that counts, in %% (default 5)")
@@ -400,64 +332,17 @@ def _verdict_flags(parser) -> None:
 
 
 def _servers(args, also: tuple[str, ...] = ()) -> list:
-    """`also` (a matrix file's adb_servers) and --adb-server HOST:PORT (repeatable); none given: the
-    server adb's environment names."""
-    from .android.adb import default_server, parse_server
+    from .targets import adb_servers
 
-    texts = [*also, *(getattr(args, "adb_server", None) or [])]
-    return [parse_server(text) for text in texts] or [default_server()]
+    return adb_servers([*also, *(getattr(args, "adb_server", None) or [])])
 
 
-def _connect(addresses, servers) -> None:
-    """`adb connect` each network endpoint (Wi-Fi adb, a device farm's host:port) on the first server."""
-    from .android import adb
+def _target(args, listed=None, affinity: tuple[int, ...] | None = None, scenario=None, progress=None):
+    from .targets import TargetChoice, open_target
 
-    for address in addresses or []:
-        adb.connect(address, server=servers[0])
-        adb.wait_for_state(address, "device", timeout=20, server=servers[0])
-
-
-def _device_ids(selectors: list[str], servers: list) -> dict[str, object]:
-    """--device selectors -> {id: Listed or None for the host}; ids are serials (server/serial when
-    several adb servers are in play)."""
-    from .android.device import resolve_many
-
-    found: dict[str, object] = {}
-    phones = [s for s in selectors if s not in HOST_DEVICES]
-    if len(phones) < len(selectors):
-        found["host"] = None
-    if phones:
-        for listed in resolve_many(phones, servers):
-            found[f"{listed.server.label}/{listed.serial}" if len(servers) > 1 else listed.serial] = listed
-    return found
-
-
-def _target(args, listed=None, affinity: tuple[int, ...] | None = None, scenario=None):
-    """(label for the run id, target) for the host (listed None) or an attached device; unknown
-    names fail before anything is written. On a phone this takes the device's lock."""
-    from .catalog import cache_root
-    from .host.membw import host_bandwidth_gbs
-
-    if listed is None:
-        from .host.target import HostTarget
-        from .runtimes.build import installed_llama_cpp_commit
-
-        if args.fixed_performance:
-            raise UsageError("--fixed-performance needs a phone (Android 11+)", "drop it for host runs, or pass --device")
-        return "host", HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
-                                  repack=args.repack, affinity=affinity,
-                                  tools=_host_tools(args) if scenario is not None and scenario.kind == "llama-bench" else None)
-    from .android.device import AndroidTarget
-
-    target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()),
-                           run_label=f"{args.model} / {args.scenario}", repack=args.repack,
-                           fixed_performance=args.fixed_performance, affinity=affinity, server=listed.server)
-    try:
-        target.runtime = _runtime_bundle(args.runtime, target.snap.props.get("ro.product.cpu.abi"), target.snap.cpu_features)
-    except BaseException:
-        target.release()
-        raise
-    return target.profile.id, target
+    choice = TargetChoice(model=args.model, scenario=args.scenario, runtime=args.runtime, repack=args.repack,
+                          fixed_performance=args.fixed_performance)
+    return open_target(choice, listed, affinity, scenario, progress)
 
 
 def _run_options(args, label: str, scenario, model, target, out_root: Path):
@@ -487,9 +372,9 @@ def cmd_run(args) -> int:
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=threads[0])
     _check_model(args.model)
     servers = _servers(args)
-    _connect(args.connect, servers)
+    connect(args.connect, servers)
     selectors = [part.strip() for part in args.device.split(",") if part.strip()]
-    devices = _device_ids(selectors, servers)
+    devices = device_ids(selectors, servers)
     if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1:
         from .matrix import MatrixSpec
 
@@ -498,13 +383,13 @@ def cmd_run(args) -> int:
                           repetitions=args.repetitions)
         return _run_matrix(args, spec, devices, resume=None)
     listed = next(iter(devices.values()))
-    label, target = _target(args, listed, affinities[0], scenario)
-    try:
-        with BarProgress(err) as progress:
+    with BarProgress(err) as progress:
+        label, target = _target(args, listed, affinities[0], scenario, progress)
+        try:
             options = _run_options(args, label, scenario, model_info(args.model, progress), target, args.out)
             result = run_benchmark(options, target, progress)
-    finally:
-        target.release()  # the lock and anything left, also when the run never started
+        finally:
+            target.release()  # the lock and anything left, also when the run never started
     summary = result.summary
     if args.json:
         _print_json({"run_dir": str(result.run_dir), "status": result.status, "reason": result.reason,
@@ -540,7 +425,7 @@ def _run_matrix(args, spec, devices: dict, resume: Path | None) -> int:
         def make_run(point):
             scenario = scenarios[point.scenario].with_overrides(repetitions=spec.repetitions, threads=point.threads)
             listed = devices[point.device]
-            label, target = _target(args, listed, point.affinity, scenario)
+            label, target = _target(args, listed, point.affinity, scenario, progress)
             if listed is not None and len(devices) > 1:  # two phones of one profile need names of their own
                 label = f"{label}-{listed.serial}"
             return _run_options(args, label, scenario, models[point.model], target, directory), target
@@ -564,7 +449,7 @@ def _ab_arm(args, spec: str) -> dict:
     """--base/--head: a runtime folder (phones) or a model; what it changes in the run's arguments."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if args.device in HOST_DEVICES:
+        if args.device == HOST:
             raise UsageError(f"'{spec}' is a runtime folder, and host runs use llama-cpp-python",
                              "pass --device PHONE to A/B two runtimes, or give two models for the host")
         from .runtimes.build import describe_runtime_dir
@@ -591,8 +476,8 @@ def cmd_ab(args) -> int:
     if differs == "runtime":
         _check_model(args.model)
     servers = _servers(args)
-    _connect(args.connect, servers)
-    devices = _device_ids([args.device], servers)
+    connect(args.connect, servers)
+    devices = device_ids([args.device], servers)
     listed = next(iter(devices.values()))
     with BarProgress(err) as progress:
         models = {side: model_info(arm.get("model", args.model), progress) for side, arm in arms.items()}
@@ -600,7 +485,7 @@ def cmd_ab(args) -> int:
 
         def make_run(side: str, index: int):
             side_args = argparse.Namespace(**{**vars(args), "affinity": None, **arms[side]})
-            label, target = _target(side_args, listed, None, scenario)
+            label, target = _target(side_args, listed, None, scenario, progress)
             return _run_options(side_args, label, scenario, models[side], target, directory / side), target
 
         result = run_ab(directory, args.pairs, make_run, progress, meta={
@@ -621,8 +506,8 @@ def cmd_matrix(args) -> int:
 
     spec = load_matrix_file(args.file)
     servers = _servers(args, spec.adb_servers)
-    _connect([*spec.connect, *(args.connect or [])], servers)
-    devices = _device_ids(list(spec.devices), servers)
+    connect([*spec.connect, *(args.connect or [])], servers)
+    devices = device_ids(list(spec.devices), servers)
     spec = replace(spec, devices=tuple(devices))
     if args.resume is not None and not (args.resume / "matrix.json").is_file():
         raise UsageError(f"{args.resume} holds no matrix.json", "give the folder an earlier `bench matrix` wrote")
@@ -661,24 +546,18 @@ def _print_summary(result) -> None:
 
 
 def cmd_devices(args) -> int:
-    from .android.adb import Device
-    from .android.device import STATE_FIXES, attached, describe, snapshot
-    from .android.lock import live_lock
+    from .targets import describe_devices, reset_devices
 
     servers = _servers(args)
-    _connect(args.connect, servers)
+    connect(args.connect, servers)
     if args.reset:
-        return _reset_devices(args, servers)
-    entries = []
-    for item in attached(servers):
-        if item.state != "device":
-            entries.append({"serial": item.serial, "state": item.state, "adb_server": item.server.label,
-                            "fix": STATE_FIXES.get(item.state, "check `adb devices`")})
-            continue
-        device = Device(item.serial, server=item.server)
-        owner = live_lock(device)
-        entries.append({**describe(snapshot(device)), "adb_server": item.server.label,
-                        "in_use_by": owner.describe() if owner else None})
+        entries = reset_devices(args.device, servers)
+        if args.json:
+            _print_json({"schema_version": 1, "reset": entries})
+        for entry in entries if not args.json else []:
+            out.print(f"{entry['serial']}: {'; '.join(entry['done']) or 'nothing left over'}", markup=False)
+        return 0
+    entries = describe_devices(servers)
     if args.json:
         _print_json({"schema_version": 1, "devices": entries})
         return 0
@@ -695,23 +574,6 @@ def cmd_devices(args) -> int:
                   f"{(entry['ram_total_bytes'] or 0) / 2**30:.1f} GiB free; battery {battery['level_pct']}% {battery['status']} "
                   f"({battery['plugged']}); thermal status {thermal['status']}, hottest {hottest} C"
                   + (f"; in use by {entry['in_use_by']}" if entry.get("in_use_by") else ""), markup=False)
-    return 0
-
-
-def _reset_devices(args, servers) -> int:
-    """`bench devices --reset`: each idle device (a live run's is refused, exit 2) loses what a dead
-    run left: its lock, its llama-server, fixed performance mode."""
-    from .android.device import AndroidTarget, attached, resolve_many
-
-    listed = resolve_many([args.device], servers) if args.device else [d for d in attached(servers) if d.state == "device"]
-    entries = []
-    for item in listed:
-        target = AndroidTarget(item.serial, None, run_label="bench devices --reset", server=item.server)
-        entries.append({"serial": item.serial, "adb_server": item.server.label, "done": target.reset()})
-    if args.json:
-        _print_json({"schema_version": 1, "reset": entries})
-    for entry in entries if not args.json else []:
-        out.print(f"{entry['serial']}: {'; '.join(entry['done']) or 'nothing left over'}", markup=False)
     return 0
 
 

@@ -16,7 +16,7 @@ def test_a_progress_opened_inside_a_live_one_adds_its_bars_to_it():
     console = Console(file=io.StringIO(), force_terminal=True, width=100)
     with BarProgress(console) as outer:
         first = outer.task("A/B: 8 pairs", 8)
-        with BarProgress(console) as inner:  # as _build_phone_runtime does inside `bench ab`
+        with BarProgress(console) as inner:  # as a phone runtime's build inside `bench ab` once did
             compile_task = inner.task("compile llama.cpp", 100, "%")
             compile_task.update(completed=50)
             compile_task.done()
