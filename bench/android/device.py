@@ -1,224 +1,39 @@
-"""A phone (or the emulated phone) over ADB: facts, preflight, the artifact cache under
-/data/local/tmp/bench, llama-server start/stop (reached through adb streams to its device port),
-and cleanup that always runs.
+"""A phone (or the emulated phone) over ADB as the runner's target: its facts, the preflight, the
+runtime it runs (llama-server reached through adb streams to its device port, or llama-bench), its
+telemetry and energy meter, and cleanup that always runs. The parts live beside it: what a device
+is (discovery), the pushed files (artifacts), our process on it (processes), clocks held
+(performance) and the lock (lock).
 The same code path serves a Pixel and `bench sim`; nothing here knows which it talks to."""
 
 from __future__ import annotations
 
-import random
 import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from .. import parse
-from ..catalog import cached_sha256
-from ..cpu import arm_variant_for, arm_variant_name, cpu_mask, cpuinfo_flags
-from ..errors import PreflightError, RunFailed, UsageError
+from ..cpu import arm_variant_for, arm_variant_name, cpu_mask
+from ..errors import PreflightError, RunFailed
 from ..gguf import kv_cache_bytes
-from ..profiles import DeviceProfile, load_profiles, match_profile
 from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.build import arm_arch_of, required_cpu_features
 from ..runtimes.llama_server import LlamaServerRuntime
-from ..runtimes.process import LineReader
-from .adb import (AdbFailure, Device, Listed, Server, connect, default_server, ensure_server, list_devices, runs_ours,
-                  wait_for_state)
+from .adb import AdbFailure, Device, Server, connect, default_server, ensure_server, wait_for_state
+from .artifacts import ArtifactCache, artifacts
+from .discovery import DEVICE_TMP, snapshot
 from .lock import DeviceLock
+from .performance import FixedPerformance
+from .processes import PORT_ATTEMPTS, DeviceBench, DeviceProcess, PortTaken, device_ports
 
-ROOT = "/data/local/tmp/bench"
+ROOT = f"{DEVICE_TMP}/bench"
 RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
 MIN_BATTERY_PCT = 25
 RECONNECT_TIMEOUT_S = 20.0
-_MARK = "@@bench@@"
-
-STATE_FIXES = {
-    "unauthorized": "unlock the phone and accept the 'Allow USB debugging' prompt, then retry",
-    "offline": "reconnect the cable or run `adb reconnect`, then retry",
-    "no permissions": "add a udev rule for the phone (see `adb devices` output) and replug it",
-    "authorizing": "accept the prompt on the phone and retry in a few seconds",
-}
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    serial: str
-    props: dict[str, str]
-    profile: DeviceProfile
-    meminfo: dict[str, int]
-    free_tmp_bytes: int | None
-    battery: parse.BatteryReport
-    battery_sysfs: dict[str, str]
-    thermal: parse.ThermalReport
-    clusters: tuple[parse.Cluster, ...]
-    screen_on: bool | None
-    battery_uevent: dict[str, str]
-    cpu_features: frozenset[str] = frozenset()  # /proc/cpuinfo "Features" (ARM) or "flags" (x86)
-
-
-def _sections(output: str) -> dict[str, str]:
-    sections = {}
-    for block in output.split(_MARK)[1:]:
-        name, _, body = block.partition("\n")
-        sections[name.strip()] = body
-    return sections
-
-
-_SNAPSHOT_SCRIPT = " ; ".join([
-    f"echo {_MARK}getprop; getprop",
-    f"echo {_MARK}meminfo; cat /proc/meminfo",
-    f"echo {_MARK}df; df -k {ROOT.rsplit('/', 1)[0]}",
-    f"echo {_MARK}battery; dumpsys battery",
-    f"echo {_MARK}thermal; dumpsys thermalservice",
-    f"echo {_MARK}power; dumpsys power | grep -m1 mWakefulness=",
-    f"echo {_MARK}sysbattery; for f in status current_now voltage_now capacity charge_counter temp; do "
-    "[ -r /sys/class/power_supply/battery/$f ] && echo $f=$(cat /sys/class/power_supply/battery/$f); done",
-    f"echo {_MARK}uevent; cat /sys/class/power_supply/battery/uevent 2>/dev/null",
-    f"echo {_MARK}cpuinfo; cat /proc/cpuinfo",
-    f"echo {_MARK}cpufreq; for f in /sys/devices/system/cpu/cpu*/cpufreq/related_cpus /sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq; do "
-    "[ -r $f ] && echo $f: $(cat $f); done",
-])
-
-
-def snapshot(device: Device, profiles: dict[str, DeviceProfile] | None = None) -> Snapshot:
-    sections = _sections(device.shell(_SNAPSHOT_SCRIPT, timeout=60).stdout)
-    props = parse.parse_getprop(sections.get("getprop", ""))
-    profile = match_profile(props, profiles or load_profiles())
-    power = sections.get("power", "")
-    return Snapshot(
-        serial=device.serial, props=props, profile=profile, meminfo=parse.parse_meminfo(sections.get("meminfo", "")),
-        free_tmp_bytes=parse.parse_df_available_bytes(sections.get("df", "")),
-        battery=parse.parse_dumpsys_battery(sections.get("battery", "")),
-        battery_sysfs=dict(line.split("=", 1) for line in sections.get("sysbattery", "").splitlines() if "=" in line),
-        thermal=parse.parse_thermalservice(sections.get("thermal", "")),
-        clusters=parse.parse_cpufreq_topology(sections.get("cpufreq", "")),
-        screen_on=None if "mWakefulness=" not in power else "Awake" in power,
-        battery_uevent=parse.parse_uevent(sections.get("uevent", "")),
-        cpu_features=cpuinfo_flags(sections.get("cpuinfo", "")),
-    )
-
-
-def battery_current_a(snap: Snapshot) -> float | None:
-    raw = parse.parse_number(snap.battery_sysfs.get("current_now"))
-    if raw is None:
-        return None
-    scale, _ = parse.current_unit_scale([raw], None if snap.profile.current_unit == "auto" else snap.profile.current_unit)
-    sign, _ = parse.current_discharge_sign([raw], discharging=snap.battery_sysfs.get("status") == "Discharging",
-                                           pinned=None if snap.profile.current_sign == "auto" else snap.profile.current_sign)
-    return raw * scale * sign
-
-
-def describe(snap: Snapshot) -> dict:
-    """The `bench devices --json` entry for a connected device."""
-    props, battery = snap.props, snap.battery
-    return {
-        "serial": snap.serial, "state": "device", "profile": snap.profile.id,
-        "manufacturer": props.get("ro.product.manufacturer"), "model": props.get("ro.product.model"),
-        "device": props.get("ro.product.device"), "soc": props.get("ro.soc.model") or snap.profile.soc or None,
-        "abi": props.get("ro.product.cpu.abi"), "sdk": int(props["ro.build.version.sdk"]) if props.get("ro.build.version.sdk", "").isdigit() else None,
-        "ram_total_bytes": snap.meminfo.get("MemTotal"), "ram_available_bytes": snap.meminfo.get("MemAvailable"),
-        "free_tmp_bytes": snap.free_tmp_bytes,
-        "battery": {"level_pct": battery.level_pct, "status": battery.status, "plugged": battery.plugged,
-                    "temperature_c": battery.temperature_c, "voltage_v": battery.voltage_v,
-                    "current_a": battery_current_a(snap), "charge_counter_uah": battery.charge_counter_uah},
-        "thermal": {"status": snap.thermal.status,
-                    "sensors": [{"name": s.name, "type": s.type, "celsius": s.celsius} for s in snap.thermal.sensors]},
-        "screen_on": snap.screen_on,
-    }
-
-
-def attached(servers: list[Server] | None = None) -> list[Listed]:
-    """Every device on every adb server given (default: the one adb's environment names)."""
-    found: list[Listed] = []
-    for server in servers or [default_server()]:
-        found += list_devices(server=server)
-    return found
-
-
-def resolve(selector: str, servers: list[Server] | None = None) -> Listed:
-    """--device: a profile id, a serial, or `any` -> the one attached device it names."""
-    matches = resolve_many([selector], servers)
-    return matches[0]
-
-
-def resolve_many(selectors: list[str], servers: list[Server] | None = None) -> list[Listed]:
-    """--device a,b,... or `all`: each selector names exactly one attached device (a serial, a
-    profile id, or `any`); `all` is every usable device on every server. No device twice."""
-    devices = attached(servers)
-    if selectors == ["all"]:
-        usable = [d for d in devices if d.state == "device"]
-        if not usable:
-            listing = ", ".join(f"{d.serial} ({d.state})" for d in devices) or "none"
-            raise UsageError(f"no usable device attached (attached: {listing})",
-                             "connect phones and enable USB debugging, or start sims with `bench sim start`")
-        return usable
-    profiles = load_profiles()
-    for selector in selectors:  # every name is checked before any is matched
-        _check_name(selector, devices, profiles)
-    chosen: list[Listed] = []
-    for selector in selectors:
-        item = _resolve_one(selector, devices, profiles)
-        if any(c.serial == item.serial and c.server == item.server for c in chosen):
-            raise UsageError(f"'{selector}' names {item.serial} again", "name each device once")
-        chosen.append(item)
-    return chosen
-
-
-def _check_name(selector: str, devices: list[Listed], profiles: dict[str, DeviceProfile]) -> None:
-    if selector == "any" or selector in profiles or any(item.serial == selector for item in devices):
-        return
-    from ..config import closest
-
-    names = ["host", "any", "all", *profiles, *(d.serial for d in devices)]
-    raise UsageError(f"unknown device '{selector}'", f"closest known: {closest(selector, names)} (see `bench devices`)")
-
-
-def _resolve_one(selector: str, devices: list[Listed], profiles: dict[str, DeviceProfile]) -> Listed:
-    for item in devices:
-        if item.serial == selector:
-            _usable(item)
-            return item
-    candidates = []
-    for item in devices:
-        if item.state != "device":
-            continue
-        props = parse.parse_getprop(Device(item.serial, server=item.server).shell("getprop", timeout=20).stdout)
-        if selector == "any" or match_profile(props, profiles).id == selector:
-            candidates.append(item)
-    if not candidates:
-        unusable = [d for d in devices if d.state != "device"]
-        if unusable:
-            _usable(unusable[0])
-        listing = ", ".join(f"{d.serial} ({d.state})" for d in devices) or "none"
-        raise UsageError(f"no attached device matches '{selector}' (attached: {listing})",
-                         "connect the phone and enable USB debugging, or start one with `bench sim start`")
-    if len(candidates) > 1:
-        raise UsageError(f"{len(candidates)} devices match '{selector}': {', '.join(d.serial for d in candidates)}",
-                         "pass --device SERIAL, or several: --device SERIAL,SERIAL")
-    return candidates[0]
-
-
-def _usable(item: Listed) -> None:
-    if item.state != "device":
-        raise UsageError(f"device {item.serial} is {item.state}", STATE_FIXES.get(item.state, "check `adb devices`"))
-
-
-PORT_ATTEMPTS = 5
-
-
-class PortTaken(RunFailed):
-    """llama-server could not bind its port on the device: another program holds it."""
-
-
-def device_ports() -> Iterator[int]:
-    """Ports for llama-server on the device's loopback, at random below Linux's ephemeral range
-    (32768-60999), where the phone's own outgoing connections take theirs."""
-    while True:
-        yield random.randint(20000, 32000)
-
 
 @dataclass(frozen=True)
 class RuntimeBundle:
@@ -242,7 +57,6 @@ class AndroidTarget:
                  server: Server | None = None):
         self.host_bandwidth, self.repack, self.fixed_performance = host_bandwidth, repack, fixed_performance
         self.affinity = affinity
-        self._fixed_enabled = False
         self.server = server or default_server()
         self.device = Device(serial, server=self.server)
         self.serial = serial
@@ -251,8 +65,8 @@ class AndroidTarget:
         self.run_dir = None
         self.snap = snapshot(self.device)
         self.profile = self.snap.profile
-        self._server_stream = None
-        self._server_pid: int | None = None
+        self.process = DeviceProcess(self.device, ROOT)
+        self.artifact_cache = ArtifactCache(self.device, self._emit)
         self._runtime_cpus: tuple[int, ...] = ()  # the CPUs the runtime is pinned to; () = not pinned
         self.device_ports = device_ports()
         self.pushed: dict[str, dict] = {}
@@ -260,9 +74,10 @@ class AndroidTarget:
         # The lock comes first: only a run that holds the device may kill a server left on it.
         self.lock = DeviceLock(self.device, run_label)
         self.lock_note = self.lock.acquire()
+        self.performance = FixedPerformance(self.device, self.lock, self._emit)
         try:
-            self.stale_killed = self._kill_stale_server()
-            self.restored_performance = self._restore_stale_performance()
+            self.stale_killed = self.process.kill_stale()
+            self.restored_performance = self.performance.restore_stale()
         except BaseException:
             self.lock.release()
             raise
@@ -273,30 +88,9 @@ class AndroidTarget:
             self.restored_performance and f"turned off fixed performance mode left on by {stale.describe() if stale else '?'}",
         ) if note)
 
-    def _restore_stale_performance(self) -> bool:
-        """A run that died holding the phone in fixed performance mode could not turn it off; its
-        owner record says so, and the run that took its lock over does it."""
-        stale = self.lock.taken_over
-        if stale is None or not stale.fixed_performance:
-            return False
-        self._fixed_enabled = True  # as the dead run left it: set_fixed_performance turns it off
-        try:
-            self.set_fixed_performance(False)
-        except RunFailed:
-            self._fixed_enabled = False  # it was never on (the dead run's command failed after its record)
-            return False
-        return True
-
-    def _kill_stale_server(self) -> int | None:
-        """A run that lost its device can leave llama-server behind; its PID file names it. Kill it
-        only if that PID still runs our binary from /data/local/tmp/bench."""
-        pidfile = f"{ROOT}/run/llama-server.pid"
-        out = self.device.shell(f"cat {pidfile} 2>/dev/null", timeout=10).stdout.strip()
-        if not out.isdigit():
-            return None
-        killed = self.device.shell(f"rm -f {pidfile}; if {runs_ours(int(out), ROOT + '/')}; then kill -9 {out} "
-                                   f"2>/dev/null; echo killed; fi", timeout=10).stdout.strip() == "killed"
-        return int(out) if killed else None
+    def _emit(self, *args, **kwargs) -> None:
+        # the parts report through whatever event sink the runner gives the target later
+        self.event(*args, **kwargs)
 
     # -- facts and checks ----------------------------------------------------------------------
     def facts(self) -> DeviceFacts:
@@ -402,64 +196,16 @@ class AndroidTarget:
                 f"{'?' if available is None else f'{available / 2**20:.0f} MiB'} at start")
 
     # -- artifacts -----------------------------------------------------------------------------
-    def _artifacts(self, model: ModelInfo, with_bench: bool = False) -> list[tuple[str, Path, str, str]]:
-        """(kind, local file, sha256, device path). Device names are derived from hashes, never
-        from file names, so nothing a user named reaches a device shell."""
-        items = [("model", Path(model.path), model.sha256, f"{ROOT}/models/{model.sha256[:32]}.gguf")]
-        if self.runtime is not None:
-            binary = self.runtime.bench if with_bench else self.runtime.server
-            digest = cached_sha256(binary)
-            items.append(("runtime", binary, digest, f"{ROOT}/bin/{digest[:16]}/{binary.name}"))
-        return items
-
-    def _remote_digest(self, remote: str) -> tuple[str | None, int | None]:
-        result = self.device.shell(f"cat {remote}.sha256 2>/dev/null; stat -c %s {remote} 2>/dev/null", timeout=20)
-        lines = result.stdout.split()
-        digest = lines[0] if lines and len(lines[0]) == 64 else None
-        size = int(lines[-1]) if lines and lines[-1].isdigit() else None
-        return digest, size
+    def _artifacts(self, model: ModelInfo, with_bench: bool = False):
+        binary = None if self.runtime is None else self.runtime.bench if with_bench else self.runtime.server
+        return artifacts(ROOT, model, binary)
 
     def _bytes_to_push(self, model: ModelInfo, with_bench: bool = False) -> int:
-        total = 0
-        for _, local, digest, remote in self._artifacts(model, with_bench):
-            cached, size = self._remote_digest(remote)
-            if cached != digest or size != local.stat().st_size:
-                total += local.stat().st_size
-        return total
+        return self.artifact_cache.bytes_to_push(self._artifacts(model, with_bench))
 
     def push_artifacts(self, model: ModelInfo, progress: Progress, with_bench: bool = False) -> dict[str, dict]:
-        """Push what the device lacks: temp name, verify sha256 on the device, rename, sidecar."""
-        for kind, local, digest, remote in self._artifacts(model, with_bench):
-            size = local.stat().st_size
-            cached, remote_size = self._remote_digest(remote)
-            if cached == digest and remote_size == size:
-                self.pushed[kind] = {"bytes_pushed": 0, "cached": True, "path": remote, "sha256": digest}
-                continue
-            folder = remote.rsplit("/", 1)[0]
-            partial = f"{remote}.partial"
-            self.device.shell(f"mkdir -p {folder} && rm -f {partial}", check=True)
-            task = progress.task(f"push {kind} {local.name}", size, "B")
-            started = time.monotonic()
-            try:
-                self.device.push(local, partial, on_bytes=task.advance, timeout=max(120, size / 5e6))
-            except AdbFailure as error:
-                task.done()
-                try:
-                    self.device.shell(f"rm -f {partial}", timeout=20)  # no half file left behind
-                except AdbFailure:
-                    pass
-                raise RunFailed(f"pushing the {kind} ({size / 2**20:.0f} MiB) to {self.serial} failed: {error}",
-                                hint="check free space in /data/local/tmp (`bench devices`) and the cable") from None
-            task.done()
-            seconds = time.monotonic() - started
-            check = self.device.shell(f"sha256sum {partial}", timeout=max(60, size / 50e6)).stdout.split()
-            if not check or check[0] != digest:
-                self.device.shell(f"rm -f {partial}")
-                raise RunFailed(f"{kind} arrived corrupt on {self.serial} (sha256 mismatch after push)", hint="retry the run")
-            self.device.shell(f"chmod 755 {partial} && mv {partial} {remote} && echo {digest} > {remote}.sha256", check=True)
-            self.pushed[kind] = {"bytes_pushed": size, "cached": False, "path": remote, "sha256": digest,
-                                 "seconds": round(seconds, 3), "mb_per_s": round(size / 1e6 / seconds, 1) if seconds else None}
-            self.event("push", f"pushed {kind} {size / 1e6:.1f} MB at {size / 1e6 / seconds:.1f} MB/s", **self.pushed[kind])
+        """Push what the device lacks (the model, the runtime's binary); `pushed` records each."""
+        self.pushed.update(self.artifact_cache.push(self._artifacts(model, with_bench), progress))
         return self.pushed
 
     # -- runtime -------------------------------------------------------------------------------
@@ -478,7 +224,7 @@ class AndroidTarget:
         task = progress.task(f"load {model.alias} in llama-server on {self.serial}")
         for attempt in range(PORT_ATTEMPTS):
             device_port = next(self.device_ports)
-            command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo $$ > run/llama-server.pid && echo PID $$ && exec {server_remote} -m {model_remote}"
+            command = (f"{server_remote} -m {model_remote}"
                        f" --host 127.0.0.1 --port {device_port} -np 1 -c {scenario.n_ctx} -b {scenario.n_batch}"
                        f" -t {threads} -tb {threads}{mask}{no_repack} --seed {scenario.seed} > {log} 2>&1")
             self.event("phase", "llama-server starting", threads=threads, affinity=list(affinity), device_port=device_port)
@@ -501,20 +247,19 @@ class AndroidTarget:
                       facts: RuntimeFacts) -> LlamaServerRuntime:
         """Start llama-server with `command` and wait for /health; PortTaken when its port was in use."""
         started = time.monotonic()
-        self._server_stream = self.device.open_shell_stream(command)
-        first = (self._server_stream.read_stdout() or b"").decode(errors="replace")
+        first = (self.process.launch(command).read_stdout() or b"").decode(errors="replace")
         if first.startswith("PID "):
-            self._server_pid = int(first.split()[1])
+            self.process.pid = int(first.split()[1])
         server = LlamaServerRuntime(lambda timeout: self.device.open_tcp(device_port, timeout),
-                                    facts=replace(facts, pid=self._server_pid),
+                                    facts=replace(facts, pid=self.process.pid),
                                     request_timeout_s=scenario.request_timeout_s)
         deadline = started + 60 + model.bytes / 1e8
         while True:
             status = server.health(timeout=5)
             if status == 200:
                 break
-            if not self.server_alive() or time.monotonic() > deadline:
-                failure = self.server_failure(model)
+            if not self.process.alive() or time.monotonic() > deadline:
+                failure = self.process.failure("llama-server.log", self.memory_hint(model))
                 if "couldn't bind" in failure:
                     raise PortTaken(failure)
                 raise RunFailed(f"llama-server did not become healthy on {self.serial}: {failure}",
@@ -532,7 +277,7 @@ class AndroidTarget:
             kind=kind, process="server" if kind == "llama-server" else "llama-bench", pid=None, threads=threads,
             affinity=affinity, n_batch=scenario.n_batch, llama_cpp_commit=self.runtime.meta.get("llama_cpp_commit"),
             build_flags=flags, repack=repack, repack_reason=repack_reason,
-            details=(("runtime_target", self.runtime.meta.get("target")), ("fixed_performance", self._fixed_enabled),
+            details=(("runtime_target", self.runtime.meta.get("target")), ("fixed_performance", self.performance.enabled),
                      ("arm_arch", arm_arch_of(flags)), ("runtime_variant", arm_variant_name(arm_arch_of(flags))),
                      ("cpu_features_required", sorted(required_cpu_features(self.runtime.meta))),
                      *details.items()))
@@ -550,65 +295,15 @@ class AndroidTarget:
                            "repacked matmul crashes at the vendored commit (llama.cpp issue 20824)")
         return True, "weight repacking on (llama-server's default; the device CPU has no AMX)"
 
-    def server_alive(self) -> bool:
-        if self._server_pid is None:
-            return self._server_stream is not None and self._server_stream.exit_code is None
-        try:
-            return self.device.shell(f"kill -0 {self._server_pid} 2>/dev/null && echo alive", timeout=10).stdout.strip() == "alive"
-        except AdbFailure:
-            return False
-
     def diagnose(self, model: ModelInfo) -> str | None:
         """After a failed request: why llama-server is gone, or None while it still runs."""
-        if self._server_stream is None or self.server_alive():
+        if self.process.stream is None or self.process.alive():
             return None
-        return self.server_failure(model)
-
-    def server_failure(self, model: ModelInfo) -> str:
-        return self.process_failure(self._server_stream, "llama-server.log", model)
-
-    def process_failure(self, stream, log_name: str, model: ModelInfo) -> str:
-        """Why a process of ours died: exit status or signal, its log's last lines, low-memory-killer lines."""
-        parts = []
-        code = stream.wait_exit(3) if stream is not None else None
-        if code is not None:
-            signal_number = code - 128 if code > 128 else None
-            parts.append(f"exit status {code}" + (f" (signal {signal_number})" if signal_number else ""))
-            if signal_number == 9:  # how the low-memory killer ends a process
-                parts.append(f"killed: {self.memory_hint(model)}")
-        try:
-            tail = self.device.shell(f"tail -n 5 {ROOT}/run/{log_name} 2>/dev/null", timeout=10).stdout.strip()
-            if tail:
-                parts.append("log: " + " | ".join(tail.splitlines()[-3:]))
-            lmk = self.device.shell("logcat -d -b main,system,events 2>/dev/null | grep -i -m3 -E 'lowmemorykiller|lmkd'",
-                                    timeout=20).stdout.strip()
-            if lmk:
-                parts.append(f"low-memory killer: {lmk.splitlines()[-1]} ({self.memory_hint(model)})")
-        except AdbFailure:
-            parts.append("the device stopped answering")
-        return "; ".join(parts) or "no exit status or log"
+        return self.process.failure("llama-server.log", self.memory_hint(model))
 
     def stop_server(self) -> None:
-        """Always safe to call: stops our llama-server (or llama-bench) by PID and closes its
-        shell. The PID is killed only while it still runs one of our binaries: a PID
-        the process left behind may belong to another program by now."""
-        if self._server_pid is not None:
-            pid = self._server_pid
-            ours = runs_ours(pid, f"{ROOT}/bin/")
-            try:
-                self.device.shell(f"if {ours}; then kill {pid}; sleep 0.3; {ours} && kill -9 {pid}; fi 2>/dev/null; true",
-                                  timeout=10)
-            except AdbFailure:
-                pass  # the device is gone; adbd ends the shell's processes when the stream drops
-        if self._server_stream is not None:
-            self._server_stream.close()
-            self._server_stream = None
-        if self._server_pid is not None:
-            try:
-                self.device.shell(f"rm -f {ROOT}/run/llama-server.pid", timeout=10)
-            except AdbFailure:
-                pass
-        self._server_pid = None
+        """Always safe to call: our llama-server or llama-bench stopped, its shell closed."""
+        self.process.stop()
 
     # -- the runner's Target interface ---------------------------------------------------------
     def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress,
@@ -616,7 +311,7 @@ class AndroidTarget:
         with_bench = scenario.kind == "llama-bench"
         self.push_artifacts(model, progress, with_bench)
         if self.fixed_performance:
-            self.set_fixed_performance(True)
+            self.performance.set(True)
         if with_bench:
             before_start()  # llama-bench runs its tests at once: the cooldown gate holds here
             return self.start_bench(model, scenario)
@@ -641,38 +336,13 @@ class AndroidTarget:
                                    tg=scenario.tg, repetitions=scenario.repetitions, threads=threads,
                                    n_batch=scenario.n_batch, repack=repack,
                                    cpu_mask=cpu_mask(affinity) if affinity else None)
-        # The same PID file as llama-server's: a run that loses the device leaves it for the next one.
-        command = (f"mkdir -p {ROOT}/run && cd {ROOT} && echo $$ > run/llama-server.pid && echo PID $$ && exec "
-                   f"{' '.join(shlex.quote(a) for a in argv)} 2> {ROOT}/run/llama-bench.log")
-        self._server_stream = self.device.open_shell_stream(command)
-        bench = DeviceBench(self, self._server_stream, model, facts=self._runtime_facts(
+        self.process.launch(f"{' '.join(shlex.quote(a) for a in argv)} 2> {ROOT}/run/llama-bench.log")
+        bench = DeviceBench(self.process, self.memory_hint(model), facts=self._runtime_facts(
             "llama-bench", scenario, threads, affinity, repack, repack_reason, pp=scenario.pp, tg=scenario.tg,
             repetitions=scenario.repetitions, command=argv))
-        self._server_pid = bench.facts().pid
-        self.event("phase", "llama-bench started", pid=self._server_pid, threads=threads)
+        self.process.pid = bench.facts().pid
+        self.event("phase", "llama-bench started", pid=self.process.pid, threads=threads)
         return bench
-
-    def set_fixed_performance(self, enabled: bool) -> None:
-        """`cmd power set-fixed-performance-mode-enabled` (API 30+): clocks held at a level the phone
-        can sustain, so runs compare without boost and throttling noise. Always turned off again."""
-        word = "true" if enabled else "false"
-        if enabled:  # recorded before it is turned on: a run killed in between leaves a record, not a phone stuck fast
-            self.lock.record_fixed_performance(True)
-        result = self.device.shell(f"cmd power set-fixed-performance-mode-enabled {word}", timeout=15)
-        if result.returncode != 0:
-            if enabled:
-                self.lock.record_fixed_performance(False)
-            raise RunFailed(f"fixed performance mode could not be {'enabled' if enabled else 'disabled'} on "
-                            f"{self.serial}: {(result.stdout + result.stderr).strip()[:200] or f'exit {result.returncode}'}",
-                            hint="it needs Android 11+; run without --fixed-performance")
-        self._fixed_enabled = enabled
-        if not enabled:
-            self.lock.record_fixed_performance(False)
-        self.event("phase", f"fixed performance mode {'on' if enabled else 'off'}")
-
-    def restore_performance(self) -> None:
-        if self._fixed_enabled:
-            self.set_fixed_performance(False)
 
     def telemetry_cpus(self) -> tuple[int, ...]:
         """The CPUs the telemetry loop may use: those the runtime is not pinned to, so the loop
@@ -711,8 +381,7 @@ class AndroidTarget:
 
     def abort(self) -> None:
         """A run guard tripped (from the telemetry thread): kill the server so the request in flight ends."""
-        if self._server_pid is not None:
-            self.device.shell(f"kill -9 {self._server_pid} 2>/dev/null; true", timeout=10)
+        self.process.kill()
 
     def cleanup(self) -> None:
         """Stop the server, release the device lock: every step is tried. When
@@ -720,7 +389,7 @@ class AndroidTarget:
         failures = []
         if not self.reachable() and not self.reconnect():
             failures.append(f"the device did not come back within {RECONNECT_TIMEOUT_S:.0f} s, so llama-server "
-                            f"(pid {self._server_pid}) could not be confirmed stopped; adbd ends it with its shell")
+                            f"(pid {self.process.pid}) could not be confirmed stopped; adbd ends it with its shell")
         failures += self._teardown()
         if failures:
             raise AdbFailure("cleanup incomplete: " + "; ".join(failures), serial=self.serial,
@@ -738,8 +407,7 @@ class AndroidTarget:
         done = list(self.setup_notes)
         sdk = self.snap.props.get("ro.build.version.sdk", "")
         if not self.restored_performance and sdk.isdigit() and int(sdk) >= 30:
-            self._fixed_enabled = True
-            self.set_fixed_performance(False)
+            self.performance.force_off()
             done.append("fixed performance mode off")
         failures = self._teardown()
         if failures:
@@ -752,13 +420,13 @@ class AndroidTarget:
         (its holder ended, so it is stale): the next run takes it over and turns the mode off,
         where a released lock would leave later runs reading clocks held with no record of it."""
         failures = []
-        for step in (self.stop_server, self.restore_performance):
+        for name, step in (("stop_server", self.process.stop), ("restore_performance", self.performance.restore)):
             try:
                 step()
             except (AdbFailure, RunFailed) as error:
-                failures.append(f"{step.__name__}: {error}")
+                failures.append(f"{name}: {error}")
         try:
-            if self._fixed_enabled:
+            if self.performance.enabled:
                 self.lock.leave_as_record()
                 failures.append("fixed performance mode is still on: the device lock is left as its record, and "
                                 "the next run or `bench devices --reset` turns it off")
@@ -786,7 +454,8 @@ class AndroidTarget:
                 wait_for_state(self.serial, "device", timeout=min(5.0, max(0.5, deadline - time.monotonic())),
                                server=self.server)
                 self.device = Device(self.serial, server=self.server)
-                self.lock.device = self.device
+                for part in (self.lock, self.process, self.artifact_cache, self.performance):
+                    part.device = self.device
                 if self.reachable():
                     self.event("warning", f"reconnected to {self.serial} for cleanup")
                     return True
@@ -802,55 +471,3 @@ class AndroidTarget:
         return (max(cpu) if cpu else max((s.celsius for s in report.sensors), default=None)), report.status
 
 
-class DeviceBench:
-    """llama-bench running in a device shell: its stdout lines, its PID, and its end diagnosed."""
-
-    kind = "llama-bench"
-
-    def __init__(self, target: AndroidTarget, stream, model: ModelInfo, *, facts: RuntimeFacts):
-        self.target, self.stream, self.model = target, stream, model
-        self._lines = LineReader(self._read_chunk)
-        pid: int | None = None
-        try:
-            first = self.read_line(60)
-        except TimeoutError:  # the target closes its shell in cleanup
-            raise RunFailed(f"llama-bench printed no PID within 60 s on {target.serial}: "
-                            f"{target.process_failure(stream, 'llama-bench.log', model)}",
-                            hint="the device may be overloaded; retry, or check `adb shell` works") from None
-        if first and first[1].startswith("PID ") and first[1].split()[1].isdigit():
-            pid = int(first[1].split()[1])
-        self._facts = replace(facts, pid=pid)
-
-    def read_line(self, timeout_s: float) -> tuple[int, str] | None:
-        found = self._lines.read_line(timeout_s)
-        return None if found is None else (found[0], found[1].decode(errors="replace"))
-
-    def _read_chunk(self, timeout_s: float) -> bytes | None:
-        try:
-            self.stream.connection.conn.settimeout(timeout_s)
-        except OSError:
-            pass
-        chunk = self.stream.read_stdout()
-        if chunk is None:  # the end of the stream, or no output in time (socket.timeout is TimeoutError)
-            if isinstance(self.stream.error, TimeoutError):
-                raise TimeoutError(f"no output within {timeout_s:.0f} s")
-            return b""
-        return chunk or None  # an empty stdout packet is not the end
-
-    def exit_status(self) -> int | None:
-        return self.stream.wait_exit(10)
-
-    def failure(self) -> str:
-        return self.target.process_failure(self.stream, "llama-bench.log", self.model)
-
-    def facts(self) -> RuntimeFacts:
-        return self._facts
-
-    def peak_rss_bytes(self) -> float | None:
-        return None  # on the device: the telemetry loop samples its VmHWM
-
-    def interrupt(self) -> None:
-        self.target.abort()
-
-    def close(self) -> None:
-        pass  # the target stops it by PID and closes its shell in cleanup
