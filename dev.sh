@@ -3,54 +3,24 @@
 #   ./dev.sh run [bench run flags]   set up, then `bench run` on the host (default model + scenario)
 #   ./dev.sh test [pytest flags]     set up (+ mksh, Debian adb, the host llama.cpp runtime), then the tests
 #   ./dev.sh setup                   set up only
-# llama-cpp-python is sdist-only and takes ~13 minutes to compile on 2 cores, so its wheel is
-# built once into ~/.cache/bench/wheels and reused by every later set-up.
+# llama-cpp-python is sdist-only: its wheel carries the host's llama.cpp build (compiled once, for
+# it and for the host tools), cached under ~/.cache/bench and reused by every later set-up.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36
 CACHE="${BENCH_CACHE_DIR:-$HOME/.cache/bench}"
-WHEELS="$CACHE/wheels"
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 
 say() { printf '[dev.sh] %s\n' "$*" >&2; }
 
 build_llama_wheel() {
-  # The wheel is compiled for this CPU's ISA extensions (AMX always off: llama.cpp issue 20824) and
+  # llama-cpp-python around the host's one llama.cpp build (bench/runtimes/host_wheel.py): its
+  # libllama.so is compiled for this CPU's ISA extensions (AMX off: llama.cpp issue 20824) and
   # cached under a key derived from them, so a cache copied to another CPU is rebuilt, never run.
-  CPU_KEY="$("$PYTHON" -m bench.cpu key)"
-  WHEEL_DIR="$WHEELS/$LLAMA_CPP_PYTHON_VERSION/$CPU_KEY"
-  if ls "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl >/dev/null 2>&1; then
-    return
-  fi
-  mkdir -p "$WHEEL_DIR" "$CACHE/logs" "$CACHE/sdist"
-  local log="$CACHE/logs/llama-cpp-python-wheel-$CPU_KEY.log"
-  local sdist="$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
-  if [ ! -f "$sdist" ]; then
-    say "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist"
-    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
-      -d "$CACHE/sdist" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" >"$log" 2>&1 || { tail -5 "$log" >&2; exit 1; }
-  fi
-  local cmake_args
-  cmake_args="$("$PYTHON" -m bench.cpu cmake-args)"
-  say "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION for this CPU ($CPU_KEY) once (about 13 min on 2 cores); log: $log"
-  local started=$SECONDS
-  CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" wheel --no-deps --no-cache-dir \
-    --disable-pip-version-check "$sdist" -w "$WHEEL_DIR.partial" >>"$log" 2>&1 &
-  local pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 30
-    kill -0 "$pid" 2>/dev/null && say "  still compiling llama.cpp... $(( (SECONDS - started) / 60 )) min"
-  done
-  if ! wait "$pid"; then
-    tail -20 "$log" >&2
-    say "llama-cpp-python build failed; see $log (needs gcc, g++ and cmake)"
-    exit 1
-  fi
-  "$PYTHON" -m bench.cpu json >"$WHEEL_DIR.partial/build.json"
-  rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.partial" "$WHEEL_DIR"
-  say "llama-cpp-python wheel cached in $WHEEL_DIR after $(( (SECONDS - started) / 60 )) min"
+  # The host tools (`./dev.sh test`) are built later in the same tree, reusing its objects.
+  WHEEL="$("$VENV/bin/python" -m bench.runtimes.host_wheel --llama-cpp-python "$LLAMA_CPP_PYTHON_VERSION" --cache "$CACHE")"
 }
 
 system_packages() {
@@ -84,13 +54,12 @@ setup() {
   build_llama_wheel
   local stamp="$VENV/.bench-installed"
   local want
-  want="$(sha256sum pyproject.toml | cut -d' ' -f1)-$LLAMA_CPP_PYTHON_VERSION-$CPU_KEY"
+  want="$(sha256sum pyproject.toml | cut -d' ' -f1)-$WHEEL"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing bench and its dependencies into $VENV"
     # --force-reinstall of the wheel alone: a venv moved from another CPU must not keep its build.
-    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall \
-      "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl
-    "$VENV/bin/pip" install -q --disable-pip-version-check --find-links "$WHEEL_DIR" -e '.[dev]'
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$WHEEL"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --find-links "$(dirname "$WHEEL")" -e '.[dev]'
     echo "$want" >"$stamp"
   fi
 }

@@ -1,7 +1,8 @@
 """What a llama.cpp build for this host CPU must be compiled with, and the cache key that says so.
 
-Standard library only: `dev.sh` runs `python3 -m bench.cpu` before bench or its dependencies are
-installed, to configure and key the llama-cpp-python wheel.
+Standard library only: `dev.sh` builds the host's llama.cpp (bench.runtimes.host_wheel) before
+bench or its dependencies are installed; `python -m bench.cpu key|cmake-args|json` shows what a host
+build on this machine is compiled with.
 
 Why explicit flags and not GGML_NATIVE: a `-march=native` build carries every instruction of the
 build machine, so a cached wheel or runtime copied to an older CPU dies with SIGILL, and on CPUs with

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -60,6 +61,25 @@ def host_runtime() -> Path:
     from bench.runtimes.build import build, plan_build
 
     return build(plan_build("host", cache_root()))
+
+
+@pytest.fixture(scope="session")
+def arm64_runtime() -> Path:
+    if shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64-static") is None:
+        pytest.skip("no aarch64 cross compiler or qemu-user-static (./dev.sh test installs them)")
+    from bench.catalog import cache_root
+    from bench.runtimes.build import build, plan_build
+
+    return build(plan_build("linux-arm64", cache_root()))
+
+
+@pytest.fixture(scope="session")
+def dotprod_runtime(arm64_runtime) -> Path:
+    """The variant for phones without i8mm (Pixel 6/7, Snapdragon 865/888): ./dev.sh test builds it."""
+    from bench.catalog import cache_root
+    from bench.runtimes.build import build, plan_build
+
+    return build(plan_build("linux-arm64", cache_root(), arm_arch="armv8.2-a+dotprod"))
 
 
 def _free_port(start: int) -> int:

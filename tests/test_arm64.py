@@ -3,7 +3,6 @@ build --target linux-arm64`), pushed like any runtime, run under qemu-user that 
 in its own user namespace. Tiny shapes: qemu is about 30x slower than native."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,25 +13,6 @@ from conftest import bench_cli
 
 pytestmark = pytest.mark.slow
 TINY = 'name = "tiny"\nrepetitions = 1\nwarmup = 0\nn_predict = 8\nn_ctx = 256\nprompts = ["Hi."]\n'
-
-
-@pytest.fixture(scope="session")
-def arm64_runtime() -> Path:
-    if shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64-static") is None:
-        pytest.skip("no aarch64 cross compiler or qemu-user-static (./dev.sh test installs them)")
-    from bench.catalog import cache_root
-    from bench.runtimes.build import build, plan_build
-
-    return build(plan_build("linux-arm64", cache_root()))
-
-
-@pytest.fixture(scope="session")
-def dotprod_runtime(arm64_runtime) -> Path:
-    """The variant for phones without i8mm (Pixel 6/7, Snapdragon 865/888): ./dev.sh test builds it."""
-    from bench.catalog import cache_root
-    from bench.runtimes.build import build, plan_build
-
-    return build(plan_build("linux-arm64", cache_root(), arm_arch="armv8.2-a+dotprod"))
 
 
 def _scenario(tmp_path: Path) -> Path:

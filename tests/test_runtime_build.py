@@ -1,5 +1,6 @@
 """`bench runtime build`: the generated configurations, prerequisites, and the real host build."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -69,6 +70,41 @@ def test_host_build_is_real_and_cached(host_runtime):
     assert str(host_runtime) in listed.stdout
 
 
+@pytest.mark.slow
+def test_llama_cpp_python_runs_the_host_builds_library(host_runtime):
+    """Issue 24: llama.cpp is compiled once for the host: the library llama-cpp-python loads is the
+    host build's libllama.so, byte for byte, not a second compile inside the wheel."""
+    import llama_cpp
+
+    meta = json.loads((host_runtime / "runtime.json").read_text())
+    assert meta["shared_library"] == "lib/libllama.so"
+    loaded = Path(llama_cpp.llama_cpp._lib._name)
+    assert loaded.name == "libllama.so" and loaded.parent.parent.name == "llama_cpp"
+    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(loaded) == digest(host_runtime / "lib" / "libllama.so")
+    assert llama_cpp.llama_supports_mmap() and b"CPU" in llama_cpp.llama_print_system_info()
+
+
+def test_arm_variants_share_one_build_tree_and_keep_their_own_installs(tmp_path):
+    cache, ndk = tmp_path / "cache", str(_fake_ndk(tmp_path))
+    plans = [builder.plan_build("android-arm64", cache, src=str(_vendored_tree()), ndk=ndk, arm_arch=arch)
+             for arch in ("armv8.2-a+dotprod+i8mm+fp16", "armv8.2-a+dotprod")]
+    assert plans[0].build_dir == plans[1].build_dir and plans[0].install_dir != plans[1].install_dir
+    host = builder.plan_build("host", cache, src=str(_vendored_tree()))
+    assert host.build_dir != plans[0].build_dir and host.shared_library and not plans[0].shared_library
+    assert host.cmake_configure()[:3] == ["cmake", "-S", str(builder.HOST_PROJECT)]
+    assert (builder.HOST_PROJECT / "CMakeLists.txt").is_file()
+
+
+def _vendored_tree() -> Path:
+    from bench.catalog import cache_root
+
+    from bench.progress import NullProgress
+
+    tree, _ = builder.fetch_vendored_source(cache_root(), NullProgress())
+    return tree
+
+
 def test_elf_abi(tmp_path):
     header = bytearray(64)
     header[:4], header[18:20] = b"\x7fELF", (0xB7).to_bytes(2, "little")
@@ -81,3 +117,30 @@ def test_elf_abi(tmp_path):
 
     expected = {"x86_64": "x86_64", "aarch64": "arm64-v8a"}[platform.machine()]
     assert builder.elf_abi(Path(os.path.realpath(sys.executable))) == expected
+
+
+def test_the_wheel_carries_the_library_and_records_it(tmp_path):
+    """The package built without llama.cpp, with the host build's library added: pip checks each
+    file against RECORD, so the library must be listed there with its hash and size."""
+    import zipfile
+
+    from bench.catalog import _record_sha256
+    from bench.runtimes.host_wheel import LIBRARY_IN_WHEEL, with_library
+
+    pure = tmp_path / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+    with zipfile.ZipFile(pure, "w") as wheel:
+        wheel.writestr("llama_cpp/__init__.py", "")
+        wheel.writestr("llama_cpp_python-0.3.36.dist-info/RECORD",
+                       "llama_cpp/__init__.py,sha256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU,0\n"
+                       "llama_cpp_python-0.3.36.dist-info/RECORD,,\n")
+    library = tmp_path / "libllama.so"
+    library.write_bytes(b"\x7fELF" + bytes(range(256)) * 40)
+    merged = with_library(pure, library, tmp_path / "out")
+    assert merged.name == pure.name
+    with zipfile.ZipFile(merged) as wheel:
+        assert wheel.read(LIBRARY_IN_WHEEL) == library.read_bytes()
+        assert _record_sha256(wheel, LIBRARY_IN_WHEEL) == hashlib.sha256(library.read_bytes()).hexdigest()
+        rows = wheel.read("llama_cpp_python-0.3.36.dist-info/RECORD").decode().splitlines()
+        assert rows[-1] == "llama_cpp_python-0.3.36.dist-info/RECORD,," and len(rows) == 3
+        assert f"{LIBRARY_IN_WHEEL},sha256=" in rows[1] and rows[1].endswith(f",{library.stat().st_size}")
+        assert wheel.getinfo(LIBRARY_IN_WHEEL).external_attr >> 16 == 0o755

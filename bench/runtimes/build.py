@@ -36,6 +36,10 @@ ANDROID_ABI, ANDROID_PLATFORM = "arm64-v8a", "android-28"
 # + i8mm + fp16 for current phones; `--arm-arch armv8.2-a+dotprod` builds for older ones.
 DEFAULT_ARM_ARCH = "armv8.2-a+dotprod+i8mm+fp16"
 BUILD_TIMEOUT_S = 3 * 3600
+# The host build is configured through this wrapper: llama.cpp's tree plus libllama.so for
+# llama-cpp-python, from the same objects (see the file).
+HOST_PROJECT = Path(__file__).resolve().parent.parent / "data" / "host_build"
+SHARED_LIBRARY = "llama-shared"  # the wrapper's target: lib/libllama.so
 
 COMMON_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -76,6 +80,17 @@ class BuildPlan:
     def key(self) -> str:
         return self.install_dir.name
 
+    @property
+    def shared_library(self) -> bool:
+        """The host build also links libllama.so, which llama-cpp-python's wheel carries."""
+        return self.target == "host"
+
+    def cmake_configure(self) -> list[str]:
+        if self.shared_library:
+            return ["cmake", "-S", str(HOST_PROJECT), "-B", str(self.build_dir), f"-DBENCH_LLAMA_SOURCE={self.source}",
+                    *self.configure]
+        return ["cmake", "-S", str(self.source), "-B", str(self.build_dir), *self.configure]
+
 
 def runtimes_root(cache: Path) -> Path:
     return cache / "runtimes"
@@ -84,7 +99,9 @@ def runtimes_root(cache: Path) -> Path:
 def cmake_flags(target: str, ndk: Path | None, arm_arch: str = DEFAULT_ARM_ARCH) -> tuple[str, ...]:
     if target == "host":
         # This CPU's ISA extensions, listed (AMX off); never -march=native: see bench/cpu.py.
-        return COMMON_FLAGS + host_cpu_build().cmake_args()
+        # Position-independent objects serve the static tools and the shared library alike; as a
+        # subdirectory of the wrapper, llama.cpp builds its common library only when asked.
+        return COMMON_FLAGS + ("-DCMAKE_POSITION_INDEPENDENT_CODE=ON", "-DLLAMA_BUILD_COMMON=ON") + host_cpu_build().cmake_args()
     if target == "android-arm64":
         if ndk is None:
             raise MissingPrerequisite("android-arm64 needs the Android NDK",
@@ -125,7 +142,9 @@ def find_ndk(explicit: str | None) -> Path | None:
     return None
 
 
-def _installed_version() -> str:
+def _installed_version(version: str | None = None) -> str:
+    if version is not None:
+        return version
     try:
         return importlib.metadata.version("llama-cpp-python")
     except importlib.metadata.PackageNotFoundError:
@@ -137,15 +156,16 @@ def _installed_version() -> str:
 _SUBMODULE_GITDIR = ".git/modules/vendor/llama.cpp"
 
 
-def fetch_vendored_source(cache: Path, progress: Progress) -> tuple[Path, str]:
-    """The llama.cpp tree inside the sdist of the installed llama-cpp-python, extracted once, and
-    the commit it was taken from (read from the tree, not assumed)."""
-    version = _installed_version()
+def fetch_vendored_source(cache: Path, progress: Progress, version: str | None = None) -> tuple[Path, str]:
+    """The llama.cpp tree inside the sdist of llama-cpp-python (the installed one, or `version`
+    before it is installed), extracted once, and the commit it was taken from (read from the tree,
+    not assumed)."""
+    version = _installed_version(version)
     source_root = cache / "src" / f"llama-cpp-python-{version}"
     tree = source_root / "vendor" / "llama.cpp"
     git_dir = _git_dir(tree)
     if not (tree / "CMakeLists.txt").is_file() or git_dir is None or not git_dir.is_dir():
-        archive_path = _sdist(cache, version, progress)
+        archive_path = sdist_archive(cache, version, progress)
         task = progress.task(f"extract {archive_path.name}")
         staging = source_root.with_name(source_root.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -162,7 +182,7 @@ def fetch_vendored_source(cache: Path, progress: Progress) -> tuple[Path, str]:
     return tree, source_commit(tree)
 
 
-def _sdist(cache: Path, version: str, progress: Progress) -> Path:
+def sdist_archive(cache: Path, version: str, progress: Progress) -> Path:
     """The llama-cpp-python sdist in the cache (dev.sh leaves there the one it built the wheel from)."""
     sdist_dir = cache / "sdist"
     archive = sdist_dir / f"llama_cpp_python-{version}.tar.gz"
@@ -263,7 +283,8 @@ def installed_llama_cpp_commit(cache: Path) -> tuple[str | None, str]:
 
 
 def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | None = None, jobs: int | None = None,
-               arm_arch: str = DEFAULT_ARM_ARCH, progress: Progress | None = None) -> BuildPlan:
+               arm_arch: str = DEFAULT_ARM_ARCH, progress: Progress | None = None,
+               llama_cpp_python: str | None = None) -> BuildPlan:
     progress = progress or NullProgress()
     if target not in TARGETS:
         raise UsageError(f"unknown target '{target}'", f"use one of: {', '.join(TARGETS)}")
@@ -283,15 +304,23 @@ def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | N
                              "pass the root of a llama.cpp checkout")
         commit = source_commit(tree)
     else:
-        tree, commit = fetch_vendored_source(cache, progress)
-    flags_hash = hashlib.sha256("\n".join(flags).encode()).hexdigest()[:10]
-    key = f"{commit}-{target}-{flags_hash}"
+        tree, commit = fetch_vendored_source(cache, progress, llama_cpp_python)
     root = runtimes_root(cache)
-    return BuildPlan(target, tree, commit, flags, root / "build" / key, root / key, jobs or os.cpu_count() or 1)
+    # Variants that differ only in ggml-cpu's -march share one build tree: building the second
+    # recompiles ggml-cpu and relinks, nothing else.
+    tree_flags = tuple(flag for flag in flags if not flag.startswith("-DGGML_CPU_ARM_ARCH="))
+    return BuildPlan(target, tree, commit, flags, root / "build" / f"{commit}-{target}-{_flags_hash(tree_flags)}",
+                     root / f"{commit}-{target}-{_flags_hash(flags)}", jobs or os.cpu_count() or 1)
+
+
+def _flags_hash(flags: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(flags).encode()).hexdigest()[:10]
 
 
 def installed(plan: BuildPlan) -> bool:
-    return all((plan.install_dir / "bin" / tool).is_file() for tool in TOOLS) and (plan.install_dir / "runtime.json").is_file()
+    return (all((plan.install_dir / "bin" / tool).is_file() for tool in TOOLS)
+            and (not plan.shared_library or (plan.install_dir / "lib" / "libllama.so").is_file())
+            and (plan.install_dir / "runtime.json").is_file())
 
 
 def _run_logged(command: list[str], log: Path, on_line: Callable[[str], None]) -> int:
@@ -311,22 +340,37 @@ def _run_logged(command: list[str], log: Path, on_line: Callable[[str], None]) -
 
 
 def build(plan: BuildPlan, progress: Progress | None = None) -> Path:
-    """Configure and build the tools, then install them atomically into the cache."""
+    """Configure and build the tools (and the host's shared library), then install them atomically
+    into the cache."""
     progress = progress or NullProgress()
     if installed(plan):
         return plan.install_dir
-    with build_lock(plan.install_dir):
+    with build_lock(plan.build_dir):
         if installed(plan):  # another run (a matrix's other device) built it while this one waited
             return plan.install_dir
         return _build(plan, progress)
 
 
+def shared_library(plan: BuildPlan, progress: Progress | None = None) -> Path:
+    """The host build's libllama.so, for llama-cpp-python's wheel: the installed one, else built
+    alone in the build tree, whose objects the tools' build reuses later."""
+    if not plan.shared_library:
+        raise UsageError(f"a {plan.target} build has no shared library for llama-cpp-python", "plan a host build")
+    installed_library = plan.install_dir / "lib" / "libllama.so"
+    if installed_library.is_file():
+        return installed_library
+    with build_lock(plan.build_dir):
+        _compile(plan, progress or NullProgress(), (SHARED_LIBRARY,))
+    return plan.build_dir / "lib" / "libllama.so"
+
+
 @contextlib.contextmanager
-def build_lock(install_dir: Path):
-    """One build of a variant at a time, across threads and processes: an exclusive lock on a file
-    beside the install folder, held until the build is installed or has failed."""
-    install_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(install_dir.with_name(install_dir.name + ".lock"), "w") as handle:
+def build_lock(build_dir: Path):
+    """One build in a build tree at a time (the variants that share it too), across threads and
+    processes: an exclusive lock on a file beside the tree, held until the build is installed or
+    has failed."""
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(build_dir.with_name(build_dir.name + ".lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -334,11 +378,13 @@ def build_lock(install_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _build(plan: BuildPlan, progress: Progress) -> Path:
+def _compile(plan: BuildPlan, progress: Progress, targets: tuple[str, ...]) -> Path:
+    """Configure the build tree with the plan's flags (a tree shared by variants is reconfigured
+    for this one) and build these targets; the log's path."""
     plan.build_dir.mkdir(parents=True, exist_ok=True)
     log = plan.build_dir / "build.log"
     configure = progress.task(f"cmake configure ({plan.target})")
-    code = _run_logged(["cmake", "-S", str(plan.source), "-B", str(plan.build_dir), *plan.configure], log, lambda _: None)
+    code = _run_logged(plan.cmake_configure(), log, lambda _: None)
     configure.done()
     if code != 0:
         raise BuildError(f"cmake configure failed (exit {code})", f"see {log}")
@@ -351,10 +397,15 @@ def _build(plan: BuildPlan, progress: Progress) -> Path:
             task.update(completed=int(match.group(1)))
 
     code = _run_logged(["cmake", "--build", str(plan.build_dir), "--config", "Release", "-j", str(plan.jobs),
-                        "--target", *TOOLS], log, on_line)
+                        "--target", *targets], log, on_line)
     task.done()
     if code != 0:
         raise BuildError(f"build failed (exit {code})", f"see {log}")
+    return log
+
+
+def _build(plan: BuildPlan, progress: Progress) -> Path:
+    log = _compile(plan, progress, TOOLS + ((SHARED_LIBRARY,) if plan.shared_library else ()))
     staging = plan.install_dir.with_name(plan.install_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "bin").mkdir(parents=True)
@@ -363,9 +414,13 @@ def _build(plan: BuildPlan, progress: Progress) -> Path:
         if built is None:
             raise BuildError(f"the build produced no {tool}", f"see {log}")
         shutil.copy2(built, staging / "bin" / tool)
+    if plan.shared_library:
+        (staging / "lib").mkdir()
+        shutil.copy2(plan.build_dir / "lib" / "libllama.so", staging / "lib" / "libllama.so")
     atomic_write_json(staging / "runtime.json", {
         "schema_version": 1, "target": plan.target, "llama_cpp_commit": plan.commit, "source": str(plan.source),
         "cmake_flags": list(plan.configure), "tools": list(TOOLS),
+        "shared_library": "lib/libllama.so" if plan.shared_library else None,
         "cpu": host_cpu_build().to_dict() if plan.target == "host" else None,
         "abi": elf_abi(staging / "bin" / "llama-server"),
         "arm_arch": arm_arch_of(plan.configure),
