@@ -35,11 +35,33 @@ def telemetry_gaps(samples: pd.DataFrame, hz: float | None) -> list[dict]:
 
 def self_checks(requests: pd.DataFrame, samples: pd.DataFrame, *, decode_median: float | None,
                 ceiling_tps: float | None, telemetry_hz: float | None, clock: dict | None,
-                roofline_note: str | None = None, correctness: dict | None = None) -> list[dict]:
+                roofline_note: str | None = None, correctness: dict | None = None, depth: int = 0) -> list[dict]:
     """Checks every run's numbers must pass, each {name, ok (None: could not be checked), detail,
     invalidates}: a failed check that invalidates makes the run's figures invalid."""
     return [_roofline_check(decode_median, ceiling_tps, roofline_note), _token_count_check(requests),
-            _clock_check(clock), _gap_check(samples, telemetry_hz), _correctness_check(correctness)]
+            _clock_check(clock), _gap_check(samples, telemetry_hz), _correctness_check(correctness),
+            _depth_check(requests, depth)]
+
+
+def _depth_check(requests: pd.DataFrame, depth: int) -> dict:
+    """A figure at depth D is one only if the KV cache held D tokens when the request came: the
+    runtime's own count of the prompt tokens it reused says so. A runtime that dropped the cache
+    measured a cold prompt of D more tokens, and its prefill rate is not the one at depth."""
+    check = {"name": "depth", "invalidates": True}
+    if not depth:
+        return {**check, "ok": None, "detail": "not checked: the run asked for no depth"}
+    frame = measured_requests(requests)
+    cached = pd.to_numeric(frame.get("cached_tokens", pd.Series(dtype=float)), errors="coerce").to_numpy(dtype=float)
+    if frame.empty or not np.isfinite(cached).any():
+        return {**check, "ok": None, "detail": f"not checked: no request reports its cached tokens (llama-bench fills "
+                                               f"depth {depth} itself)"}
+    short = np.isfinite(cached) & (cached < depth)
+    if not short.any():
+        return {**check, "ok": True, "detail": f"every measured request found the {depth} tokens of its depth in the "
+                                               "KV cache and evaluated only its own"}
+    return {**check, "ok": False, "requests": int(short.sum()), "detail": (
+        f"{int(short.sum())} of {len(frame)} requests found fewer than the depth's {depth} tokens in the KV cache "
+        f"(fewest {int(np.nanmin(cached))}): they were measured from a colder cache than depth {depth}")}
 
 
 def _correctness_check(record: dict | None) -> dict:

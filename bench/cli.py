@@ -112,11 +112,32 @@ def _thread_counts(text: str) -> list[int]:
     return counts
 
 
+def _token_counts(text: str) -> list[int]:
+    counts = []
+    for part in text.split(","):
+        try:
+            counts.append(int(part.strip()))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{part.strip()}' is not a number of tokens") from None
+    if any(count < 0 for count in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"'{text}' must be distinct token counts >= 0")
+    return counts
+
+
 def _cpu_list(text: str) -> tuple[int, ...]:
     from .cpu import parse_cpus
 
     try:
         return parse_cpus(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _shard(text: str):
+    from .matrix import parse_shard
+
+    try:
+        return parse_shard(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -185,6 +206,9 @@ def _add_run_command(commands) -> None:
                      help="override the scenario's threads; several (1,2,4,5) run a sweep, one run per point")
     run.add_argument("--affinity", action="append", type=_cpu_list, metavar="CPUS",
                      help="pin the runtime to these CPUs (4-7, 0,2,4); repeat for a sweep over CPU sets")
+    run.add_argument("--depth", type=_token_counts, metavar="N[,N...]",
+                     help="tokens in the KV cache before each request (llama-bench's n_depth); several "
+                          "(0,512,2048) run a sweep, one run per depth (default: the scenario's depth)")
     run.add_argument("--telemetry-hz", type=_positive_float, default=10.0, help="sampling rate (default 10)")
     run.add_argument("--no-telemetry", action="store_true", help="do not sample telemetry")
     _run_flags(run)
@@ -216,6 +240,9 @@ def _add_matrix_command(commands) -> None:
     matrix.add_argument("file", type=Path, help="the matrix TOML (devices, models, scenarios, threads, affinity, ...)")
     matrix.add_argument("--out", default="results", type=Path, help="results root (default results/)")
     matrix.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted matrix in DIR")
+    matrix.add_argument("--shard", type=_shard, metavar="K/N",
+                        help="run only the K-th of N disjoint slices of the matrix (one per host or CI job; "
+                             "the same file on every host, together every point once)")
     _run_flags(matrix)
     matrix.add_argument("--json", action="store_true", help="print one JSON object: matrix_dir, status, points")
 
@@ -365,22 +392,24 @@ def _check_model(name: str) -> None:
 
 def cmd_run(args) -> int:
     from .catalog import model_info
-    from .config import resolve_scenario
+    from .config import resolve_scenario, sweep_depths
     from .runner import run_benchmark
 
     threads, affinities = args.threads or [None], args.affinity or [None]
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=threads[0])
+    depths = sweep_depths(scenario, args.depth)
+    scenario = scenario.with_overrides(depth=depths[0])
     _check_model(args.model)
     servers = _servers(args)
     connect(args.connect, servers)
     selectors = [part.strip() for part in args.device.split(",") if part.strip()]
     devices = device_ids(selectors, servers)
-    if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1:
+    if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1 or len(depths) > 1:
         from .matrix import MatrixSpec
 
         spec = MatrixSpec(devices=tuple(devices), models=(args.model,), scenarios=(args.scenario,),
                           threads=tuple(threads), affinities=tuple(affinities), name=scenario.name,
-                          repetitions=args.repetitions)
+                          repetitions=args.repetitions, depths=tuple(depths) if len(depths) > 1 else (None,))
         return _run_matrix(args, spec, devices, resume=None)
     listed = next(iter(devices.values()))
     with BarProgress(err) as progress:
@@ -408,13 +437,19 @@ def _run_exit_code(status: str, reason: str | None, where) -> int:
     return 3
 
 
-def _run_matrix(args, spec, devices: dict, resume: Path | None) -> int:
-    """Every point of the matrix, devices in parallel; the rows go to matrix.json as they finish."""
+def _run_matrix(args, spec, devices: dict, resume: Path | None, points=None, shard: dict | None = None) -> int:
+    """Every point of the matrix (or of `points`, its slice), devices in parallel; the rows go to
+    matrix.json as they finish."""
     from .catalog import model_info
-    from .config import resolve_scenario
+    from .config import resolve_scenario, sweep_depths
     from .matrix import load_rows, new_directory, run_matrix
 
     scenarios = {name: resolve_scenario(name) for name in spec.scenarios}
+    for name, scenario in scenarios.items():
+        if scenario.depths and spec.depths == (None,) and len(scenario.depths) > 1:
+            raise UsageError(f"scenario '{name}' sweeps depth {list(scenario.depths)}, and a matrix sweeps only "
+                             "what its file names", f"add depth = {list(scenario.depths)} to the matrix file")
+        sweep_depths(scenario, list(spec.depths))  # each depth fits each scenario's n_ctx, before any run
     for name in spec.models:
         _check_model(name)
     with BarProgress(err) as progress:
@@ -423,17 +458,21 @@ def _run_matrix(args, spec, devices: dict, resume: Path | None) -> int:
         rows = load_rows(directory) if resume is not None else None
 
         def make_run(point):
-            scenario = scenarios[point.scenario].with_overrides(repetitions=spec.repetitions, threads=point.threads)
+            scenario = scenarios[point.scenario].with_overrides(repetitions=spec.repetitions, threads=point.threads,
+                                                                 depth=point.depth)
             listed = devices[point.device]
             label, target = _target(args, listed, point.affinity, scenario, progress)
             if listed is not None and len(devices) > 1:  # two phones of one profile need names of their own
                 label = f"{label}-{listed.serial}"
             return _run_options(args, label, scenario, models[point.model], target, directory), target
 
-        result = run_matrix(spec.points(), directory, make_run, progress, title=f"{spec.name}: "
-                            f"{len(spec.devices)} device(s) x {len(spec.models)} model(s) x "
-                            f"{len(spec.scenarios)} scenario(s) x {len(spec.threads)} thread count(s) x "
-                            f"{len(spec.affinities)} CPU set(s)", resume=rows)
+        title = (f"{spec.name}: {len(spec.devices)} device(s) x {len(spec.models)} model(s) x "
+                 f"{len(spec.scenarios)} scenario(s) x {len(spec.threads)} thread count(s) x "
+                 f"{len(spec.affinities)} CPU set(s)")
+        if shard is not None:
+            title += f", shard {shard['index']}/{shard['count']} ({len(shard['points'])} of {shard['points_in_matrix']} points)"
+        result = run_matrix(spec.points() if points is None else points, directory, make_run, progress, title=title,
+                            resume=rows, shard=shard)
     if args.json:
         _print_json({"matrix_dir": str(result.directory), "status": result.status, "points": list(result.rows)},
                     default=str)
@@ -463,7 +502,7 @@ def _ab_arm(args, spec: str) -> dict:
 def cmd_ab(args) -> int:
     from .ab import new_directory, run_ab
     from .catalog import model_info
-    from .config import resolve_scenario
+    from .config import resolve_scenario, sweep_depths
 
     _check_verdict_flags(args)
     arms = {"base": _ab_arm(args, args.base), "head": _ab_arm(args, args.head)}
@@ -473,6 +512,11 @@ def cmd_ab(args) -> int:
     differs = "runtime" if "runtime" in arms["base"] else "model"  # the match key the sides differ in on purpose
     args.ignore = []
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions)
+    depths = sweep_depths(scenario)
+    if len(depths) > 1:
+        raise UsageError(f"scenario '{scenario.name}' sweeps depth {depths}; an A/B compares at one depth",
+                         "give `bench ab` a scenario with one depth, or sweep with `bench run --depth`")
+    scenario = scenario.with_overrides(depth=depths[0])
     if differs == "runtime":
         _check_model(args.model)
     servers = _servers(args)
@@ -502,19 +546,22 @@ def cmd_ab(args) -> int:
 def cmd_matrix(args) -> int:
     from dataclasses import replace
 
-    from .matrix import load_matrix_file
+    from .matrix import check_resume, load_matrix_file, slice_points
+    from .targets import devices_by_selector
 
     spec = load_matrix_file(args.file)
+    points, shard = slice_points(spec, args.shard)
+    if args.resume is not None:
+        check_resume(args.resume, shard)
     servers = _servers(args, spec.adb_servers)
     connect([*spec.connect, *(args.connect or [])], servers)
-    devices = device_ids(list(spec.devices), servers)
+    named, devices = devices_by_selector(list(dict.fromkeys(point.device for point in points)), servers)
+    points = [replace(point, device=device, selector=point.device) for point in points for device in named[point.device]]
     spec = replace(spec, devices=tuple(devices))
-    if args.resume is not None and not (args.resume / "matrix.json").is_file():
-        raise UsageError(f"{args.resume} holds no matrix.json", "give the folder an earlier `bench matrix` wrote")
     args.no_telemetry = spec.telemetry_hz is None
     args.telemetry_hz = spec.telemetry_hz
     args.model, args.scenario = ",".join(spec.models), ",".join(spec.scenarios)
-    return _run_matrix(args, spec, devices, resume=args.resume)
+    return _run_matrix(args, spec, devices, resume=args.resume, points=points, shard=shard)
 
 
 def _print_summary(result) -> None:

@@ -35,7 +35,7 @@ MIN_REPETITIONS = 4   # 4 vs 4 is the smallest design whose Mann-Whitney p can g
 MIN_PAIRS = 6         # 6 pairs: the smallest design whose exact signed-rank p can go below 0.05 (2/64)
 MIN_NOISE_RUNS = 3    # earlier runs of the same setup needed to know its run-to-run noise
 ALPHA = 0.05          # per family of metrics: the gate's, and the reported rest's (Bonferroni within each)
-MATCH_KEYS = ("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack")
+MATCH_KEYS = ("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack", "depth")
 METRICS = COMPARED
 
 
@@ -52,7 +52,14 @@ def run_key(run: dict) -> dict[str, str]:
         "affinity": ",".join(str(cpu) for cpu in runtime.get("affinity") or []) or "unpinned",
         "fixed_performance": str(bool(runtime.get("fixed_performance"))),
         "repack": str(runtime.get("repack", True)),
+        # tokens in the KV cache before each request: prefill and decode slow down with it
+        "depth": str((run.get("scenario") or {}).get("depth") or 0),
     }
+
+
+def run_host(run: dict) -> str:
+    """The machine that drove a run (its phones are attached there), as run.json's owner names it."""
+    return str((run.get("owner") or {}).get("host") or "unknown host")
 
 
 def build_key(run: dict) -> str:
@@ -76,6 +83,8 @@ def setup_label(key: dict[str, str]) -> str:
         parts.append("fixed performance")
     if key.get("repack") == "False":
         parts.append("no repack")
+    if key.get("depth", "0") != "0":
+        parts.append(f"depth {key['depth']}")
     return ", ".join(parts)
 
 

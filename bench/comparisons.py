@@ -13,7 +13,7 @@ import numpy as np
 
 from .ab import load_pairs
 from .compare import (MATCH_KEYS, MIN_NOISE_RUNS, Comparison, RunValues, build_key, compare_sides, make_side,
-                      noise_from_medians, run_key)
+                      noise_from_medians, run_host, run_key)
 from .errors import BenchError, StoreError, UsageError
 from .metrics import COMPARED, PRIMARY
 from .store import find_runs, load_run_meta
@@ -35,11 +35,14 @@ def gate_metrics(text: str | None) -> tuple[str, ...]:
     return picked
 
 
-def point_label(run: dict) -> str:
-    """Which point of a folder of runs (a matrix) a group is: device, model, scenario, threads."""
+def point_label(run: dict, with_host: bool = False) -> str:
+    """Which point of a folder of runs (a matrix) a group is: device, model, scenario, threads, and
+    the host that drove it when several did."""
     device, runtime = run.get("device") or {}, run.get("runtime") or {}
     return (f"{device.get('profile')} {device.get('serial') or ''}".strip() + f", {(run.get('model') or {}).get('alias')}, "
-            f"{(run.get('scenario') or {}).get('name')}, {runtime.get('threads')} threads")
+            f"{(run.get('scenario') or {}).get('name')}, {runtime.get('threads')} threads"
+            + (f", depth {(run.get('scenario') or {}).get('depth')}" if (run.get("scenario") or {}).get("depth") else "")
+            + (f", on {run_host(run)}" if with_host else ""))
 
 
 def run_values(run_dir: Path) -> RunValues:
@@ -108,23 +111,29 @@ def compare_stored(paths: Sequence[Path], *, threshold: float, ignore: Sequence[
                              "bench compare BASE HEAD [MORE...], --baseline NAME HEAD, or a `bench ab` folder")
         return found
 
-    def groups(path: Path) -> dict[tuple, list]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        loaded = [list(pool.map(run_values, find_runs(path))) for path in paths]
+    # Folders from several hosts (a sharded matrix's, or one merged from them): the same phone
+    # model on two hosts is two phones, so within a side each host's runs are a group of their own,
+    # paired with the base's runs from the same host.
+    by_host = any(len({run_host(item.run) for item in side}) > 1 for side in loaded)
+
+    def groups(side: list[RunValues]) -> dict[tuple, list]:
         found: dict[tuple, list] = {}
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            loaded = list(pool.map(run_values, find_runs(path)))
-        for item in loaded:
+        for item in side:
             key = run_key(item.run)
-            found.setdefault(tuple(key[k] for k in MATCH_KEYS if k not in ignore), []).append(item)
+            group = tuple(key[k] for k in MATCH_KEYS if k not in ignore) + ((run_host(item.run),) if by_host else ())
+            found.setdefault(group, []).append(item)
         return found
 
-    base_groups = groups(paths[0])
+    base_groups = groups(loaded[0])
     comparisons = []
-    for head_path in paths[1:]:
-        head_groups = groups(head_path)
+    for head_path, head_side in zip(paths[1:], loaded[1:]):
+        head_groups = groups(head_side)
         for key, head_runs in head_groups.items():
             # Without a base of the same key, pair with the first base set so the rows show the mismatch.
             base_runs = base_groups.get(key) or next(iter(base_groups.values()))
-            suffix = f" ({point_label(head_runs[0].run)})" if len(head_groups) > 1 else ""
+            suffix = f" ({point_label(head_runs[0].run, by_host)})" if len(head_groups) > 1 else ""
             base, head = (make_side(f"base {paths[0].name}{suffix}", base_runs),
                           make_side(f"head {head_path.name}{suffix}", head_runs))
             noise = {}

@@ -8,7 +8,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import ConfigError, UsageError
 from .records import CooldownRule, PromptSpec, Scenario
@@ -18,7 +18,7 @@ SCENARIO_SCHEMA_VERSION = 1
 _SCENARIO_KEYS = {
     "schema_version", "name", "description", "repetitions", "warmup", "seed", "temperature",
     "n_ctx", "n_batch", "threads", "n_predict", "ignore_eos", "prompts", "keep_history",
-    "duration_s", "cooldown", "request_timeout_s", "kind", "pp", "tg", "idle_s",
+    "duration_s", "cooldown", "request_timeout_s", "kind", "pp", "tg", "idle_s", "depth",
 }
 KINDS = ("generate", "llama-bench")
 # Keys added after scenarios were first hashed count in the hash only when set, so the runs of an
@@ -153,6 +153,14 @@ def parse_scenario(path: Path) -> Scenario:
         check.fail("kind", "a llama-bench scenario needs 'pp' or 'tg'", "e.g. pp = 512 and tg = 128")
     if llama_bench and duration is not None:
         check.fail("duration_s", "'duration_s' is not a llama-bench option", "use repetitions")
+    depths = _depths(check, data.get("depth", 0))
+    n_ctx, n_predict = check.get("n_ctx", int, 2048, minimum=16), check.get("n_predict", int, 64, minimum=1)
+    problem = None if llama_bench else depth_room(max(depths), n_predict, n_ctx)
+    if problem:
+        check.fail("depth", *problem)
+    if depths != (0,) and check.get("keep_history", bool, False):
+        check.fail("depth", "'depth' and 'keep_history' both fill the KV cache before a request",
+                   "use one: depth for a fixed context, keep_history for a chat")
     fields = dict(
         name=check.get("name", str, path.stem),
         path=str(path),
@@ -161,10 +169,10 @@ def parse_scenario(path: Path) -> Scenario:
         warmup=check.get("warmup", int, 1, minimum=0),
         seed=check.get("seed", int, 42),
         temperature=float(check.get("temperature", (int, float), 0.0, minimum=0)),
-        n_ctx=check.get("n_ctx", int, 2048, minimum=16),
+        n_ctx=n_ctx,
         n_batch=check.get("n_batch", int, 512, minimum=1),
         threads=threads,
-        n_predict=check.get("n_predict", int, 64, minimum=1),
+        n_predict=n_predict,
         ignore_eos=check.get("ignore_eos", bool, True),
         prompts=() if llama_bench and "prompts" not in data else _prompts(check, path.parent),
         keep_history=check.get("keep_history", bool, False),
@@ -173,12 +181,45 @@ def parse_scenario(path: Path) -> Scenario:
         request_timeout_s=float(check.get("request_timeout_s", (int, float), 600.0, minimum=0.1)),
         kind=kind, pp=pp, tg=tg,
         idle_s=float(check.get("idle_s", (int, float), 10.0, minimum=0)),
+        depth=depths[0], depths=depths if len(depths) > 1 else (),
     )
-    # The hash names the workload, so compare can match runs: paths, text and a patience limit are not part of it.
-    canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description", "request_timeout_s", "idle_s"}
+    # The hash names the workload, so compare can match runs: paths, text and a patience limit are
+    # not part of it, nor the depth, which runs carry as a match key of its own (as threads).
+    canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description", "request_timeout_s", "idle_s",
+                                                                       "depth", "depths"}
                             and not (k in _LATER_KEYS and v == _LATER_KEYS[k])},
                            default=lambda o: o.__dict__, sort_keys=True)
     return Scenario(**fields, content_hash=hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def depth_room(depth: int, n_predict: int, n_ctx: int) -> tuple[str, str] | None:
+    """(problem, fix) when a depth leaves a request no room in the context; None when it fits."""
+    if depth + n_predict < n_ctx:
+        return None
+    return (f"depth {depth} + n_predict {n_predict} leave no room for a prompt in n_ctx {n_ctx}",
+            f"raise n_ctx in the scenario above {depth + n_predict} plus the prompt's tokens")
+
+
+def sweep_depths(scenario: Scenario, asked: Sequence[int | None] | None = None) -> list[int]:
+    """The depths a run (or a sweep, one run each) measures: `asked` (--depth, a matrix file's
+    depth), else the scenario's list, else its one depth. Each must leave a request room in n_ctx."""
+    depths = [scenario.depth if depth is None else depth for depth in asked or ()] or list(scenario.depths) or [scenario.depth]
+    for depth in depths:
+        problem = None if scenario.kind == "llama-bench" else depth_room(depth, scenario.n_predict, scenario.n_ctx)
+        if problem:
+            raise UsageError(f"scenario '{scenario.name}': {problem[0]}", problem[1])
+    return depths
+
+
+def _depths(check: "_Checker", value) -> tuple[int, ...]:
+    """`depth = 512` or `depth = [0, 512, 2048]` (a sweep): tokens in the KV cache before each request."""
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        check.fail("depth", f"'depth' must be a number of tokens >= 0 or a list of them, got {value!r}",
+                   "e.g. depth = 2048 or depth = [0, 512, 2048]")
+    if len(set(values)) != len(values):
+        check.fail("depth", f"'depth' repeats a value: {value!r}")
+    return tuple(values)
 
 
 def scenario_dirs() -> list[Path]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import MATCH_KEYS, run_key, setup_label
+from .compare import MATCH_KEYS, run_host, run_key, setup_label
 from .errors import UsageError
 from .files import atomic_write_bytes, atomic_write_json
 from .metrics import BY_NAME
@@ -39,13 +39,16 @@ class HistoryPoint:
 def collect(root: Path) -> dict[str, list[HistoryPoint]]:
     """Series label -> points in time order."""
     series: dict[str, list[HistoryPoint]] = {}
-    for run_dir in find_runs(root):
-        run = load_run_meta(run_dir)
+    runs = [(run_dir, load_run_meta(run_dir)) for run_dir in find_runs(root)]
+    several_hosts = len({run_host(run) for _, run in runs}) > 1  # results merged from a sharded matrix's hosts
+    for run_dir, run in runs:
         key = run_key(run)
         device, model = run.get("device") or {}, run.get("model") or {}
         label = (f"{device.get('profile')} | {model.get('alias')} | {(run.get('scenario') or {}).get('name')} | "
                  f"{(run.get('runtime') or {}).get('kind')} | {setup_label(key)}")
         label += f" [{'/'.join(key[k][:8] for k in MATCH_KEYS if k in ('model', 'scenario'))}]"
+        if several_hosts:
+            label += f" on {run_host(run)}"
         commit = (run.get("harness") or {}).get("git_commit")
         series.setdefault(label, []).append(HistoryPoint(str(run_dir), str(run.get("started_at")),
                                                          commit[:9] if commit else None, str(run.get("status")),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,16 +22,16 @@ from typing import Callable
 
 from .config import key_line, load_toml
 from .cpu import format_cpus, parse_cpus
-from .errors import BenchError, ConfigError, StoreError
+from .errors import BenchError, ConfigError, StoreError, UsageError
 from .files import atomic_write_bytes, atomic_write_json
 from .progress import Progress
 from .runner import RunOptions, RunResult, Target, run_benchmark
-from .store import make_run_id
+from .store import load_run_meta, make_run_id
 
 SCHEMA_VERSION = 1
 MATRIX_FILE = "matrix.json"
 FILE_KEYS = {"schema_version", "name", "devices", "models", "scenarios", "threads", "affinity", "repetitions",
-             "adb_servers", "connect", "telemetry_hz"}
+             "adb_servers", "connect", "telemetry_hz", "depth"}
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,21 @@ class MatrixPoint:
     scenario: str
     threads: int | None
     affinity: tuple[int, ...] | None   # CPUs the runtime is pinned to; None = the target's default
+    depth: int | None = None           # tokens in the KV cache before each request; None = the scenario's
+    selector: str | None = None        # the device as the matrix file names it, when `device` is its id
 
     @property
     def key(self) -> str:
         """Stable name of the point, for resume."""
         cpus = "default" if self.affinity is None else format_cpus(self.affinity)
-        return f"{self.device}|{self.model}|{self.scenario}|{self.threads or 'default'}|{cpus}"
+        depth = "" if self.depth is None else f"|depth {self.depth}"
+        return f"{self.device}|{self.model}|{self.scenario}|{self.threads or 'default'}|{cpus}{depth}"
 
     @property
     def label(self) -> str:
         cpus = "default CPUs" if self.affinity is None else f"cpus {format_cpus(self.affinity)}"
-        return f"{self.device}, {self.model}, {self.scenario}, {self.threads or 'default'} threads, {cpus}"
+        depth = "" if self.depth is None else f", depth {self.depth}"
+        return f"{self.device}, {self.model}, {self.scenario}, {self.threads or 'default'} threads, {cpus}{depth}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class MatrixSpec:
     scenarios: tuple[str, ...]
     threads: tuple[int | None, ...] = (None,)
     affinities: tuple[tuple[int, ...] | None, ...] = (None,)
+    depths: tuple[int | None, ...] = (None,)
     name: str = "matrix"
     repetitions: int | None = None
     adb_servers: tuple[str, ...] = ()
@@ -67,8 +73,38 @@ class MatrixSpec:
     telemetry_hz: float | None = 10.0
 
     def points(self) -> list[MatrixPoint]:
-        return [MatrixPoint(d, m, s, t, a) for d in self.devices for m in self.models for s in self.scenarios
-                for a in self.affinities for t in self.threads]
+        return [MatrixPoint(d, m, s, t, a, depth) for d in self.devices for m in self.models for s in self.scenarios
+                for a in self.affinities for t in self.threads for depth in self.depths]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """`--shard K/N`: the K-th of N disjoint slices of a matrix, so a lab's own scheduler (a CI job
+    matrix, build agents, a farm's queue) spreads one matrix over N hosts with no coordinator. A
+    point's slice is its position in the file's expansion (devices x models x scenarios x CPU sets
+    x threads) modulo N: the same file gives every host the same slices, together every point once,
+    and slice sizes differ by one at most."""
+
+    index: int  # 1-based
+    count: int
+
+    def take(self, points: list[MatrixPoint]) -> list[MatrixPoint]:
+        return [point for position, point in enumerate(points) if position % self.count == self.index - 1]
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """"2/4" -> Shard(2, 4); ValueError naming what is wrong otherwise."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise ValueError(f"'{text}' is not K/N (e.g. 2/4: the second of four slices)")
+    shard = Shard(int(index), int(count))
+    if shard.count < 1 or not 1 <= shard.index <= shard.count:
+        raise ValueError(f"'{text}': K must be 1 to N and N at least 1")
+    return shard
 
 
 def load_matrix_file(path: Path) -> MatrixSpec:
@@ -103,6 +139,10 @@ def load_matrix_file(path: Path) -> MatrixSpec:
             affinities.append(parse_cpus(str(item)))
         except ValueError as error:
             fail("affinity", str(error))
+    depths = data.get("depth", [])
+    if not isinstance(depths, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in depths) \
+            or len(set(depths)) != len(depths):
+        fail("depth", "'depth' must be a list of distinct token counts >= 0", "e.g. depth = [0, 512, 2048]")
     repetitions = data.get("repetitions")
     if repetitions is not None and (not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1):
         fail("repetitions", "'repetitions' must be an integer >= 1")
@@ -111,7 +151,8 @@ def load_matrix_file(path: Path) -> MatrixSpec:
         fail("telemetry_hz", "'telemetry_hz' must be a number >= 0 (0 turns telemetry off)")
     return MatrixSpec(devices=strings("devices", True), models=strings("models", True),
                       scenarios=strings("scenarios", True), threads=tuple(threads) or (None,),
-                      affinities=tuple(affinities) or (None,), name=str(data.get("name", path.stem)),
+                      affinities=tuple(affinities) or (None,), depths=tuple(depths) or (None,),
+                      name=str(data.get("name", path.stem)),
                       repetitions=repetitions, adb_servers=strings("adb_servers", False),
                       connect=strings("connect", False), telemetry_hz=float(hz) if hz else None)
 
@@ -151,17 +192,45 @@ def load_rows(directory: Path) -> dict[str, dict]:
     return {row["key"]: row for row in stored.get("points", [])}
 
 
+def slice_points(spec: MatrixSpec, shard: Shard | None) -> tuple[list[MatrixPoint], dict | None]:
+    """The points this host runs, devices as the file names them, and the record of its slice for
+    matrix.json (None: the whole matrix)."""
+    points = spec.points()
+    if shard is None:
+        return points, None
+    if "all" in spec.devices:
+        raise UsageError("--shard needs the matrix's devices listed: 'all' names other devices on each host",
+                         "list profile ids (pixel8) or serials in devices")
+    mine = shard.take(points)
+    return mine, {"index": shard.index, "count": shard.count, "points_in_matrix": len(points),
+                  "points": [point.key for point in mine]}
+
+
+def check_resume(directory: Path, shard: dict | None) -> None:
+    """--resume DIR: DIR holds an earlier matrix of the same slice."""
+    try:
+        stored = json.loads((directory / MATRIX_FILE).read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{directory} holds no {MATRIX_FILE}", "give the folder an earlier `bench matrix` wrote") from None
+    ran, asked = (None if item is None else f"{item['index']}/{item['count']}" for item in (stored.get("shard"), shard))
+    if ran != asked:
+        raise UsageError(f"{directory} ran {'the whole matrix' if ran is None else f'shard {ran}'}, not "
+                         f"{'the whole matrix' if asked is None else f'shard {asked}'}",
+                         "resume without --shard" if ran is None else f"resume with --shard {ran}")
+
+
 def run_matrix(points: list[MatrixPoint], directory: Path, make_run: RunFactory, progress: Progress, *,
-               title: str, resume: dict[str, dict] | None = None) -> MatrixResult:
+               title: str, resume: dict[str, dict] | None = None, shard: dict | None = None) -> MatrixResult:
     """Run every point not already complete in `resume`; devices in parallel, points of one device
-    in order."""
-    matrix = _MatrixRun(points, directory, make_run, progress, title, resume or {})
+    in order. `shard` (stored in matrix.json): which slice of the file's matrix these points are."""
+    matrix = _MatrixRun(points, directory, make_run, progress, title, resume or {}, shard)
     matrix.run()
     ordered = matrix.ordered_rows()
-    if len({p.threads for p in points}) > 1 and any(r.get("decode_tps_median") for r in ordered):
-        from .plots import write_threads_plot
+    for axis in ("threads", "depth"):
+        if len({getattr(p, axis) for p in points}) > 1 and any(r.get("decode_tps_median") for r in ordered):
+            from .plots import write_sweep_plot
 
-        write_threads_plot(directory / "threads.png", ordered)
+            write_sweep_plot(directory / f"{axis}.png", ordered, axis)
     return MatrixResult(directory, tuple(ordered))
 
 
@@ -170,8 +239,9 @@ class _MatrixRun:
     the running ones."""
 
     def __init__(self, points: list[MatrixPoint], directory: Path, make_run: RunFactory, progress: Progress,
-                 title: str, resume: dict[str, dict]):
+                 title: str, resume: dict[str, dict], shard: dict | None = None):
         self.points, self.directory, self.make_run, self.progress, self.title = points, directory, make_run, progress, title
+        self.shard = shard
         self.rows: dict[str, dict] = dict(resume)
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -186,6 +256,7 @@ class _MatrixRun:
     def save(self) -> None:
         ordered = self.ordered_rows()
         atomic_write_json(self.directory / MATRIX_FILE, {"schema_version": SCHEMA_VERSION, "title": self.title,
+                                                         "host": socket.gethostname(), "shard": self.shard,
                                                          "points": ordered})
         atomic_write_bytes(self.directory / "matrix.md", markdown(self.title, ordered).encode())
 
@@ -252,8 +323,9 @@ class _MatrixRun:
 def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None) -> dict:
     summary = result.summary if result else {}
     return {
-        "key": point.key, "device": point.device, "model": point.model, "scenario": point.scenario,
+        "key": point.key, "device": point.device, "selector": point.selector or point.device, "model": point.model, "scenario": point.scenario,
         "threads": point.threads, "affinity": list(point.affinity) if point.affinity is not None else None,
+        "depth": point.depth, "kv_cache_bytes_at_depth": _kv_bytes(result) if point.depth else None,
         "label": point.label, "run_dir": str(result.run_dir) if result else None,
         "status": result.status if result else "failed", "reason": result.reason if result else error,
         **{key: summary.get(key) for key in ("decode_tps_median", "decode_tps_iqr", "prefill_tps_median",
@@ -261,21 +333,36 @@ def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None)
     }
 
 
+def _kv_bytes(result: RunResult | None) -> int | None:
+    """The KV cache's size at the run's depth, as run.json states it (from the model's shapes)."""
+    if result is None:
+        return None
+    try:
+        return (load_run_meta(result.run_dir).get("kv_cache") or {}).get("bytes_at_depth")
+    except BenchError:
+        return None
+
+
 def markdown(title: str, rows: list[dict]) -> str:
     def number(value, digits=1) -> str:
         return "n/a" if value is None else f"{value:,.{digits}f}"
 
+    depths = any(row.get("depth") is not None for row in rows)
     lines = [f"# {title}", "",
              "One run per point; medians over repetitions, spread is the IQR. Decode: (generated - 1) / "
-             "first-to-last token time; prefill: prompt tokens / prompt eval time, both tokens/s.", "",
-             "| device | model | scenario | threads | CPUs | decode t/s | IQR | prefill t/s | IQR | TTFT ms | "
-             "peak RSS MiB | status | run |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "first-to-last token time; prefill: prompt tokens / prompt eval time, both tokens/s."
+             + (" Depth: tokens in the KV cache before each request; KV MiB: f16 K and V at that depth, "
+                "from the model's GGUF shapes (not measured)." if depths else ""), "",
+             "| device | model | scenario | threads | CPUs | " + ("depth | KV MiB | " if depths else "")
+             + "decode t/s | IQR | prefill t/s | IQR | TTFT ms | peak RSS MiB | status | run |",
+             "|---|---|---|---:|---|" + ("---:|---:|" if depths else "") + "---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         cpus = "default" if row["affinity"] is None else format_cpus(tuple(row["affinity"]))
-        rss = row.get("peak_rss_bytes")
+        rss, kv = row.get("peak_rss_bytes"), row.get("kv_cache_bytes_at_depth")
+        depth = (f"{row.get('depth') if row.get('depth') is not None else 'scenario'} | "
+                 f"{number(kv / 2**20 if kv is not None else None)} | ") if depths else ""
         lines.append(f"| {row['device']} | {row['model']} | {row['scenario']} | {row['threads'] or 'default'} | {cpus} | "
-                     f"{number(row.get('decode_tps_median'))} | {number(row.get('decode_tps_iqr'))} | "
+                     f"{depth}{number(row.get('decode_tps_median'))} | {number(row.get('decode_tps_iqr'))} | "
                      f"{number(row.get('prefill_tps_median'))} | {number(row.get('prefill_tps_iqr'))} | "
                      f"{number(row.get('ttft_ms_median'))} | {number(rss / 2**20 if rss else None)} | {row['status']} | "
                      f"{Path(row['run_dir']).name if row['run_dir'] else row['reason']} |")

@@ -182,30 +182,33 @@ def write_compare_plot(path: Path, comparisons) -> Path:
     return path
 
 
-def write_threads_plot(path: Path, rows: list[dict]) -> Path:
-    """Decode and prefill (tokens/s, median with IQR bars) against threads, one line per device,
-    model, scenario and CPU set."""
+def write_sweep_plot(path: Path, rows: list[dict], axis_key: str) -> Path:
+    """Decode and prefill (tokens/s, median with IQR bars) against threads or depth (`axis_key`),
+    one line per combination of what else varies (device, model, scenario, threads or depth, CPUs)."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    by_cpus: dict[str, list[dict]] = {}
-    varying = [k for k in ("device", "model", "scenario") if len({r.get(k) for r in rows}) > 1]
+    lines: dict[str, list[dict]] = {}
+    varying = [k for k in ("device", "model", "scenario", "threads", "depth")
+               if k != axis_key and len({str(r.get(k)) for r in rows}) > 1]
+    names = {"threads": "{} threads", "depth": "depth {}"}
     for row in rows:
-        if row.get("threads") is None or row.get("decode_tps_median") is None:
+        if row.get(axis_key) is None or row.get("decode_tps_median") is None:
             continue
         cpus = "default CPUs" if row["affinity"] is None else "cpus " + ",".join(map(str, row["affinity"]))
-        key = ", ".join([*(str(row[k]) for k in varying), cpus])
-        by_cpus.setdefault(key, []).append(row)
+        key = ", ".join([*(names.get(k, "{}").format(row.get(k)) for k in varying), cpus])
+        lines.setdefault(key, []).append(row)
+    label = {"threads": "threads", "depth": "tokens in the KV cache before the request (depth)"}[axis_key]
     for axis, metric, title in ((axes[0], "decode_tps", "Decode"), (axes[1], "prefill_tps", "Prefill")):
-        for key, points in by_cpus.items():
-            points = sorted(points, key=lambda r: r["threads"])
-            axis.errorbar([p["threads"] for p in points], [p[f"{metric}_median"] for p in points],
+        for key, points in lines.items():
+            points = sorted(points, key=lambda r: r[axis_key])
+            axis.errorbar([p[axis_key] for p in points], [p[f"{metric}_median"] for p in points],
                           yerr=[(p[f"{metric}_iqr"] or 0) / 2 for p in points], marker="o", capsize=3, label=key)
-        axis.set_xticks(sorted({row["threads"] for points in by_cpus.values() for row in points}))
-        axis.set_xlabel("threads")
+        axis.set_xticks(sorted({row[axis_key] for points in lines.values() for row in points}))
+        axis.set_xlabel(label)
         axis.set_ylabel("tokens/s (median, IQR bars)")
         axis.set_ylim(bottom=0)
-        axis.set_title(f"{title} vs threads")
+        axis.set_title(f"{title} vs {axis_key}")
         axis.grid(alpha=0.3)
-        if len(by_cpus) > 1:
+        if len(lines) > 1:
             axis.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(figure, path)

@@ -56,12 +56,18 @@ class Scenario:
     pp: int | None = None             # llama-bench prompt tokens (-p)
     tg: int | None = None             # llama-bench generated tokens (-n)
     idle_s: float = 10.0              # idle power measured this long before the first request (phones)
+    # Tokens the KV cache holds before each measured request (llama-bench's n_depth): prefill and
+    # decode at that depth. `depths` is the file's list when it asks for a sweep (one run each).
+    depth: int = 0
+    depths: tuple[int, ...] = ()
 
-    def with_overrides(self, repetitions: int | None = None, threads: int | None = None) -> "Scenario":
+    def with_overrides(self, repetitions: int | None = None, threads: int | None = None,
+                       depth: int | None = None) -> "Scenario":
         return dataclasses.replace(
             self,
             repetitions=self.repetitions if repetitions is None else repetitions,
             threads=self.threads if threads is None else threads,
+            depth=self.depth if depth is None else depth,
         )
 
 

@@ -317,6 +317,7 @@ def _facts(run: dict) -> list[str]:
         _runtime_fact(run.get("runtime", {})),
         f"| scenario | `{scenario.get('name')}` (hash `{str(scenario.get('hash'))[:12]}`): {scenario.get('repetitions')} repetitions, "
         f"{scenario.get('warmup')} warmup, n_predict {scenario.get('n_predict')}, temperature {scenario.get('temperature')}, seed {scenario.get('seed')} |",
+        *([_depth_fact(scenario, run.get("kv_cache") or {})] if scenario.get("depth") else []),
         f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |"]
     for kind, item in (run.get("pushed") or {}).items():
         if item.get("cached"):
@@ -331,6 +332,13 @@ def _facts(run: dict) -> list[str]:
         lines += [f"- `{name}`: {why}" for name, why in absent.items()]
         lines.append("")
     return lines
+
+
+def _depth_fact(scenario: dict, kv_cache: dict) -> str:
+    kv = kv_cache.get("bytes_at_depth")
+    return (f"| depth | {scenario['depth']} tokens in the KV cache before each measured request (filled outside "
+            f"the timed windows, as llama-bench's n_depth); the KV cache at that depth: {_mib(kv) if kv is not None else 'unknown'} "
+            f"({kv_cache.get('source', 'from the model shapes')}) |")
 
 
 def _runtime_fact(runtime: dict) -> str:

@@ -124,6 +124,16 @@ def _scenario_record(scenario: Scenario) -> dict:
     return record
 
 
+def _kv_cache_record(model: ModelInfo, scenario: Scenario) -> dict:
+    """What the KV cache takes at the run's depth and at its n_ctx, from the model's shapes."""
+    from .gguf import kv_cache_bytes
+
+    return {"depth_tokens": scenario.depth, "bytes_at_depth": kv_cache_bytes(model.gguf, scenario.depth),
+            "n_ctx": scenario.n_ctx, "bytes_at_n_ctx": kv_cache_bytes(model.gguf, scenario.n_ctx),
+            "source": "f16 K and V of every layer, computed from the model's GGUF shapes, not measured (an upper "
+                      "bound where layers use a sliding window)"}
+
+
 def check_preflight(checks: list[PreflightCheck], allow: frozenset[str]) -> list[str]:
     """Raise on the first failed error-level check not allowed; return warnings for the rest."""
     failed = [c for c in checks if not c.ok and c.severity == "error" and c.name not in allow]
@@ -259,6 +269,7 @@ class _Run:
             "model": _model_record(model),
             "runtime": {"kind": None, "threads": target.threads(scenario), "n_ctx": scenario.n_ctx, "n_batch": scenario.n_batch},
             "scenario": _scenario_record(scenario),
+            "kv_cache": _kv_cache_record(model, scenario),
             "telemetry": {"enabled": options.telemetry_hz is not None, "hz": options.telemetry_hz,
                           "clock": "host perf_counter, seconds since run start", "absent": {}},
             "preflight": [to_dict(c) for c in checks],
@@ -304,7 +315,8 @@ class _Run:
             self._llama_bench(self.runtime)
         else:
             self._idle_power()
-            self._repetitions(self.runtime, resolve_prompts(self.runtime, self.scenario.prompts), baseline)
+            self._repetitions(self.runtime, resolve_prompts(self.runtime, self.scenario.prompts, self.scenario.depth),
+                              baseline)
         self._correctness()
 
     def _correctness(self) -> None:
@@ -549,7 +561,7 @@ class _Run:
         checks = self_checks(data.requests, data.samples, decode_median=summary.get("decode_tps_median"),
                              ceiling_tps=summary.get("roofline_ceiling_tps"), telemetry_hz=self.options.telemetry_hz,
                              clock=self.meta["telemetry"].get("clock_check"), roofline_note=summary.get("roofline_note"),
-                             correctness=self.meta.get("correctness"))
+                             correctness=self.meta.get("correctness"), depth=self.scenario.depth)
         failed = [c for c in checks if c["ok"] is False and c["invalidates"]]
         summary["validity"].update(checks=checks, valid=not failed,
                                    invalid_reason="; ".join(c["detail"] for c in failed) or None)

@@ -56,6 +56,20 @@ def device_ids(selectors: list[str], servers: list) -> dict[str, object]:
     return found
 
 
+def devices_by_selector(selectors: list[str], servers: list) -> tuple[dict[str, list[str]], dict[str, object]]:
+    """(selector -> the device ids it names, id -> Listed or None for the host): `all` names every
+    usable device, any other selector exactly one."""
+    found = device_ids(selectors, servers)
+    phones = [selector for selector in selectors if selector != HOST]
+    ids = [device for device in found if device != HOST]
+    named: dict[str, list[str]] = {HOST: [HOST]} if HOST in found else {}
+    if phones == ["all"]:
+        named["all"] = ids
+    else:
+        named.update({selector: [device] for selector, device in zip(phones, ids)})
+    return named, found
+
+
 def usable_runtimes(cache: Path) -> list[dict]:
     """Cached builds, newest first; a host build counts only on the CPU it was built for."""
     from .cpu import host_cpu_build

@@ -24,8 +24,24 @@ def synthetic_prompt(runtime: Runtime, n_tokens: int) -> list[int]:
     return tokens[:n_tokens]
 
 
-def resolve_prompts(runtime: Runtime, prompts: Sequence[PromptSpec]) -> list[str | list[int]]:
-    return [synthetic_prompt(runtime, p.synthetic_tokens) if p.synthetic_tokens else p.text for p in prompts]
+def resolve_prompts(runtime: Runtime, prompts: Sequence[PromptSpec], depth: int = 0) -> list[str | list[int]]:
+    """The requests as the runtime gets them. At a depth, each is token ids: `depth` filler tokens
+    (what the KV cache holds first) followed by the prompt's own tokens (its BOS dropped), so the
+    cached prefix and the new tokens are exact."""
+    resolved = [synthetic_prompt(runtime, p.synthetic_tokens) if p.synthetic_tokens else p.text for p in prompts]
+    if not depth:
+        return resolved
+    prefix = depth_prefix(runtime, depth)
+    start = runtime.tokenize("")  # [BOS] where the model adds one, else []
+    requests = []
+    for prompt in resolved:
+        tokens = runtime.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        requests.append(prefix + tokens[len(start):] if tokens[:len(start)] == start else prefix + tokens)
+    return requests
+
+
+def depth_prefix(runtime: Runtime, depth: int) -> list[int]:
+    return synthetic_prompt(runtime, depth)
 
 
 def to_record(completion: Completion, *, repetition: int, step: int, warmup: bool, clock: RunClock) -> RequestRecord:
@@ -70,11 +86,16 @@ def run_repetition(runtime: Runtime, scenario: Scenario, prompts: Sequence[str |
             request: str | list[int] = f"{history}User: {prompt}\nAssistant:"
         else:
             request = prompt
+        if scenario.depth:
+            # The KV cache is filled with the depth's tokens first, outside every window (as
+            # llama-bench's n_depth does); the measured request reuses them and evaluates only its own.
+            runtime.complete(list(request[:scenario.depth]), n_predict=1, ignore_eos=True, keep_cache=False,
+                             temperature=scenario.temperature, seed=scenario.seed)
         if around_request:
             around_request()
         completion = runtime.complete(
             request, n_predict=scenario.n_predict, ignore_eos=scenario.ignore_eos,
-            keep_cache=scenario.keep_history and step > 0, temperature=scenario.temperature,
+            keep_cache=bool(scenario.depth) or (scenario.keep_history and step > 0), temperature=scenario.temperature,
             seed=scenario.seed,
         )
         if around_request:

@@ -334,7 +334,7 @@ class AndroidTarget:
         repack, repack_reason = self.repack_choice()
         argv = llama_bench.command(self.pushed["runtime"]["path"], self.pushed["model"]["path"], pp=scenario.pp,
                                    tg=scenario.tg, repetitions=scenario.repetitions, threads=threads,
-                                   n_batch=scenario.n_batch, repack=repack,
+                                   n_batch=scenario.n_batch, repack=repack, depth=scenario.depth,
                                    cpu_mask=cpu_mask(affinity) if affinity else None)
         self.process.launch(f"{' '.join(shlex.quote(a) for a in argv)} 2> {ROOT}/run/llama-bench.log")
         bench = DeviceBench(self.process, self.memory_hint(model), facts=self._runtime_facts(

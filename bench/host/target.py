@@ -92,7 +92,7 @@ class HostTarget:
             threads = self.threads(scenario)
             argv = llama_bench.command(str(self._llama_bench()), model.path, pp=scenario.pp, tg=scenario.tg,
                                        repetitions=scenario.repetitions, threads=threads, n_batch=scenario.n_batch,
-                                       repack=self.repack != "off")
+                                       repack=self.repack != "off", depth=scenario.depth)
             self.runtime = LocalBench(argv, log_dir / "runtime.log", model_bytes=model.bytes, facts=RuntimeFacts(
                 kind="llama-bench", process="llama-bench", pid=None, threads=threads, affinity=self.affinity,
                 n_batch=scenario.n_batch, llama_cpp_commit=self.tools.get("llama_cpp_commit"),

@@ -21,13 +21,15 @@ from .process import LineProcess
 
 
 def command(binary: str, model: str, *, pp: int | None, tg: int | None, repetitions: int, threads: int,
-            cpu_mask: str | None = None, repack: bool = True, n_batch: int | None = None) -> list[str]:
+            cpu_mask: str | None = None, repack: bool = True, n_batch: int | None = None, depth: int = 0) -> list[str]:
     """The llama-bench command line. Every value is a number or a path bench chose: nothing from
     a user's file reaches it."""
     args = [binary, "-m", model, "-p", str(pp or 0), "-n", str(tg or 0), "-r", str(repetitions), "-t", str(threads),
             "-o", "jsonl"]
     if n_batch:
         args += ["-b", str(n_batch)]
+    if depth:
+        args += ["-d", str(depth)]  # the KV cache holds this many tokens before each test (n_depth)
     if cpu_mask:
         args += ["-C", cpu_mask, "--cpu-strict", "1"]
     if not repack:
