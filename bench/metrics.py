@@ -107,6 +107,10 @@ CATALOGUE: tuple[Metric, ...] = (
            "correctness.evaluate",
            "exp(-mean ln p(the probe's next token)) by the runtime / the same by the host CPU reference on the same "
            "model file; 1.0 = the same; pass within 0.905 to 1.105", compared=False),
+    Metric("kv_cache_bytes_at_depth", "KV cache at the run's depth", "MiB", False, "run",
+           "none: computed from the model's GGUF shapes at the run's depth, not measured", "gguf.kv_cache_bytes",
+           "f16 K and V of every layer for the depth's tokens: depth x layers x key/value heads x (key + value head "
+           "dimensions) x 2 bytes; an upper bound where layers use a sliding window", compared=False, scale=1 / 2**20),
 )
 
 BY_NAME = {metric.name: metric for metric in CATALOGUE}

@@ -361,6 +361,17 @@ def test_correctness_figures_known_answers():
     assert verdict.chance_fraction == pytest.approx(1 / math.log(1000)) and verdict.passed
 
 
+def test_kv_cache_bytes_at_depth_known_answer():
+    from bench.gguf import kv_cache_bytes
+    from bench.records import GGUFInfo
+
+    # Llama 3.2 1B's shapes: 16 layers, 2048 wide, 32 query heads, 8 key/value heads of 64 dimensions
+    llama = GGUFInfo(3, "llama", None, None, None, 1_236_000_000, 147, 131072, 16, 2048, 32, 8, None, None, 0)
+    assert kv_cache_bytes(llama, 4096) == 4096 * 16 * 8 * (64 + 64) * 2 == 128 * 2**20  # 128 MiB at depth 4096
+    assert kv_cache_bytes(llama, 0) == 0
+    assert kv_cache_bytes(GGUFInfo(3, "x", None, None, None, 0, 0, None, None, None, None, None, None, None, 0), 512) is None
+
+
 # -- every metric has its known answer -------------------------------------------------------------
 
 KNOWN_ANSWERS = {
@@ -382,6 +393,7 @@ KNOWN_ANSWERS = {
     "off_affinity_share": test_off_affinity_share_and_busy_threads_cover_the_requests_only,
     "correctness_top1_agreement": test_correctness_figures_known_answers,
     "correctness_perplexity_ratio": test_correctness_figures_known_answers,
+    "kv_cache_bytes_at_depth": test_kv_cache_bytes_at_depth_known_answer,
 }
 
 
