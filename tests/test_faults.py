@@ -139,13 +139,15 @@ def test_disk_full_during_push(start_sim, ready, tmp_path):
 
 @pytest.mark.fault("thermal runaway (abort past --max-temp)")
 def test_thermal_runaway(start_sim, ready, tmp_path):
+    # The hot profile starts at 63 C; throttled to its full duty, a decode load holds it near 68 C
+    # (ambient 52 + 9 C/W x about 1.8 W), so the limit sits below that, where the load must take it.
     info = start_sim(profile="hot")
-    process, run_dir = long_run(info.serial, tmp_path, 1, "--allow", "thermal", "--max-temp", "68")
+    process, run_dir = long_run(info.serial, tmp_path, 1, "--allow", "thermal", "--max-temp", "66")
     payload = finished(process)
-    assert "thermal runaway" in payload["reason"] and "68.0 C" in payload["reason"], payload["reason"]
+    assert "thermal runaway" in payload["reason"] and "66.0 C" in payload["reason"], payload["reason"]
     nothing_lost(payload, 1)
     temps = load_run(run_dir).samples
-    assert (temps[(temps["source"] == "thermal") & (temps["unit"] == "C")]["value"] > 68).any()
+    assert (temps[(temps["source"] == "thermal") & (temps["unit"] == "C")]["value"] > 66).any()
     assert leftovers(info.serial) == []
 
 
