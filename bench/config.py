@@ -211,14 +211,23 @@ def sweep_depths(scenario: Scenario, asked: Sequence[int | None] | None = None) 
     return depths
 
 
+def depths_problem(values) -> str | None:
+    """What is wrong with a list of depths (scenario, matrix file, --depth), or None: each a number
+    of tokens >= 0, none twice."""
+    if not isinstance(values, list) or not values or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        return "must be a number of tokens >= 0 or a list of them"
+    if len(set(values)) != len(values):
+        return "repeats a value"
+    return None
+
+
 def _depths(check: "_Checker", value) -> tuple[int, ...]:
     """`depth = 512` or `depth = [0, 512, 2048]` (a sweep): tokens in the KV cache before each request."""
     values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        check.fail("depth", f"'depth' must be a number of tokens >= 0 or a list of them, got {value!r}",
-                   "e.g. depth = 2048 or depth = [0, 512, 2048]")
-    if len(set(values)) != len(values):
-        check.fail("depth", f"'depth' repeats a value: {value!r}")
+    problem = depths_problem(values)
+    if problem:
+        check.fail("depth", f"'depth' {problem}: {value!r}", "e.g. depth = 2048 or depth = [0, 512, 2048]")
     return tuple(values)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import key_line, load_toml
+from .config import depths_problem, key_line, load_toml
 from .cpu import format_cpus, parse_cpus
 from .errors import BenchError, ConfigError, StoreError, UsageError
 from .files import atomic_write_bytes, atomic_write_json
@@ -91,10 +91,6 @@ class Shard:
     def take(self, points: list[MatrixPoint]) -> list[MatrixPoint]:
         return [point for position, point in enumerate(points) if position % self.count == self.index - 1]
 
-    @property
-    def label(self) -> str:
-        return f"{self.index}/{self.count}"
-
 
 def parse_shard(text: str) -> Shard:
     """"2/4" -> Shard(2, 4); ValueError naming what is wrong otherwise."""
@@ -140,9 +136,9 @@ def load_matrix_file(path: Path) -> MatrixSpec:
         except ValueError as error:
             fail("affinity", str(error))
     depths = data.get("depth", [])
-    if not isinstance(depths, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in depths) \
-            or len(set(depths)) != len(depths):
-        fail("depth", "'depth' must be a list of distinct token counts >= 0", "e.g. depth = [0, 512, 2048]")
+    problem = depths_problem(depths) if depths != [] else None  # [] asks for no sweep, as threads = [] does
+    if problem:
+        fail("depth", f"'depth' {problem}: {depths!r}", "e.g. depth = [0, 512, 2048]")
     repetitions = data.get("repetitions")
     if repetitions is not None and (not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1):
         fail("repetitions", "'repetitions' must be an integer >= 1")
@@ -241,7 +237,7 @@ class _MatrixRun:
     def __init__(self, points: list[MatrixPoint], directory: Path, make_run: RunFactory, progress: Progress,
                  title: str, resume: dict[str, dict], shard: dict | None = None):
         self.points, self.directory, self.make_run, self.progress, self.title = points, directory, make_run, progress, title
-        self.shard = shard
+        self.shard, self.host = shard, socket.gethostname()
         self.rows: dict[str, dict] = dict(resume)
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -256,7 +252,7 @@ class _MatrixRun:
     def save(self) -> None:
         ordered = self.ordered_rows()
         atomic_write_json(self.directory / MATRIX_FILE, {"schema_version": SCHEMA_VERSION, "title": self.title,
-                                                         "host": socket.gethostname(), "shard": self.shard,
+                                                         "host": self.host, "shard": self.shard,
                                                          "points": ordered})
         atomic_write_bytes(self.directory / "matrix.md", markdown(self.title, ordered).encode())
 

@@ -31,17 +31,13 @@ def resolve_prompts(runtime: Runtime, prompts: Sequence[PromptSpec], depth: int 
     resolved = [synthetic_prompt(runtime, p.synthetic_tokens) if p.synthetic_tokens else p.text for p in prompts]
     if not depth:
         return resolved
-    prefix = depth_prefix(runtime, depth)
+    prefix = synthetic_prompt(runtime, depth)
     start = runtime.tokenize("")  # [BOS] where the model adds one, else []
     requests = []
     for prompt in resolved:
         tokens = runtime.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         requests.append(prefix + tokens[len(start):] if tokens[:len(start)] == start else prefix + tokens)
     return requests
-
-
-def depth_prefix(runtime: Runtime, depth: int) -> list[int]:
-    return synthetic_prompt(runtime, depth)
 
 
 def to_record(completion: Completion, *, repetition: int, step: int, warmup: bool, clock: RunClock) -> RequestRecord:

@@ -31,14 +31,17 @@ def thread_counts(text: str) -> list[int]:
 
 
 def token_counts(text: str) -> list[int]:
+    from ..config import depths_problem
+
     counts = []
     for part in text.split(","):
         try:
             counts.append(int(part.strip()))
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{part.strip()}' is not a number of tokens") from None
-    if any(count < 0 for count in counts) or len(set(counts)) != len(counts):
-        raise argparse.ArgumentTypeError(f"'{text}' must be distinct token counts >= 0")
+    problem = depths_problem(counts)
+    if problem:
+        raise argparse.ArgumentTypeError(f"'{text}' {problem}")
     return counts
 
 

@@ -142,9 +142,7 @@ def find_ndk(explicit: str | None) -> Path | None:
     return None
 
 
-def _installed_version(version: str | None = None) -> str:
-    if version is not None:
-        return version
+def _installed_version() -> str:
     try:
         return importlib.metadata.version("llama-cpp-python")
     except importlib.metadata.PackageNotFoundError:
@@ -160,7 +158,7 @@ def fetch_vendored_source(cache: Path, progress: Progress, version: str | None =
     """The llama.cpp tree inside the sdist of llama-cpp-python (the installed one, or `version`
     before it is installed), extracted once, and the commit it was taken from (read from the tree,
     not assumed)."""
-    version = _installed_version(version)
+    version = version or _installed_version()
     source_root = cache / "src" / f"llama-cpp-python-{version}"
     tree = source_root / "vendor" / "llama.cpp"
     git_dir = _git_dir(tree)
