@@ -35,7 +35,8 @@ MIN_REPETITIONS = 4   # 4 vs 4 is the smallest design whose Mann-Whitney p can g
 MIN_PAIRS = 6         # 6 pairs: the smallest design whose exact signed-rank p can go below 0.05 (2/64)
 MIN_NOISE_RUNS = 3    # earlier runs of the same setup needed to know its run-to-run noise
 ALPHA = 0.05          # per family of metrics: the gate's, and the reported rest's (Bonferroni within each)
-MATCH_KEYS = ("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack", "depth")
+MATCH_KEYS = ("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack", "depth",
+              "parallel")
 METRICS = COMPARED
 
 
@@ -54,6 +55,8 @@ def run_key(run: dict) -> dict[str, str]:
         "repack": str(runtime.get("repack", True)),
         # tokens in the KV cache before each request: prefill and decode slow down with it
         "depth": str((run.get("scenario") or {}).get("depth") or 0),
+        # concurrent sequences share the compute: each one's rate falls as their number grows
+        "parallel": str((run.get("scenario") or {}).get("parallel") or "none"),
     }
 
 
@@ -85,6 +88,8 @@ def setup_label(key: dict[str, str]) -> str:
         parts.append("no repack")
     if key.get("depth", "0") != "0":
         parts.append(f"depth {key['depth']}")
+    if key.get("parallel", "none") != "none":
+        parts.append(f"{key['parallel']} parallel sequences")
     return ", ".join(parts)
 
 

@@ -42,6 +42,7 @@ def point_label(run: dict, with_host: bool = False) -> str:
     return (f"{device.get('profile')} {device.get('serial') or ''}".strip() + f", {(run.get('model') or {}).get('alias')}, "
             f"{(run.get('scenario') or {}).get('name')}, {runtime.get('threads')} threads"
             + (f", depth {(run.get('scenario') or {}).get('depth')}" if (run.get("scenario") or {}).get("depth") else "")
+            + (f", {(run.get('scenario') or {}).get('parallel')} parallel" if (run.get("scenario") or {}).get("parallel") else "")
             + (f", on {run_host(run)}" if with_host else ""))
 
 

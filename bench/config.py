@@ -18,7 +18,7 @@ SCENARIO_SCHEMA_VERSION = 1
 _SCENARIO_KEYS = {
     "schema_version", "name", "description", "repetitions", "warmup", "seed", "temperature",
     "n_ctx", "n_batch", "threads", "n_predict", "ignore_eos", "prompts", "keep_history",
-    "duration_s", "cooldown", "request_timeout_s", "kind", "pp", "tg", "idle_s", "depth",
+    "duration_s", "cooldown", "request_timeout_s", "kind", "pp", "tg", "idle_s", "depth", "parallel",
 }
 KINDS = ("generate", "llama-bench")
 # Keys added after scenarios were first hashed count in the hash only when set, so the runs of an
@@ -161,6 +161,11 @@ def parse_scenario(path: Path) -> Scenario:
     if depths != (0,) and check.get("keep_history", bool, False):
         check.fail("depth", "'depth' and 'keep_history' both fill the KV cache before a request",
                    "use one: depth for a fixed context, keep_history for a chat")
+    parallels = _parallels(check, data["parallel"]) if "parallel" in data else (None,)
+    if parallels != (None,):
+        problem = parallel_problem(kind, max(depths))
+        if problem:
+            check.fail("parallel", *problem)
     fields = dict(
         name=check.get("name", str, path.stem),
         path=str(path),
@@ -182,11 +187,13 @@ def parse_scenario(path: Path) -> Scenario:
         kind=kind, pp=pp, tg=tg,
         idle_s=float(check.get("idle_s", (int, float), 10.0, minimum=0)),
         depth=depths[0], depths=depths if len(depths) > 1 else (),
+        parallel=parallels[0], parallels=parallels if len(parallels) > 1 else (),
     )
     # The hash names the workload, so compare can match runs: paths, text and a patience limit are
-    # not part of it, nor the depth, which runs carry as a match key of its own (as threads).
+    # not part of it, nor the depth and parallel sequences, which runs carry as match keys of their
+    # own (as threads).
     canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description", "request_timeout_s", "idle_s",
-                                                                       "depth", "depths"}
+                                                                       "depth", "depths", "parallel", "parallels"}
                             and not (k in _LATER_KEYS and v == _LATER_KEYS[k])},
                            default=lambda o: o.__dict__, sort_keys=True)
     return Scenario(**fields, content_hash=hashlib.sha256(canonical.encode()).hexdigest())
@@ -211,15 +218,65 @@ def sweep_depths(scenario: Scenario, asked: Sequence[int | None] | None = None) 
     return depths
 
 
-def depths_problem(values) -> str | None:
-    """What is wrong with a list of depths (scenario, matrix file, --depth), or None: each a number
-    of tokens >= 0, none twice."""
-    if not isinstance(values, list) or not values or \
-            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        return "must be a number of tokens >= 0 or a list of them"
+def _counts_problem(values, what: str, minimum: int, maximum: int | None = None) -> str | None:
+    """What is wrong with a sweep's list of whole numbers, or None: each within bounds, none twice."""
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    if not isinstance(values, list) or not values or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum and (maximum is None or v <= maximum)
+            for v in values):
+        return f"must be {what} {bounds} or a list of them"
     if len(set(values)) != len(values):
         return "repeats a value"
     return None
+
+
+def depths_problem(values) -> str | None:
+    """What is wrong with a list of depths (scenario, matrix file, --depth), or None."""
+    return _counts_problem(values, "a number of tokens", 0)
+
+
+# llama-server's slots each hold a KV cache of n_ctx; beyond this many a phone runs out of memory
+# long before the figure means anything, and a typo (640 for 64) would allocate for minutes
+MAX_PARALLEL = 64
+
+
+def parallels_problem(values) -> str | None:
+    """What is wrong with a list of concurrent-sequence counts (scenario, matrix file, --parallel)."""
+    return _counts_problem(values, "a number of sequences", 1, MAX_PARALLEL)
+
+
+def parallel_problem(kind: str, depth: int) -> tuple[str, str] | None:
+    """(problem, fix) when a scenario cannot run concurrent sequences; None when it can."""
+    if kind == "llama-bench":
+        return ("'parallel' runs sequences in llama-server's slots; llama-bench has none",
+                "drop parallel, or use a generate scenario (prompts and n_predict)")
+    if depth:
+        return ("'parallel' with 'depth' is not supported: each slot would need its own primed cache",
+                "measure depth with one sequence, and parallel sequences at depth 0")
+    return None
+
+
+def sweep_parallels(scenario: Scenario, asked: Sequence[int | None] | None = None,
+                    depths: Sequence[int] = ()) -> list[int | None]:
+    """The concurrent-sequence counts a run (or a sweep) measures: `asked` (--parallel, a matrix
+    file's parallel), else the scenario's list, else its one value (None: the scenario asks for
+    none). `depths`: those the runs will use, none of which may be above 0 with parallel sequences."""
+    values = [scenario.parallel if value is None else value for value in asked or ()] \
+        or list(scenario.parallels) or [scenario.parallel]
+    if values != [None]:
+        problem = parallel_problem(scenario.kind, max(depths or (scenario.depth,)))
+        if problem:
+            raise UsageError(f"scenario '{scenario.name}': {problem[0]}", problem[1])
+    return values
+
+
+def _parallels(check: "_Checker", value) -> tuple[int, ...]:
+    """`parallel = 4` or `parallel = [1, 2, 4, 8]` (a sweep): concurrent sequences a step sends."""
+    values = value if isinstance(value, list) else [value]
+    problem = parallels_problem(values)
+    if problem:
+        check.fail("parallel", f"'parallel' {problem}: {value!r}", "e.g. parallel = 4 or parallel = [1, 2, 4, 8]")
+    return tuple(values)
 
 
 def _depths(check: "_Checker", value) -> tuple[int, ...]:

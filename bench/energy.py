@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .stats import bootstrap_median_ci, integrate_window
-from .tables import measured_requests, request_windows, sample_series
+from .tables import measured_requests, merge_concurrent, overlap_groups, request_windows, sample_series
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,15 @@ class WindowEnergy:
 
 def window_energy(times: np.ndarray, watts: np.ndarray, windows: list[tuple[float, float]],
                   tokens: np.ndarray) -> WindowEnergy:
+    """Energy over the windows, each stretch of time once: overlapping windows (concurrent
+    sequences) count as one, with their tokens summed."""
+    if windows:
+        starts, ends = (np.asarray(side, dtype=float) for side in zip(*windows))
+        groups = overlap_groups(starts, ends)
+        if np.unique(groups).size < groups.size:
+            count = groups.max() + 1
+            windows = [(float(starts[groups == g].min()), float(ends[groups == g].max())) for g in range(count)]
+            tokens = np.bincount(groups, weights=np.asarray(tokens, dtype=float), minlength=count)
     joules = token_joules = covered_tokens = 0.0
     covered = 0
     for (start, end), count in zip(windows, tokens):
@@ -118,7 +127,7 @@ def rail_energy_summary(requests: pd.DataFrame, samples: pd.DataFrame, source: s
     from .parse import RAIL_GROUPS, rail_group
 
     rails = sample_series(samples, "rail")
-    frame = measured_requests(requests)
+    frame = merge_concurrent(measured_requests(requests))
     if rails.empty or frame.empty:
         return {"available": False, "reason": "no power-rail readings (the device has no PowerStats HAL energy meter)"}
     starts, ends = request_windows(frame)
@@ -235,13 +244,14 @@ class _Phases:
         return cls(_Phase(), _Phase(), _Phase(), _Phase())
 
 
-def _phase_energy(frame: pd.DataFrame, joules) -> tuple[_Phases, dict, int]:
+def _phase_energy(frame: pd.DataFrame, joules, split: bool = True) -> tuple[_Phases, dict, int]:
     """The run's phases, each repetition's, and how many windows were covered. A request that
     generated tokens: prefill is sent to first token (per evaluated prompt token), decode is first
     token to last, per the tokens that window produced (generated - 1: the first belongs to
     prefill, as decode t/s counts it). A request with no first-token time (a llama-bench tg row)
     has no prompt phase: all of it is decode, per its tokens. A prompt-only window (a llama-bench
-    pp row) is prefill, per prompt token, and never in J per generated token."""
+    pp row) is prefill, per prompt token, and never in J per generated token. Without `split`
+    (concurrent sequences), only the whole windows and those that generated tokens."""
     starts, ends = request_windows(frame)
     ttft = pd.to_numeric(frame["ttft_ms"], errors="coerce").to_numpy(dtype=float) / 1000
     tokens = pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float)
@@ -264,6 +274,8 @@ def _phase_energy(frame: pd.DataFrame, joules) -> tuple[_Phases, dict, int]:
                 phases.prefill.add(energy, seconds, evaluated[i])
                 continue
             phases.generating.add(energy, seconds, tokens[i])
+            if not split:
+                continue
             if first is not None:
                 phases.prefill.add(first, ttft[i], evaluated[i])
                 phases.decode.add(energy - first, seconds - ttft[i], tokens[i] - 1)
@@ -280,20 +292,24 @@ def energy_phases(requests: pd.DataFrame, samples: pd.DataFrame, *, idle: dict |
     interval of J/token over repetitions; and, from the battery's capacity, tokens per full charge
     and hours of continuous generation, as a projection. Valid only when every request window is
     covered (and, from the battery, not on external power); otherwise nothing is compared."""
-    frame = measured_requests(requests)
+    frame = merge_concurrent(measured_requests(requests))
     windows = list(zip(*request_windows(frame))) if not frame.empty else []
     source, joules = _energy_meter(samples, windows)
     if joules is None or frame.empty:
         return {"available": False, "reason": "no power rails and no battery power samples"}
     result: dict = {"available": True, "source": source, "valid": True}
-    if source.startswith("power rails") and rail_source == "dumpsys":
+    concurrent = bool((frame["sequences"] > 1).any())
+    if concurrent:
+        result["split"] = ("none: concurrent sequences overlap, one's prefill with another's decode, so no energy is "
+                           "prefill's or decode's alone; J per generated token counts each stretch of time once")
+    elif source.startswith("power rails") and rail_source == "dumpsys":
         result["split"] = ("by time: dumpsys reads the rails only before and after each request, so the energy "
                            "between is shared out in proportion to prefill and decode time")
     idle_j = joules(idle["start_s"], idle["end_s"]) if idle and idle.get("end_s") is not None else None
     idle_w = idle_j / (idle["end_s"] - idle["start_s"]) if idle_j is not None else None
     result.update(idle_w=idle_w, idle_s=idle["end_s"] - idle["start_s"] if idle_w is not None else None,
                   screen_on=(idle or {}).get("screen_on"))
-    run, per_repetition, covered = _phase_energy(frame, joules)
+    run, per_repetition, covered = _phase_energy(frame, joules, split=not concurrent)
     if not covered:
         return {**result, "available": False, "reason": "no request window is covered by the power readings"}
     if source.startswith("battery") and charging:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import depths_problem, key_line, load_toml
+from .config import depths_problem, key_line, load_toml, parallels_problem
 from .cpu import format_cpus, parse_cpus
 from .errors import BenchError, ConfigError, StoreError, UsageError
 from .files import atomic_write_bytes, atomic_write_json
@@ -31,7 +31,8 @@ from .store import load_run_meta, make_run_id
 SCHEMA_VERSION = 1
 MATRIX_FILE = "matrix.json"
 FILE_KEYS = {"schema_version", "name", "devices", "models", "scenarios", "threads", "affinity", "repetitions",
-             "adb_servers", "connect", "telemetry_hz", "depth"}
+             "adb_servers", "connect", "telemetry_hz", "depth",
+             "parallel"}
 
 
 @dataclass(frozen=True)
@@ -43,19 +44,22 @@ class MatrixPoint:
     affinity: tuple[int, ...] | None   # CPUs the runtime is pinned to; None = the target's default
     depth: int | None = None           # tokens in the KV cache before each request; None = the scenario's
     selector: str | None = None        # the device as the matrix file names it, when `device` is its id
+    parallel: int | None = None        # concurrent sequences; None = the scenario's
 
     @property
     def key(self) -> str:
         """Stable name of the point, for resume."""
         cpus = "default" if self.affinity is None else format_cpus(self.affinity)
         depth = "" if self.depth is None else f"|depth {self.depth}"
-        return f"{self.device}|{self.model}|{self.scenario}|{self.threads or 'default'}|{cpus}{depth}"
+        parallel = "" if self.parallel is None else f"|parallel {self.parallel}"
+        return f"{self.device}|{self.model}|{self.scenario}|{self.threads or 'default'}|{cpus}{depth}{parallel}"
 
     @property
     def label(self) -> str:
         cpus = "default CPUs" if self.affinity is None else f"cpus {format_cpus(self.affinity)}"
         depth = "" if self.depth is None else f", depth {self.depth}"
-        return f"{self.device}, {self.model}, {self.scenario}, {self.threads or 'default'} threads, {cpus}{depth}"
+        parallel = "" if self.parallel is None else f", {self.parallel} parallel"
+        return f"{self.device}, {self.model}, {self.scenario}, {self.threads or 'default'} threads, {cpus}{depth}{parallel}"
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class MatrixSpec:
     threads: tuple[int | None, ...] = (None,)
     affinities: tuple[tuple[int, ...] | None, ...] = (None,)
     depths: tuple[int | None, ...] = (None,)
+    parallels: tuple[int | None, ...] = (None,)
     name: str = "matrix"
     repetitions: int | None = None
     adb_servers: tuple[str, ...] = ()
@@ -73,8 +78,9 @@ class MatrixSpec:
     telemetry_hz: float | None = 10.0
 
     def points(self) -> list[MatrixPoint]:
-        return [MatrixPoint(d, m, s, t, a, depth) for d in self.devices for m in self.models for s in self.scenarios
-                for a in self.affinities for t in self.threads for depth in self.depths]
+        return [MatrixPoint(d, m, s, t, a, depth, parallel=n) for d in self.devices for m in self.models
+                for s in self.scenarios for a in self.affinities for t in self.threads for depth in self.depths
+                for n in self.parallels]
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class Shard:
     """`--shard K/N`: the K-th of N disjoint slices of a matrix, so a lab's own scheduler (a CI job
     matrix, build agents, a farm's queue) spreads one matrix over N hosts with no coordinator. A
     point's slice is its position in the file's expansion (devices x models x scenarios x CPU sets
-    x threads) modulo N: the same file gives every host the same slices, together every point once,
+    x threads x depths x parallel counts) modulo N: the same file gives every host the same slices, together every point once,
     and slice sizes differ by one at most."""
 
     index: int  # 1-based
@@ -139,6 +145,10 @@ def load_matrix_file(path: Path) -> MatrixSpec:
     problem = depths_problem(depths) if depths != [] else None  # [] asks for no sweep, as threads = [] does
     if problem:
         fail("depth", f"'depth' {problem}: {depths!r}", "e.g. depth = [0, 512, 2048]")
+    parallels = data.get("parallel", [])
+    problem = parallels_problem(parallels) if parallels != [] else None
+    if problem:
+        fail("parallel", f"'parallel' {problem}: {parallels!r}", "e.g. parallel = [1, 2, 4, 8]")
     repetitions = data.get("repetitions")
     if repetitions is not None and (not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1):
         fail("repetitions", "'repetitions' must be an integer >= 1")
@@ -148,6 +158,7 @@ def load_matrix_file(path: Path) -> MatrixSpec:
     return MatrixSpec(devices=strings("devices", True), models=strings("models", True),
                       scenarios=strings("scenarios", True), threads=tuple(threads) or (None,),
                       affinities=tuple(affinities) or (None,), depths=tuple(depths) or (None,),
+                      parallels=tuple(parallels) or (None,),
                       name=str(data.get("name", path.stem)),
                       repetitions=repetitions, adb_servers=strings("adb_servers", False),
                       connect=strings("connect", False), telemetry_hz=float(hz) if hz else None)
@@ -222,10 +233,10 @@ def run_matrix(points: list[MatrixPoint], directory: Path, make_run: RunFactory,
     matrix = _MatrixRun(points, directory, make_run, progress, title, resume or {}, shard)
     matrix.run()
     ordered = matrix.ordered_rows()
-    for axis in ("threads", "depth"):
-        if len({getattr(p, axis) for p in points}) > 1 and any(r.get("decode_tps_median") for r in ordered):
-            from .plots import write_sweep_plot
+    from .plots import SWEEP_PANELS, write_sweep_plot
 
+    for axis, panels in SWEEP_PANELS.items():
+        if len({getattr(p, axis) for p in points}) > 1 and any(r.get(f"{panels[0][0]}_median") for r in ordered):
             write_sweep_plot(directory / f"{axis}.png", ordered, axis)
     return MatrixResult(directory, tuple(ordered))
 
@@ -322,10 +333,12 @@ def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None)
         "key": point.key, "device": point.device, "selector": point.selector or point.device, "model": point.model, "scenario": point.scenario,
         "threads": point.threads, "affinity": list(point.affinity) if point.affinity is not None else None,
         "depth": point.depth, "kv_cache_bytes_at_depth": _kv_bytes(result) if point.depth else None,
+        "parallel": point.parallel,
         "label": point.label, "run_dir": str(result.run_dir) if result else None,
         "status": result.status if result else "failed", "reason": result.reason if result else error,
         **{key: summary.get(key) for key in ("decode_tps_median", "decode_tps_iqr", "prefill_tps_median",
-                                             "prefill_tps_iqr", "ttft_ms_median", "peak_rss_bytes")},
+                                             "prefill_tps_iqr", "ttft_ms_median", "ttft_ms_iqr", "peak_rss_bytes",
+                                             "aggregate_decode_tps_median", "aggregate_decode_tps_iqr")},
     }
 
 
@@ -344,21 +357,29 @@ def markdown(title: str, rows: list[dict]) -> str:
         return "n/a" if value is None else f"{value:,.{digits}f}"
 
     depths = any(row.get("depth") is not None for row in rows)
+    parallels = any(row.get("parallel") is not None for row in rows)
     lines = [f"# {title}", "",
              "One run per point; medians over repetitions, spread is the IQR. Decode: (generated - 1) / "
              "first-to-last token time; prefill: prompt tokens / prompt eval time, both tokens/s."
              + (" Depth: tokens in the KV cache before each request; KV MiB: f16 K and V at that depth, "
-                "from the model's GGUF shapes (not measured)." if depths else ""), "",
+                "from the model's GGUF shapes (not measured)." if depths else "")
+             + (" Parallel: concurrent sequences, each in a llama-server slot; decode is each sequence's own rate, "
+                "aggregate the tokens all of them generated per second of the steps' decode (host clock)."
+                if parallels else ""), "",
              "| device | model | scenario | threads | CPUs | " + ("depth | KV MiB | " if depths else "")
+             + ("parallel | aggregate t/s | " if parallels else "")
              + "decode t/s | IQR | prefill t/s | IQR | TTFT ms | peak RSS MiB | status | run |",
-             "|---|---|---|---:|---|" + ("---:|---:|" if depths else "") + "---:|---:|---:|---:|---:|---:|---|---|"]
+             "|---|---|---|---:|---|" + ("---:|---:|" if depths else "") + ("---:|---:|" if parallels else "")
+             + "---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         cpus = "default" if row["affinity"] is None else format_cpus(tuple(row["affinity"]))
         rss, kv = row.get("peak_rss_bytes"), row.get("kv_cache_bytes_at_depth")
         depth = (f"{row.get('depth') if row.get('depth') is not None else 'scenario'} | "
                  f"{number(kv / 2**20 if kv is not None else None)} | ") if depths else ""
+        parallel = (f"{row.get('parallel') if row.get('parallel') is not None else 'scenario'} | "
+                    f"{number(row.get('aggregate_decode_tps_median'))} | ") if parallels else ""
         lines.append(f"| {row['device']} | {row['model']} | {row['scenario']} | {row['threads'] or 'default'} | {cpus} | "
-                     f"{depth}{number(row.get('decode_tps_median'))} | {number(row.get('decode_tps_iqr'))} | "
+                     f"{depth}{parallel}{number(row.get('decode_tps_median'))} | {number(row.get('decode_tps_iqr'))} | "
                      f"{number(row.get('prefill_tps_median'))} | {number(row.get('prefill_tps_iqr'))} | "
                      f"{number(row.get('ttft_ms_median'))} | {number(rss / 2**20 if rss else None)} | {row['status']} | "
                      f"{Path(row['run_dir']).name if row['run_dir'] else row['reason']} |")

@@ -44,6 +44,12 @@ CATALOGUE: tuple[Metric, ...] = (
            "first generated token to last, per measured request", "summary.per_repetition",
            "(generated tokens - 1) / time from the first token to the last (llama.cpp's convention: the first token "
            "belongs to prefill); per repetition the median over its requests", primary=True),
+    Metric("aggregate_decode_tps", "Aggregate decode (all sequences)", "tokens/s", True, "repetition",
+           "each step of a run with parallel sequences: the earliest first token of its sequences to the latest "
+           "last token, host clock", "summary.aggregate_decode",
+           "the step's generated tokens less each sequence's first / the time from the earliest first token to the "
+           "latest last token (llama-batched-bench's S_TG, timed on the host); per repetition the median over its "
+           "steps; only in runs that asked for parallel sequences (`decode_tps` is then each sequence's own rate)"),
     Metric("ttft_ms", "Time to first token", "ms", False, "repetition",
            "request sent to first token received, host clock", "summary.per_repetition",
            "time from sending a request to receiving its first token; per repetition the median", primary=True),

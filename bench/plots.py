@@ -182,31 +182,44 @@ def write_compare_plot(path: Path, comparisons) -> Path:
     return path
 
 
+# what a sweep's plot shows: (row metric, title, unit) per panel; concurrent sequences are about
+# the throughput all of them get, what each one gets, and how long each waits for its first token
+SWEEP_PANELS = {
+    "threads": (("decode_tps", "Decode", "tokens/s"), ("prefill_tps", "Prefill", "tokens/s")),
+    "depth": (("decode_tps", "Decode", "tokens/s"), ("prefill_tps", "Prefill", "tokens/s")),
+    "parallel": (("aggregate_decode_tps", "Aggregate decode (all sequences)", "tokens/s"),
+                 ("decode_tps", "Decode per sequence", "tokens/s"), ("ttft_ms", "Time to first token", "ms")),
+}
+SWEEP_AXES = {"threads": ("{} threads", "threads"),
+              "depth": ("depth {}", "tokens in the KV cache before the request (depth)"),
+              "parallel": ("{} parallel", "concurrent sequences (llama-server slots)")}
+
+
 def write_sweep_plot(path: Path, rows: list[dict], axis_key: str) -> Path:
-    """Decode and prefill (tokens/s, median with IQR bars) against threads or depth (`axis_key`),
-    one line per combination of what else varies (device, model, scenario, threads or depth, CPUs)."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    """The figures SWEEP_PANELS names (median with IQR bars) against threads, depth or parallel
+    sequences (`axis_key`), one line per combination of what else varies (device, model, scenario,
+    the other axes, CPUs)."""
+    panels = SWEEP_PANELS[axis_key]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     lines: dict[str, list[dict]] = {}
-    varying = [k for k in ("device", "model", "scenario", "threads", "depth")
+    varying = [k for k in ("device", "model", "scenario", *SWEEP_AXES)
                if k != axis_key and len({str(r.get(k)) for r in rows}) > 1]
-    names = {"threads": "{} threads", "depth": "depth {}"}
     for row in rows:
-        if row.get(axis_key) is None or row.get("decode_tps_median") is None:
+        if row.get(axis_key) is None or row.get(f"{panels[0][0]}_median") is None:
             continue
         cpus = "default CPUs" if row["affinity"] is None else "cpus " + ",".join(map(str, row["affinity"]))
-        key = ", ".join([*(names.get(k, "{}").format(row.get(k)) for k in varying), cpus])
+        key = ", ".join([*(SWEEP_AXES.get(k, ("{}",))[0].format(row.get(k)) for k in varying), cpus])
         lines.setdefault(key, []).append(row)
-    label = {"threads": "threads", "depth": "tokens in the KV cache before the request (depth)"}[axis_key]
-    for axis, metric, title in ((axes[0], "decode_tps", "Decode"), (axes[1], "prefill_tps", "Prefill")):
+    for axis, (metric, title, unit) in zip(axes, panels):
         for key, points in lines.items():
             points = sorted(points, key=lambda r: r[axis_key])
-            axis.errorbar([p[axis_key] for p in points], [p[f"{metric}_median"] for p in points],
-                          yerr=[(p[f"{metric}_iqr"] or 0) / 2 for p in points], marker="o", capsize=3, label=key)
+            axis.errorbar([p[axis_key] for p in points], [p.get(f"{metric}_median") for p in points],
+                          yerr=[(p.get(f"{metric}_iqr") or 0) / 2 for p in points], marker="o", capsize=3, label=key)
         axis.set_xticks(sorted({row[axis_key] for points in lines.values() for row in points}))
-        axis.set_xlabel(label)
-        axis.set_ylabel("tokens/s (median, IQR bars)")
+        axis.set_xlabel(SWEEP_AXES[axis_key][1])
+        axis.set_ylabel(f"{unit} (median, IQR bars)")
         axis.set_ylim(bottom=0)
-        axis.set_title(f"{title} vs {axis_key}")
+        axis.set_title(f"{title} vs {axis_key}", fontsize=10)
         axis.grid(alpha=0.3)
         if len(lines) > 1:
             axis.legend(fontsize=7)

@@ -60,15 +60,30 @@ class Scenario:
     # decode at that depth. `depths` is the file's list when it asks for a sweep (one run each).
     depth: int = 0
     depths: tuple[int, ...] = ()
+    # Concurrent sequences, each in a llama-server slot of its own (llama-batched-bench's -npl): every
+    # step sends its prompt N times at once. None: one sequence, in the target's own runtime (on the
+    # host, llama-cpp-python); any number, even 1, runs llama-server, so a sweep's points share it.
+    parallel: int | None = None
+    parallels: tuple[int, ...] = ()
 
     def with_overrides(self, repetitions: int | None = None, threads: int | None = None,
-                       depth: int | None = None) -> "Scenario":
+                       depth: int | None = None, parallel: int | None = None) -> "Scenario":
         return dataclasses.replace(
             self,
             repetitions=self.repetitions if repetitions is None else repetitions,
             threads=self.threads if threads is None else threads,
             depth=self.depth if depth is None else depth,
+            parallel=self.parallel if parallel is None else parallel,
         )
+
+    @property
+    def sequences(self) -> int:
+        return self.parallel or 1
+
+
+def slots_text(scenario: Scenario) -> str:
+    """How a memory check words the KV cache of parallel sequences ("" for one)."""
+    return f" x {scenario.parallel} slots" if scenario.sequences > 1 else ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,7 @@ class RequestRecord:
     stop_reason: str
     error: str | None = None
     streamed_tokens: int | None = None  # tokens the stream delivered a character at a time; the runtime counted gen_tokens
+    sequence: int | None = None  # which of the step's concurrent sequences (0..N-1); None: the run asked for no parallel
 
     @property
     def window_s(self) -> tuple[float, float]:
@@ -159,7 +175,7 @@ def request_end_s(t_start_s, e2e_ms):
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 # added after runs were first stored: a table without them still loads, with the column empty
-OPTIONAL_COLUMNS = ("streamed_tokens",)
+OPTIONAL_COLUMNS = ("streamed_tokens", "sequence")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from .summary import request_metrics
 _SOURCES = {
     "prefill_tps": "runtime timings (prompt tokens / prompt eval time)",
     "decode_tps": "(generated - 1) / time from first to last generated token, timed by the generating process",
+    "aggregate_decode_tps": "host clock: all sequences' (generated - 1) / earliest first token to latest last token, per step",
     "ttft_ms": "host clock, request sent to first token",
     "itl_p50_ms": "host clock, gaps between token arrivals",
     "itl_p95_ms": "host clock, gaps between token arrivals",
@@ -318,6 +319,7 @@ def _facts(run: dict) -> list[str]:
         f"| scenario | `{scenario.get('name')}` (hash `{str(scenario.get('hash'))[:12]}`): {scenario.get('repetitions')} repetitions, "
         f"{scenario.get('warmup')} warmup, n_predict {scenario.get('n_predict')}, temperature {scenario.get('temperature')}, seed {scenario.get('seed')} |",
         *([_depth_fact(scenario, run.get("kv_cache") or {})] if scenario.get("depth") else []),
+        *([_parallel_fact(scenario, run.get("kv_cache") or {})] if scenario.get("parallel") else []),
         f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |"]
     for kind, item in (run.get("pushed") or {}).items():
         if item.get("cached"):
@@ -339,6 +341,14 @@ def _depth_fact(scenario: dict, kv_cache: dict) -> str:
     return (f"| depth | {scenario['depth']} tokens in the KV cache before each measured request (filled outside "
             f"the timed windows, as llama-bench's n_depth); the KV cache at that depth: {_mib(kv) if kv is not None else 'unknown'} "
             f"({kv_cache.get('source', 'from the model shapes')}) |")
+
+
+def _parallel_fact(scenario: dict, kv_cache: dict) -> str:
+    kv = kv_cache.get("bytes_all_slots")
+    return (f"| parallel | {scenario['parallel']} concurrent sequences, each in a llama-server slot with n_ctx "
+            f"{scenario.get('n_ctx')} (KV cache of all slots {_mib(kv) if kv is not None else 'unknown'}, from the model "
+            "shapes); every step sends its prompt to all of them at once and waits for all. Decode and TTFT are each "
+            "sequence's own; aggregate decode is what all of them generate together |")
 
 
 def _runtime_fact(runtime: dict) -> str:

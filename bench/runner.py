@@ -130,6 +130,7 @@ def _kv_cache_record(model: ModelInfo, scenario: Scenario) -> dict:
 
     return {"depth_tokens": scenario.depth, "bytes_at_depth": kv_cache_bytes(model.gguf, scenario.depth),
             "n_ctx": scenario.n_ctx, "bytes_at_n_ctx": kv_cache_bytes(model.gguf, scenario.n_ctx),
+            "slots": scenario.sequences, "bytes_all_slots": kv_cache_bytes(model.gguf, scenario.n_ctx * scenario.sequences),
             "source": "f16 K and V of every layer, computed from the model's GGUF shapes, not measured (an upper "
                       "bound where layers use a sliding window)"}
 

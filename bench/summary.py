@@ -15,6 +15,7 @@ from .energy import window_energy
 from .metrics import BY_NAME, CENSORED_KEY, COMPARED, REQUEST_COLUMNS
 from .stats import Summary, summarize
 from .store import load_run
+from .records import request_end_s
 from .tables import failed_mask, measured_requests, request_windows, sample_series, series_window, split_series
 from .throttle import loops, throttle_times, time_to_throttle
 
@@ -37,6 +38,34 @@ def per_repetition(requests: pd.DataFrame, column: str) -> list[float]:
     return [float(v) for v in grouped.values]
 
 
+def aggregate_decode(requests: pd.DataFrame) -> list[float]:
+    """Per repetition, the median over its steps of the concurrent sequences' decode throughput
+    (catalogue: aggregate_decode_tps). Only rows with a sequence number count: a run that asked for
+    no parallel sequences has no aggregate figure."""
+    frame = measured_requests(requests)
+    if frame.empty or "sequence" not in frame:
+        return []
+    frame = frame[pd.to_numeric(frame["sequence"], errors="coerce").notna()]
+    if frame.empty:
+        return []
+    start = pd.to_numeric(frame["t_start_s"]).to_numpy(dtype=float)
+    first = start + pd.to_numeric(frame["ttft_ms"], errors="coerce").to_numpy(dtype=float) / 1000
+    last = request_end_s(start, pd.to_numeric(frame["e2e_ms"], errors="coerce").to_numpy(dtype=float))
+    decoded = np.maximum(pd.to_numeric(frame["gen_tokens"]).to_numpy(dtype=float) - 1, 0)
+    steps = pd.DataFrame({"repetition": frame["repetition"].to_numpy(), "step": frame["step"].to_numpy(),
+                          "first": first, "last": last, "decoded": decoded})
+    values = []
+    for _, repetition in steps.groupby("repetition", sort=True):
+        rates = []
+        for _, step in repetition.groupby("step"):
+            span = float(step["last"].max() - step["first"].min())
+            if step["first"].notna().all() and span > 0 and step["decoded"].sum() > 0:
+                rates.append(float(step["decoded"].sum()) / span)
+        if rates:
+            values.append(float(np.median(rates)))
+    return values
+
+
 @dataclass(frozen=True)
 class MetricSummary:
     name: str
@@ -52,6 +81,11 @@ def request_metrics(requests: pd.DataFrame) -> dict[str, MetricSummary]:
     for name, (column, unit, higher, label) in REQUEST_METRICS.items():
         values = per_repetition(requests, column)
         metrics[name] = MetricSummary(name, label, unit, higher, tuple(values), summarize(values))
+    aggregate = BY_NAME["aggregate_decode_tps"]
+    values = aggregate_decode(requests)
+    if values:
+        metrics[aggregate.name] = MetricSummary(aggregate.name, aggregate.label, aggregate.unit,
+                                                aggregate.higher_is_better, tuple(values), summarize(values))
     return metrics
 
 
@@ -183,6 +217,7 @@ def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rs
                 times, status = series_window(series[("thermal", "status")], start, end)
                 if times.size >= 2:
                     values["time_throttled_s"].append(float(np.sum(np.diff(times)[status[:-1] > 0])))
+    values["aggregate_decode_tps"] = aggregate_decode(requests)
     if not values["peak_rss_bytes"] and run_peak_rss:
         values["peak_rss_bytes"] = [float(run_peak_rss)]  # no telemetry: one figure for the whole run
     # run-level figures, one value a run: compared across run sets, as llama-bench users compare tables

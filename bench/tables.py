@@ -22,6 +22,44 @@ def request_windows(requests: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return starts, request_end_s(starts, pd.to_numeric(requests["e2e_ms"]).to_numpy(dtype=float))
 
 
+def overlap_groups(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """A group number for each window: windows that overlap (concurrent sequences), directly or
+    through another, share one; groups are numbered in time order."""
+    groups = np.zeros(starts.size, dtype=int)
+    current, reach = -1, -np.inf
+    for index in np.argsort(starts, kind="stable"):
+        if starts[index] >= reach:
+            current, reach = current + 1, ends[index]
+        else:
+            reach = max(reach, ends[index])
+        groups[index] = current
+    return groups
+
+
+def merge_concurrent(requests: pd.DataFrame) -> pd.DataFrame:
+    """Requests whose windows overlap as one row each (first sent to last done, tokens summed,
+    `sequences` counting them), so energy is measured over a stretch of time once however many
+    sequences shared it. A row that overlaps nothing stays as it was, with sequences 1. A merged
+    row's ttft_ms is to the earliest first token."""
+    if requests.empty:
+        return requests.assign(sequences=pd.Series(dtype=int))
+    starts, ends = request_windows(requests)
+    groups = overlap_groups(starts, ends)
+    if np.unique(groups).size == len(requests):
+        return requests.assign(sequences=1)
+    first = starts + pd.to_numeric(requests["ttft_ms"], errors="coerce").to_numpy(dtype=float) / 1000
+    frame = pd.DataFrame({"group": groups, "repetition": requests["repetition"].to_numpy(), "t_start_s": starts,
+                          "end": ends, "first": first, **{column: pd.to_numeric(requests[column]).to_numpy(dtype=float)
+                                                          for column in ("gen_tokens", "prompt_tokens", "cached_tokens")}})
+    merged = frame.groupby("group", sort=True).agg(
+        repetition=("repetition", "first"), t_start_s=("t_start_s", "min"), end=("end", "max"), first=("first", "min"),
+        gen_tokens=("gen_tokens", "sum"), prompt_tokens=("prompt_tokens", "sum"),
+        cached_tokens=("cached_tokens", "sum"), sequences=("group", "size"))
+    merged["e2e_ms"] = (merged["end"] - merged["t_start_s"]) * 1000
+    merged["ttft_ms"] = (merged["first"] - merged["t_start_s"]) * 1000
+    return merged.drop(columns=["end", "first"]).reset_index(drop=True)
+
+
 def warmup_mask(requests: pd.DataFrame) -> np.ndarray:
     column = requests["warmup"]
     if column.dtype == bool:

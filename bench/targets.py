@@ -125,8 +125,8 @@ def _build_phone_runtime(features: frozenset[str], progress: Progress) -> dict |
 
 
 def host_tools(explicit: Path | None) -> dict | None:
-    """The host llama.cpp build whose llama-bench a llama-bench scenario runs: `explicit`, or the
-    cached build for this CPU."""
+    """The host llama.cpp build whose llama-bench a llama-bench scenario runs, and whose llama-server
+    runs parallel sequences: `explicit`, or the cached build for this CPU."""
     from .catalog import cache_root
     from .runtimes.build import describe_runtime_dir
 
@@ -152,10 +152,10 @@ def open_target(choice: TargetChoice, listed=None, affinity: tuple[int, ...] | N
 
         if choice.fixed_performance:
             raise UsageError("--fixed-performance needs a phone (Android 11+)", "drop it for host runs, or pass --device")
-        llama_bench = scenario is not None and scenario.kind == "llama-bench"
+        tools = scenario is not None and (scenario.kind == "llama-bench" or scenario.parallel is not None)
         return HOST, HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
                                 repack=choice.repack, affinity=affinity,
-                                tools=host_tools(choice.runtime) if llama_bench else None)
+                                tools=host_tools(choice.runtime) if tools else None)
     from .android.device import AndroidTarget
 
     target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 from .clock import RunClock
@@ -40,7 +41,8 @@ def resolve_prompts(runtime: Runtime, prompts: Sequence[PromptSpec], depth: int 
     return requests
 
 
-def to_record(completion: Completion, *, repetition: int, step: int, warmup: bool, clock: RunClock) -> RequestRecord:
+def to_record(completion: Completion, *, repetition: int, step: int, warmup: bool, clock: RunClock,
+              sequence: int | None = None) -> RequestRecord:
     times = completion.token_ns
     gaps_ms = [(b - a) / 1e6 for a, b in zip(times, times[1:])]
 
@@ -66,6 +68,7 @@ def to_record(completion: Completion, *, repetition: int, step: int, warmup: boo
         stop_reason=completion.stop_reason,
         error=completion.error,
         streamed_tokens=completion.streamed_tokens,
+        sequence=sequence,
     )
 
 
@@ -73,34 +76,47 @@ def run_repetition(runtime: Runtime, scenario: Scenario, prompts: Sequence[str |
                    warmup: bool, clock: RunClock, on_request: Callable[[RequestRecord], None],
                    around_request: Callable[[], None] | None = None) -> list[RequestRecord]:
     """Send the scenario's prompts in order. With keep_history each turn carries the transcript so
-    far, and the runtime may reuse the cached prefix; otherwise every prompt starts cold.
-    `around_request` runs right before and right after each request (energy-counter readings)."""
+    far, and the runtime may reuse the cached prefix; otherwise every prompt starts cold. With
+    `parallel` N, each step sends its prompt as N concurrent sequences (each with its own history
+    and seed + its index) and the next step starts when all N are done, as llama-batched-bench's
+    sequences run in lockstep. `around_request` runs right before and right after each step
+    (energy-counter readings)."""
     records = []
-    history = ""
+    sequences = scenario.sequences
+    histories = [""] * sequences
     for step, prompt in enumerate(prompts):
         if scenario.keep_history and isinstance(prompt, str):
-            request: str | list[int] = f"{history}User: {prompt}\nAssistant:"
+            requests: list[str | list[int]] = [f"{history}User: {prompt}\nAssistant:" for history in histories]
         else:
-            request = prompt
+            requests = [prompt] * sequences
         if scenario.depth:
             # The KV cache is filled with the depth's tokens first, outside every window (as
             # llama-bench's n_depth does); the measured request reuses them and evaluates only its own.
-            runtime.complete(list(request[:scenario.depth]), n_predict=1, ignore_eos=True, keep_cache=False,
+            runtime.complete(list(requests[0][:scenario.depth]), n_predict=1, ignore_eos=True, keep_cache=False,
                              temperature=scenario.temperature, seed=scenario.seed)
+        keep_cache = bool(scenario.depth) or (scenario.keep_history and step > 0)
+
+        def send(sequence: int) -> Completion:
+            return runtime.complete(requests[sequence], n_predict=scenario.n_predict, ignore_eos=scenario.ignore_eos,
+                                    keep_cache=keep_cache, temperature=scenario.temperature,
+                                    seed=scenario.seed + sequence)
+
         if around_request:
             around_request()
-        completion = runtime.complete(
-            request, n_predict=scenario.n_predict, ignore_eos=scenario.ignore_eos,
-            keep_cache=bool(scenario.depth) or (scenario.keep_history and step > 0), temperature=scenario.temperature,
-            seed=scenario.seed,
-        )
+        if sequences == 1:
+            completions = [send(0)]
+        else:
+            with ThreadPoolExecutor(sequences, thread_name_prefix="sequence") as pool:
+                completions = list(pool.map(send, range(sequences)))
         if around_request:
             around_request()
-        if scenario.keep_history and isinstance(request, str):
-            history = f"{request}{completion.text}\n"
-        record = to_record(completion, repetition=repetition, step=step, warmup=warmup, clock=clock)
-        on_request(record)
-        records.append(record)
-        if completion.error:
+        for sequence, completion in enumerate(completions):
+            if scenario.keep_history and isinstance(requests[sequence], str):
+                histories[sequence] = f"{requests[sequence]}{completion.text}\n"
+            record = to_record(completion, repetition=repetition, step=step, warmup=warmup, clock=clock,
+                               sequence=sequence if scenario.parallel else None)
+            on_request(record)
+            records.append(record)
+        if any(completion.error for completion in completions):
             break
     return records

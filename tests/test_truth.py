@@ -21,7 +21,7 @@ from bench.metrics import BY_NAME, CATALOGUE, PRIMARY
 from bench.placement import thread_placement
 from bench.records import RequestRecord
 from bench.runtimes.base import Completion
-from bench.summary import per_repetition, repetition_values, validity_from_samples
+from bench.summary import aggregate_decode, per_repetition, repetition_values, validity_from_samples
 from bench.throttle import time_to_throttle, loops
 from bench.workload import to_record
 from conftest import bench_cli
@@ -361,6 +361,23 @@ def test_correctness_figures_known_answers():
     assert verdict.chance_fraction == pytest.approx(1 / math.log(1000)) and verdict.passed
 
 
+def test_aggregate_decode_known_answer():
+    # Two concurrent sequences a step. Step 0: both sent at 10.0 s; first tokens after 100 and 200
+    # ms, done after 1100 and 1200 ms, 11 and 21 tokens: 10 + 20 decoded from 10.1 s to 11.2 s.
+    # Step 1: both from 12.0 s, first tokens at 12.5 s, done at 13.5 s, 41 tokens each: 80 in 1 s.
+    rows = [{"repetition": 0, "step": 0, "sequence": 0, "t_start_s": 10.0, "ttft_ms": 100.0, "e2e_ms": 1100.0, "gen_tokens": 11},
+            {"repetition": 0, "step": 0, "sequence": 1, "t_start_s": 10.0, "ttft_ms": 200.0, "e2e_ms": 1200.0, "gen_tokens": 21},
+            *({"repetition": 0, "step": 1, "sequence": s, "t_start_s": 12.0, "ttft_ms": 500.0, "e2e_ms": 1500.0,
+               "gen_tokens": 41} for s in (0, 1))]
+    requests = _requests([{**row, "prefill_tps": 1.0, "decode_tps": 1.0, "itl_p95_ms": 1.0} for row in rows])
+    step_0, step_1 = 30 / 1.1, 80 / 1.0
+    assert aggregate_decode(requests) == pytest.approx([(step_0 + step_1) / 2])  # the median of two steps
+    assert repetition_values(requests, _samples([]))["aggregate_decode_tps"] == pytest.approx([(step_0 + step_1) / 2])
+    # a run that asked for no parallel sequences has no aggregate figure, whatever its rows say
+    assert aggregate_decode(requests.assign(sequence=None)) == []
+    assert aggregate_decode(requests.drop(columns=["sequence"])) == []
+
+
 def test_kv_cache_bytes_at_depth_known_answer():
     from bench.gguf import kv_cache_bytes
     from bench.records import GGUFInfo
@@ -394,6 +411,7 @@ KNOWN_ANSWERS = {
     "correctness_top1_agreement": test_correctness_figures_known_answers,
     "correctness_perplexity_ratio": test_correctness_figures_known_answers,
     "kv_cache_bytes_at_depth": test_kv_cache_bytes_at_depth_known_answer,
+    "aggregate_decode_tps": test_aggregate_decode_known_answer,
 }
 
 

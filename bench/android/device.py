@@ -18,11 +18,11 @@ from ..cpu import arm_variant_for, arm_variant_name, cpu_mask
 from ..errors import PreflightError, RunFailed
 from ..gguf import kv_cache_bytes
 from ..progress import Progress
-from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
+from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario, slots_text
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.build import arm_arch_of, required_cpu_features
-from ..runtimes.llama_server import LlamaServerRuntime
+from ..runtimes.llama_server import LlamaServerRuntime, slot_args
 from .adb import AdbFailure, Device, Server, connect, default_server, ensure_server, wait_for_state
 from .artifacts import ArtifactCache, artifacts
 from .discovery import DEVICE_TMP, snapshot
@@ -143,12 +143,12 @@ class AndroidTarget:
                                      f"battery at {level if level is not None else '?'}% (need >= {MIN_BATTERY_PCT}%)"))
         status = snap.thermal.status
         checks.append(PreflightCheck("thermal", status in (None, 0), f"thermal status {status} (0 = NONE)"))
-        kv = kv_cache_bytes(model.gguf, scenario.n_ctx) or 0
+        kv = kv_cache_bytes(model.gguf, scenario.n_ctx * scenario.sequences) or 0
         needed = model.bytes + kv + RUNTIME_OVERHEAD_BYTES
         available = snap.meminfo.get("MemAvailable")
         checks.append(PreflightCheck(
             "memory", available is None or needed <= available,
-            f"model {model.bytes / 2**20:.0f} MiB + KV {kv / 2**20:.0f} MiB at n_ctx {scenario.n_ctx} + "
+            f"model {model.bytes / 2**20:.0f} MiB + KV {kv / 2**20:.0f} MiB at n_ctx {scenario.n_ctx}{slots_text(scenario)} + "
             f"{RUNTIME_OVERHEAD_BYTES >> 20} MiB = {needed / 2**20:.0f} MiB; MemAvailable "
             f"{'?' if available is None else f'{available / 2**20:.0f} MiB'} of {snap.meminfo.get('MemTotal', 0) / 2**20:.0f} MiB"))
         with_bench = scenario.kind == "llama-bench"
@@ -224,14 +224,14 @@ class AndroidTarget:
         task = progress.task(f"load {model.alias} in llama-server on {self.serial}")
         for attempt in range(PORT_ATTEMPTS):
             device_port = next(self.device_ports)
-            command = (f"{server_remote} -m {model_remote}"
-                       f" --host 127.0.0.1 --port {device_port} -np 1 -c {scenario.n_ctx} -b {scenario.n_batch}"
+            command = (f"{server_remote} -m {model_remote} --host 127.0.0.1 --port {device_port} "
+                       f"{' '.join(slot_args(scenario.sequences, scenario.n_ctx))} -b {scenario.n_batch}"
                        f" -t {threads} -tb {threads}{mask}{no_repack} --seed {scenario.seed} > {log} 2>&1")
             self.event("phase", "llama-server starting", threads=threads, affinity=list(affinity), device_port=device_port)
             try:
                 server = self._await_server(command, model, scenario, device_port, replace(
                     self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason,
-                                        parallel=1, device_port=device_port), n_ctx=scenario.n_ctx))
+                                        parallel=scenario.sequences, device_port=device_port), n_ctx=scenario.n_ctx))
                 break
             except PortTaken:
                 self.stop_server()

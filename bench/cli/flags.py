@@ -30,19 +30,29 @@ def thread_counts(text: str) -> list[int]:
     return counts
 
 
-def token_counts(text: str) -> list[int]:
-    from ..config import depths_problem
-
+def _counts(text: str, what: str, problem_of) -> list[int]:
     counts = []
     for part in text.split(","):
         try:
             counts.append(int(part.strip()))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{part.strip()}' is not a number of tokens") from None
-    problem = depths_problem(counts)
+            raise argparse.ArgumentTypeError(f"'{part.strip()}' is not a number of {what}") from None
+    problem = problem_of(counts)
     if problem:
         raise argparse.ArgumentTypeError(f"'{text}' {problem}")
     return counts
+
+
+def token_counts(text: str) -> list[int]:
+    from ..config import depths_problem
+
+    return _counts(text, "tokens", depths_problem)
+
+
+def sequence_counts(text: str) -> list[int]:
+    from ..config import parallels_problem
+
+    return _counts(text, "sequences", parallels_problem)
 
 
 def cpu_list(text: str) -> tuple[int, ...]:

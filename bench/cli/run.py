@@ -11,8 +11,8 @@ from rich.table import Table
 from ..errors import UsageError
 from ..targets import HOST, connect, device_ids
 from .compare import check_verdict_flags, report_comparisons, stored_comparisons, threshold_of
-from .flags import (adb_servers_of, cpu_list, positive_float, positive_int, run_flags, shard_slice, thread_counts,
-                    token_counts, verdict_flags)
+from .flags import (adb_servers_of, cpu_list, positive_float, positive_int, run_flags, sequence_counts, shard_slice,
+                    thread_counts, token_counts, verdict_flags)
 from .output import BarProgress, err, out, print_json, run_exit_code
 
 
@@ -32,6 +32,10 @@ def add_run(commands) -> None:
     run.add_argument("--depth", type=token_counts, metavar="N[,N...]",
                      help="tokens in the KV cache before each request (llama-bench's n_depth); several "
                           "(0,512,2048) run a sweep, one run per depth (default: the scenario's depth)")
+    run.add_argument("--parallel", type=sequence_counts, metavar="N[,N...]",
+                     help="concurrent sequences, each in a llama-server slot (llama-batched-bench's -npl); several "
+                          "(1,2,4,8) run a sweep, one run per count (default: the scenario's parallel, else one "
+                          "sequence in the target's runtime)")
     run.add_argument("--telemetry-hz", type=positive_float, default=10.0, help="sampling rate (default 10)")
     run.add_argument("--no-telemetry", action="store_true", help="do not sample telemetry")
     run_flags(run)
@@ -98,24 +102,28 @@ def _check_model(name: str) -> None:
 
 def cmd_run(args) -> int:
     from ..catalog import model_info
-    from ..config import resolve_scenario, sweep_depths
+    from ..config import resolve_scenario, sweep_depths, sweep_parallels
     from ..runner import run_benchmark
 
     threads, affinities = args.threads or [None], args.affinity or [None]
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=threads[0])
     depths = sweep_depths(scenario, args.depth)
-    scenario = scenario.with_overrides(depth=depths[0])
+    parallels = sweep_parallels(scenario, args.parallel, depths)
+    scenario = scenario.with_overrides(depth=depths[0], parallel=parallels[0])
     _check_model(args.model)
     servers = adb_servers_of(args)
     connect(args.connect, servers)
     selectors = [part.strip() for part in args.device.split(",") if part.strip()]
     devices = device_ids(selectors, servers)
-    if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1 or len(depths) > 1:
+    if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1 or len(depths) > 1 or len(parallels) > 1:
         from ..matrix import MatrixSpec
 
+        # the matrix reads the scenario again by name: what the flags changed travels in the spec
         spec = MatrixSpec(devices=tuple(devices), models=(args.model,), scenarios=(args.scenario,),
                           threads=tuple(threads), affinities=tuple(affinities), name=scenario.name,
-                          repetitions=args.repetitions, depths=tuple(depths) if len(depths) > 1 else (None,))
+                          repetitions=args.repetitions,
+                          depths=tuple(depths) if args.depth or len(depths) > 1 else (None,),
+                          parallels=tuple(parallels) if args.parallel or len(parallels) > 1 else (None,))
         return _run_matrix(args, spec, devices, resume=None)
     listed = next(iter(devices.values()))
     with BarProgress(err) as progress:
@@ -138,15 +146,17 @@ def _run_matrix(args, spec, devices: dict, resume: Path | None, points=None, sha
     """Every point of the matrix (or of `points`, its slice), devices in parallel; the rows go to
     matrix.json as they finish."""
     from ..catalog import model_info
-    from ..config import resolve_scenario, sweep_depths
+    from ..config import resolve_scenario, sweep_depths, sweep_parallels
     from ..matrix import load_rows, new_directory, run_matrix
 
     scenarios = {name: resolve_scenario(name) for name in spec.scenarios}
     for name, scenario in scenarios.items():
-        if scenario.depths and spec.depths == (None,) and len(scenario.depths) > 1:
-            raise UsageError(f"scenario '{name}' sweeps depth {list(scenario.depths)}, and a matrix sweeps only "
-                             "what its file names", f"add depth = {list(scenario.depths)} to the matrix file")
-        sweep_depths(scenario, list(spec.depths))  # each depth fits each scenario's n_ctx, before any run
+        for key, listed, asked in (("depth", scenario.depths, spec.depths), ("parallel", scenario.parallels, spec.parallels)):
+            if len(listed) > 1 and asked == (None,):
+                raise UsageError(f"scenario '{name}' sweeps {key} {list(listed)}, and a matrix sweeps only "
+                                 "what its file names", f"add {key} = {list(listed)} to the matrix file")
+        depths = sweep_depths(scenario, list(spec.depths))  # each depth fits each scenario's n_ctx, before any run
+        sweep_parallels(scenario, list(spec.parallels), depths)
     for name in spec.models:
         _check_model(name)
     with BarProgress(err) as progress:
@@ -156,7 +166,7 @@ def _run_matrix(args, spec, devices: dict, resume: Path | None, points=None, sha
 
         def make_run(point):
             scenario = scenarios[point.scenario].with_overrides(repetitions=spec.repetitions, threads=point.threads,
-                                                                 depth=point.depth)
+                                                                 depth=point.depth, parallel=point.parallel)
             listed = devices[point.device]
             label, target = _target(args, listed, point.affinity, scenario, progress)
             if listed is not None and len(devices) > 1:  # two phones of one profile need names of their own
@@ -199,7 +209,7 @@ def _ab_arm(args, spec: str) -> dict:
 def cmd_ab(args) -> int:
     from ..ab import new_directory, run_ab
     from ..catalog import model_info
-    from ..config import resolve_scenario, sweep_depths
+    from ..config import resolve_scenario, sweep_depths, sweep_parallels
 
     check_verdict_flags(args)
     arms = {"base": _ab_arm(args, args.base), "head": _ab_arm(args, args.head)}
@@ -213,6 +223,10 @@ def cmd_ab(args) -> int:
     if len(depths) > 1:
         raise UsageError(f"scenario '{scenario.name}' sweeps depth {depths}; an A/B compares at one depth",
                          "give `bench ab` a scenario with one depth, or sweep with `bench run --depth`")
+    parallels = sweep_parallels(scenario, depths=depths)
+    if len(parallels) > 1:
+        raise UsageError(f"scenario '{scenario.name}' sweeps parallel {parallels}; an A/B compares at one count",
+                         "give `bench ab` a scenario with one parallel, or sweep with `bench run --parallel`")
     scenario = scenario.with_overrides(depth=depths[0])
     if differs == "runtime":
         _check_model(args.model)

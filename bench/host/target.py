@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from ..clock import RunClock
-from ..cpu import usable_cpus
+from ..cpu import cpu_mask, usable_cpus
 from ..errors import UsageError
 from ..gguf import kv_cache_bytes
 from ..progress import Progress
-from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario, to_dict
+from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario, slots_text, to_dict
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.llama_bench import LocalBench
@@ -44,7 +45,7 @@ class HostTarget:
         self.pushed: dict = {}
         self.event = lambda *args, **kwargs: None
         self.run_dir: Path | None = None  # the runner sets it: the worker's log goes there
-        self.runtime: LlamaCppRuntime | LocalBench | None = None
+        self.runtime: LlamaCppRuntime | LocalBench | LocalLlamaServer | None = None
 
     def facts(self) -> DeviceFacts:
         facts = host_device.host_facts()
@@ -59,10 +60,11 @@ class HostTarget:
         return usable_cpus()
 
     def preflight(self, model: ModelInfo, scenario: Scenario) -> list[PreflightCheck]:
-        kv = kv_cache_bytes(model.gguf, scenario.n_ctx)
+        kv = kv_cache_bytes(model.gguf, scenario.n_ctx * scenario.sequences)
         needed = model.bytes + (kv or 0) + RUNTIME_OVERHEAD_BYTES
         available = host_device.memory_available_bytes()
-        kv_text = f"{kv / 2**20:.0f} MiB KV at n_ctx {scenario.n_ctx}" if kv is not None else "KV size unknown"
+        kv_text = (f"{kv / 2**20:.0f} MiB KV at n_ctx {scenario.n_ctx}{slots_text(scenario)}" if kv is not None
+                   else "KV size unknown")
         checks = [PreflightCheck(
             "memory", needed <= available,
             f"model {model.bytes / 2**20:.0f} MiB + {kv_text} + {RUNTIME_OVERHEAD_BYTES >> 20} MiB overhead "
@@ -72,33 +74,56 @@ class HostTarget:
         if threads > cores:
             checks.append(PreflightCheck("threads", False, f"{threads} threads on {cores} logical CPUs oversubscribes them",
                                          "warning"))
-        if scenario.kind == "llama-bench":
-            binary = self._llama_bench()
+        tool = "llama-bench" if scenario.kind == "llama-bench" else "llama-server" if scenario.parallel else None
+        if tool:
+            binary = self._tool(tool)
+            why = " (parallel sequences run in its slots)" if tool == "llama-server" else ""
             checks.append(PreflightCheck("runtime", binary is not None,
-                                         f"llama-bench for the host: {binary or 'none built (run `bench runtime build --target host`, or pass --runtime DIR)'}"))
+                                         f"{tool} for the host{why}: {binary or 'none built (run `bench runtime build --target host`, or pass --runtime DIR)'}"))
         return checks
 
-    def _llama_bench(self) -> Path | None:
+    def _tool(self, name: str) -> Path | None:
+        """One of the host llama.cpp build's tools (llama-bench, llama-server), if it was built."""
         if not self.tools:
             return None
-        binary = Path(self.tools["bin"]) / "llama-bench"
+        binary = Path(self.tools["bin"]) / name
         return binary if binary.is_file() else None
 
+    def _tool_facts(self, kind: str, process: str, threads: int, scenario: Scenario, **details) -> RuntimeFacts:
+        return RuntimeFacts(kind=kind, process=process, pid=None, threads=threads, affinity=self.affinity,
+                            n_batch=scenario.n_batch, llama_cpp_commit=self.tools.get("llama_cpp_commit"),
+                            build_flags=self.tools.get("cmake_flags"), repack=self.repack != "off",
+                            details=(("llama_cpp_commit_source", "runtime.json of the host build"), *details.items()))
+
     def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress,
-                before_start: Callable[[], None] = lambda: None) -> LlamaCppRuntime | LocalBench:
+                before_start: Callable[[], None] = lambda: None) -> LlamaCppRuntime | LocalBench | LocalLlamaServer:
         log_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="bench-host-"))
         if scenario.kind == "llama-bench":
             before_start()
             threads = self.threads(scenario)
-            argv = llama_bench.command(str(self._llama_bench()), model.path, pp=scenario.pp, tg=scenario.tg,
+            argv = llama_bench.command(str(self._tool("llama-bench")), model.path, pp=scenario.pp, tg=scenario.tg,
                                        repetitions=scenario.repetitions, threads=threads, n_batch=scenario.n_batch,
                                        repack=self.repack != "off", depth=scenario.depth)
-            self.runtime = LocalBench(argv, log_dir / "runtime.log", model_bytes=model.bytes, facts=RuntimeFacts(
-                kind="llama-bench", process="llama-bench", pid=None, threads=threads, affinity=self.affinity,
-                n_batch=scenario.n_batch, llama_cpp_commit=self.tools.get("llama_cpp_commit"),
-                build_flags=self.tools.get("cmake_flags"), repack=self.repack != "off",
-                details=(("llama_cpp_commit_source", "runtime.json of the host build"), ("pp", scenario.pp),
-                         ("tg", scenario.tg), ("repetitions", scenario.repetitions))))
+            self.runtime = LocalBench(argv, log_dir / "runtime.log", model_bytes=model.bytes, facts=self._tool_facts(
+                "llama-bench", "llama-bench", threads, scenario, pp=scenario.pp, tg=scenario.tg,
+                repetitions=scenario.repetitions))
+            return self.runtime
+        if scenario.parallel:
+            threads = self.threads(scenario)
+            extra = ["-b", str(scenario.n_batch), "-tb", str(threads), "--seed", str(scenario.seed)]
+            if self.affinity is not None:
+                extra += ["--cpu-mask", cpu_mask(self.affinity), "--cpu-strict", "1"]
+            if self.repack == "off":
+                extra.append("--no-repack")
+            task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB) in llama-server, "
+                                 f"{scenario.parallel} slot{'s' if scenario.parallel > 1 else ''}")
+            self.runtime = LocalLlamaServer(
+                self._tool("llama-server"), model.path, threads=threads, n_ctx=scenario.n_ctx,
+                parallel=scenario.parallel, extra_args=extra, log_path=log_dir / "runtime.log",
+                request_timeout_s=scenario.request_timeout_s,
+                facts=replace(self._tool_facts("llama-server", "server", threads, scenario, parallel=scenario.parallel),
+                              n_ctx=scenario.n_ctx))
+            task.done()
             return self.runtime
         runtime = LlamaCppRuntime(model, n_ctx=scenario.n_ctx, n_batch=scenario.n_batch, threads=self.threads(scenario),
                                   seed=scenario.seed, log_path=log_dir / "runtime.log", repack=self.repack,
@@ -115,7 +140,7 @@ class HostTarget:
         binary, threads = Path(self.tools["bin"]) / "llama-server", self.threads(scenario)
         task = progress.task(f"load {model.alias} in llama-server (the llama-bench build) for the correctness probe")
         log_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="bench-host-"))
-        server = LocalLlamaServer(binary, model.path, threads=threads, n_ctx=scenario.n_ctx,
+        server = LocalLlamaServer(binary, model.path, threads=threads, n_ctx=scenario.n_ctx, parallel=1,
                                   log_path=log_dir / "scoring-server.log", facts=RuntimeFacts(
                                       kind="llama-server", process="server", pid=None, threads=threads,
                                       affinity=None, n_batch=scenario.n_batch))

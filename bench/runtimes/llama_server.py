@@ -17,6 +17,12 @@ from ..errors import RunFailed
 from .base import Completion, RuntimeFacts
 
 
+def slot_args(parallel: int, n_ctx: int) -> list[str]:
+    """llama-server's slots for `parallel` sequences, each with a context of n_ctx: the server
+    splits its context evenly between its slots."""
+    return ["-np", str(parallel), "-c", str(n_ctx * parallel)]
+
+
 class ServerGone(RunFailed):
     """The connection to llama-server broke: it crashed, was killed, or the device went away."""
 
@@ -192,20 +198,23 @@ class LlamaServerRuntime:
 
 
 class LocalLlamaServer(LlamaServerRuntime):
-    """llama-server of a host llama.cpp build, on 127.0.0.1 and a free port: what scores a host
-    llama-bench run's model with the same build. Stopped by its PID, ours."""
+    """llama-server of a host llama.cpp build, on 127.0.0.1 and a free port: what runs a host
+    scenario's parallel sequences (one slot each, every slot with the scenario's n_ctx), and scores
+    a host llama-bench run's model with the same build. Stopped by its PID, ours."""
 
     def __init__(self, binary: Path, model_path: str, *, threads: int, n_ctx: int, log_path: Path,
-                 facts: RuntimeFacts, start_timeout_s: float = 120):
+                 facts: RuntimeFacts, parallel: int = 1, extra_args: Sequence[str] = (), start_timeout_s: float = 120,
+                 request_timeout_s: float = 600):
         from .process import LineProcess
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
+        started = time.monotonic()
         self._process = LineProcess([str(binary), "-m", model_path, "--host", "127.0.0.1", "--port", str(port),
-                                     "-np", "1", "-c", str(n_ctx), "-t", str(threads)], log_path)
+                                     *slot_args(parallel, n_ctx), "-t", str(threads), *extra_args], log_path)
         super().__init__(lambda timeout: socket.create_connection(("127.0.0.1", port), timeout),
-                         facts=replace(facts, pid=self._process.pid))
+                         facts=replace(facts, pid=self._process.pid), request_timeout_s=request_timeout_s)
         deadline = time.monotonic() + start_timeout_s
         while self.health(timeout=5) != 200:
             if self._process.process.poll() is not None or time.monotonic() > deadline:
@@ -213,6 +222,11 @@ class LocalLlamaServer(LlamaServerRuntime):
                 self.close()
                 raise RunFailed(f"llama-server did not become healthy on the host: {failure}")
             time.sleep(0.2)
+        self.loaded((time.monotonic() - started) * 1000)
+
+    def interrupt(self) -> None:
+        """A run guard tripped: the requests in flight end now."""
+        self._process.kill()
 
     def close(self) -> None:
         self._process.kill()
