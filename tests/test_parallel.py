@@ -159,3 +159,15 @@ def test_a_parallel_sweep_on_the_sim_runs_slots_on_the_phone_with_its_plot(sim, 
     assert (matrix_dir / "parallel.png").stat().st_size > 10_000
     table = (matrix_dir / "matrix.md").read_text()
     assert "| parallel | aggregate t/s |" in table
+
+
+@pytest.mark.slow
+def test_a_sweep_over_threads_keeps_the_parallel_asked_for_at_every_point(host_runtime, smollm2_path, tmp_path):
+    """A sweep runs as a matrix, which reads the scenario again by name: --parallel (and --depth)
+    must travel with it, not fall back to the scenario's own."""
+    result = bench_cli("run", "--scenario", str(_scenario(tmp_path)), "--threads", "1,2", "--parallel", "2",
+                       "--repetitions", "1", "--out", str(tmp_path), "--json", "--no-correctness")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)["points"]
+    assert [row["parallel"] for row in rows] == [2, 2]
+    assert [load_run(row["run_dir"]).run["runtime"]["parallel"] for row in rows] == [2, 2]
