@@ -445,3 +445,55 @@ def rail_group(channel: str) -> str | None:
     if subsystem in ("GPU", "G3D") or (not subsystem and "G3D" in rail):
         return "gpu"
     return None
+
+
+# -- llama.cpp's load log: where its memory goes ---------------------------------------------------
+
+MIB = 2**20
+# One line per buffer llama.cpp allocates at load, in every build since 2024 (libllama's own log:
+# llama-server shows it at -lv 4 and above, llama-cpp-python with verbose=True):
+#   load_tensors:   CPU_Mapped model buffer size =    92.10 MiB     (older: llm_load_tensors:  CPU buffer size)
+#   llama_kv_cache:        CPU KV buffer size =    11.25 MiB      (older: llama_kv_cache_init:)
+#   sched_reserve:        CPU compute buffer size =    14.01 MiB  (older: llama_new_context_with_model:)
+#   llama_context:        CPU  output buffer size =     0.19 MiB
+_BUFFER = re.compile(r"(?P<where>\w+):\s+(?P<buffer>[\w.\-]+)\s+(?P<part>model |KV |compute |output |)buffer size\s*=\s*"
+                     r"(?P<mib>[\d.]+) MiB")
+_PARTS = {"model ": "weights", "KV ": "kv_cache", "compute ": "compute", "output ": "output"}
+_WEIGHT_LOADERS = ("load_tensors", "llm_load_tensors")
+
+
+@dataclass(frozen=True)
+class LlamaBuffers:
+    """The buffers llama.cpp reported at one model load: (part, buffer type, bytes) each, part one
+    of weights, kv_cache, compute, output. The log prints MiB with two decimals, so each figure is
+    within 0.005 MiB of the allocation."""
+
+    buffers: tuple[tuple[str, str, float], ...]
+
+    def total(self, part: str | None = None) -> float | None:
+        picked = [size for name, _, size in self.buffers if part is None or name == part]
+        return float(sum(picked)) if picked else None
+
+    def as_record(self) -> dict:
+        return {"weights_bytes": self.total("weights"), "kv_cache_bytes": self.total("kv_cache"),
+                "compute_bytes": self.total("compute"), "output_bytes": self.total("output"),
+                "total_bytes": self.total(),
+                "buffers": [{"part": part, "buffer": buffer, "bytes": size} for part, buffer, size in self.buffers]}
+
+
+def parse_llama_buffers(log: str) -> LlamaBuffers | None:
+    """The buffer lines of the first model load in a llama.cpp log (a later load in the same log,
+    from a process started again, is not this one's); None when the log has none (llama-bench, or
+    a server below -lv 4)."""
+    found: list[tuple[str, str, float]] = []
+    for line in log.splitlines():
+        match = _BUFFER.search(line)
+        if not match:
+            continue
+        part = _PARTS.get(match["part"]) or ("weights" if match["where"] in _WEIGHT_LOADERS else None)
+        if part is None:
+            continue
+        if part == "weights" and found and any(name != "weights" for name, _, _ in found):
+            break  # weights after the context's buffers: a second load
+        found.append((part, match["buffer"], float(match["mib"]) * MIB))
+    return LlamaBuffers(tuple(found)) if found else None

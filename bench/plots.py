@@ -27,26 +27,28 @@ def _save(figure, path: Path) -> str:
 
 TIME_LABEL = "time since run start (s)"
 _PANELS = (  # source, sample names, y label with unit, scale, file, title
-    ("process", ("rss", "pss"), "memory (MiB)", 1 / 2**20, "rss.png", "Runtime process memory (RSS, and PSS where sampled)"),
     ("cpu", "freq", "CPU frequency (MHz)", 1, "cpu_freq.png", "CPU frequency"),
     ("battery", "power", "power (W, discharge positive)", 1, "power.png", "Battery power (V x I)"),
     ("battery", "level", "battery level (%)", 1, "battery_level.png", "Battery level"),
 )
 
 
-def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame, stress: dict | None = None) -> list[str]:
+def write_plots(run_dir: Path, requests: pd.DataFrame, samples: pd.DataFrame, stress: dict | None = None,
+                memory: dict | None = None) -> list[str]:
     """Every plot of a run, on one time axis (0 to the run's last request or sample) so they line
     up when read one above the other; speeds start at zero."""
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
-    return [_save(figure, plots_dir / name) for name, figure in run_figures(requests, samples, stress).items()]
+    return [_save(figure, plots_dir / name) for name, figure in run_figures(requests, samples, stress, memory).items()]
 
 
-def run_figures(requests: pd.DataFrame, samples: pd.DataFrame, stress: dict | None = None) -> dict:
+def run_figures(requests: pd.DataFrame, samples: pd.DataFrame, stress: dict | None = None,
+                memory: dict | None = None) -> dict:
     """file name -> figure, for what the run has data for (the caller saves or closes them)."""
     span = _time_span(requests, samples)
     figures = [_stress_plot(samples, stress, span)] if stress and stress.get("available") else []
     figures += [_speed_plot(requests, column, span) for column in ("decode_tps", "prefill_tps")]
+    figures.append(_memory_plot(samples, memory or {}, span))
     figures += [_panel_plot(samples, panel, span) for panel in _PANELS]
     figures.append(_temperature_plot(samples, span))
     return dict(found for found in figures if found)
@@ -121,6 +123,35 @@ def _speed_plot(requests: pd.DataFrame, column: str, span) -> tuple | None:
     axis.set_ylim(0, top * 1.12 if top > 0 else 1)  # from zero: a ratio read off the plot is the real ratio
     axis.legend(loc="lower right")
     return f"{column}.png", figure
+
+
+_MEMORY_BANDS = (("weights", "weights", "tab:gray"), ("kv_cache", "KV cache", "tab:green"),
+                 ("compute", "compute buffers", "tab:purple"), ("output", "output buffer", "tab:brown"))
+
+
+def _memory_plot(samples: pd.DataFrame, memory: dict, span) -> tuple | None:
+    """The runtime's RSS (and PSS) over the run, over bands stacked from zero for the buffers
+    llama.cpp reported at load (weights, KV cache, compute, output): where the memory goes, and
+    how much of it the process has touched."""
+    series = sample_series(samples, "process")
+    series = series[series["name"].isin(("rss", "pss"))] if not series.empty else series
+    buffers = memory.get("buffers") or []
+    if series.empty and not buffers:
+        return None
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    bottom = 0.0
+    for part, label, color in _MEMORY_BANDS:
+        size = sum(b["bytes"] for b in buffers if b["part"] == part) / 2**20
+        if size:
+            axis.axhspan(bottom, bottom + size, color=color, alpha=0.18, linewidth=0,
+                         label=f"{label} {size:,.1f} MiB (llama.cpp)")
+            bottom += size
+    for label, frame in series.groupby("name"):
+        axis.plot(frame["t_s"], frame["value"] / 2**20, label=f"{str(label).upper()} (sampled)")
+    axis.set_ylim(0, max(bottom, float(series["value"].max()) / 2**20 if not series.empty else 0.0) * 1.1 or 1)
+    axis.legend(fontsize=7, loc="lower right")
+    _time_axes(axis, span, "memory (MiB)", "Runtime memory: sampled RSS/PSS over llama.cpp's buffers by part")
+    return "rss.png", figure
 
 
 def _panel_plot(samples: pd.DataFrame, panel: tuple, span) -> tuple | None:

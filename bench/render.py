@@ -15,7 +15,8 @@ from .trace import trace_events
 
 def write_report(run_dir: str | Path) -> Path:
     data = load_run(run_dir)
-    plots = write_plots(data.dir, data.requests, data.samples, (data.run.get("summary") or {}).get("stress"))
+    plots = write_plots(data.dir, data.requests, data.samples, (data.run.get("summary") or {}).get("stress"),
+                        data.run.get("memory"))
     text = markdown(data.run, data.requests, data.samples, data.events, plots)
     path = data.dir / "report.md"
     atomic_write_bytes(path, text.encode("utf-8"))

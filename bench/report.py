@@ -33,7 +33,7 @@ def _flag(value) -> str:
 
 
 def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
-    lines = [*_header(run), *_results(run, requests), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run), *_energy_phases(run),
+    lines = [*_header(run), *_results(run, requests), *_memory(run), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run), *_energy_phases(run),
              *_correctness(run), *_validity(run), *_facts(run), *_warnings_and_events(run, events), *_plots(plots),
              "---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, "
              "unit), `events.jsonl`. Times are seconds since run start on one host clock."]
@@ -69,6 +69,43 @@ def _results(run: dict, requests) -> list[str]:
                      f"{'n/a' if s.cv is None else f'{s.cv:.1%}'} | {s.n} | {metric.unit} | {_SOURCES[name]} |")
     lines += _process_rows(summary, runtime)
     return lines + ["", _LLAMA_BENCH_DEFINITION if runtime.get("kind") == "llama-bench" else _DECODE_DEFINITION, ""]
+
+
+_MEMORY_PARTS = (("weights", "weights"), ("kv_cache", "KV cache"), ("compute", "compute buffers"),
+                 ("output", "output buffer"))
+
+
+def _memory(run: dict) -> list[str]:
+    """Where the memory goes: llama.cpp's buffers by part, beside what the process and the device
+    showed while the run ran."""
+    memory, summary, kv = run.get("memory") or {}, run.get("summary") or {}, run.get("kv_cache") or {}
+    if not memory:
+        return []  # a run stored before the breakdown was recorded
+    lines = ["## Where the memory goes", ""]
+    if not memory.get("reported"):
+        lines += [f"llama.cpp's buffers: not reported ({memory.get('reason')}).", ""]
+    lines += ["| part | MiB | buffers | source |", "|---|---:|---|---|"]
+    buffers = memory.get("buffers") or []
+    for part, label in _MEMORY_PARTS:
+        picked = [b for b in buffers if b["part"] == part]
+        if picked:
+            note = "llama.cpp at load"
+            if part == "kv_cache" and kv.get("bytes_all_slots") is not None:
+                note += f"; the preflight counted {_mib(kv['bytes_all_slots'])} from the model's shapes"
+            lines.append(f"| {label} | {_fmt(sum(b['bytes'] for b in picked) / 2**20)} | "
+                         f"{', '.join(b['buffer'] for b in picked)} | {note} |")
+    if memory.get("total_bytes") is not None:
+        lines.append(f"| llama.cpp's buffers in all | {_fmt(memory['total_bytes'] / 2**20)} | | llama.cpp at load |")
+    peak = summary.get("peak_rss_bytes")
+    lines.append(f"| peak RSS of the runtime | {_fmt(peak / 2**20 if peak else None)} | | sampled: VmHWM, VmRSS + VmSwap |")
+    lowest, first = summary.get("mem_available_min_bytes"), summary.get("mem_available_first_bytes")
+    if lowest is not None:
+        lines.append(f"| MemAvailable at its lowest | {_fmt(lowest / 2**20)} | | /proc/meminfo, sampled (at the start: "
+                     f"{_mib(first)}): what the rest of the device had left |")
+    lines.append("")
+    if memory.get("reported"):
+        lines += [f"Source: {memory.get('source')}.", ""]
+    return lines
 
 
 def _process_rows(summary: dict, runtime: dict) -> list[str]:

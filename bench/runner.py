@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
-from . import __version__, correctness
+from . import __version__, correctness, parse
 from .clock import RunClock
 from .errors import BenchError, PreflightError, RunFailed
+from .gguf import kv_cache_bytes
 from .progress import NullProgress, Progress
 from .records import CooldownRule, DeviceFacts, ModelInfo, PreflightCheck, RequestRecord, Scenario, to_dict
 from .render import write_report
@@ -43,6 +44,7 @@ class Target(Protocol):
     def sampler(self, clock: RunClock, sink, hz: float, pid: int | None): ...
     def cpu_temperature(self) -> tuple[float | None, int | None]: ...
     def diagnose(self, model: ModelInfo) -> str | None: ...
+    def runtime_log_head(self) -> str: ...  # the start of the loaded runtime's log
     def rail_samples(self, clock: RunClock) -> list: ...
     def abort(self) -> None: ...
     def cleanup(self) -> None: ...
@@ -126,8 +128,6 @@ def _scenario_record(scenario: Scenario) -> dict:
 
 def _kv_cache_record(model: ModelInfo, scenario: Scenario) -> dict:
     """What the KV cache takes at the run's depth and at its n_ctx, from the model's shapes."""
-    from .gguf import kv_cache_bytes
-
     return {"depth_tokens": scenario.depth, "bytes_at_depth": kv_cache_bytes(model.gguf, scenario.depth),
             "n_ctx": scenario.n_ctx, "bytes_at_n_ctx": kv_cache_bytes(model.gguf, scenario.n_ctx),
             "slots": scenario.sequences, "bytes_all_slots": kv_cache_bytes(model.gguf, scenario.n_ctx * scenario.sequences),
@@ -295,6 +295,7 @@ class _Run:
         facts = self.runtime.facts()
         self.meta["runtime"] = facts.as_record()
         self.event("phase", "model loaded", load_ms=facts.load_ms)
+        self.meta["memory"] = self._memory_record(facts.kind)
         if self.options.telemetry_hz:
             self.sampler = target.sampler(self.clock, self.on_samples, self.options.telemetry_hz, facts.pid)
             self.sampler.start()
@@ -310,6 +311,33 @@ class _Run:
             self.meta["telemetry"]["absent"]["rail/*"] = ("no PowerStats HAL energy meter (Pixel 6 and later have one): "
                                                          "energy comes from battery current only")
         self.write_meta("running")
+
+    def _memory_record(self, runtime_kind: str) -> dict:
+        """Where the memory goes, as llama.cpp reported it when it loaded the model (weights, KV
+        cache, compute and output buffers). Its KV cache larger than the preflight counted (the
+        model's shapes at n_ctx, every slot: kv_cache.bytes_all_slots) is a warning: the preflight's
+        memory check was too low."""
+        scenario, model = self.scenario, self.options.model
+        expected = kv_cache_bytes(model.gguf, scenario.n_ctx * scenario.sequences)
+        record: dict = {"reported": False}
+        if runtime_kind == "llama-bench":
+            return {**record, "reason": "llama-bench logs no buffer sizes"}
+        try:
+            buffers = parse.parse_llama_buffers(self.target.runtime_log_head())
+        except (BenchError, OSError) as error:
+            return {**record, "reason": f"the runtime's log could not be read: {error}"}
+        if buffers is None:
+            return {**record, "reason": "the runtime's log has no buffer sizes (a llama.cpp that logs them only at "
+                                        "another verbosity?)"}
+        record.update(reported=True, **buffers.as_record(),
+                      source="llama.cpp's own log at load (its 'model/KV/compute/output buffer size' lines, MiB to two "
+                             "decimals); weights in a *_Mapped buffer are the model file mapped, shared with the page "
+                             "cache, and count in RSS only as far as they were touched")
+        kv = record["kv_cache_bytes"]
+        if kv and expected and kv > expected * 1.01 + parse.MIB:
+            self.warn(f"llama.cpp's KV cache ({kv / parse.MIB:,.1f} MiB) is larger than the preflight counted "
+                      f"({expected / parse.MIB:,.1f} MiB): its memory check was too low")
+        return record
 
     def _measure(self, baseline: float | None) -> None:
         if self.scenario.kind == "llama-bench":

@@ -132,6 +132,11 @@ def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss
     summary["peak_rss_bytes"] = peak_rss_bytes(samples, final_peak_rss)
     pss = sample_series(samples, "process", "pss")
     summary["peak_pss_bytes"] = float(pss["value"].max()) if not pss.empty else None
+    # what the rest of the device had left: MemAvailable when the run began and at its lowest
+    available = sample_series(samples, "system", "mem_available")
+    available = available.sort_values("t_s") if not available.empty else available
+    summary["mem_available_first_bytes"] = float(available["value"].iloc[0]) if not available.empty else None
+    summary["mem_available_min_bytes"] = float(available["value"].min()) if not available.empty else None
     summary["per_repetition"] = repetition_values(requests, samples, summary["peak_rss_bytes"],
                                                   fixed_performance=fixed_performance)
     summary["max_temperature_c"] = max_temperature_c(samples)

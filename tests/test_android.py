@@ -54,6 +54,11 @@ def test_quick_run_on_the_sim_then_cached_push(phone, tmp_path):
         assert expected in kinds, expected
     rss = data.samples[(data.samples["source"] == "process") & (data.samples["name"] == "rss")]["value"]
     assert rss.max() > 50 * 2**20  # llama-server holding a 94 MiB model
+    # where the memory goes, from llama-server's own log on the phone: its KV cache is the one the
+    # preflight counted from the model's shapes, to the byte
+    memory = data.run["memory"]
+    assert memory["reported"] and memory["kv_cache_bytes"] == data.run["kv_cache"]["bytes_all_slots"]
+    assert memory["weights_bytes"] > 90 * 2**20 and memory["compute_bytes"] > 0
     summary = first["summary"]
     assert 0 < summary["peak_pss_bytes"] <= summary["peak_rss_bytes"]
     assert summary["bytes_pushed"] > 98_000_000

@@ -248,6 +248,7 @@ def test_llama_bench_scenario_on_the_host(tmp_path: Path, smollm2_path, host_run
     starts = list(tg["t_start_s"])
     assert starts == sorted(starts) and starts[0] > pp["t_start_s"].max()  # windows rebuilt in order
     assert payload["summary"]["decode_tps_median"] > 0 and payload["summary"]["prefill_tps_median"] > 0
+    assert data.run["memory"] == {"reported": False, "reason": "llama-bench logs no buffer sizes"}
     # llama-bench cannot score text: llama-server of the same build does, on 127.0.0.1, then is stopped
     correctness = data.run["correctness"]
     assert correctness["verdict"] == "pass" and correctness["runtime"].startswith("llama-server"), correctness

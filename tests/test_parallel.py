@@ -149,6 +149,7 @@ def test_a_parallel_sweep_on_the_sim_runs_slots_on_the_phone_with_its_plot(sim, 
     assert [row["parallel"] for row in rows] == [1, 2] and all(row["status"] == "complete" for row in rows)
     two = load_run(rows[1]["run_dir"]).run
     assert two["runtime"]["kind"] == "llama-server" and two["runtime"]["parallel"] == 2
+    assert two["memory"]["kv_cache_bytes"] == two["kv_cache"]["bytes_all_slots"] == 2 * two["kv_cache"]["bytes_at_n_ctx"]
     requests = _measured(rows[1]["run_dir"])
     assert sorted(requests["sequence"].astype(int)) == [0, 0, 1, 1] and _concurrent(requests)
     # the phone's energy meters: each stretch of time once, and no prefill/decode split of it

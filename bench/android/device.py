@@ -22,7 +22,7 @@ from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario, 
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.build import arm_arch_of, required_cpu_features
-from ..runtimes.llama_server import LlamaServerRuntime, slot_args
+from ..runtimes.llama_server import LOG_HEAD_BYTES, LOG_LEVEL, LlamaServerRuntime, slot_args
 from .adb import AdbFailure, Device, Server, connect, default_server, ensure_server, wait_for_state
 from .artifacts import ArtifactCache, artifacts
 from .discovery import DEVICE_TMP, snapshot
@@ -226,7 +226,7 @@ class AndroidTarget:
             device_port = next(self.device_ports)
             command = (f"{server_remote} -m {model_remote} --host 127.0.0.1 --port {device_port} "
                        f"{' '.join(slot_args(scenario.sequences, scenario.n_ctx))} -b {scenario.n_batch}"
-                       f" -t {threads} -tb {threads}{mask}{no_repack} --seed {scenario.seed} > {log} 2>&1")
+                       f" -t {threads} -tb {threads}{mask}{no_repack} --seed {scenario.seed} {LOG_LEVEL} > {log} 2>&1")
             self.event("phase", "llama-server starting", threads=threads, affinity=list(affinity), device_port=device_port)
             try:
                 server = self._await_server(command, model, scenario, device_port, replace(
@@ -294,6 +294,11 @@ class AndroidTarget:
             return False, ("weight repacking off (--no-repack): the device CPU has AMX and the runtime may use it; its "
                            "repacked matmul crashes at the vendored commit (llama.cpp issue 20824)")
         return True, "weight repacking on (llama-server's default; the device CPU has no AMX)"
+
+    def runtime_log_head(self) -> str:
+        """The start of llama-server's log (its load: the buffers llama.cpp allocated)."""
+        return self.device.shell(f"head -c {LOG_HEAD_BYTES} {ROOT}/run/llama-server.log 2>/dev/null",
+                                 timeout=30).stdout
 
     def diagnose(self, model: ModelInfo) -> str | None:
         """After a failed request: why llama-server is gone, or None while it still runs."""

@@ -19,7 +19,7 @@ from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.llama_bench import LocalBench
 from ..runtimes.llama_cpp import LlamaCppRuntime
-from ..runtimes.llama_server import LocalLlamaServer
+from ..runtimes.llama_server import LOG_HEAD_BYTES, LocalLlamaServer
 from . import device as host_device
 from .sampler import HostSampler
 
@@ -146,6 +146,11 @@ class HostTarget:
                                       affinity=None, n_batch=scenario.n_batch))
         task.done()
         return server
+
+    def runtime_log_head(self) -> str:
+        """The start of the runtime's log (its load: the buffers llama.cpp allocated)."""
+        with open(self.runtime.log_path, "rb") as log:
+            return log.read(LOG_HEAD_BYTES).decode(errors="replace")
 
     def sampler(self, clock: RunClock, sink, hz: float, pid: int | None):
         return HostSampler(clock, sink, hz, pid or os.getpid())

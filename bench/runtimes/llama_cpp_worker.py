@@ -63,7 +63,8 @@ class Worker:
         started = time.perf_counter()
         with self._repack(use_repack):
             self.llm = self.lib.Llama(model_path=model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
-                                      n_threads_batch=threads, seed=seed, verbose=False, logits_all=False)
+                                      n_threads_batch=threads, seed=seed, logits_all=False,
+                                      verbose=True)  # llama.cpp's load log (its buffers) goes to runtime.log
         self.eos = self.llm.token_eos()
         self.n_ctx = n_ctx
         return {"load_ms": (time.perf_counter() - started) * 1000, "rss_before_load_bytes": rss_before,

@@ -17,6 +17,12 @@ from ..errors import RunFailed
 from .base import Completion, RuntimeFacts
 
 
+# llama-server logs libllama's load lines (the buffers it allocates: weights, KV cache, compute) only
+# from verbosity 4 ("trace": a few lines more a request, none a token)
+LOG_LEVEL = "-lv 4"
+LOG_HEAD_BYTES = 256 * 1024  # the load's lines come first, after at most a few hundred of metadata
+
+
 def slot_args(parallel: int, n_ctx: int) -> list[str]:
     """llama-server's slots for `parallel` sequences, each with a context of n_ctx: the server
     splits its context evenly between its slots."""
@@ -212,7 +218,9 @@ class LocalLlamaServer(LlamaServerRuntime):
             port = probe.getsockname()[1]
         started = time.monotonic()
         self._process = LineProcess([str(binary), "-m", model_path, "--host", "127.0.0.1", "--port", str(port),
-                                     *slot_args(parallel, n_ctx), "-t", str(threads), *extra_args], log_path)
+                                     *slot_args(parallel, n_ctx), "-t", str(threads), *LOG_LEVEL.split(), *extra_args],
+                                    log_path)
+        self.log_path = log_path
         super().__init__(lambda timeout: socket.create_connection(("127.0.0.1", port), timeout),
                          facts=replace(facts, pid=self._process.pid), request_timeout_s=request_timeout_s)
         deadline = time.monotonic() + start_timeout_s
