@@ -19,11 +19,13 @@ _SCENARIO_KEYS = {
     "schema_version", "name", "description", "repetitions", "warmup", "seed", "temperature",
     "n_ctx", "n_batch", "threads", "n_predict", "ignore_eos", "prompts", "keep_history",
     "duration_s", "cooldown", "request_timeout_s", "kind", "pp", "tg", "idle_s", "depth", "parallel",
+    "load_mode",
 }
 KINDS = ("generate", "llama-bench")
+LOAD_MODES = ("mmap", "read")
 # Keys added after scenarios were first hashed count in the hash only when set, so the runs of an
 # unchanged scenario still match in `bench compare`.
-_LATER_KEYS = {"kind": "generate", "pp": None, "tg": None}
+_LATER_KEYS = {"kind": "generate", "pp": None, "tg": None, "load_mode": "mmap"}
 _COOLDOWN_KEYS = {"mode", "max_wait_s", "idle_delta_c", "max_temp_c", "poll_s"}
 
 
@@ -166,6 +168,10 @@ def parse_scenario(path: Path) -> Scenario:
         problem = parallel_problem(kind, max(depths))
         if problem:
             check.fail("parallel", *problem)
+    load_mode = check.get("load_mode", str, "mmap")
+    if load_mode not in LOAD_MODES:
+        check.fail("load_mode", f"'load_mode' must be one of {', '.join(LOAD_MODES)}, got {load_mode!r}",
+                   'load_mode = "mmap" maps the file (the default), "read" copies it into memory')
     fields = dict(
         name=check.get("name", str, path.stem),
         path=str(path),
@@ -188,6 +194,7 @@ def parse_scenario(path: Path) -> Scenario:
         idle_s=float(check.get("idle_s", (int, float), 10.0, minimum=0)),
         depth=depths[0], depths=depths if len(depths) > 1 else (),
         parallel=parallels[0], parallels=parallels if len(parallels) > 1 else (),
+        load_mode=load_mode,
     )
     # The hash names the workload, so compare can match runs: paths, text and a patience limit are
     # not part of it, nor the depth and parallel sequences, which runs carry as match keys of their

@@ -113,6 +113,21 @@ CATALOGUE: tuple[Metric, ...] = (
            "correctness.evaluate",
            "exp(-mean ln p(the probe's next token)) by the runtime / the same by the host CPU reference on the same "
            "model file; 1.0 = the same; pass within 0.905 to 1.105", compared=False),
+    Metric("load_cold_ms", "Model load, cold", "ms", False, "run",
+           "the run's first load, after the model file was dropped from the page cache (bench run --load-times)",
+           "summary.load_values",
+           "host: llama-cpp-python's Llama() in the worker; llama-server: process start to its first healthy /health "
+           "(it warms up inside); only where the page cache could be dropped (the host; a phone with root)"),
+    Metric("first_token_cold_ms", "Load + first token, cold", "ms", False, "run",
+           "the cold load, then the run's first request sent to its first token", "summary.load_values",
+           "load_cold_ms + the TTFT of the run's first request: what an app's user waits from a cold start (a "
+           "mapped model reads its weights from storage as the first request touches them)"),
+    Metric("load_warm_ms", "Model load, warm", "ms", False, "run",
+           "the runtime stopped and loaded again after the measured requests, the model file in the page cache",
+           "summary.load_values", "the same load as load_cold_ms, with the file's pages cached"),
+    Metric("first_token_warm_ms", "Load + first token, warm", "ms", False, "run",
+           "the warm reload, then one request of the scenario's first prompt sent to its first token",
+           "summary.load_values", "load_warm_ms + that request's TTFT"),
     Metric("kv_cache_bytes_at_depth", "KV cache at the run's depth", "MiB", False, "run",
            "none: computed from the model's GGUF shapes at the run's depth, not measured", "gguf.kv_cache_bytes",
            "f16 K and V of every layer for the depth's tokens: depth x layers x key/value heads x (key + value head "

@@ -462,6 +462,18 @@ _PARTS = {"model ": "weights", "KV ": "kv_cache", "compute ": "compute", "output
 _WEIGHT_LOADERS = ("load_tensors", "llm_load_tensors")
 
 
+# load_tensors: loading model tensors, this can take a while... (load_mode = mmap)   [older: (mmap = true)]
+_LOAD_MODE = re.compile(r"loading model tensors.*\((?:load_mode = (?P<mode>[\w+]+)|mmap = (?P<mmap>true|false))\)")
+
+
+def parse_llama_load_mode(log: str) -> str | None:
+    """How llama.cpp says it read the weights ("mmap", "none" for a copy into memory, ...), or None."""
+    match = _LOAD_MODE.search(log)
+    if not match:
+        return None
+    return match["mode"] or ("mmap" if match["mmap"] == "true" else "none")
+
+
 @dataclass(frozen=True)
 class LlamaBuffers:
     """The buffers llama.cpp reported at one model load: (part, buffer type, bytes) each, part one

@@ -65,6 +65,9 @@ class Scenario:
     # host, llama-cpp-python); any number, even 1, runs llama-server, so a sweep's points share it.
     parallel: int | None = None
     parallels: tuple[int, ...] = ()
+    # How the runtime reads the weights: "mmap" maps the file (pages fault in as the model first
+    # touches them, shared with the page cache; llama.cpp's default), "read" copies it into memory
+    load_mode: str = "mmap"
 
     def with_overrides(self, repetitions: int | None = None, threads: int | None = None,
                        depth: int | None = None, parallel: int | None = None) -> "Scenario":

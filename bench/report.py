@@ -33,7 +33,7 @@ def _flag(value) -> str:
 
 
 def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
-    lines = [*_header(run), *_results(run, requests), *_memory(run), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run), *_energy_phases(run),
+    lines = [*_header(run), *_results(run, requests), *_load(run), *_memory(run), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run), *_energy_phases(run),
              *_correctness(run), *_validity(run), *_facts(run), *_warnings_and_events(run, events), *_plots(plots),
              "---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, "
              "unit), `events.jsonl`. Times are seconds since run start on one host clock."]
@@ -69,6 +69,39 @@ def _results(run: dict, requests) -> list[str]:
                      f"{'n/a' if s.cv is None else f'{s.cv:.1%}'} | {s.n} | {metric.unit} | {_SOURCES[name]} |")
     lines += _process_rows(summary, runtime)
     return lines + ["", _LLAMA_BENCH_DEFINITION if runtime.get("kind") == "llama-bench" else _DECODE_DEFINITION, ""]
+
+
+def _load(run: dict) -> list[str]:
+    """Load times: the run's own load, and with --load-times a cold first load and a warm reload,
+    each with the first token after it."""
+    runtime, load = run.get("runtime") or {}, run.get("load") or {}
+    mode = (run.get("memory") or {}).get("load_mode") or (run.get("scenario") or {}).get("load_mode") or "mmap"
+    if not load:
+        if runtime.get("load_ms") is None:
+            return []
+        return ["## Load", "", f"The model loaded in {_fmt(runtime['load_ms'], 0)} ms (load mode {mode}), with the model "
+                "file as the page cache held it; `bench run --load-times` times a cold load and a warm reload.", ""]
+    values = (run.get("summary") or {}).get("per_repetition") or {}
+
+    def first(name: str) -> str:
+        found = values.get(name) or []
+        return f"{found[0]:,.0f}" if found else "n/a"
+
+    cold, warm = load.get("cold") or {}, load.get("warm") or {}
+    before = cold.get("resident_before")
+    cached = f"; {before:.0%} of the file was cached before" if before is not None else ""
+    lines = ["## Load", "", f"Load mode {mode} (as llama.cpp reported it). Load: the runtime's own load (llama-server: "
+             "process start to healthy). First token: that load plus the TTFT of the first request after it, what an "
+             "app's user waits for.", "",
+             "| | load ms | load + first token ms | page cache |", "|---|---:|---:|---|",
+             f"| cold (the run's first load) | {first('load_cold_ms') if cold.get('dropped') else _fmt(cold.get('load_ms'), 0) + ' (not cold)'} | "
+             f"{first('first_token_cold_ms')} | {cold.get('how', 'n/a')}{cached} |"]
+    if warm.get("error"):
+        lines.append(f"| warm (reload) | n/a | n/a | the reload failed: {warm['error']} |")
+    else:
+        lines.append(f"| warm (reload after the measured requests) | {first('load_warm_ms')} | {first('first_token_warm_ms')} | "
+                     "the model file cached by the first load |")
+    return lines + [""]
 
 
 _MEMORY_PARTS = (("weights", "weights"), ("kv_cache", "KV cache"), ("compute", "compute buffers"),

@@ -23,7 +23,7 @@ from .store import RunWriter, load_run, make_run_id, run_owner, write_parquet
 from .checks import self_checks
 from .energy import energy_phases, energy_summary, rail_energy_summary
 from .placement import thread_placement
-from .summary import decode_drift, run_summary, validity_from_samples
+from .summary import decode_drift, load_values, run_summary, validity_from_samples
 from .throttle import stress_profile
 from .runtimes import llama_bench
 from .workload import resolve_prompts, run_repetition
@@ -40,7 +40,9 @@ class Target(Protocol):
     def threads(self, scenario: Scenario) -> int: ...
     def preflight(self, model: ModelInfo, scenario: Scenario) -> list[PreflightCheck]: ...
     def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress,
-                before_start: Callable[[], None] = ...): ...  # before_start: the gate, right before a llama-bench starts
+                before_start: Callable[[], None] = ...): ...  # called after any push, right before the runtime starts
+    def drop_page_cache(self, model: ModelInfo) -> dict: ...  # {dropped, how, resident_before, resident_after}
+    def restart(self, model: ModelInfo, scenario: Scenario, progress: Progress): ...  # stop, load again
     def sampler(self, clock: RunClock, sink, hz: float, pid: int | None): ...
     def cpu_temperature(self) -> tuple[float | None, int | None]: ...
     def diagnose(self, model: ModelInfo) -> str | None: ...
@@ -67,6 +69,7 @@ class RunOptions:
     min_battery_pct: float | None = None
     declare_unplugged: bool = False   # the user says the phone ran on its battery whatever it reported
     correctness: bool = True          # score bench's probe against the host CPU reference after measuring
+    load_times: bool = False          # a cold first load (page cache dropped where the device lets us) and a warm reload
 
 
 class RunGuard:
@@ -289,12 +292,18 @@ class _Run:
         """Push and load the model, then start telemetry and find the device's power-rail source."""
         scenario, target = self.scenario, self.target
         self.event("phase", "prepare started (push, load)")
-        # llama-bench runs all its tests once started: the cooldown gate holds right before it starts
-        gate = (lambda: self.cooldown(scenario.cooldown, baseline, 0)) if scenario.kind == "llama-bench" else (lambda: None)
-        self.runtime = target.prepare(self.options.model, scenario, self.progress, before_start=gate)
+        def before_start() -> None:
+            if self.options.load_times:
+                self._drop_page_cache()
+            if scenario.kind == "llama-bench":  # it runs all its tests once started: the cooldown gate holds here
+                self.cooldown(scenario.cooldown, baseline, 0)
+
+        self.runtime = target.prepare(self.options.model, scenario, self.progress, before_start=before_start)
         facts = self.runtime.facts()
         self.meta["runtime"] = facts.as_record()
         self.event("phase", "model loaded", load_ms=facts.load_ms)
+        if "load" in self.meta:
+            self.meta["load"]["cold"]["load_ms"] = facts.load_ms
         self.meta["memory"] = self._memory_record(facts.kind)
         if self.options.telemetry_hz:
             self.sampler = target.sampler(self.clock, self.on_samples, self.options.telemetry_hz, facts.pid)
@@ -323,9 +332,14 @@ class _Run:
         if runtime_kind == "llama-bench":
             return {**record, "reason": "llama-bench logs no buffer sizes"}
         try:
-            buffers = parse.parse_llama_buffers(self.target.runtime_log_head())
+            log = self.target.runtime_log_head()
         except (BenchError, OSError) as error:
             return {**record, "reason": f"the runtime's log could not be read: {error}"}
+        record["load_mode"] = parse.parse_llama_load_mode(log)  # as llama.cpp says it read the weights
+        if record["load_mode"] and (record["load_mode"] == "none") != (scenario.load_mode == "read"):
+            self.warn(f"the scenario asked for load_mode {scenario.load_mode!r}, and llama.cpp loaded with "
+                      f"{record['load_mode']!r}")
+        buffers = parse.parse_llama_buffers(log)
         if buffers is None:
             return {**record, "reason": "the runtime's log has no buffer sizes (a llama.cpp that logs them only at "
                                         "another verbosity?)"}
@@ -339,6 +353,31 @@ class _Run:
                       f"({expected / parse.MIB:,.1f} MiB): its memory check was too low")
         return record
 
+    def _drop_page_cache(self) -> None:
+        """Before the first load of a --load-times run: the model file out of the page cache."""
+        task = self.progress.task("dropping the model from the page cache (a cold load)")
+        cold = self.target.drop_page_cache(self.options.model)
+        task.done()
+        self.meta["load"] = {"cold": cold}
+        self.event("phase", "page cache " + ("dropped" if cold["dropped"] else "not dropped"), **cold)
+        if not cold["dropped"]:
+            self.warn(f"the first load is not a cold one: {cold['how']}")
+
+    def _warm_reload(self) -> None:
+        """After everything measured, outside every window: the runtime stopped and loaded again
+        with the model file in the page cache, then one request of the scenario's first prompt, whose
+        first token ends what an app's user waits for."""
+        task = self.progress.task("warm reload (load time with the model in the page cache)")
+        self.runtime = self.target.restart(self.options.model, self.scenario, self.progress)
+        load_ms = self.runtime.facts().load_ms
+        prompt = resolve_prompts(self.runtime, self.scenario.prompts[:1])[0]
+        completion = self.runtime.complete(prompt, n_predict=1, ignore_eos=True, keep_cache=False,
+                                           temperature=self.scenario.temperature, seed=self.scenario.seed)
+        task.done()
+        ttft_ms = (completion.token_ns[0] - completion.sent_ns) / 1e6 if completion.token_ns else None
+        self.meta.setdefault("load", {})["warm"] = {"load_ms": load_ms, "first_request_ttft_ms": ttft_ms}
+        self.event("phase", "warm reload", load_ms=load_ms, ttft_ms=ttft_ms)
+
     def _measure(self, baseline: float | None) -> None:
         if self.scenario.kind == "llama-bench":
             self._llama_bench(self.runtime)
@@ -347,6 +386,12 @@ class _Run:
             self._repetitions(self.runtime, resolve_prompts(self.runtime, self.scenario.prompts, self.scenario.depth),
                               baseline)
         self._correctness()
+        if self.options.load_times:
+            try:
+                self._warm_reload()
+            except BenchError as error:  # what was measured stands; the reload's figures are missing
+                self.meta.setdefault("load", {})["warm"] = {"error": str(error)}
+                self.warn(f"the warm reload failed: {error}")
 
     def _correctness(self) -> None:
         """After the measured requests, outside every window: the probe scored by the runtime that
@@ -605,6 +650,7 @@ class _Run:
         summary["per_repetition"].update(summary["energy_phases"].pop("per_repetition", {}))
         if summary["threads"].get("off_affinity_share") is not None:
             summary["per_repetition"]["off_affinity_share"] = [summary["threads"]["off_affinity_share"]]
+        summary["per_repetition"].update(load_values(self.meta.get("load"), data.requests))
         summary["cooldown_waits_s"] = self.cooldown_waits
         summary["bytes_pushed"] = sum(item.get("bytes_pushed", 0) for item in self.meta.get("pushed", {}).values())
         if self.scenario.duration_s:

@@ -237,6 +237,29 @@ def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rs
     return {**values, CENSORED_KEY: censored}
 
 
+def load_values(load: dict | None, requests: pd.DataFrame) -> dict[str, list[float]]:
+    """The load metrics of a --load-times run (catalogue: load_cold_ms, first_token_cold_ms,
+    load_warm_ms, first_token_warm_ms), one value a run. Cold figures only where the page cache
+    was dropped before the first load; "first token" adds the first request's TTFT after that load
+    (the run's first request, warmup included; for the warm reload, its own request) to the load:
+    the two waits an app's user sees, without the harness's pauses between them."""
+    load = load or {}
+    values: dict[str, list[float]] = {"load_cold_ms": [], "first_token_cold_ms": [], "load_warm_ms": [],
+                                      "first_token_warm_ms": []}
+    cold, warm = load.get("cold") or {}, load.get("warm") or {}
+    if cold.get("dropped") and cold.get("load_ms") is not None:
+        values["load_cold_ms"] = [float(cold["load_ms"])]
+        first = requests.sort_values("t_start_s").iloc[0] if not requests.empty else None
+        ttft = pd.to_numeric(pd.Series([first["ttft_ms"]]), errors="coerce").iloc[0] if first is not None else np.nan
+        if np.isfinite(ttft):
+            values["first_token_cold_ms"] = [float(cold["load_ms"]) + float(ttft)]
+    if warm.get("load_ms") is not None:
+        values["load_warm_ms"] = [float(warm["load_ms"])]
+        if warm.get("first_request_ttft_ms") is not None:
+            values["first_token_warm_ms"] = [float(warm["load_ms"]) + float(warm["first_request_ttft_ms"])]
+    return values
+
+
 def decode_drift(requests: pd.DataFrame) -> float | None:
     """Sustained runs: last repetition's decode t/s relative to the first (-0.2 = 20% slower)."""
     values = per_repetition(requests, "decode_tps")

@@ -21,7 +21,7 @@ from bench.metrics import BY_NAME, CATALOGUE, PRIMARY
 from bench.placement import thread_placement
 from bench.records import RequestRecord
 from bench.runtimes.base import Completion
-from bench.summary import aggregate_decode, per_repetition, repetition_values, validity_from_samples
+from bench.summary import aggregate_decode, load_values, per_repetition, repetition_values, validity_from_samples
 from bench.throttle import time_to_throttle, loops
 from bench.workload import to_record
 from conftest import bench_cli
@@ -378,6 +378,20 @@ def test_aggregate_decode_known_answer():
     assert aggregate_decode(requests.drop(columns=["sequence"])) == []
 
 
+def test_load_figures_known_answer():
+    # cold: the page cache dropped, a 800 ms load, the run's first request (a warmup, sent first)
+    # took 150 ms to its first token; warm: a 300 ms reload, then 40 ms to the first token
+    requests = _requests([{"repetition": 0, "t_start_s": 20.0, "ttft_ms": 90.0, "warmup": False},
+                          {"repetition": -1, "t_start_s": 12.0, "ttft_ms": 150.0, "warmup": True}])
+    load = {"cold": {"dropped": True, "load_ms": 800.0}, "warm": {"load_ms": 300.0, "first_request_ttft_ms": 40.0}}
+    assert load_values(load, requests) == {"load_cold_ms": [800.0], "first_token_cold_ms": [950.0],
+                                           "load_warm_ms": [300.0], "first_token_warm_ms": [340.0]}
+    # a first load that found the file cached is no cold figure; a run without --load-times has none
+    found = load_values({**load, "cold": {"dropped": False, "load_ms": 120.0}}, requests)
+    assert found["load_cold_ms"] == found["first_token_cold_ms"] == [] and found["load_warm_ms"] == [300.0]
+    assert all(v == [] for v in load_values(None, requests).values())
+
+
 def test_kv_cache_bytes_at_depth_known_answer():
     from bench.gguf import kv_cache_bytes
     from bench.records import GGUFInfo
@@ -412,6 +426,10 @@ KNOWN_ANSWERS = {
     "correctness_perplexity_ratio": test_correctness_figures_known_answers,
     "kv_cache_bytes_at_depth": test_kv_cache_bytes_at_depth_known_answer,
     "aggregate_decode_tps": test_aggregate_decode_known_answer,
+    "load_cold_ms": test_load_figures_known_answer,
+    "first_token_cold_ms": test_load_figures_known_answer,
+    "load_warm_ms": test_load_figures_known_answer,
+    "first_token_warm_ms": test_load_figures_known_answer,
 }
 
 

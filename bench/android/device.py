@@ -31,6 +31,7 @@ from .performance import FixedPerformance
 from .processes import PORT_ATTEMPTS, DeviceBench, DeviceProcess, PortTaken, device_ports
 
 ROOT = f"{DEVICE_TMP}/bench"
+DROP_CACHES = "sync; echo 1 > /proc/sys/vm/drop_caches"  # the page cache, as root
 RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
 MIN_BATTERY_PCT = 25
 RECONNECT_TIMEOUT_S = 20.0
@@ -219,7 +220,7 @@ class AndroidTarget:
         affinity = self._runtime_cpus = self.cpus(scenario)
         mask = f" --cpu-mask {cpu_mask(affinity)} --cpu-strict 1" if affinity else ""
         repack, repack_reason = self.repack_choice()
-        no_repack = "" if repack else " --no-repack"
+        no_repack = ("" if repack else " --no-repack") + (" -lm none" if scenario.load_mode == "read" else "")
         log = f"{ROOT}/run/llama-server.log"
         task = progress.task(f"load {model.alias} in llama-server on {self.serial}")
         for attempt in range(PORT_ATTEMPTS):
@@ -231,7 +232,8 @@ class AndroidTarget:
             try:
                 server = self._await_server(command, model, scenario, device_port, replace(
                     self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason,
-                                        parallel=scenario.sequences, device_port=device_port), n_ctx=scenario.n_ctx))
+                                        parallel=scenario.sequences, device_port=device_port,
+                                        load_mode=scenario.load_mode), n_ctx=scenario.n_ctx))
                 break
             except PortTaken:
                 self.stop_server()
@@ -317,9 +319,30 @@ class AndroidTarget:
         self.push_artifacts(model, progress, with_bench)
         if self.fixed_performance:
             self.performance.set(True)
+        before_start()  # after the push, right before the runtime starts (the cooldown gate, a cold cache)
         if with_bench:
-            before_start()  # llama-bench runs its tests at once: the cooldown gate holds here
             return self.start_bench(model, scenario)
+        return self.start_server(model, scenario, progress)
+
+    def drop_page_cache(self, model: ModelInfo) -> dict:
+        """Before a cold load: the page cache dropped, which on Android takes root (adb root on a
+        userdebug build, or su); else not, and why. Nothing on the phone tells what was cached."""
+        record = {"dropped": False, "resident_before": None, "resident_after": None}
+        try:
+            rooted = self.device.shell("id -u", timeout=10).stdout.strip() == "0"
+            attempts = [("adb root", f"sh -c {shlex.quote(DROP_CACHES)}")] if rooted else \
+                [("su", f"su 0 sh -c {shlex.quote(DROP_CACHES)}"), ("su -c", f"su -c {shlex.quote(DROP_CACHES)}")]
+            for how, command in attempts:
+                if self.device.shell(f"{command} 2>/dev/null && echo dropped", timeout=20).stdout.strip() == "dropped":
+                    return {**record, "dropped": True, "how": f"{DROP_CACHES} as root ({how})"}
+        except AdbFailure as error:
+            return {**record, "how": f"not dropped: {error}"}
+        return {**record, "how": "not dropped: the device has no root (adb root or su), which dropping the page cache "
+                                 "needs; the first load found the model file as the push left it"}
+
+    def restart(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaServerRuntime:
+        """llama-server stopped and started again (a warm reload: the file is in the page cache now)."""
+        self.stop_server()
         return self.start_server(model, scenario, progress)
 
     def scoring_runtime(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LlamaServerRuntime:
@@ -340,11 +363,12 @@ class AndroidTarget:
         argv = llama_bench.command(self.pushed["runtime"]["path"], self.pushed["model"]["path"], pp=scenario.pp,
                                    tg=scenario.tg, repetitions=scenario.repetitions, threads=threads,
                                    n_batch=scenario.n_batch, repack=repack, depth=scenario.depth,
+                                   mmap=scenario.load_mode == "mmap",
                                    cpu_mask=cpu_mask(affinity) if affinity else None)
         self.process.launch(f"{' '.join(shlex.quote(a) for a in argv)} 2> {ROOT}/run/llama-bench.log")
         bench = DeviceBench(self.process, self.memory_hint(model), facts=self._runtime_facts(
             "llama-bench", scenario, threads, affinity, repack, repack_reason, pp=scenario.pp, tg=scenario.tg,
-            repetitions=scenario.repetitions, command=argv))
+            repetitions=scenario.repetitions, command=argv, load_mode=scenario.load_mode))
         self.process.pid = bench.facts().pid
         self.event("phase", "llama-bench started", pid=self.process.pid, threads=threads)
         return bench

@@ -110,6 +110,9 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
                         help="abort the run (partial) when the hottest CPU sensor passes C degrees")
     parser.add_argument("--no-correctness", action="store_true",
                         help="skip the correctness probe after the measured requests (recorded in run.json)")
+    parser.add_argument("--load-times", action="store_true",
+                        help="time a cold first load (the model dropped from the page cache: always on the host, with "
+                             "root on a phone) and, after the measured requests, a warm reload, each with its first token")
 
 
 def verdict_flags(parser) -> None:

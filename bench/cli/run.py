@@ -89,8 +89,15 @@ def _run_options(args, label: str, scenario, model, target, out_root: Path):
     return RunOptions(device=label, scenario=scenario, model=model, out_root=out_root,
                       telemetry_hz=None if args.no_telemetry else args.telemetry_hz, allow=allow,
                       max_temp_c=args.max_temp, declare_unplugged=args.declare_unplugged,
-                      correctness=not args.no_correctness,
+                      correctness=not args.no_correctness, load_times=_load_times(args, scenario),
                       min_battery_pct=None if "battery" in allow else target.min_battery_pct)
+
+
+def _load_times(args, scenario) -> bool:
+    if args.load_times and scenario.kind == "llama-bench":
+        raise UsageError("--load-times times llama-server's or llama-cpp-python's load; llama-bench loads the model "
+                         "itself and reports no load time", "use a generate scenario (prompts and n_predict)")
+    return args.load_times
 
 
 def _check_model(name: str) -> None:

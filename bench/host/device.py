@@ -83,3 +83,54 @@ def host_facts() -> DeviceFacts:
             "last_level_cache_bytes": last_level_cache_bytes(),
         },
     )
+
+
+# -- the page cache: a cold load needs the model file out of it ------------------------------------
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    return ctypes, libc
+
+
+def page_cache_resident(path: str) -> float | None:
+    """The share of the file's pages in the page cache (mincore(2) on a mapping that touches
+    nothing), or None where it cannot be told."""
+    size = os.path.getsize(path)
+    if not size:
+        return None
+    ctypes, libc = _libc()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+        if address in (None, ctypes.c_void_p(-1).value):
+            return None
+        try:
+            pages = (size + _PAGE - 1) // _PAGE
+            vector = (ctypes.c_ubyte * pages)()
+            if libc.mincore(address, size, vector) != 0:
+                return None
+            return sum(byte & 1 for byte in vector) / pages
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+
+
+def drop_from_page_cache(path: str) -> None:
+    """Ask the kernel to drop the file's clean pages (posix_fadvise DONTNEED): no root needed, and
+    nothing but this file leaves the cache. Pages another process has mapped stay."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

@@ -24,6 +24,7 @@ from . import device as host_device
 from .sampler import HostSampler
 
 RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
+COLD_RESIDENT_SHARE = 0.05  # at most this share of the model file still in the page cache: a cold load
 
 
 class HostTarget:
@@ -103,11 +104,12 @@ class HostTarget:
             threads = self.threads(scenario)
             argv = llama_bench.command(str(self._tool("llama-bench")), model.path, pp=scenario.pp, tg=scenario.tg,
                                        repetitions=scenario.repetitions, threads=threads, n_batch=scenario.n_batch,
-                                       repack=self.repack != "off", depth=scenario.depth)
+                                       repack=self.repack != "off", depth=scenario.depth, mmap=scenario.load_mode == "mmap")
             self.runtime = LocalBench(argv, log_dir / "runtime.log", model_bytes=model.bytes, facts=self._tool_facts(
                 "llama-bench", "llama-bench", threads, scenario, pp=scenario.pp, tg=scenario.tg,
-                repetitions=scenario.repetitions))
+                repetitions=scenario.repetitions, load_mode=scenario.load_mode))
             return self.runtime
+        before_start()  # right before the runtime starts (a cold cache)
         if scenario.parallel:
             threads = self.threads(scenario)
             extra = ["-b", str(scenario.n_batch), "-tb", str(threads), "--seed", str(scenario.seed)]
@@ -115,25 +117,45 @@ class HostTarget:
                 extra += ["--cpu-mask", cpu_mask(self.affinity), "--cpu-strict", "1"]
             if self.repack == "off":
                 extra.append("--no-repack")
+            if scenario.load_mode == "read":
+                extra += ["-lm", "none"]
             task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB) in llama-server, "
                                  f"{scenario.parallel} slot{'s' if scenario.parallel > 1 else ''}")
             self.runtime = LocalLlamaServer(
                 self._tool("llama-server"), model.path, threads=threads, n_ctx=scenario.n_ctx,
                 parallel=scenario.parallel, extra_args=extra, log_path=log_dir / "runtime.log",
                 request_timeout_s=scenario.request_timeout_s,
-                facts=replace(self._tool_facts("llama-server", "server", threads, scenario, parallel=scenario.parallel),
+                facts=replace(self._tool_facts("llama-server", "server", threads, scenario, parallel=scenario.parallel,
+                                               load_mode=scenario.load_mode),
                               n_ctx=scenario.n_ctx))
             task.done()
             return self.runtime
         runtime = LlamaCppRuntime(model, n_ctx=scenario.n_ctx, n_batch=scenario.n_batch, threads=self.threads(scenario),
                                   seed=scenario.seed, log_path=log_dir / "runtime.log", repack=self.repack,
                                   llama_cpp_commit=self.llama_cpp_commit, request_timeout_s=scenario.request_timeout_s,
-                                  affinity=self.affinity)
+                                  affinity=self.affinity, load_mode=scenario.load_mode)
         self.runtime = runtime
         task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB) in a llama-cpp-python worker")
         runtime.load()
         task.done()
         return runtime
+
+    def drop_page_cache(self, model: ModelInfo) -> dict:
+        """Before a cold load: the model file out of the page cache (posix_fadvise, no root needed),
+        and how much of it was there before and is after (mincore)."""
+        before = host_device.page_cache_resident(model.path)
+        host_device.drop_from_page_cache(model.path)
+        after = host_device.page_cache_resident(model.path)
+        dropped = after is not None and after <= COLD_RESIDENT_SHARE
+        return {"dropped": dropped, "resident_before": before, "resident_after": after,
+                "how": "posix_fadvise(DONTNEED) on the model file, checked with mincore" if dropped else
+                       f"posix_fadvise(DONTNEED) left {after:.0%} of the model file in the page cache (another process "
+                       "maps it?)" if after is not None else "mincore could not tell what is in the page cache"}
+
+    def restart(self, model: ModelInfo, scenario: Scenario, progress: Progress):
+        """The runtime stopped and loaded again (a warm reload: the file is in the page cache now)."""
+        self.runtime.close()
+        return self.prepare(model, scenario, progress)
 
     def scoring_runtime(self, model: ModelInfo, scenario: Scenario, progress: Progress) -> LocalLlamaServer:
         """llama-bench cannot score text: llama-server of the same host build does."""

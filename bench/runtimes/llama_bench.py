@@ -21,7 +21,8 @@ from .process import LineProcess
 
 
 def command(binary: str, model: str, *, pp: int | None, tg: int | None, repetitions: int, threads: int,
-            cpu_mask: str | None = None, repack: bool = True, n_batch: int | None = None, depth: int = 0) -> list[str]:
+            cpu_mask: str | None = None, repack: bool = True, n_batch: int | None = None, depth: int = 0,
+            mmap: bool = True) -> list[str]:
     """The llama-bench command line. Every value is a number or a path bench chose: nothing from
     a user's file reaches it."""
     args = [binary, "-m", model, "-p", str(pp or 0), "-n", str(tg or 0), "-r", str(repetitions), "-t", str(threads),
@@ -34,6 +35,8 @@ def command(binary: str, model: str, *, pp: int | None, tg: int | None, repetiti
         args += ["-C", cpu_mask, "--cpu-strict", "1"]
     if not repack:
         args += ["--repack", "0"]
+    if not mmap:
+        args += ["-lm", "none"]  # load_mode = "read": the weights copied into memory
     return args
 
 

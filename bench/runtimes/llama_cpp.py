@@ -29,10 +29,10 @@ class LlamaCppRuntime:
 
     def __init__(self, model: ModelInfo, *, n_ctx: int, n_batch: int, threads: int, seed: int,
                  log_path: Path, repack: str = "auto", llama_cpp_commit: tuple[str | None, str] = (None, "unknown"),
-                 request_timeout_s: float = 600.0, affinity: tuple[int, ...] | None = None):
+                 request_timeout_s: float = 600.0, affinity: tuple[int, ...] | None = None, load_mode: str = "mmap"):
         self.model, self.request_timeout_s, self.affinity = model, request_timeout_s, affinity
         self.n_ctx, self.n_batch, self.threads, self.seed = n_ctx, n_batch, threads, seed
-        self.log_path, self.repack, self.commit = log_path, repack, llama_cpp_commit
+        self.log_path, self.repack, self.commit, self.load_mode = log_path, repack, llama_cpp_commit, load_mode
         self._process: LineProcess | None = None
         self._loaded: dict = {}
         self._last_peak: int | None = None
@@ -78,7 +78,7 @@ class LlamaCppRuntime:
         self._start()
         answer = self._call("load", START_TIMEOUT_S + self.model.bytes / 20e6, model_path=self.model.path,
                             n_ctx=self.n_ctx, n_batch=self.n_batch, threads=self.threads, seed=self.seed,
-                            repack=self.repack)
+                            repack=self.repack, use_mmap=self.load_mode == "mmap")
         if "error" in answer:
             self.close()
             raise ModelError(f"llama.cpp could not load {self.model.path}: {answer['error']}")
@@ -93,7 +93,8 @@ class LlamaCppRuntime:
             n_ctx=self.n_ctx, n_batch=self.n_batch, version=importlib.metadata.version("llama-cpp-python"),
             llama_cpp_commit=commit, build_flags=self._loaded.get("system_info"), repack=self._loaded.get("repack"),
             repack_reason=self._loaded.get("repack_reason"), load_ms=self.load_ms, log=str(self.log_path),
-            details=(("llama_cpp_commit_source", commit_source), ("amx_in_build", self._loaded.get("amx_in_build")),
+            details=(("llama_cpp_commit_source", commit_source), ("load_mode", self.load_mode),
+                     ("amx_in_build", self._loaded.get("amx_in_build")),
                      ("use_extra_bufts", self._loaded.get("use_extra_bufts")),  # what llama_model_load was given
                      ("rss_before_load_bytes", self._loaded.get("rss_before_load_bytes"))))
 

@@ -53,7 +53,8 @@ class Worker:
         self.eos = None
         self.n_ctx = 0
 
-    def load(self, model_path: str, n_ctx: int, n_batch: int, threads: int, seed: int, repack: str) -> dict:
+    def load(self, model_path: str, n_ctx: int, n_batch: int, threads: int, seed: int, repack: str,
+             use_mmap: bool = True) -> dict:
         """repack: "auto" (off only where the build uses AMX), "on" or "off"."""
         amx = AMX_MARKER in self.system_info
         use_repack = {"on": True, "off": False}.get(repack, not amx)
@@ -63,7 +64,7 @@ class Worker:
         started = time.perf_counter()
         with self._repack(use_repack):
             self.llm = self.lib.Llama(model_path=model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
-                                      n_threads_batch=threads, seed=seed, logits_all=False,
+                                      n_threads_batch=threads, seed=seed, logits_all=False, use_mmap=use_mmap,
                                       verbose=True)  # llama.cpp's load log (its buffers) goes to runtime.log
         self.eos = self.llm.token_eos()
         self.n_ctx = n_ctx

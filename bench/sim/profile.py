@@ -45,6 +45,7 @@ class SimProfile:
     data_quota_bytes: int | None = None       # [storage] data_quota_mb: /data fills up past it
     ignore_affinity: bool = False             # [cpu] ignore_affinity: threads' CPU masks are undone (as some phones do)
     adjustable_clock: bool = False            # [clock] adjustable: the wall clock can jump (libfaketime; `clock-jump` fault)
+    su: bool = False                          # [shell] su: a rooted phone, whose su grants root (else no su, as on retail phones)
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -113,6 +114,7 @@ def load_profile(name: str, overrides: dict | None = None) -> SimProfile:
             data_quota_bytes=int(float(storage["data_quota_mb"]) * 2**20) if "data_quota_mb" in storage else None,
             ignore_affinity=str(cpu.get("ignore_affinity", False)).lower() in ("true", "1"),
             adjustable_clock=str(data.get("clock", {}).get("adjustable", False)).lower() in ("true", "1"),
+            su=str(data.get("shell", {}).get("su", False)).lower() in ("true", "1"),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(str(path), f"sim profile is missing or has a bad value: {error}") from None

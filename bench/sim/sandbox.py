@@ -164,6 +164,42 @@ done
 printf '%s %5d %5d %s %s: %s\n' "$(date +'%m-%d %H:%M:%S.000')" $$ $$ "$priority" "$tag" "$*" >> /sim/state/logcat.txt
 """
 
+# The adb shell's identity on a phone (toybox id): uid 2000 (shell), or root inside su. The sim's
+# processes really run as the sandbox's root; what they are told is what a phone tells them.
+_ID = r"""#!/system/bin/sh
+if [ -n "$SIM_SU" ]; then u=0 n=root; else u=2000 n=shell; fi
+case "$1" in
+  -u) echo $u;;
+  -un) echo $n;;
+  *) echo "uid=$u($n) gid=$u($n) groups=$u($n),1004(input),1007(log),1011(adb),1015(sdcard_rw),3003(inet)";;
+esac
+"""
+
+# su of a rooted phone (Magisk's forms: su 0 CMD..., su -c 'CMD'): root for the command. The one
+# root effect the harness asks for, dropping the page cache, the sim carries out itself (synchronously,
+# as the kernel does): /proc/sys/vm/drop_caches is the sim's own file.
+_SU = r"""#!/system/bin/sh
+case "$1" in 0|root) shift;; esac
+[ "$1" = "-c" ] && shift
+: > /sim/state/drop_caches
+if [ $# -eq 1 ]; then SIM_SU=1 sh -c "$1"; else SIM_SU=1 "$@"; fi
+code=$?
+if [ -s /sim/state/drop_caches ]; then
+  id=$$.${RANDOM:-0}
+  printf 'drop_caches
+' > /sim/control/.$id.tmp && mv /sim/control/.$id.tmp /sim/control/$id.cmd
+  n=0
+  while [ -e /sim/control/$id.cmd ] && [ $n -lt 250 ]; do sleep 0.02; n=$((n+1)); done
+fi
+exit $code
+"""
+
+# a retail phone: no su at all
+_NO_SU = r"""#!/system/bin/sh
+echo "/system/bin/sh: su: inaccessible or not found" >&2
+exit 127
+"""
+
 _DF = r"""#!/system/bin/sh
 # df: with a storage quota the sim's /data is that big; otherwise the host's df
 if [ -r /sim/state/data_quota_kb ]; then
@@ -197,6 +233,8 @@ mount --rbind /dev "$R/dev"
 mount --rbind /proc "$R/proc"
 if [ -f "$R/sim/replay/proc_meminfo.txt" ]; then mount --bind "$R/sim/replay/proc_meminfo.txt" "$R/proc/meminfo"; fi
 if [ -f "$R/sim/state/cpuinfo" ]; then mount --bind "$R/sim/state/cpuinfo" "$R/proc/cpuinfo"; fi
+# the sim's own drop_caches: nothing inside reaches the host's page cache (the sim runs as root)
+mount --bind "$R/sim/state/drop_caches" "$R/proc/sys/vm/drop_caches"
 : > "$R/sim/ready"
 exec sleep 2147483647
 """
@@ -230,8 +268,8 @@ def find_shell() -> str:
 
 class Sandbox:
     def __init__(self, root: Path, cpus: int, replay: Path | None = None, data_quota_bytes: int | None = None,
-                 abi: str = "x86_64", qemu_cpu: str | None = None):
-        self.root, self.cpus, self.replay = root, cpus, replay
+                 abi: str = "x86_64", qemu_cpu: str | None = None, su: bool = False):
+        self.root, self.cpus, self.replay, self.su = root, cpus, replay, su
         self.data_quota_bytes = data_quota_bytes
         self.abi, self.qemu_cpu = abi, qemu_cpu
         self.binfmt = self._binfmt_entry()
@@ -276,11 +314,12 @@ class Sandbox:
         (root / "sdcard").symlink_to("storage/self/primary")
         (root / "system/bin/sh").symlink_to(self.shell)
         for name, text in (("getprop", _GETPROP), ("dumpsys", _DUMPSYS), ("logcat", _LOGCAT), ("log", _LOG), ("df", _DF),
-                           ("cmd", _CMD)):
+                           ("cmd", _CMD), ("id", _ID), ("su", _SU if self.su else _NO_SU)):
             path = root / "system/bin" / name
             path.write_text(text)
             path.chmod(0o755)
         self._write("sim/state/logcat.txt", "")
+        self._write("sim/state/drop_caches", "")
         self._write("sim/state/dumpsys_power.txt", "POWER MANAGER (dumpsys power)\n  mWakefulness=Asleep\n  mIsPowered=true\n")
         for cpu in range(self.cpus):
             base = f"sys/devices/system/cpu/cpu{cpu}/cpufreq"
@@ -477,6 +516,25 @@ class Sandbox:
 
     def clear_log(self) -> None:
         self._write("sim/state/logcat.txt", "")
+
+    def drop_page_cache(self) -> int:
+        """What `echo 1 > /proc/sys/vm/drop_caches` does for the phone's files: every file under
+        /data and /storage out of the host's page cache (posix_fadvise DONTNEED). Returns how many."""
+        dropped = 0
+        for top in ("data", "storage"):
+            for path in (self.root / top).rglob("*"):
+                if path.is_file() and not path.is_symlink():
+                    try:
+                        fd = os.open(path, os.O_RDONLY)
+                    except OSError:
+                        continue
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        dropped += 1
+                    finally:
+                        os.close(fd)
+        (self.root / "sim/state/drop_caches").write_text("")
+        return dropped
 
     def take_commands(self) -> list[tuple[Path, list[str]]]:
         control = self.root / "sim/control"

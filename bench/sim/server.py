@@ -48,7 +48,7 @@ class _Phone:
         self.state_dir: Path = args.state_dir
         self.profile = load_profile(args.profile, parse_overrides(args.set))
         cpus = os.cpu_count() or 1
-        self.sandbox = Sandbox(self.state_dir / "root", cpus, args.replay, abi=abi(self.profile),
+        self.sandbox = Sandbox(self.state_dir / "root", cpus, args.replay, abi=abi(self.profile), su=self.profile.su,
                                qemu_cpu=self.profile.qemu_cpu)
         self.sandbox.create()
         self.sandbox.set_quota(self.profile.data_quota_bytes)
@@ -74,7 +74,10 @@ class _Phone:
     def apply_commands(self) -> None:
         """`cmd` and `dumpsys battery` commands the sandbox's shims queued for the phone's state."""
         for path, words in self.sandbox.take_commands():
-            if words[:1] == ["cmd"]:
+            if words[:1] == ["drop_caches"]:
+                output = ""
+                self.sandbox.drop_page_cache()
+            elif words[:1] == ["cmd"]:
                 output = self.state.cmd_command(words[1:])
             else:
                 output = self.state.battery_command(words[1:] if words[:1] == ["battery"] else words)
