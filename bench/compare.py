@@ -550,7 +550,12 @@ def markdown(comparisons: Sequence[Comparison]) -> str:
                   "its interval at that level excluding 1.", "",
                   "| metric | base | head | change | CI (at the row's level) | p | verdict | notes |",
                   "|---|---:|---:|---:|---|---:|---|---|"]
+        # a figure neither side measured (energy on a host, parallel or load figures a run did not ask
+        # for) is one line under the table, not a row
+        unmeasured = [m.spec.label for m in comparison.metrics if m.base_n == 0 and m.head_n == 0]
         for m in comparison.metrics:
+            if m.base_n == 0 and m.head_n == 0:
+                continue
             unit = f" {m.spec.unit}"
             ci = "n/a" if m.ci is None else f"{m.ci[0] - 1:+.1%} … {m.ci[1] - 1:+.1%}"
             p = "n/a" if m.p_value is None else f"{m.p_value:.3g}"
@@ -562,6 +567,8 @@ def markdown(comparisons: Sequence[Comparison]) -> str:
                          f"| {_value(m.spec, m.base_median)}{unit if m.base_median is not None else ''} "
                          f"| {_value(m.spec, m.head_median)}{unit if m.head_median is not None else ''} "
                          f"| {change} | {ci} | {p} | {_ICON[m.verdict]} | {notes} |")
+        if unmeasured:
+            lines += ["", f"Measured on neither side: {', '.join(unmeasured)}."]
         lines += ["", "<details><summary>Runs, device, model and runtime</summary>", ""]
         for side in (base, head):
             facts = side.facts

@@ -249,8 +249,8 @@ def load_values(load: dict | None, requests: pd.DataFrame) -> dict[str, list[flo
     cold, warm = load.get("cold") or {}, load.get("warm") or {}
     if cold.get("dropped") and cold.get("load_ms") is not None:
         values["load_cold_ms"] = [float(cold["load_ms"])]
-        first = requests.sort_values("t_start_s").iloc[0] if not requests.empty else None
-        ttft = pd.to_numeric(pd.Series([first["ttft_ms"]]), errors="coerce").iloc[0] if first is not None else np.nan
+        ttft = pd.to_numeric(requests.sort_values("t_start_s")["ttft_ms"], errors="coerce").iloc[0] \
+            if not requests.empty else np.nan
         if np.isfinite(ttft):
             values["first_token_cold_ms"] = [float(cold["load_ms"]) + float(ttft)]
     if warm.get("load_ms") is not None:

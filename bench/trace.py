@@ -15,6 +15,7 @@ import pandas as pd
 SCHEMA_VERSION = 1
 PID = 1
 TID_REQUESTS, TID_EVENTS, TID_COOLDOWN = 1, 2, 3
+TID_SEQUENCE_BASE = 10  # parallel sequences overlap: one track each (a track's slices must nest)
 # (source, unit) of the samples drawn as counter tracks, with the track's name and scale
 COUNTERS = {("thermal", "C"): ("temperature (C)", 1.0), ("battery", "W"): ("power (W)", 1.0),
             ("process", "B"): ("memory (MiB)", 1 / 2**20), ("cpu", "MHz"): ("CPU frequency (MHz)", 1.0),
@@ -49,22 +50,28 @@ def trace_events(run: dict, requests: pd.DataFrame, samples: pd.DataFrame, event
         {"name": "thread_name", "ph": "M", "pid": PID, "tid": TID_EVENTS, "args": {"name": "phases and events"}},
         {"name": "thread_name", "ph": "M", "pid": PID, "tid": TID_COOLDOWN, "args": {"name": "cooldown"}},
     ]
+    sequences = sorted({int(s) for s in pd.to_numeric(requests.get("sequence", pd.Series(dtype=float)),
+                                                       errors="coerce").dropna()})
+    out += [{"name": "thread_name", "ph": "M", "pid": PID, "tid": TID_SEQUENCE_BASE + sequence,
+             "args": {"name": f"requests, sequence {sequence}"}} for sequence in sequences]
     for row in requests.to_dict("records"):
         start, e2e = _number(row.get("t_start_s")), _number(row.get("e2e_ms"))
         if start is None or e2e is None:
             continue
+        sequence = _number(row.get("sequence"))
+        tid = TID_REQUESTS if sequence is None else TID_SEQUENCE_BASE + int(sequence)
         warm = str(row.get("warmup")).lower() in ("true", "1")
         label = f"{'warmup' if warm else 'request'} rep {row.get('repetition')} step {row.get('step')}"
         args = {key: row.get(key) for key in ("prompt_tokens", "cached_tokens", "gen_tokens", "prefill_tps",
                                                "decode_tps", "ttft_ms", "stop_reason", "error")
                 if _number(row.get(key)) is not None or isinstance(row.get(key), str)}
-        out.append({"name": label, "cat": "request", "ph": "X", "pid": PID, "tid": TID_REQUESTS, "ts": us(start),
+        out.append({"name": label, "cat": "request", "ph": "X", "pid": PID, "tid": tid, "ts": us(start),
                     "dur": round(e2e * 1000, 3), "args": args})
         ttft = _number(row.get("ttft_ms"))
         if ttft is not None and 0 <= ttft <= e2e:
-            out.append({"name": "prefill", "cat": "request", "ph": "X", "pid": PID, "tid": TID_REQUESTS,
+            out.append({"name": "prefill", "cat": "request", "ph": "X", "pid": PID, "tid": tid,
                         "ts": us(start), "dur": round(ttft * 1000, 3), "args": {"prompt_tokens": row.get("prompt_tokens")}})
-            out.append({"name": "decode", "cat": "request", "ph": "X", "pid": PID, "tid": TID_REQUESTS,
+            out.append({"name": "decode", "cat": "request", "ph": "X", "pid": PID, "tid": tid,
                         "ts": us(start + ttft / 1000), "dur": round((e2e - ttft) * 1000, 3),
                         "args": {"gen_tokens": row.get("gen_tokens")}})
     for event in events:

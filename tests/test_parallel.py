@@ -172,3 +172,17 @@ def test_a_sweep_over_threads_keeps_the_parallel_asked_for_at_every_point(host_r
     rows = json.loads(result.stdout)["points"]
     assert [row["parallel"] for row in rows] == [2, 2]
     assert [load_run(row["run_dir"]).run["runtime"]["parallel"] for row in rows] == [2, 2]
+
+
+def test_concurrent_sequences_get_a_trace_track_each_so_their_slices_nest():
+    from bench.trace import trace_events
+
+    trace = trace_events({"run_id": "r"}, _rows(STEP_0 + STEP_1), pd.DataFrame(columns=["t_s", "source", "name", "value", "unit"]), ())
+    slices = [e for e in trace["traceEvents"] if e.get("ph") == "X" and e["name"].startswith("request")]
+    tracks = {e["tid"] for e in slices}
+    assert len(tracks) == 2  # one track a sequence
+    for tid in tracks:  # on each track, no two requests overlap
+        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in slices if e["tid"] == tid)
+        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "thread_name"}
+    assert {"requests, sequence 0", "requests, sequence 1"} <= names
