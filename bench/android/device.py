@@ -22,7 +22,7 @@ from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario, 
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.build import arm_arch_of, required_cpu_features
-from ..runtimes.llama_server import LOG_HEAD_BYTES, LOG_LEVEL, LlamaServerRuntime, slot_args
+from ..runtimes.llama_server import LOG_HEAD_BYTES, LOG_LEVEL, LlamaServerRuntime, load_mode_args, slot_args
 from .adb import AdbFailure, Device, Server, connect, default_server, ensure_server, wait_for_state
 from .artifacts import ArtifactCache, artifacts
 from .discovery import DEVICE_TMP, snapshot
@@ -220,14 +220,14 @@ class AndroidTarget:
         affinity = self._runtime_cpus = self.cpus(scenario)
         mask = f" --cpu-mask {cpu_mask(affinity)} --cpu-strict 1" if affinity else ""
         repack, repack_reason = self.repack_choice()
-        no_repack = ("" if repack else " --no-repack") + (" -lm none" if scenario.load_mode == "read" else "")
+        server_flags = "".join(f" {arg}" for arg in ([] if repack else ["--no-repack"]) + load_mode_args(scenario.load_mode))
         log = f"{ROOT}/run/llama-server.log"
         task = progress.task(f"load {model.alias} in llama-server on {self.serial}")
         for attempt in range(PORT_ATTEMPTS):
             device_port = next(self.device_ports)
             command = (f"{server_remote} -m {model_remote} --host 127.0.0.1 --port {device_port} "
                        f"{' '.join(slot_args(scenario.sequences, scenario.n_ctx))} -b {scenario.n_batch}"
-                       f" -t {threads} -tb {threads}{mask}{no_repack} --seed {scenario.seed} {LOG_LEVEL} > {log} 2>&1")
+                       f" -t {threads} -tb {threads}{mask}{server_flags} --seed {scenario.seed} {LOG_LEVEL} > {log} 2>&1")
             self.event("phase", "llama-server starting", threads=threads, affinity=list(affinity), device_port=device_port)
             try:
                 server = self._await_server(command, model, scenario, device_port, replace(

@@ -19,7 +19,7 @@ from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.llama_bench import LocalBench
 from ..runtimes.llama_cpp import LlamaCppRuntime
-from ..runtimes.llama_server import LOG_HEAD_BYTES, LocalLlamaServer
+from ..runtimes.llama_server import LOG_HEAD_BYTES, LocalLlamaServer, load_mode_args
 from . import device as host_device
 from .sampler import HostSampler
 
@@ -99,8 +99,8 @@ class HostTarget:
     def prepare(self, model: ModelInfo, scenario: Scenario, progress: Progress,
                 before_start: Callable[[], None] = lambda: None) -> LlamaCppRuntime | LocalBench | LocalLlamaServer:
         log_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="bench-host-"))
+        before_start()  # right before the runtime starts (the cooldown gate for llama-bench, a cold cache)
         if scenario.kind == "llama-bench":
-            before_start()
             threads = self.threads(scenario)
             argv = llama_bench.command(str(self._tool("llama-bench")), model.path, pp=scenario.pp, tg=scenario.tg,
                                        repetitions=scenario.repetitions, threads=threads, n_batch=scenario.n_batch,
@@ -109,7 +109,6 @@ class HostTarget:
                 "llama-bench", "llama-bench", threads, scenario, pp=scenario.pp, tg=scenario.tg,
                 repetitions=scenario.repetitions, load_mode=scenario.load_mode))
             return self.runtime
-        before_start()  # right before the runtime starts (a cold cache)
         if scenario.parallel:
             threads = self.threads(scenario)
             extra = ["-b", str(scenario.n_batch), "-tb", str(threads), "--seed", str(scenario.seed)]
@@ -117,8 +116,7 @@ class HostTarget:
                 extra += ["--cpu-mask", cpu_mask(self.affinity), "--cpu-strict", "1"]
             if self.repack == "off":
                 extra.append("--no-repack")
-            if scenario.load_mode == "read":
-                extra += ["-lm", "none"]
+            extra += load_mode_args(scenario.load_mode)
             task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB) in llama-server, "
                                  f"{scenario.parallel} slot{'s' if scenario.parallel > 1 else ''}")
             self.runtime = LocalLlamaServer(

@@ -23,6 +23,12 @@ LOG_LEVEL = "-lv 4"
 LOG_HEAD_BYTES = 256 * 1024  # the load's lines come first, after at most a few hundred of metadata
 
 
+def load_mode_args(load_mode: str) -> list[str]:
+    """A scenario's load_mode for llama-server: "read" copies the weights into memory (-lm none);
+    "mmap" is its default and needs nothing."""
+    return ["-lm", "none"] if load_mode == "read" else []
+
+
 def slot_args(parallel: int, n_ctx: int) -> list[str]:
     """llama-server's slots for `parallel` sequences, each with a context of n_ctx: the server
     splits its context evenly between its slots."""
