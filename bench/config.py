@@ -155,7 +155,7 @@ def parse_scenario(path: Path) -> Scenario:
         check.fail("kind", "a llama-bench scenario needs 'pp' or 'tg'", "e.g. pp = 512 and tg = 128")
     if llama_bench and duration is not None:
         check.fail("duration_s", "'duration_s' is not a llama-bench option", "use repetitions")
-    depths = _depths(check, data.get("depth", 0))
+    depths = _sweep(check, "depth", data.get("depth", 0), depths_problem, "depth = 2048 or depth = [0, 512, 2048]")
     n_ctx, n_predict = check.get("n_ctx", int, 2048, minimum=16), check.get("n_predict", int, 64, minimum=1)
     problem = None if llama_bench else depth_room(max(depths), n_predict, n_ctx)
     if problem:
@@ -163,7 +163,8 @@ def parse_scenario(path: Path) -> Scenario:
     if depths != (0,) and check.get("keep_history", bool, False):
         check.fail("depth", "'depth' and 'keep_history' both fill the KV cache before a request",
                    "use one: depth for a fixed context, keep_history for a chat")
-    parallels = _parallels(check, data["parallel"]) if "parallel" in data else (None,)
+    parallels = _sweep(check, "parallel", data["parallel"], parallels_problem,
+                       "parallel = 4 or parallel = [1, 2, 4, 8]") if "parallel" in data else (None,)
     if parallels != (None,):
         problem = parallel_problem(kind, max(depths))
         if problem:
@@ -277,21 +278,13 @@ def sweep_parallels(scenario: Scenario, asked: Sequence[int | None] | None = Non
     return values
 
 
-def _parallels(check: "_Checker", value) -> tuple[int, ...]:
-    """`parallel = 4` or `parallel = [1, 2, 4, 8]` (a sweep): concurrent sequences a step sends."""
+def _sweep(check: "_Checker", key: str, value, problem_of, example: str) -> tuple[int, ...]:
+    """A scenario key that takes one number or a list of them (a sweep, one run each): `depth`
+    (tokens in the KV cache before each request), `parallel` (concurrent sequences a step sends)."""
     values = value if isinstance(value, list) else [value]
-    problem = parallels_problem(values)
+    problem = problem_of(values)
     if problem:
-        check.fail("parallel", f"'parallel' {problem}: {value!r}", "e.g. parallel = 4 or parallel = [1, 2, 4, 8]")
-    return tuple(values)
-
-
-def _depths(check: "_Checker", value) -> tuple[int, ...]:
-    """`depth = 512` or `depth = [0, 512, 2048]` (a sweep): tokens in the KV cache before each request."""
-    values = value if isinstance(value, list) else [value]
-    problem = depths_problem(values)
-    if problem:
-        check.fail("depth", f"'depth' {problem}: {value!r}", "e.g. depth = 2048 or depth = [0, 512, 2048]")
+        check.fail(key, f"'{key}' {problem}: {value!r}", f"e.g. {example}")
     return tuple(values)
 
 

@@ -141,14 +141,13 @@ def load_matrix_file(path: Path) -> MatrixSpec:
             affinities.append(parse_cpus(str(item)))
         except ValueError as error:
             fail("affinity", str(error))
-    depths = data.get("depth", [])
-    problem = depths_problem(depths) if depths != [] else None  # [] asks for no sweep, as threads = [] does
-    if problem:
-        fail("depth", f"'depth' {problem}: {depths!r}", "e.g. depth = [0, 512, 2048]")
-    parallels = data.get("parallel", [])
-    problem = parallels_problem(parallels) if parallels != [] else None
-    if problem:
-        fail("parallel", f"'parallel' {problem}: {parallels!r}", "e.g. parallel = [1, 2, 4, 8]")
+    sweeps = {}
+    for key, problem_of, example in (("depth", depths_problem, "[0, 512, 2048]"),
+                                     ("parallel", parallels_problem, "[1, 2, 4, 8]")):
+        sweeps[key] = data.get(key, [])
+        problem = problem_of(sweeps[key]) if sweeps[key] != [] else None  # [] asks for no sweep, as threads = [] does
+        if problem:
+            fail(key, f"'{key}' {problem}: {sweeps[key]!r}", f"e.g. {key} = {example}")
     repetitions = data.get("repetitions")
     if repetitions is not None and (not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1):
         fail("repetitions", "'repetitions' must be an integer >= 1")
@@ -157,8 +156,8 @@ def load_matrix_file(path: Path) -> MatrixSpec:
         fail("telemetry_hz", "'telemetry_hz' must be a number >= 0 (0 turns telemetry off)")
     return MatrixSpec(devices=strings("devices", True), models=strings("models", True),
                       scenarios=strings("scenarios", True), threads=tuple(threads) or (None,),
-                      affinities=tuple(affinities) or (None,), depths=tuple(depths) or (None,),
-                      parallels=tuple(parallels) or (None,),
+                      affinities=tuple(affinities) or (None,), depths=tuple(sweeps["depth"]) or (None,),
+                      parallels=tuple(sweeps["parallel"]) or (None,),
                       name=str(data.get("name", path.stem)),
                       repetitions=repetitions, adb_servers=strings("adb_servers", False),
                       connect=strings("connect", False), telemetry_hz=float(hz) if hz else None)

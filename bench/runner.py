@@ -326,8 +326,8 @@ class _Run:
         cache, compute and output buffers). Its KV cache larger than the preflight counted (the
         model's shapes at n_ctx, every slot: kv_cache.bytes_all_slots) is a warning: the preflight's
         memory check was too low."""
-        scenario, model = self.scenario, self.options.model
-        expected = kv_cache_bytes(model.gguf, scenario.n_ctx * scenario.sequences)
+        scenario = self.scenario
+        expected = self.meta["kv_cache"]["bytes_all_slots"]
         record: dict = {"reported": False}
         if runtime_kind == "llama-bench":
             return {**record, "reason": "llama-bench logs no buffer sizes"}
