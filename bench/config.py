@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, UsageError
-from .records import CooldownRule, PromptSpec, Scenario
+from .records import NO_DRAFT, CooldownRule, PromptSpec, Scenario
 
 SCENARIO_SCHEMA_VERSION = 1
 
@@ -19,13 +19,15 @@ _SCENARIO_KEYS = {
     "schema_version", "name", "description", "repetitions", "warmup", "seed", "temperature",
     "n_ctx", "n_batch", "threads", "n_predict", "ignore_eos", "prompts", "keep_history",
     "duration_s", "cooldown", "request_timeout_s", "kind", "pp", "tg", "idle_s", "depth", "parallel",
-    "load_mode",
+    "load_mode", "draft", "draft_max",
 }
 KINDS = ("generate", "llama-bench")
+DEFAULT_DRAFT_MAX = 3  # llama-server's own default (--spec-draft-n-max)
+MAX_DRAFT_MAX = 64
 LOAD_MODES = ("mmap", "read")
 # Keys added after scenarios were first hashed count in the hash only when set, so the runs of an
 # unchanged scenario still match in `bench compare`.
-_LATER_KEYS = {"kind": "generate", "pp": None, "tg": None, "load_mode": "mmap"}
+_LATER_KEYS = {"kind": "generate", "pp": None, "tg": None, "load_mode": "mmap", "draft_max": DEFAULT_DRAFT_MAX}
 _COOLDOWN_KEYS = {"mode", "max_wait_s", "idle_delta_c", "max_temp_c", "poll_s"}
 
 
@@ -169,6 +171,15 @@ def parse_scenario(path: Path) -> Scenario:
         problem = parallel_problem(kind, max(depths))
         if problem:
             check.fail("parallel", *problem)
+    drafts = _drafts(check, data["draft"]) if "draft" in data else ()
+    if drafts:
+        problem = draft_problem(kind, max(depths), parallels[0] if len(parallels) == 1 else max(parallels))
+        if problem:
+            check.fail("draft", *problem)
+    draft_max = check.get("draft_max", int, DEFAULT_DRAFT_MAX, minimum=1)
+    if draft_max > MAX_DRAFT_MAX:
+        check.fail("draft_max", f"'draft_max' must be from 1 to {MAX_DRAFT_MAX}, got {draft_max}",
+                   f"llama-server drafts {DEFAULT_DRAFT_MAX} tokens a step by default")
     load_mode = check.get("load_mode", str, "mmap")
     if load_mode not in LOAD_MODES:
         check.fail("load_mode", f"'load_mode' must be one of {', '.join(LOAD_MODES)}, got {load_mode!r}",
@@ -196,12 +207,14 @@ def parse_scenario(path: Path) -> Scenario:
         depth=depths[0], depths=depths if len(depths) > 1 else (),
         parallel=parallels[0], parallels=parallels if len(parallels) > 1 else (),
         load_mode=load_mode,
+        draft=None, drafts=drafts, draft_max=draft_max,
     )
     # The hash names the workload, so compare can match runs: paths, text and a patience limit are
-    # not part of it, nor the depth and parallel sequences, which runs carry as match keys of their
-    # own (as threads).
+    # not part of it, nor the depth, parallel sequences and draft model, which runs carry as match
+    # keys of their own (as threads).
     canonical = json.dumps({k: v for k, v in fields.items() if k not in {"path", "description", "request_timeout_s", "idle_s",
-                                                                       "depth", "depths", "parallel", "parallels"}
+                                                                       "depth", "depths", "parallel", "parallels",
+                                                                       "draft", "drafts"}
                             and not (k in _LATER_KEYS and v == _LATER_KEYS[k])},
                            default=lambda o: o.__dict__, sort_keys=True)
     return Scenario(**fields, content_hash=hashlib.sha256(canonical.encode()).hexdigest())
@@ -276,6 +289,53 @@ def sweep_parallels(scenario: Scenario, asked: Sequence[int | None] | None = Non
         if problem:
             raise UsageError(f"scenario '{scenario.name}': {problem[0]}", problem[1])
     return values
+
+
+def drafts_problem(values) -> str | None:
+    """What is wrong with a list of draft models (scenario, matrix file, --draft), or None."""
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+        return "must be a catalog alias or .gguf path, or a list of them"
+    if len(set(values)) != len(values):
+        return "repeats a value"
+    return None
+
+
+def draft_problem(kind: str, depth: int, parallel: int | None) -> tuple[str, str] | None:
+    """(problem, fix) when a scenario cannot run a draft model; None when it can."""
+    if kind == "llama-bench":
+        return ("'draft' runs speculative decoding in llama-server; this llama-bench has no draft model",
+                "drop draft, or use a generate scenario (prompts and n_predict)")
+    if depth:
+        return ("'draft' with 'depth' is not supported: the draft model's cache would need the same primed context",
+                "measure speculative decoding at depth 0")
+    if parallel is not None:
+        return ("'draft' with 'parallel' is not supported: each slot would speculate on its own",
+                "measure speculative decoding with one sequence")
+    return None
+
+
+def sweep_drafts(scenario: Scenario, asked: Sequence[str] | None = None, depths: Sequence[int] = (),
+                 parallels: Sequence[int | None] = (None,)) -> list[str | None]:
+    """The draft models a run (or a sweep) measures: NO_DRAFT first, then `asked` (--draft, a
+    matrix file's draft) or the scenario's; [None] when none is asked for (one run, no speculative
+    decoding). A draft is never measured without the model alone beside it, on the same device and
+    runtime: the speed-up is the point."""
+    named = [draft for draft in (asked or scenario.drafts) if draft != NO_DRAFT]
+    if not named:
+        return [None]
+    problem = draft_problem(scenario.kind, max(depths or (scenario.depth,)), max(
+        (p for p in parallels if p is not None), default=scenario.parallel))
+    if problem:
+        raise UsageError(f"scenario '{scenario.name}': {problem[0]}", problem[1])
+    return [NO_DRAFT, *named]
+
+
+def _drafts(check: "_Checker", value) -> tuple[str, ...]:
+    values = value if isinstance(value, list) else [value]
+    problem = drafts_problem(values)
+    if problem:
+        check.fail("draft", f"'draft' {problem}: {value!r}", 'e.g. draft = "smollm2-135m"')
+    return (NO_DRAFT, *(v for v in values if v != NO_DRAFT))
 
 
 def _sweep(check: "_Checker", key: str, value, problem_of, example: str) -> tuple[int, ...]:

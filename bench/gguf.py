@@ -1,7 +1,8 @@
 """GGUF header reader: metadata and tensor shapes without materialising the vocabulary.
 
 Arrays (the tokenizer's 50k-260k strings) are skipped by walking their length prefixes over a
-memory map instead of decoding them, which keeps a 262k-vocabulary header under a second.
+memory map instead of decoding them, which keeps a 262k-vocabulary header under a second; their
+length (the vocabulary's size) is kept.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import struct
 from pathlib import Path
 
 from .errors import ModelError
-from .records import GGUFInfo
+from .records import GGUFInfo, ModelInfo, Scenario, slots_text
 
 GGUF_MAGIC = b"GGUF"
 
 # GGUF metadata value types -> struct format (fixed-size ones).
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+
+
+class _ArrayLength(int):
+    """An array's element count: the arrays themselves (the vocabulary) are skipped, not read."""
 
 # llama.cpp's enum llama_ftype (general.file_type).
 FILE_TYPES = {
@@ -75,7 +80,7 @@ class _Cursor:
                     self.value(item_kind)
             if self.offset > self.size:
                 raise ModelError(f"{self.path} is truncated inside a GGUF array", "download the model again")
-            return None  # arrays are skipped: nothing we report needs them
+            return _ArrayLength(count)  # its items are skipped: only the vocabulary's size is reported
         raise ModelError(f"{self.path}: unknown GGUF value type {kind} at byte {self.offset}",
                          "the file is corrupt or from a newer GGUF version")
 
@@ -155,9 +160,15 @@ def _parse(buffer, path: Path, file_bytes: int) -> GGUFInfo:
         raise ModelError(f"{path} is truncated: tensor data needs {data_end} bytes, the file has {file_bytes}",
                          "download the model again (`bench models pull ALIAS`)")
 
-    def meta_int(key: str) -> int | None:
+    def meta_int(key: str, prefix: str = prefix) -> int | None:
         value = metadata.get(prefix + key)
-        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, (bool, _ArrayLength)) else None
+
+    def meta_bool(key: str) -> bool | None:
+        value = metadata.get(key)
+        return value if isinstance(value, bool) else None
+
+    tokens = metadata.get("tokenizer.ggml.tokens")
 
     file_type = metadata.get("general.file_type")
     return GGUFInfo(
@@ -176,6 +187,12 @@ def _parse(buffer, path: Path, file_bytes: int) -> GGUFInfo:
         key_length=meta_int("attention.key_length"),
         value_length=meta_int("attention.value_length"),
         file_bytes=file_bytes,
+        vocab_type=str(metadata["tokenizer.ggml.model"]) if "tokenizer.ggml.model" in metadata else None,
+        vocab_size=int(tokens) if isinstance(tokens, _ArrayLength) else None,
+        bos_token_id=meta_int("tokenizer.ggml.bos_token_id", ""),
+        eos_token_id=meta_int("tokenizer.ggml.eos_token_id", ""),
+        add_bos=meta_bool("tokenizer.ggml.add_bos_token"),
+        add_eos=meta_bool("tokenizer.ggml.add_eos_token"),
     )
 
 
@@ -187,3 +204,43 @@ def kv_cache_bytes(info: GGUFInfo, n_ctx: int, bytes_per_element: int = 2) -> in
     head_dim_v = info.value_length or info.embedding_length // info.head_count
     heads_kv = info.head_count_kv or info.head_count
     return n_ctx * info.block_count * heads_kv * (head_dim_k + head_dim_v) * bytes_per_element
+
+
+# llama.cpp's common_speculative_are_compatible: the draft's vocabulary may be this many tokens
+# larger or smaller than the target's (beyond that it refuses the pair)
+DRAFT_VOCAB_MAX_DIFFERENCE = 128
+
+
+def draft_problem(target: GGUFInfo, draft: GGUFInfo) -> str | None:
+    """Why llama.cpp would refuse `draft` as the draft model of `target` (its vocabulary checks, as
+    far as the headers tell: tokenizer type, BOS/EOS, vocabulary size), or None. The per-token text
+    comparison llama.cpp adds is seen at load: the run then fails with llama-server's own line."""
+    if target.vocab_type and draft.vocab_type and target.vocab_type != draft.vocab_type:
+        return f"its tokenizer is {draft.vocab_type!r} and the model's is {target.vocab_type!r}"
+    for name, ours, theirs in (("BOS", (target.add_bos, target.bos_token_id), (draft.add_bos, draft.bos_token_id)),
+                               ("EOS", (target.add_eos, target.eos_token_id), (draft.add_eos, draft.eos_token_id))):
+        if ours[0] is not None and theirs[0] is not None and ours[0] != theirs[0]:
+            return f"the model {'adds' if ours[0] else 'does not add'} a {name} token and the draft " \
+                   f"{'does' if theirs[0] else 'does not'}"
+        if ours[0] and ours[1] is not None and theirs[1] is not None and ours[1] != theirs[1]:
+            return f"its {name} token is {theirs[1]} and the model's is {ours[1]}"
+    if target.vocab_size and draft.vocab_size and abs(target.vocab_size - draft.vocab_size) > DRAFT_VOCAB_MAX_DIFFERENCE:
+        return (f"its vocabulary has {draft.vocab_size:,} tokens and the model's {target.vocab_size:,} (llama.cpp "
+                f"allows {DRAFT_VOCAB_MAX_DIFFERENCE} apart)")
+    return None
+
+
+def memory_needed(model: ModelInfo, scenario: Scenario, overhead_bytes: int) -> tuple[int, str]:
+    """(bytes, how they add up) a run's runtime needs: the model, its f16 KV cache at n_ctx in
+    every slot, a draft model and its own KV cache, and the runtime's overhead."""
+    kv = kv_cache_bytes(model.gguf, scenario.n_ctx * scenario.sequences)
+    needed = model.bytes + (kv or 0) + overhead_bytes
+    parts = [f"model {model.bytes / 2**20:.0f} MiB",
+             f"KV {kv / 2**20:.0f} MiB at n_ctx {scenario.n_ctx}{slots_text(scenario)}" if kv is not None
+             else "KV size unknown"]
+    if model.draft is not None:
+        draft_kv = kv_cache_bytes(model.draft.gguf, scenario.n_ctx * scenario.sequences)
+        needed += model.draft.bytes + (draft_kv or 0)
+        parts.append(f"draft {model.draft.bytes / 2**20:.0f} MiB + its KV "
+                     + (f"{draft_kv / 2**20:.0f} MiB" if draft_kv is not None else "size unknown"))
+    return needed, " + ".join(parts + [f"{overhead_bytes >> 20} MiB overhead"])

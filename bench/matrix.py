@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import depths_problem, key_line, load_toml, parallels_problem
+from .config import depths_problem, drafts_problem, key_line, load_toml, parallels_problem
 from .cpu import format_cpus, parse_cpus
 from .errors import BenchError, ConfigError, StoreError, UsageError
 from .files import atomic_write_bytes, atomic_write_json
 from .progress import Progress
+from .records import NO_DRAFT
 from .runner import RunOptions, RunResult, Target, run_benchmark
 from .store import load_run_meta, make_run_id
 
@@ -32,7 +33,7 @@ SCHEMA_VERSION = 1
 MATRIX_FILE = "matrix.json"
 FILE_KEYS = {"schema_version", "name", "devices", "models", "scenarios", "threads", "affinity", "repetitions",
              "adb_servers", "connect", "telemetry_hz", "depth",
-             "parallel"}
+             "parallel", "draft"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class MatrixPoint:
     depth: int | None = None           # tokens in the KV cache before each request; None = the scenario's
     selector: str | None = None        # the device as the matrix file names it, when `device` is its id
     parallel: int | None = None        # concurrent sequences; None = the scenario's
+    draft: str | None = None           # the draft model, or NO_DRAFT (the model alone); None: no draft sweep
 
     @property
     def key(self) -> str:
@@ -52,14 +54,17 @@ class MatrixPoint:
         cpus = "default" if self.affinity is None else format_cpus(self.affinity)
         depth = "" if self.depth is None else f"|depth {self.depth}"
         parallel = "" if self.parallel is None else f"|parallel {self.parallel}"
-        return f"{self.device}|{self.model}|{self.scenario}|{self.threads or 'default'}|{cpus}{depth}{parallel}"
+        draft = "" if self.draft is None else f"|draft {self.draft}"
+        return f"{self.device}|{self.model}|{self.scenario}|{self.threads or 'default'}|{cpus}{depth}{parallel}{draft}"
 
     @property
     def label(self) -> str:
         cpus = "default CPUs" if self.affinity is None else f"cpus {format_cpus(self.affinity)}"
         depth = "" if self.depth is None else f", depth {self.depth}"
         parallel = "" if self.parallel is None else f", {self.parallel} parallel"
-        return f"{self.device}, {self.model}, {self.scenario}, {self.threads or 'default'} threads, {cpus}{depth}{parallel}"
+        draft = "" if self.draft is None else ", no draft" if self.draft == NO_DRAFT else f", draft {self.draft}"
+        return (f"{self.device}, {self.model}, {self.scenario}, {self.threads or 'default'} threads, "
+                f"{cpus}{depth}{parallel}{draft}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class MatrixSpec:
     affinities: tuple[tuple[int, ...] | None, ...] = (None,)
     depths: tuple[int | None, ...] = (None,)
     parallels: tuple[int | None, ...] = (None,)
+    drafts: tuple[str | None, ...] = (None,)
     name: str = "matrix"
     repetitions: int | None = None
     adb_servers: tuple[str, ...] = ()
@@ -78,9 +84,9 @@ class MatrixSpec:
     telemetry_hz: float | None = 10.0
 
     def points(self) -> list[MatrixPoint]:
-        return [MatrixPoint(d, m, s, t, a, depth, parallel=n) for d in self.devices for m in self.models
+        return [MatrixPoint(d, m, s, t, a, depth, parallel=n, draft=draft) for d in self.devices for m in self.models
                 for s in self.scenarios for a in self.affinities for t in self.threads for depth in self.depths
-                for n in self.parallels]
+                for n in self.parallels for draft in self.drafts]
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class Shard:
     """`--shard K/N`: the K-th of N disjoint slices of a matrix, so a lab's own scheduler (a CI job
     matrix, build agents, a farm's queue) spreads one matrix over N hosts with no coordinator. A
     point's slice is its position in the file's expansion (devices x models x scenarios x CPU sets
-    x threads x depths x parallel counts) modulo N: the same file gives every host the same slices, together every point once,
+    x threads x depths x parallel counts x drafts) modulo N: the same file gives every host the same slices, together every point once,
     and slice sizes differ by one at most."""
 
     index: int  # 1-based
@@ -148,6 +154,11 @@ def load_matrix_file(path: Path) -> MatrixSpec:
         problem = problem_of(sweeps[key]) if sweeps[key] != [] else None  # [] asks for no sweep, as threads = [] does
         if problem:
             fail(key, f"'{key}' {problem}: {sweeps[key]!r}", f"e.g. {key} = {example}")
+    drafts = data.get("draft", [])
+    problem = drafts_problem(drafts if isinstance(drafts, list) else [drafts]) if drafts != [] else None
+    if problem:
+        fail("draft", f"'draft' {problem}: {drafts!r}", 'e.g. draft = ["smollm2-135m"]')
+    drafts = [draft for draft in (drafts if isinstance(drafts, list) else [drafts]) if draft != NO_DRAFT]
     repetitions = data.get("repetitions")
     if repetitions is not None and (not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1):
         fail("repetitions", "'repetitions' must be an integer >= 1")
@@ -158,6 +169,7 @@ def load_matrix_file(path: Path) -> MatrixSpec:
                       scenarios=strings("scenarios", True), threads=tuple(threads) or (None,),
                       affinities=tuple(affinities) or (None,), depths=tuple(sweeps["depth"]) or (None,),
                       parallels=tuple(sweeps["parallel"]) or (None,),
+                      drafts=(NO_DRAFT, *drafts) if drafts else (None,),
                       name=str(data.get("name", path.stem)),
                       repetitions=repetitions, adb_servers=strings("adb_servers", False),
                       connect=strings("connect", False), telemetry_hz=float(hz) if hz else None)
@@ -232,11 +244,13 @@ def run_matrix(points: list[MatrixPoint], directory: Path, make_run: RunFactory,
     matrix = _MatrixRun(points, directory, make_run, progress, title, resume or {}, shard)
     matrix.run()
     ordered = matrix.ordered_rows()
-    from .plots import SWEEP_PANELS, write_sweep_plot
+    from .plots import SWEEP_PANELS, write_draft_plot, write_sweep_plot
 
     for axis, panels in SWEEP_PANELS.items():
         if len({getattr(p, axis) for p in points}) > 1 and any(r.get(f"{panels[0][0]}_median") for r in ordered):
             write_sweep_plot(directory / f"{axis}.png", ordered, axis)
+    if any(p.draft is not None for p in points) and any(r.get("decode_tps_median") for r in ordered):
+        write_draft_plot(directory / "draft.png", ordered, draft_speedups(ordered))
     return MatrixResult(directory, tuple(ordered))
 
 
@@ -332,12 +346,13 @@ def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None)
         "key": point.key, "device": point.device, "selector": point.selector or point.device, "model": point.model, "scenario": point.scenario,
         "threads": point.threads, "affinity": list(point.affinity) if point.affinity is not None else None,
         "depth": point.depth, "kv_cache_bytes_at_depth": _kv_bytes(result) if point.depth else None,
-        "parallel": point.parallel,
+        "parallel": point.parallel, "draft": point.draft,
         "label": point.label, "run_dir": str(result.run_dir) if result else None,
         "status": result.status if result else "failed", "reason": result.reason if result else error,
         **{key: summary.get(key) for key in ("decode_tps_median", "decode_tps_iqr", "prefill_tps_median",
                                              "prefill_tps_iqr", "ttft_ms_median", "ttft_ms_iqr", "peak_rss_bytes",
-                                             "aggregate_decode_tps_median", "aggregate_decode_tps_iqr")},
+                                             "aggregate_decode_tps_median", "aggregate_decode_tps_iqr",
+                                             "draft_acceptance_median")},
     }
 
 
@@ -351,12 +366,25 @@ def _kv_bytes(result: RunResult | None) -> int | None:
         return None
 
 
+def draft_speedups(rows: list[dict]) -> dict[str, float]:
+    """Each draft point's decode over that of its point without a draft (same device, model,
+    scenario, threads, CPUs, depth and parallel; medians over repetitions): key -> ratio."""
+    def base(key: str) -> str:
+        return key.rsplit("|draft ", 1)[0]
+
+    alone = {base(row["key"]): row.get("decode_tps_median") for row in rows if row.get("draft") == NO_DRAFT}
+    return {row["key"]: row["decode_tps_median"] / alone[base(row["key"])] for row in rows
+            if row.get("draft") not in (None, NO_DRAFT) and row.get("decode_tps_median") and alone.get(base(row["key"]))}
+
+
 def markdown(title: str, rows: list[dict]) -> str:
     def number(value, digits=1) -> str:
         return "n/a" if value is None else f"{value:,.{digits}f}"
 
     depths = any(row.get("depth") is not None for row in rows)
     parallels = any(row.get("parallel") is not None for row in rows)
+    drafts = any(row.get("draft") is not None for row in rows)
+    speedups = draft_speedups(rows)
     lines = [f"# {title}", "",
              "One run per point; medians over repetitions, spread is the IQR. Decode: (generated - 1) / "
              "first-to-last token time; prefill: prompt tokens / prompt eval time, both tokens/s."
@@ -364,12 +392,16 @@ def markdown(title: str, rows: list[dict]) -> str:
                 "from the model's GGUF shapes (not measured)." if depths else "")
              + (" Parallel: concurrent sequences, each in a llama-server slot; decode is each sequence's own rate, "
                 "aggregate the tokens all of them generated per second of the steps' decode (host clock)."
-                if parallels else ""), "",
+                if parallels else "")
+             + (" Draft: the draft model of speculative decoding (llama-server, every point of the sweep, the one "
+                "without a draft too); accepted: the share of drafted tokens the model accepted; speed-up: decode "
+                "with the draft over decode without it, the point that differs only in its draft." if drafts else ""), "",
              "| device | model | scenario | threads | CPUs | " + ("depth | KV MiB | " if depths else "")
              + ("parallel | aggregate t/s | " if parallels else "")
+             + ("draft | accepted | speed-up | " if drafts else "")
              + "decode t/s | IQR | prefill t/s | IQR | TTFT ms | peak RSS MiB | status | run |",
              "|---|---|---|---:|---|" + ("---:|---:|" if depths else "") + ("---:|---:|" if parallels else "")
-             + "---:|---:|---:|---:|---:|---:|---|---|"]
+             + ("---|---:|---:|" if drafts else "") + "---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         cpus = "default" if row["affinity"] is None else format_cpus(tuple(row["affinity"]))
         rss, kv = row.get("peak_rss_bytes"), row.get("kv_cache_bytes_at_depth")
@@ -377,8 +409,11 @@ def markdown(title: str, rows: list[dict]) -> str:
                  f"{number(kv / 2**20 if kv is not None else None)} | ") if depths else ""
         parallel = (f"{row.get('parallel') if row.get('parallel') is not None else 'scenario'} | "
                     f"{number(row.get('aggregate_decode_tps_median'))} | ") if parallels else ""
+        acceptance, speedup = row.get("draft_acceptance_median"), speedups.get(row["key"])
+        draft = (f"{row.get('draft') or 'scenario'} | {'n/a' if acceptance is None else f'{acceptance:.0%}'} | "
+                 f"{'n/a' if speedup is None else f'{speedup:.2f}x'} | ") if drafts else ""
         lines.append(f"| {row['device']} | {row['model']} | {row['scenario']} | {row['threads'] or 'default'} | {cpus} | "
-                     f"{depth}{parallel}{number(row.get('decode_tps_median'))} | {number(row.get('decode_tps_iqr'))} | "
+                     f"{depth}{parallel}{draft}{number(row.get('decode_tps_median'))} | {number(row.get('decode_tps_iqr'))} | "
                      f"{number(row.get('prefill_tps_median'))} | {number(row.get('prefill_tps_iqr'))} | "
                      f"{number(row.get('ttft_ms_median'))} | {number(rss / 2**20 if rss else None)} | {row['status']} | "
                      f"{Path(row['run_dir']).name if row['run_dir'] else row['reason']} |")

@@ -50,6 +50,11 @@ CATALOGUE: tuple[Metric, ...] = (
            "the step's generated tokens less each sequence's first / the time from the earliest first token to the "
            "latest last token (llama-batched-bench's S_TG, timed on the host); per repetition the median over its "
            "steps; only in runs that asked for parallel sequences (`decode_tps` is then each sequence's own rate)"),
+    Metric("draft_acceptance", "Draft tokens accepted", "fraction", True, "repetition",
+           "the measured requests of a run with a draft model (speculative decoding)", "summary.draft_acceptance",
+           "tokens the model accepted / tokens the draft model proposed, as llama-server counted them (its timings' "
+           "draft_n_accepted / draft_n), summed over the repetition's requests; only in runs with a draft model "
+           "(its speed-up is decode_tps over that of the same sweep's run without the draft)"),
     Metric("ttft_ms", "Time to first token", "ms", False, "repetition",
            "request sent to first token received, host clock", "summary.per_repetition",
            "time from sending a request to receiving its first token; per repetition the median", primary=True),

@@ -493,10 +493,12 @@ class LlamaBuffers:
                 "buffers": [{"part": part, "buffer": buffer, "bytes": size} for part, buffer, size in self.buffers]}
 
 
-def parse_llama_buffers(log: str) -> LlamaBuffers | None:
-    """The buffer lines of the first model load in a llama.cpp log (a later load in the same log,
-    from a process started again, is not this one's); None when the log has none (llama-bench, or
-    a server below -lv 4)."""
+def parse_llama_loads(log: str) -> list[LlamaBuffers]:
+    """The buffer lines of each model load in a llama.cpp log, in order: a draft model's load
+    follows its model's in the same process, and a process started again logs its loads again. A
+    load ends where weights follow the context's buffers. Empty when the log has none (llama-bench,
+    or a server below -lv 4)."""
+    loads: list[list[tuple[str, str, float]]] = []
     found: list[tuple[str, str, float]] = []
     for line in log.splitlines():
         match = _BUFFER.search(line)
@@ -506,6 +508,14 @@ def parse_llama_buffers(log: str) -> LlamaBuffers | None:
         if part is None:
             continue
         if part == "weights" and found and any(name != "weights" for name, _, _ in found):
-            break  # weights after the context's buffers: a second load
+            loads.append(found)  # weights after the context's buffers: the next load
+            found = []
         found.append((part, match["buffer"], float(match["mib"]) * MIB))
-    return LlamaBuffers(tuple(found)) if found else None
+    return [LlamaBuffers(tuple(load)) for load in loads + ([found] if found else [])]
+
+
+def parse_llama_buffers(log: str) -> LlamaBuffers | None:
+    """The buffers of the first model load in a llama.cpp log (a later load is a draft model's, or
+    a process started again); None when the log has none."""
+    loads = parse_llama_loads(log)
+    return loads[0] if loads else None

@@ -259,6 +259,40 @@ def write_sweep_plot(path: Path, rows: list[dict], axis_key: str) -> Path:
     return path
 
 
+def write_draft_plot(path: Path, rows: list[dict], speedups: dict[str, float]) -> Path:
+    """Speculative decoding's sweep: decode without a draft and with each (median, IQR bars),
+    grouped by what else differs; each draft's bar says its acceptance and speed-up."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("draft") is not None and row.get("decode_tps_median") is not None:
+            groups.setdefault(row["key"].rsplit("|draft ", 1)[0], []).append(row)
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.6 * sum(len(g) for g in groups.values())), 3.8))
+    position, ticks, labels = 0, [], []
+    for base, group in groups.items():
+        for row in group:
+            color = "0.6" if row["draft"] == "none" else "tab:blue"
+            axis.bar(position, row["decode_tps_median"], yerr=(row.get("decode_tps_iqr") or 0) / 2, capsize=3, color=color)
+            if row["key"] in speedups:
+                acceptance = row.get("draft_acceptance_median")
+                note = f"{speedups[row['key']]:.2f}x" + ("" if acceptance is None else f"\n{acceptance:.0%} accepted")
+                axis.annotate(note, (position, row["decode_tps_median"]), textcoords="offset points", xytext=(0, 4),
+                              ha="center", fontsize=7)
+            ticks.append(position)
+            labels.append(("no draft" if row["draft"] == "none" else f"draft {row['draft']}")
+                          + (f"\n{base.split('|')[0]}, {base.split('|')[1]}" if len(groups) > 1 else ""))
+            position += 1
+        position += 0.5
+    axis.set_xticks(ticks, labels, fontsize=7)
+    axis.set_ylabel("decode tokens/s (median, IQR bars)")
+    axis.set_ylim(bottom=0)
+    axis.set_title("Speculative decoding: decode with and without the draft\n(on each draft: its speed-up, and the "
+                   "share of drafted tokens accepted)", fontsize=9)
+    axis.grid(axis="y", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(figure, path)
+    return path
+
+
 def write_history_plot(path: Path, lines: dict[str, list[tuple]], ylabel: str, by: str) -> Path:
     """One metric across runs: a line per series at each run's median, its repetitions' IQR shaded."""
     figure, axis = plt.subplots(figsize=(10, 3.8))

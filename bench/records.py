@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 
 def to_dict(record: Any) -> dict[str, Any]:
@@ -68,20 +68,40 @@ class Scenario:
     # How the runtime reads the weights: "mmap" maps the file (pages fault in as the model first
     # touches them, shared with the page cache; llama.cpp's default), "read" copies it into memory
     load_mode: str = "mmap"
+    # Speculative decoding: a draft model (catalog alias or .gguf path) proposes up to draft_max
+    # tokens a step for the model to verify. A draft is measured with and without: `drafts` is the
+    # sweep (NO_DRAFT first, one run each; empty: none asked), `draft` the one this run uses (None:
+    # none). Every run of a draft sweep, the one without too, runs llama-server.
+    draft: str | None = None
+    drafts: tuple[str, ...] = ()
+    draft_max: int = 3
 
     def with_overrides(self, repetitions: int | None = None, threads: int | None = None,
-                       depth: int | None = None, parallel: int | None = None) -> "Scenario":
+                       depth: int | None = None, parallel: int | None = None, draft: str | None = None,
+                       drafts: Sequence[str] | None = None) -> "Scenario":
+        """None keeps the scenario's value; draft NO_DRAFT asks for none."""
         return dataclasses.replace(
             self,
             repetitions=self.repetitions if repetitions is None else repetitions,
             threads=self.threads if threads is None else threads,
             depth=self.depth if depth is None else depth,
             parallel=self.parallel if parallel is None else parallel,
+            draft=self.draft if draft is None else None if draft == NO_DRAFT else draft,
+            drafts=self.drafts if drafts is None else tuple(drafts),
         )
 
     @property
     def sequences(self) -> int:
         return self.parallel or 1
+
+    @property
+    def serves(self) -> bool:
+        """Whether the scenario needs llama-server on every target (slots, a draft model), also
+        where another runtime runs plain generation (the host's llama-cpp-python)."""
+        return self.kind != "llama-bench" and (self.parallel is not None or bool(self.drafts))
+
+
+NO_DRAFT = "none"  # the point of a draft sweep that runs the model alone
 
 
 def slots_text(scenario: Scenario) -> str:
@@ -131,6 +151,13 @@ class GGUFInfo:
     key_length: int | None
     value_length: int | None
     file_bytes: int
+    # the tokenizer, for a draft model's fit (llama.cpp speculates only with the same vocabulary)
+    vocab_type: str | None = None     # tokenizer.ggml.model: gpt2 (BPE), llama (SentencePiece), ...
+    vocab_size: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    add_bos: bool | None = None
+    add_eos: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +168,7 @@ class ModelInfo:
     pinned: bool
     bytes: int
     gguf: GGUFInfo
+    draft: "ModelInfo | None" = None  # the draft model that proposes tokens for this one (speculative decoding)
 
 
 @dataclass(frozen=True)
@@ -164,6 +192,8 @@ class RequestRecord:
     error: str | None = None
     streamed_tokens: int | None = None  # tokens the stream delivered a character at a time; the runtime counted gen_tokens
     sequence: int | None = None  # which of the step's concurrent sequences (0..N-1); None: the run asked for no parallel
+    draft_tokens: int | None = None    # tokens the draft model proposed, as llama-server counted (None: no draft)
+    draft_accepted: int | None = None  # of those, how many the model accepted
 
     @property
     def window_s(self) -> tuple[float, float]:
@@ -178,7 +208,7 @@ def request_end_s(t_start_s, e2e_ms):
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 # added after runs were first stored: a table without them still loads, with the column empty
-OPTIONAL_COLUMNS = ("streamed_tokens", "sequence")
+OPTIONAL_COLUMNS = ("streamed_tokens", "sequence", "draft_tokens", "draft_accepted")
 
 
 @dataclass(frozen=True)

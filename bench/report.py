@@ -9,6 +9,7 @@ _SOURCES = {
     "prefill_tps": "runtime timings (prompt tokens / prompt eval time)",
     "decode_tps": "(generated - 1) / time from first to last generated token, timed by the generating process",
     "aggregate_decode_tps": "host clock: all sequences' (generated - 1) / earliest first token to latest last token, per step",
+    "draft_acceptance": "llama-server's timings: draft tokens accepted / drafted, summed over the repetition",
     "ttft_ms": "host clock, request sent to first token",
     "itl_p50_ms": "host clock, gaps between token arrivals",
     "itl_p95_ms": "host clock, gaps between token arrivals",
@@ -127,8 +128,16 @@ def _memory(run: dict) -> list[str]:
                 note += f"; the preflight counted {_mib(kv['bytes_all_slots'])} from the model's shapes"
             lines.append(f"| {label} | {_fmt(sum(b['bytes'] for b in picked) / 2**20)} | "
                          f"{', '.join(b['buffer'] for b in picked)} | {note} |")
+    draft = memory.get("draft") or {}
+    if draft.get("total_bytes") is not None:
+        parts = ", ".join(f"{label} {_fmt((draft.get(f'{part}_bytes') or 0) / 2**20)}" for part, label in _MEMORY_PARTS
+                          if draft.get(f"{part}_bytes"))
+        lines.append(f"| draft model, all its buffers | {_fmt(draft['total_bytes'] / 2**20)} | "
+                     f"{', '.join(sorted({b['buffer'] for b in draft.get('buffers') or []}))} | llama.cpp at load, "
+                     f"after the model's: {parts} MiB |")
     if memory.get("total_bytes") is not None:
-        lines.append(f"| llama.cpp's buffers in all | {_fmt(memory['total_bytes'] / 2**20)} | | llama.cpp at load |")
+        lines.append(f"| llama.cpp's buffers in all | {_fmt((memory['total_bytes'] + (draft.get('total_bytes') or 0)) / 2**20)} "
+                     f"| | llama.cpp at load{', the draft included' if draft.get('total_bytes') is not None else ''} |")
     peak = summary.get("peak_rss_bytes")
     lines.append(f"| peak RSS of the runtime | {_fmt(peak / 2**20 if peak else None)} | | sampled: VmHWM, VmRSS + VmSwap |")
     lowest, first = summary.get("mem_available_min_bytes"), summary.get("mem_available_first_bytes")
@@ -390,6 +399,7 @@ def _facts(run: dict) -> list[str]:
         f"{scenario.get('warmup')} warmup, n_predict {scenario.get('n_predict')}, temperature {scenario.get('temperature')}, seed {scenario.get('seed')} |",
         *([_depth_fact(scenario, run.get("kv_cache") or {})] if scenario.get("depth") else []),
         *([_parallel_fact(scenario, run.get("kv_cache") or {})] if scenario.get("parallel") else []),
+        *([_draft_fact(scenario, model.get("draft"), run.get("summary") or {})] if scenario.get("drafts") else []),
         f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |"]
     for kind, item in (run.get("pushed") or {}).items():
         if item.get("cached"):
@@ -419,6 +429,18 @@ def _parallel_fact(scenario: dict, kv_cache: dict) -> str:
             f"{scenario.get('n_ctx')} (KV cache of all slots {_mib(kv) if kv is not None else 'unknown'}, from the model "
             "shapes); every step sends its prompt to all of them at once and waits for all. Decode and TTFT are each "
             "sequence's own; aggregate decode is what all of them generate together |")
+
+
+def _draft_fact(scenario: dict, draft: dict | None, summary: dict) -> str:
+    sweep = ", ".join(f"`{name}`" for name in scenario["drafts"])
+    if draft is None:
+        return (f"| draft | none: this run is the model alone, in llama-server, beside the same sweep's run(s) with a "
+                f"draft ({sweep}); their speed-up is measured against this run's decode |")
+    acceptance = summary.get("draft_acceptance_median")
+    return (f"| draft | speculative decoding: `{draft.get('alias')}` {draft.get('file')} ({_mib(draft.get('bytes'))}, "
+            f"sha256 `{str(draft.get('sha256'))[:12]}`) drafts up to {scenario.get('draft_max')} tokens a step for the "
+            f"model to verify; {'n/a' if acceptance is None else f'{acceptance:.0%}'} of drafted tokens accepted "
+            f"(median over repetitions); the sweep ({sweep}) has the run without it |")
 
 
 def _runtime_fact(runtime: dict) -> str:

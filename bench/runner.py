@@ -26,6 +26,7 @@ from .placement import thread_placement
 from .summary import decode_drift, load_values, run_summary, validity_from_samples
 from .throttle import stress_profile
 from .runtimes import llama_bench
+from .runtimes.llama_server import DRAFT_FAILED
 from .workload import resolve_prompts, run_repetition
 
 
@@ -116,11 +117,14 @@ def _git_commit() -> str | None:
 
 
 def _model_record(model: ModelInfo) -> dict:
-    return {"alias": model.alias, "file": Path(model.path).name, "path": model.path,
-            "sha256": model.sha256, "pinned": model.pinned, "bytes": model.bytes,
-            "params": model.gguf.parameters, "quant": model.gguf.quantization,
-            "arch": model.gguf.architecture, "name": model.gguf.name,
-            "context_length": model.gguf.context_length}
+    record = {"alias": model.alias, "file": Path(model.path).name, "path": model.path,
+              "sha256": model.sha256, "pinned": model.pinned, "bytes": model.bytes,
+              "params": model.gguf.parameters, "quant": model.gguf.quantization,
+              "arch": model.gguf.architecture, "name": model.gguf.name,
+              "context_length": model.gguf.context_length}
+    if model.draft is not None:
+        record["draft"] = _model_record(model.draft)
+    return record
 
 
 def _scenario_record(scenario: Scenario) -> dict:
@@ -339,7 +343,9 @@ class _Run:
         if record["load_mode"] and (record["load_mode"] == "none") != (scenario.load_mode == "read"):
             self.warn(f"the scenario asked for load_mode {scenario.load_mode!r}, and llama.cpp loaded with "
                       f"{record['load_mode']!r}")
-        buffers = parse.parse_llama_buffers(log)
+        self._check_draft_loaded(log)
+        loads = parse.parse_llama_loads(log)
+        buffers = loads[0] if loads else None
         if buffers is None:
             return {**record, "reason": "the runtime's log has no buffer sizes (a llama.cpp that logs them only at "
                                         "another verbosity?)"}
@@ -347,11 +353,32 @@ class _Run:
                       source="llama.cpp's own log at load (its 'model/KV/compute/output buffer size' lines, MiB to two "
                              "decimals); weights in a *_Mapped buffer are the model file mapped, shared with the page "
                              "cache, and count in RSS only as far as they were touched")
+        if self.options.model.draft is not None and len(loads) > 1:  # the draft loads after its model
+            record["draft"] = loads[1].as_record()
         kv = record["kv_cache_bytes"]
         if kv and expected and kv > expected * 1.01 + parse.MIB:
             self.warn(f"llama.cpp's KV cache ({kv / parse.MIB:,.1f} MiB) is larger than the preflight counted "
                       f"({expected / parse.MIB:,.1f} MiB): its memory check was too low")
         return record
+
+    def _check_draft_loaded(self, log: str) -> None:
+        """llama-server that could not set up the draft (its vocabulary differs past what the
+        headers showed) logs it and serves on without speculating: a run that would store the model
+        alone's figures as the draft's. It fails here, with llama-server's own line."""
+        draft = self.options.model.draft
+        failed = next((line.strip() for line in log.splitlines() if DRAFT_FAILED in line), None)
+        if draft is not None and failed:
+            raise RunFailed(f"llama-server did not speculate with draft model '{draft.alias}': {failed}",
+                            hint="give a draft model of the model's own family (the same tokenizer)")
+
+    def _check_drafted(self) -> None:
+        """A run with a draft model whose requests report no drafted token measured the model alone."""
+        draft = self.options.model.draft
+        measured = [r for r in self.requests if not r.warmup and not r.error]
+        if draft is not None and measured and not any(r.draft_tokens for r in measured):
+            raise RunFailed(f"llama-server loaded draft model '{draft.alias}' and drafted no token in "
+                            f"{len(measured)} measured requests: these figures are the model's alone",
+                            hint="check llama-server's log in the run folder (runtime.log or llama-server.log)")
 
     def _drop_page_cache(self) -> None:
         """Before the first load of a --load-times run: the model file out of the page cache."""
@@ -385,6 +412,7 @@ class _Run:
             self._idle_power()
             self._repetitions(self.runtime, resolve_prompts(self.runtime, self.scenario.prompts, self.scenario.depth),
                               baseline)
+            self._check_drafted()
         self._correctness()
         if self.options.load_times:
             try:

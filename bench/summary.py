@@ -66,6 +66,25 @@ def aggregate_decode(requests: pd.DataFrame) -> list[float]:
     return values
 
 
+def draft_acceptance(requests: pd.DataFrame) -> list[float]:
+    """Per repetition, the tokens the model accepted over those the draft model proposed, summed
+    over its requests (catalogue: draft_acceptance). Requests without draft counts (no draft model)
+    give no value, nor does a repetition whose draft proposed nothing."""
+    frame = measured_requests(requests)
+    if frame.empty or "draft_tokens" not in frame:
+        return []
+    drafted = pd.to_numeric(frame["draft_tokens"], errors="coerce")
+    accepted = pd.to_numeric(frame["draft_accepted"], errors="coerce")
+    known = drafted.notna() & accepted.notna()
+    sums = pd.DataFrame({"repetition": frame["repetition"][known], "drafted": drafted[known],
+                         "accepted": accepted[known]}).groupby("repetition", sort=True).sum()
+    return [float(row.accepted / row.drafted) for row in sums.itertuples() if row.drafted > 0]
+
+
+# figures only some runs have (parallel sequences, a draft model): metric -> its one computation
+OPTIONAL_REQUEST_METRICS = {"aggregate_decode_tps": aggregate_decode, "draft_acceptance": draft_acceptance}
+
+
 @dataclass(frozen=True)
 class MetricSummary:
     name: str
@@ -81,11 +100,12 @@ def request_metrics(requests: pd.DataFrame) -> dict[str, MetricSummary]:
     for name, (column, unit, higher, label) in REQUEST_METRICS.items():
         values = per_repetition(requests, column)
         metrics[name] = MetricSummary(name, label, unit, higher, tuple(values), summarize(values))
-    aggregate = BY_NAME["aggregate_decode_tps"]
-    values = aggregate_decode(requests)
-    if values:
-        metrics[aggregate.name] = MetricSummary(aggregate.name, aggregate.label, aggregate.unit,
-                                                aggregate.higher_is_better, tuple(values), summarize(values))
+    for name, compute in OPTIONAL_REQUEST_METRICS.items():
+        values = compute(requests)
+        if values:
+            metric = BY_NAME[name]
+            metrics[name] = MetricSummary(name, metric.label, metric.unit, metric.higher_is_better, tuple(values),
+                                          summarize(values))
     return metrics
 
 
@@ -222,7 +242,8 @@ def repetition_values(requests: pd.DataFrame, samples: pd.DataFrame, run_peak_rs
                 times, status = series_window(series[("thermal", "status")], start, end)
                 if times.size >= 2:
                     values["time_throttled_s"].append(float(np.sum(np.diff(times)[status[:-1] > 0])))
-    values["aggregate_decode_tps"] = aggregate_decode(requests)
+    for name, compute in OPTIONAL_REQUEST_METRICS.items():
+        values[name] = compute(requests)
     if not values["peak_rss_bytes"] and run_peak_rss:
         values["peak_rss_bytes"] = [float(run_peak_rss)]  # no telemetry: one figure for the whole run
     # run-level figures, one value a run: compared across run sets, as llama-bench users compare tables

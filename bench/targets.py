@@ -126,7 +126,7 @@ def _build_phone_runtime(features: frozenset[str], progress: Progress) -> dict |
 
 def host_tools(explicit: Path | None) -> dict | None:
     """The host llama.cpp build whose llama-bench a llama-bench scenario runs, and whose llama-server
-    runs parallel sequences: `explicit`, or the cached build for this CPU."""
+    runs parallel sequences and draft models: `explicit`, or the cached build for this CPU."""
     from .catalog import cache_root
     from .runtimes.build import describe_runtime_dir
 
@@ -152,7 +152,7 @@ def open_target(choice: TargetChoice, listed=None, affinity: tuple[int, ...] | N
 
         if choice.fixed_performance:
             raise UsageError("--fixed-performance needs a phone (Android 11+)", "drop it for host runs, or pass --device")
-        tools = scenario is not None and (scenario.kind == "llama-bench" or scenario.parallel is not None)
+        tools = scenario is not None and (scenario.kind == "llama-bench" or scenario.serves)
         return HOST, HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
                                 repack=choice.repack, affinity=affinity,
                                 tools=host_tools(choice.runtime) if tools else None)

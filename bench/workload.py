@@ -69,6 +69,8 @@ def to_record(completion: Completion, *, repetition: int, step: int, warmup: boo
         error=completion.error,
         streamed_tokens=completion.streamed_tokens,
         sequence=sequence,
+        draft_tokens=completion.draft_tokens,
+        draft_accepted=completion.draft_accepted,
     )
 
 

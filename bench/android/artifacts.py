@@ -18,15 +18,19 @@ from .adb import AdbFailure, Device
 
 @dataclass(frozen=True)
 class Artifact:
-    kind: str  # model | runtime
+    kind: str  # model | draft | runtime
     local: Path
     sha256: str
     remote: str
 
 
 def artifacts(root: str, model: ModelInfo, binary: Path | None) -> list[Artifact]:
-    """The model and (when there is one) the runtime's binary, each with its path on the device."""
+    """The model, its draft model if any, and (when there is one) the runtime's binary, each with
+    its path on the device (models by content, so a draft that is the model itself is one file)."""
     items = [Artifact("model", Path(model.path), model.sha256, f"{root}/models/{model.sha256[:32]}.gguf")]
+    if model.draft is not None:  # the same file as the model's is one push, kept under both names
+        items.append(Artifact("draft", Path(model.draft.path), model.draft.sha256,
+                              f"{root}/models/{model.draft.sha256[:32]}.gguf"))
     if binary is not None:
         digest = cached_sha256(binary)
         items.append(Artifact("runtime", binary, digest, f"{root}/bin/{digest[:16]}/{binary.name}"))
@@ -50,7 +54,8 @@ class ArtifactCache:
         return self.remote_digest(item.remote) == (item.sha256, item.local.stat().st_size)
 
     def bytes_to_push(self, items: list[Artifact]) -> int:
-        return sum(item.local.stat().st_size for item in items if not self._cached(item))
+        unique = {item.remote: item for item in items}.values()
+        return sum(item.local.stat().st_size for item in unique if not self._cached(item))
 
     def push(self, items: list[Artifact], progress: Progress) -> dict[str, dict]:
         """Push what the device lacks: temp name, sha256 checked on the device, rename, sidecar.

@@ -16,13 +16,14 @@ from typing import Callable
 from .. import parse
 from ..cpu import arm_variant_for, arm_variant_name, cpu_mask
 from ..errors import PreflightError, RunFailed
-from ..gguf import kv_cache_bytes
+from ..gguf import memory_needed
 from ..progress import Progress
-from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario, slots_text
+from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.build import arm_arch_of, required_cpu_features
-from ..runtimes.llama_server import LOG_HEAD_BYTES, LOG_LEVEL, LlamaServerRuntime, load_mode_args, slot_args
+from ..runtimes.llama_server import (LOG_HEAD_BYTES, LOG_LEVEL, LlamaServerRuntime, draft_args, draft_details, load_mode_args,
+                                     slot_args)
 from .adb import AdbFailure, Device, Server, connect, default_server, ensure_server, wait_for_state
 from .artifacts import ArtifactCache, artifacts
 from .discovery import DEVICE_TMP, snapshot
@@ -144,13 +145,11 @@ class AndroidTarget:
                                      f"battery at {level if level is not None else '?'}% (need >= {MIN_BATTERY_PCT}%)"))
         status = snap.thermal.status
         checks.append(PreflightCheck("thermal", status in (None, 0), f"thermal status {status} (0 = NONE)"))
-        kv = kv_cache_bytes(model.gguf, scenario.n_ctx * scenario.sequences) or 0
-        needed = model.bytes + kv + RUNTIME_OVERHEAD_BYTES
+        needed, parts = memory_needed(model, scenario, RUNTIME_OVERHEAD_BYTES)
         available = snap.meminfo.get("MemAvailable")
         checks.append(PreflightCheck(
             "memory", available is None or needed <= available,
-            f"model {model.bytes / 2**20:.0f} MiB + KV {kv / 2**20:.0f} MiB at n_ctx {scenario.n_ctx}{slots_text(scenario)} + "
-            f"{RUNTIME_OVERHEAD_BYTES >> 20} MiB = {needed / 2**20:.0f} MiB; MemAvailable "
+            f"{parts} = {needed / 2**20:.0f} MiB; MemAvailable "
             f"{'?' if available is None else f'{available / 2**20:.0f} MiB'} of {snap.meminfo.get('MemTotal', 0) / 2**20:.0f} MiB"))
         with_bench = scenario.kind == "llama-bench"
         storage_needed = self._bytes_to_push(model, with_bench)
@@ -220,9 +219,12 @@ class AndroidTarget:
         affinity = self._runtime_cpus = self.cpus(scenario)
         mask = f" --cpu-mask {cpu_mask(affinity)} --cpu-strict 1" if affinity else ""
         repack, repack_reason = self.repack_choice()
-        server_flags = "".join(f" {arg}" for arg in ([] if repack else ["--no-repack"]) + load_mode_args(scenario.load_mode))
+        draft = draft_args(self.pushed["draft"]["path"], scenario.draft_max) if model.draft is not None else []
+        server_flags = "".join(f" {arg}" for arg in ([] if repack else ["--no-repack"]) + load_mode_args(scenario.load_mode)
+                               + draft)
         log = f"{ROOT}/run/llama-server.log"
-        task = progress.task(f"load {model.alias} in llama-server on {self.serial}")
+        task = progress.task(f"load {model.alias} in llama-server on {self.serial}"
+                             + (f", draft {model.draft.alias}" if model.draft is not None else ""))
         for attempt in range(PORT_ATTEMPTS):
             device_port = next(self.device_ports)
             command = (f"{server_remote} -m {model_remote} --host 127.0.0.1 --port {device_port} "
@@ -233,7 +235,8 @@ class AndroidTarget:
                 server = self._await_server(command, model, scenario, device_port, replace(
                     self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason,
                                         parallel=scenario.sequences, device_port=device_port,
-                                        load_mode=scenario.load_mode), n_ctx=scenario.n_ctx))
+                                        load_mode=scenario.load_mode, **draft_details(model, scenario)),
+                    n_ctx=scenario.n_ctx))
                 break
             except PortTaken:
                 self.stop_server()
@@ -255,7 +258,7 @@ class AndroidTarget:
         server = LlamaServerRuntime(lambda timeout: self.device.open_tcp(device_port, timeout),
                                     facts=replace(facts, pid=self.process.pid),
                                     request_timeout_s=scenario.request_timeout_s)
-        deadline = started + 60 + model.bytes / 1e8
+        deadline = started + 60 + (model.bytes + (model.draft.bytes if model.draft else 0)) / 1e8
         while True:
             status = server.health(timeout=5)
             if status == 200:

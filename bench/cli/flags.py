@@ -55,6 +55,16 @@ def sequence_counts(text: str) -> list[int]:
     return _counts(text, "sequences", parallels_problem)
 
 
+def draft_models(text: str) -> list[str]:
+    from ..config import drafts_problem
+
+    drafts = [part.strip() for part in text.split(",")]
+    problem = drafts_problem(drafts)
+    if problem:
+        raise argparse.ArgumentTypeError(f"'{text}' {problem}")
+    return drafts
+
+
 def cpu_list(text: str) -> tuple[int, ...]:
     from ..cpu import parse_cpus
 

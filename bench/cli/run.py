@@ -11,8 +11,8 @@ from rich.table import Table
 from ..errors import UsageError
 from ..targets import HOST, connect, device_ids
 from .compare import check_verdict_flags, report_comparisons, stored_comparisons, threshold_of
-from .flags import (adb_servers_of, cpu_list, positive_float, positive_int, run_flags, sequence_counts, shard_slice,
-                    thread_counts, token_counts, verdict_flags)
+from .flags import (adb_servers_of, cpu_list, draft_models, positive_float, positive_int, run_flags, sequence_counts,
+                    shard_slice, thread_counts, token_counts, verdict_flags)
 from .output import BarProgress, err, out, print_json, run_exit_code
 
 
@@ -36,6 +36,10 @@ def add_run(commands) -> None:
                      help="concurrent sequences, each in a llama-server slot (llama-batched-bench's -npl); several "
                           "(1,2,4,8) run a sweep, one run per count (default: the scenario's parallel, else one "
                           "sequence in the target's runtime)")
+    run.add_argument("--draft", type=draft_models, metavar="MODEL[,MODEL...]",
+                     help="speculative decoding with this draft model (catalog alias or .gguf path, the model's "
+                          "vocabulary): one run without a draft and one with each, in llama-server, on the same "
+                          "device (default: the scenario's draft, else none)")
     run.add_argument("--telemetry-hz", type=positive_float, default=10.0, help="sampling rate (default 10)")
     run.add_argument("--no-telemetry", action="store_true", help="do not sample telemetry")
     run_flags(run)
@@ -107,22 +111,40 @@ def _check_model(name: str) -> None:
         lookup(name)  # an unknown alias fails here, before any download
 
 
+def _check_drafts(models: list[str], drafts: list[str], headers: dict) -> None:
+    """A draft whose vocabulary llama.cpp would refuse: one line before anything runs (llama-server
+    itself would serve on without speculating). `headers`: name -> GGUFInfo, or None where the
+    file is not here yet (that pair is checked once it is)."""
+    from ..gguf import draft_problem
+
+    for model in models:
+        for draft in drafts:
+            problem = headers[model] and headers[draft] and draft_problem(headers[model], headers[draft])
+            if problem:
+                raise UsageError(f"draft model '{draft}' cannot draft for '{model}': {problem}",
+                                 "give a draft of the model's own family (the same tokenizer), e.g. a smaller or "
+                                 "more quantized sibling")
+
+
 def cmd_run(args) -> int:
     from ..catalog import model_info
-    from ..config import resolve_scenario, sweep_depths, sweep_parallels
+    from ..config import resolve_scenario, sweep_depths, sweep_drafts, sweep_parallels
     from ..runner import run_benchmark
 
     threads, affinities = args.threads or [None], args.affinity or [None]
     scenario = resolve_scenario(args.scenario).with_overrides(repetitions=args.repetitions, threads=threads[0])
     depths = sweep_depths(scenario, args.depth)
     parallels = sweep_parallels(scenario, args.parallel, depths)
+    drafts = sweep_drafts(scenario, args.draft, depths, parallels)
     scenario = scenario.with_overrides(depth=depths[0], parallel=parallels[0])
-    _check_model(args.model)
+    for name in [args.model, *(draft for draft in drafts[1:])]:
+        _check_model(name)
     servers = adb_servers_of(args)
     connect(args.connect, servers)
     selectors = [part.strip() for part in args.device.split(",") if part.strip()]
     devices = device_ids(selectors, servers)
-    if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1 or len(depths) > 1 or len(parallels) > 1:
+    if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1 or len(depths) > 1 or len(parallels) > 1 \
+            or len(drafts) > 1:
         from ..matrix import MatrixSpec
 
         # the matrix reads the scenario again by name: what the flags changed travels in the spec
@@ -130,7 +152,8 @@ def cmd_run(args) -> int:
                           threads=tuple(threads), affinities=tuple(affinities), name=scenario.name,
                           repetitions=args.repetitions,
                           depths=tuple(depths) if args.depth or len(depths) > 1 else (None,),
-                          parallels=tuple(parallels) if args.parallel or len(parallels) > 1 else (None,))
+                          parallels=tuple(parallels) if args.parallel or len(parallels) > 1 else (None,),
+                          drafts=tuple(drafts))
         return _run_matrix(args, spec, devices, resume=None)
     listed = next(iter(devices.values()))
     with BarProgress(err) as progress:
@@ -152,33 +175,47 @@ def cmd_run(args) -> int:
 def _run_matrix(args, spec, devices: dict, resume: Path | None, points=None, shard: dict | None = None) -> int:
     """Every point of the matrix (or of `points`, its slice), devices in parallel; the rows go to
     matrix.json as they finish."""
-    from ..catalog import model_info
-    from ..config import resolve_scenario, sweep_depths, sweep_parallels
+    from dataclasses import replace
+
+    from ..catalog import local_header, model_info
+    from ..config import resolve_scenario, sweep_depths, sweep_drafts, sweep_parallels
     from ..matrix import load_rows, new_directory, run_matrix
+    from ..records import NO_DRAFT
 
     scenarios = {name: resolve_scenario(name) for name in spec.scenarios}
     for name, scenario in scenarios.items():
-        for key, listed, asked in (("depth", scenario.depths, spec.depths), ("parallel", scenario.parallels, spec.parallels)):
-            if len(listed) > 1 and asked == (None,):
+        for key, listed, asked in (("depth", scenario.depths, spec.depths), ("parallel", scenario.parallels, spec.parallels),
+                                   ("draft", scenario.drafts[1:], tuple(d for d in spec.drafts if d != NO_DRAFT))):
+            if len(listed) > (0 if key == "draft" else 1) and asked in ((None,), ()):
                 raise UsageError(f"scenario '{name}' sweeps {key} {list(listed)}, and a matrix sweeps only "
                                  "what its file names", f"add {key} = {list(listed)} to the matrix file")
         depths = sweep_depths(scenario, list(spec.depths))  # each depth fits each scenario's n_ctx, before any run
-        sweep_parallels(scenario, list(spec.parallels), depths)
-    for name in spec.models:
+        parallels = sweep_parallels(scenario, list(spec.parallels), depths)
+        sweep_drafts(scenario, [d for d in spec.drafts if d], depths, parallels)
+    named_drafts = [draft for draft in spec.drafts if draft not in (None, NO_DRAFT)]
+    for name in [*spec.models, *named_drafts]:
         _check_model(name)
+    if named_drafts:
+        _check_drafts(list(spec.models), named_drafts, {name: local_header(name) for name in [*spec.models, *named_drafts]})
     with BarProgress(err) as progress:
-        models = {name: model_info(name, progress) for name in spec.models}  # pulled once, before the threads
+        models = {name: model_info(name, progress) for name in [*spec.models, *named_drafts]}  # pulled once, before the threads
+        if named_drafts:  # those that were not on disk before
+            _check_drafts(list(spec.models), named_drafts, {name: info.gguf for name, info in models.items()})
         directory = resume if resume is not None else new_directory(args.out, spec)
         rows = load_rows(directory) if resume is not None else None
 
         def make_run(point):
-            scenario = scenarios[point.scenario].with_overrides(repetitions=spec.repetitions, threads=point.threads,
-                                                                 depth=point.depth, parallel=point.parallel)
+            scenario = scenarios[point.scenario].with_overrides(
+                repetitions=spec.repetitions, threads=point.threads, depth=point.depth, parallel=point.parallel,
+                draft=point.draft, drafts=spec.drafts if point.draft is not None else None)
             listed = devices[point.device]
             label, target = _target(args, listed, point.affinity, scenario, progress)
             if listed is not None and len(devices) > 1:  # two phones of one profile need names of their own
                 label = f"{label}-{listed.serial}"
-            return _run_options(args, label, scenario, models[point.model], target, directory), target
+            model = models[point.model]
+            if scenario.draft is not None:
+                model = replace(model, draft=models[scenario.draft])
+            return _run_options(args, label, scenario, model, target, directory), target
 
         title = (f"{spec.name}: {len(spec.devices)} device(s) x {len(spec.models)} model(s) x "
                  f"{len(spec.scenarios)} scenario(s) x {len(spec.threads)} thread count(s) x "
@@ -234,6 +271,10 @@ def cmd_ab(args) -> int:
     if len(parallels) > 1:
         raise UsageError(f"scenario '{scenario.name}' sweeps parallel {parallels}; an A/B compares at one count",
                          "give `bench ab` a scenario with one parallel, or sweep with `bench run --parallel`")
+    if scenario.drafts:
+        raise UsageError(f"scenario '{scenario.name}' measures draft model(s) {list(scenario.drafts[1:])} with and "
+                         "without; an A/B compares one setup", "run it with `bench run`, or give `bench ab` a "
+                         "scenario without a draft")
     scenario = scenario.with_overrides(depth=depths[0])
     if differs == "runtime":
         _check_model(args.model)

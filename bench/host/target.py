@@ -12,14 +12,14 @@ from typing import Callable
 from ..clock import RunClock
 from ..cpu import cpu_mask, usable_cpus
 from ..errors import UsageError
-from ..gguf import kv_cache_bytes
+from ..gguf import memory_needed
 from ..progress import Progress
-from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario, slots_text, to_dict
+from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario, to_dict
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.llama_bench import LocalBench
 from ..runtimes.llama_cpp import LlamaCppRuntime
-from ..runtimes.llama_server import LOG_HEAD_BYTES, LocalLlamaServer, load_mode_args
+from ..runtimes.llama_server import LOG_HEAD_BYTES, LocalLlamaServer, draft_args, draft_details, load_mode_args
 from . import device as host_device
 from .sampler import HostSampler
 
@@ -61,24 +61,20 @@ class HostTarget:
         return usable_cpus()
 
     def preflight(self, model: ModelInfo, scenario: Scenario) -> list[PreflightCheck]:
-        kv = kv_cache_bytes(model.gguf, scenario.n_ctx * scenario.sequences)
-        needed = model.bytes + (kv or 0) + RUNTIME_OVERHEAD_BYTES
+        needed, parts = memory_needed(model, scenario, RUNTIME_OVERHEAD_BYTES)
         available = host_device.memory_available_bytes()
-        kv_text = (f"{kv / 2**20:.0f} MiB KV at n_ctx {scenario.n_ctx}{slots_text(scenario)}" if kv is not None
-                   else "KV size unknown")
-        checks = [PreflightCheck(
-            "memory", needed <= available,
-            f"model {model.bytes / 2**20:.0f} MiB + {kv_text} + {RUNTIME_OVERHEAD_BYTES >> 20} MiB overhead "
-            f"= {needed / 2**20:.0f} MiB; available {available / 2**20:.0f} MiB")]
+        checks = [PreflightCheck("memory", needed <= available,
+                                 f"{parts} = {needed / 2**20:.0f} MiB; available {available / 2**20:.0f} MiB")]
         cores = host_device.host_facts().cores_logical or 1
         threads = self.threads(scenario)
         if threads > cores:
             checks.append(PreflightCheck("threads", False, f"{threads} threads on {cores} logical CPUs oversubscribes them",
                                          "warning"))
-        tool = "llama-bench" if scenario.kind == "llama-bench" else "llama-server" if scenario.parallel else None
+        tool = "llama-bench" if scenario.kind == "llama-bench" else "llama-server" if scenario.serves else None
         if tool:
             binary = self._tool(tool)
-            why = " (parallel sequences run in its slots)" if tool == "llama-server" else ""
+            why = (" (parallel sequences run in its slots)" if scenario.parallel else
+                   " (a draft model, with and without, runs in it)" if tool == "llama-server" else "")
             checks.append(PreflightCheck("runtime", binary is not None,
                                          f"{tool} for the host{why}: {binary or 'none built (run `bench runtime build --target host`, or pass --runtime DIR)'}"))
         return checks
@@ -109,7 +105,7 @@ class HostTarget:
                 "llama-bench", "llama-bench", threads, scenario, pp=scenario.pp, tg=scenario.tg,
                 repetitions=scenario.repetitions, load_mode=scenario.load_mode))
             return self.runtime
-        if scenario.parallel:
+        if scenario.serves:
             threads = self.threads(scenario)
             extra = ["-b", str(scenario.n_batch), "-tb", str(threads), "--seed", str(scenario.seed)]
             if self.affinity is not None:
@@ -117,14 +113,18 @@ class HostTarget:
             if self.repack == "off":
                 extra.append("--no-repack")
             extra += load_mode_args(scenario.load_mode)
+            if model.draft is not None:
+                extra += draft_args(model.draft.path, scenario.draft_max)
+            slots = scenario.sequences
             task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB) in llama-server, "
-                                 f"{scenario.parallel} slot{'s' if scenario.parallel > 1 else ''}")
+                                 f"{slots} slot{'s' if slots > 1 else ''}"
+                                 + (f", draft {model.draft.alias}" if model.draft is not None else ""))
             self.runtime = LocalLlamaServer(
                 self._tool("llama-server"), model.path, threads=threads, n_ctx=scenario.n_ctx,
-                parallel=scenario.parallel, extra_args=extra, log_path=log_dir / "runtime.log",
+                parallel=slots, extra_args=extra, log_path=log_dir / "runtime.log",
                 request_timeout_s=scenario.request_timeout_s,
                 facts=replace(self._tool_facts("llama-server", "server", threads, scenario, parallel=scenario.parallel,
-                                               load_mode=scenario.load_mode),
+                                               load_mode=scenario.load_mode, **draft_details(model, scenario)),
                               n_ctx=scenario.n_ctx))
             task.done()
             return self.runtime

@@ -22,6 +22,8 @@ class Completion:
     text: str
     error: str | None = None
     streamed_tokens: int | None = None  # tokens the stream delivered one by one (None: not streamed)
+    draft_tokens: int | None = None     # tokens the draft model proposed (None: the runtime ran no draft)
+    draft_accepted: int | None = None   # of those, how many the model accepted
 
 
 # run.json named the PID after the process before `pid` existed; stored runs and scripts read these

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from ..correctness import Position, Scores
 from ..errors import RunFailed
+from ..records import ModelInfo, Scenario
 from .base import Completion, RuntimeFacts
 
 
@@ -33,6 +34,27 @@ def slot_args(parallel: int, n_ctx: int) -> list[str]:
     """llama-server's slots for `parallel` sequences, each with a context of n_ctx: the server
     splits its context evenly between its slots."""
     return ["-np", str(parallel), "-c", str(n_ctx * parallel)]
+
+
+def draft_args(draft_path: str, draft_max: int) -> list[str]:
+    """llama-server speculating with a draft model: -md alone loads it and drafts nothing (this
+    llama.cpp needs the speculation type named)."""
+    return ["-md", draft_path, "--spec-type", "draft-simple", "--spec-draft-n-max", str(draft_max)]
+
+
+def draft_details(model: ModelInfo, scenario: Scenario) -> dict:
+    """What run.json's runtime says of speculative decoding: the draft and its tokens a step."""
+    if model.draft is None:
+        return {"draft": None} if scenario.drafts else {}
+    return {"draft": model.draft.alias, "draft_max": scenario.draft_max, "speculative": "draft-simple"}
+
+
+# what llama-server logs, and then serves on without speculating, when the draft does not fit
+DRAFT_FAILED = "failed to initialize speculative decoding"
+
+
+def _count(value) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class ServerGone(RunFailed):
@@ -178,6 +200,9 @@ class LlamaServerRuntime:
             stop_reason={"limit": "length", "eos": "eos", "word": "stop_word"}.get(stop_type, str(stop_type)),
             text="".join(text_parts),
             streamed_tokens=streamed,
+            # present only when the server speculated: it runs a draft model of a usable vocabulary
+            draft_tokens=_count(timings.get("draft_n")),
+            draft_accepted=_count(timings.get("draft_n_accepted")),
         )
 
     def score(self, tokens: Sequence[int]) -> Scores:
