@@ -22,6 +22,9 @@ def test_every_llama_log_capture_parses_to_its_buffers():
     # file -> (weights, KV cache, compute, output) in MiB as the log prints them; None: not in it
     known = {
         "host-x86-llama-server-lv4_smollm2-135m-q4_1_bench-build-0c1e57098.txt": (92.10, 11.25, 14.01, 0.19),
+        # the model's load; its draft's follows (tests/test_speculative.py reads both)
+        "host-x86-llama-server-lv4-draft_smollm2-135m-q4_1-drafting-itself_bench-build-0c1e57098.txt":
+            (92.10, 11.25, 14.01, 0.19),
         "excerpt_android15-llama-cli-hexagon_deepseek-r1-1.5b-f16_llama.cpp-13179.txt": (0.16 + 3389.80, None, None, 0.58),
         "excerpt_split-model-four-mapped-buffers_mistral-large_koboldcpp-1528.txt":
             (22722.80 + 22813.64 + 22797.14 + 12113.72, None, None, None),

@@ -7,7 +7,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from bench import parse
@@ -18,7 +17,6 @@ from bench.matrix import draft_speedups, load_matrix_file, markdown
 from bench.records import NO_DRAFT
 from bench.runtimes.llama_server import draft_args
 from bench.store import load_run
-from bench.summary import draft_acceptance, request_metrics
 from conftest import bench_cli, write_gguf
 
 LOGS = Path(__file__).parent / "data" / "llama-logs"
@@ -106,23 +104,6 @@ def test_bad_drafts_get_one_line_and_exit_2_before_anything_is_written(tmp_path,
                    "--scenario", str(_scenario(tmp_path, 'draft = "smollm2-135m"\n')))
     assert ab.returncode == 2 and "an A/B compares one setup" in ab.stderr
     assert not (tmp_path / "out").exists()
-
-
-def test_acceptance_is_accepted_over_drafted_summed_per_repetition():
-    # repetition 0: 5 of 10 and 25 of 30 drafted tokens accepted = 30 / 40 (not the mean of 0.5
-    # and 0.83); repetition 1: 20 of 20; the warmup and a request with no draft counts are not in it
-    base = {"step": 0, "error": None, "prompt_tokens": 8, "cached_tokens": 0, "gen_tokens": 24, "t_start_s": 1.0,
-            "ttft_ms": 10.0, "e2e_ms": 100.0, "prefill_tps": 100.0, "decode_tps": 50.0, "itl_p50_ms": 2.0,
-            "itl_p95_ms": 5.0}
-    rows = pd.DataFrame([{**base, "repetition": -1, "warmup": True, "draft_tokens": 10, "draft_accepted": 0},
-                         {**base, "repetition": 0, "warmup": False, "draft_tokens": 10, "draft_accepted": 5},
-                         {**base, "repetition": 0, "warmup": False, "draft_tokens": 30, "draft_accepted": 25},
-                         {**base, "repetition": 0, "warmup": False, "draft_tokens": None, "draft_accepted": None},
-                         {**base, "repetition": 1, "warmup": False, "draft_tokens": 20, "draft_accepted": 20}])
-    assert draft_acceptance(rows) == pytest.approx([0.75, 1.0])
-    assert request_metrics(rows)["draft_acceptance"].summary.median == pytest.approx(0.875)
-    assert draft_acceptance(rows.drop(columns=["draft_tokens", "draft_accepted"])) == []  # no draft: no figure
-    assert "draft_acceptance" not in request_metrics(rows.assign(draft_tokens=None))
 
 
 def test_the_speed_up_is_decode_with_the_draft_over_the_same_point_without():

@@ -21,7 +21,8 @@ from bench.metrics import BY_NAME, CATALOGUE, PRIMARY
 from bench.placement import thread_placement
 from bench.records import RequestRecord
 from bench.runtimes.base import Completion
-from bench.summary import aggregate_decode, load_values, per_repetition, repetition_values, validity_from_samples
+from bench.summary import (aggregate_decode, draft_acceptance, load_values, per_repetition, repetition_values,
+                           request_metrics, validity_from_samples)
 from bench.throttle import time_to_throttle, loops
 from bench.workload import to_record
 from conftest import bench_cli
@@ -378,6 +379,30 @@ def test_aggregate_decode_known_answer():
     assert aggregate_decode(requests.drop(columns=["sequence"])) == []
 
 
+def test_draft_acceptance_known_answer():
+    # repetition 0: 5 of 10 and 25 of 30 drafted tokens accepted = 30 / 40 (not the mean of 0.5
+    # and 0.83); repetition 1: 20 of 20; the warmup and a request with no draft counts are not in it
+    base = {"step": 0, "error": None, "prompt_tokens": 8, "cached_tokens": 0, "gen_tokens": 24, "t_start_s": 1.0,
+            "ttft_ms": 10.0, "e2e_ms": 100.0, "prefill_tps": 100.0, "decode_tps": 50.0, "itl_p50_ms": 2.0,
+            "itl_p95_ms": 5.0}
+    rows = pd.DataFrame([{**base, "repetition": -1, "warmup": True, "draft_tokens": 10, "draft_accepted": 0},
+                         {**base, "repetition": 0, "warmup": False, "draft_tokens": 10, "draft_accepted": 5},
+                         {**base, "repetition": 0, "warmup": False, "draft_tokens": 30, "draft_accepted": 25},
+                         {**base, "repetition": 0, "warmup": False, "draft_tokens": None, "draft_accepted": None},
+                         {**base, "repetition": 1, "warmup": False, "draft_tokens": 20, "draft_accepted": 20}])
+    assert draft_acceptance(rows) == pytest.approx([0.75, 1.0])
+    assert request_metrics(rows)["draft_acceptance"].summary.median == pytest.approx(0.875)
+    assert draft_acceptance(rows.drop(columns=["draft_tokens", "draft_accepted"])) == []  # no draft: no figure
+    assert "draft_acceptance" not in request_metrics(rows.assign(draft_tokens=None))
+    # llama-server's counts travel from its timings to the request's row
+    ms = 1_000_000
+    completion = Completion(prompt_tokens=8, cached_tokens=0, gen_tokens=4, sent_ns=0, token_ns=(ms, 2 * ms, 3 * ms, 4 * ms),
+                            done_ns=5 * ms, prefill_ms=1.0, prefill_n=8, decode_ms=3.0, decode_n=3, stop_reason="length",
+                            text="abcd", draft_tokens=6, draft_accepted=3)
+    record = to_record(completion, repetition=0, step=0, warmup=False, clock=_Clock())
+    assert (record.draft_tokens, record.draft_accepted) == (6, 3)
+
+
 def test_load_figures_known_answer():
     # cold: the page cache dropped, a 800 ms load, the run's first request (a warmup, sent first)
     # took 150 ms to its first token; warm: a 300 ms reload, then 40 ms to the first token
@@ -426,6 +451,7 @@ KNOWN_ANSWERS = {
     "correctness_perplexity_ratio": test_correctness_figures_known_answers,
     "kv_cache_bytes_at_depth": test_kv_cache_bytes_at_depth_known_answer,
     "aggregate_decode_tps": test_aggregate_decode_known_answer,
+    "draft_acceptance": test_draft_acceptance_known_answer,
     "load_cold_ms": test_load_figures_known_answer,
     "first_token_cold_ms": test_load_figures_known_answer,
     "load_warm_ms": test_load_figures_known_answer,
