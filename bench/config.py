@@ -173,7 +173,7 @@ def parse_scenario(path: Path) -> Scenario:
             check.fail("parallel", *problem)
     drafts = _drafts(check, data["draft"]) if "draft" in data else ()
     if drafts:
-        problem = draft_problem(kind, max(depths), parallels[0] if len(parallels) == 1 else max(parallels))
+        problem = speculation_problem(kind, max(depths), None if parallels == (None,) else max(parallels))
         if problem:
             check.fail("draft", *problem)
     draft_max = check.get("draft_max", int, DEFAULT_DRAFT_MAX, minimum=1)
@@ -300,7 +300,7 @@ def drafts_problem(values) -> str | None:
     return None
 
 
-def draft_problem(kind: str, depth: int, parallel: int | None) -> tuple[str, str] | None:
+def speculation_problem(kind: str, depth: int, parallel: int | None) -> tuple[str, str] | None:
     """(problem, fix) when a scenario cannot run a draft model; None when it can."""
     if kind == "llama-bench":
         return ("'draft' runs speculative decoding in llama-server; this llama-bench has no draft model",
@@ -323,7 +323,7 @@ def sweep_drafts(scenario: Scenario, asked: Sequence[str] | None = None, depths:
     named = [draft for draft in (asked or scenario.drafts) if draft != NO_DRAFT]
     if not named:
         return [None]
-    problem = draft_problem(scenario.kind, max(depths or (scenario.depth,)), max(
+    problem = speculation_problem(scenario.kind, max(depths or (scenario.depth,)), max(
         (p for p in parallels if p is not None), default=scenario.parallel))
     if problem:
         raise UsageError(f"scenario '{scenario.name}': {problem[0]}", problem[1])

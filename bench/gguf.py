@@ -211,7 +211,7 @@ def kv_cache_bytes(info: GGUFInfo, n_ctx: int, bytes_per_element: int = 2) -> in
 DRAFT_VOCAB_MAX_DIFFERENCE = 128
 
 
-def draft_problem(target: GGUFInfo, draft: GGUFInfo) -> str | None:
+def draft_vocabulary_problem(target: GGUFInfo, draft: GGUFInfo) -> str | None:
     """Why llama.cpp would refuse `draft` as the draft model of `target` (its vocabulary checks, as
     far as the headers tell: tokenizer type, BOS/EOS, vocabulary size), or None. The per-token text
     comparison llama.cpp adds is seen at load: the run then fails with llama-server's own line."""

@@ -12,7 +12,7 @@ import pytest
 from bench import parse
 from bench.config import parse_scenario, sweep_drafts
 from bench.errors import ConfigError, UsageError
-from bench.gguf import draft_problem, read_gguf
+from bench.gguf import draft_vocabulary_problem, read_gguf
 from bench.matrix import draft_speedups, load_matrix_file, markdown
 from bench.records import NO_DRAFT
 from bench.runtimes.llama_server import draft_args
@@ -77,17 +77,17 @@ def test_a_draft_must_share_the_model_s_vocabulary_as_llama_cpp_checks_it(tmp_pa
     smollm = read_gguf(smollm2_path)
     assert (smollm.vocab_type, smollm.vocab_size, smollm.bos_token_id, smollm.eos_token_id, smollm.add_bos) == \
         ("gpt2", 49152, 1, 2, False)
-    assert draft_problem(smollm, smollm) is None
+    assert draft_vocabulary_problem(smollm, smollm) is None
     base = read_gguf(_tokenizer(tmp_path / "base.gguf", "gpt2", 300))
     assert base.vocab_size == 300
-    assert draft_problem(base, read_gguf(_tokenizer(tmp_path / "near.gguf", "gpt2", 300 + 128))) is None
-    assert "vocabulary has 429 tokens and the model's 300" in draft_problem(
+    assert draft_vocabulary_problem(base, read_gguf(_tokenizer(tmp_path / "near.gguf", "gpt2", 300 + 128))) is None
+    assert "vocabulary has 429 tokens and the model's 300" in draft_vocabulary_problem(
         base, read_gguf(_tokenizer(tmp_path / "far.gguf", "gpt2", 300 + 129)))
-    assert "its tokenizer is 'llama' and the model's is 'gpt2'" in draft_problem(
+    assert "its tokenizer is 'llama' and the model's is 'gpt2'" in draft_vocabulary_problem(
         base, read_gguf(_tokenizer(tmp_path / "spm.gguf", "llama", 300)))
     adds = replace(base, add_bos=True)
-    assert "BOS token is 7 and the model's is 1" in draft_problem(adds, replace(adds, bos_token_id=7))
-    assert "the model adds a BOS token and the draft does not" in draft_problem(adds, replace(base, add_bos=False))
+    assert "BOS token is 7 and the model's is 1" in draft_vocabulary_problem(adds, replace(adds, bos_token_id=7))
+    assert "the model adds a BOS token and the draft does not" in draft_vocabulary_problem(adds, replace(base, add_bos=False))
 
 
 def test_bad_drafts_get_one_line_and_exit_2_before_anything_is_written(tmp_path, smollm2_path):

@@ -115,11 +115,11 @@ def _check_drafts(models: list[str], drafts: list[str], headers: dict) -> None:
     """A draft whose vocabulary llama.cpp would refuse: one line before anything runs (llama-server
     itself would serve on without speculating). `headers`: name -> GGUFInfo, or None where the
     file is not here yet (that pair is checked once it is)."""
-    from ..gguf import draft_problem
+    from ..gguf import draft_vocabulary_problem
 
     for model in models:
         for draft in drafts:
-            problem = headers[model] and headers[draft] and draft_problem(headers[model], headers[draft])
+            problem = headers[model] and headers[draft] and draft_vocabulary_problem(headers[model], headers[draft])
             if problem:
                 raise UsageError(f"draft model '{draft}' cannot draft for '{model}': {problem}",
                                  "give a draft of the model's own family (the same tokenizer), e.g. a smaller or "
