@@ -90,6 +90,17 @@ CATALOGUE: tuple[Metric, ...] = (
            "the windows that generated tokens, less idle power x their length", "energy.energy_phases",
            "(energy of the windows that generated tokens - idle W x their seconds) / the tokens they generated",
            energy=True),
+    Metric("gpu_busy_pct", "GPU busy", "%", False, "run",
+           "the measured requests' windows (request sent to last token), phones whose GPU tells it (kgsl)",
+           "summary.gpu_figures",
+           "the mean of the GPU busy samples inside the windows (kgsl's gpu_busy_percentage, or gpubusy's busy / "
+           "total of the driver's last window); a CPU backend's run shows what else kept the GPU busy (the screen, "
+           "the compositor)", compared=False),
+    Metric("gpu_cap_min", "GPU clock cap, lowest", "ratio", True, "run",
+           "the measured requests' windows, phones whose GPU tells its allowed clock (kgsl max_gpuclk, devfreq "
+           "max_freq)", "summary.gpu_figures",
+           "the lowest sample inside the windows of the highest GPU clock allowed / the GPU's top clock (1.0 = "
+           "no limit; thermal mitigation lowers it)", compared=False),
     Metric("time_throttled_s", "Time throttled", "s", False, "repetition",
            "each repetition's window", "summary.repetition_values",
            "seconds of the window during which thermal status was above NONE"),

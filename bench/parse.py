@@ -183,6 +183,38 @@ def thermal_zone_celsius(zone_type: str, raw: str) -> float | None:
     return celsius
 
 
+# -- the GPU: Adreno's kgsl, and GPUs under devfreq (Mali, Adreno on mainline kernels) -------------
+
+def parse_gpu_busy(text: str) -> float | None:
+    """GPU busy in percent from kgsl: gpu_busy_percentage ("37 %", the driver's "%d %%\n") or
+    gpubusy, the busy and total counters of the driver's last window ("  1234  5678"; "0 0": the
+    GPU was powered down, so idle). None when the text is neither."""
+    parts = text.split()
+    if len(parts) == 2 and parts[1] == "%" and parts[0].isdigit():
+        return float(parts[0])
+    if len(parts) == 2 and all(part.isdigit() for part in parts):
+        busy, total = int(parts[0]), int(parts[1])
+        return 100.0 * busy / total if total else 0.0 if busy == 0 else None
+    if len(parts) == 1 and parts[0].endswith("%") and parts[0][:-1].isdigit():
+        return float(parts[0][:-1])
+    return None
+
+
+def parse_frequencies_hz(text: str) -> tuple[int, ...]:
+    """devfreq's available_frequencies (or kgsl's gpu_available_frequencies): Hz, ascending."""
+    return tuple(sorted({int(word) for word in text.split() if word.isdigit() and int(word) > 0}))
+
+
+def parse_devfreq_listing(text: str) -> dict[str, str]:
+    """`grep . *` in a devfreq folder ("name:value" lines) -> file -> its first line."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name and name not in found and "/" not in name:
+            found[name.strip()] = value.strip()
+    return found
+
+
 def parse_meminfo(text: str) -> dict[str, int]:
     """/proc/meminfo -> bytes per key."""
     values = {}

@@ -28,6 +28,8 @@ def _save(figure, path: Path) -> str:
 TIME_LABEL = "time since run start (s)"
 _PANELS = (  # source, sample names, y label with unit, scale, file, title
     ("cpu", "freq", "CPU frequency (MHz)", 1, "cpu_freq.png", "CPU frequency"),
+    ("gpu", "busy", "GPU busy (%)", 1, "gpu_busy.png", "GPU busy (kgsl)"),
+    ("gpu", "freq", "GPU clock (MHz)", 1, "gpu_freq.png", "GPU clock"),
     ("battery", "power", "power (W, discharge positive)", 1, "power.png", "Battery power (V x I)"),
     ("battery", "level", "battery level (%)", 1, "battery_level.png", "Battery level"),
 )

@@ -161,6 +161,12 @@ def _process_rows(summary: dict, runtime: dict) -> list[str]:
         growth = summary["peak_rss_bytes"] - runtime["rss_before_load_bytes"]
         lines.append(f"| Peak RSS above pre-load | {_mib(growth)} | | | | | | MiB | peak minus the process RSS just before model load |")
     lines.append(f"| Max temperature | {_fmt(summary.get('max_temperature_c'))} | | | | | | C | hottest temperature sensor sampled |")
+    if summary.get("gpu_busy_pct") is not None:
+        lines.append(f"| GPU busy, mean in the requests | {_fmt(summary['gpu_busy_pct'])} | | | | | | % | the GPU's own "
+                     "busy share (kgsl), sampled; what the screen and other apps drew counts too |")
+    if summary.get("gpu_cap_min") is not None:
+        lines.append(f"| GPU clock cap, lowest in the requests | {summary['gpu_cap_min']:.0%} | | | | | | of its top clock "
+                     "| kgsl max_gpuclk or devfreq max_freq, sampled: thermal mitigation lowers it |")
     if summary.get("decode_tps_drift") is not None:
         lines.append(f"| Decode drift, last vs first repetition | {summary['decode_tps_drift']:+.1%} | | | | | | % | runtime timings |")
     return lines
@@ -400,7 +406,8 @@ def _facts(run: dict) -> list[str]:
         *([_depth_fact(scenario, run.get("kv_cache") or {})] if scenario.get("depth") else []),
         *([_parallel_fact(scenario, run.get("kv_cache") or {})] if scenario.get("parallel") else []),
         *([_draft_fact(scenario, model.get("draft"), run.get("summary") or {})] if scenario.get("drafts") else []),
-        f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')} |"]
+        f"| telemetry | {('%s Hz' % telemetry.get('hz')) if telemetry.get('enabled') else 'off'}; {telemetry.get('clock')}"
+        + (f"; GPU {telemetry['gpu']}" if telemetry.get("gpu") else "") + " |"]
     for kind, item in (run.get("pushed") or {}).items():
         if item.get("cached"):
             how = "already on the device (0 bytes pushed)"

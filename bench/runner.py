@@ -314,6 +314,7 @@ class _Run:
             self.sampler.start()
             self.meta["telemetry"]["absent"] = self.sampler.absent
             self.meta["telemetry"]["cpus"] = list(self.sampler.cpus)
+            self.meta["telemetry"]["gpu"] = self.sampler.gpu
         if self.sampler is not None and self.sampler.rail_source:
             self.rail_source = self.sampler.rail_source  # the telemetry loop reads the meter itself
         else:

@@ -109,6 +109,24 @@ def request_metrics(requests: pd.DataFrame) -> dict[str, MetricSummary]:
     return metrics
 
 
+def gpu_figures(requests: pd.DataFrame, samples: pd.DataFrame) -> dict:
+    """What the GPU did while the measured requests ran (catalogue: gpu_busy_pct, gpu_cap_min):
+    the mean busy sample and the lowest clock cap inside their windows; None where not sampled."""
+    figures: dict = {"gpu_busy_pct": None, "gpu_cap_min": None}
+    requests = measured_requests(requests)
+    if requests.empty or samples.empty:
+        return figures
+    starts, ends = request_windows(requests)
+    series = split_series(samples)
+    for key, name, reduce in (("gpu_busy_pct", "busy", np.mean), ("gpu_cap_min", "cap", np.min)):
+        if ("gpu", name) in series:
+            inside = [values for start, end in zip(starts, ends)
+                      for values in [series_window(series[("gpu", name)], start, end)[1]] if values.size]
+            if inside:
+                figures[key] = float(reduce(np.concatenate(inside)))
+    return figures
+
+
 def peak_rss_bytes(samples: pd.DataFrame, fallback: float | None = None) -> float | None:
     """max(VmHWM, VmRSS + VmSwap) over the run (DESIGN section 5), or the runner's final reading."""
     candidates = [fallback] if fallback else []
@@ -160,6 +178,7 @@ def run_summary(requests: pd.DataFrame, samples: pd.DataFrame, *, final_peak_rss
     summary["per_repetition"] = repetition_values(requests, samples, summary["peak_rss_bytes"],
                                                   fixed_performance=fixed_performance)
     summary["max_temperature_c"] = max_temperature_c(samples)
+    summary.update(gpu_figures(requests, samples))
     summary["roofline_ceiling_tps"] = summary["roofline_efficiency"] = summary["roofline_note"] = None
     if model_bytes and last_level_cache_bytes and model_bytes <= last_level_cache_bytes:
         # its weights can stay in the cache between tokens: DRAM bandwidth does not bound it

@@ -19,7 +19,8 @@ TID_SEQUENCE_BASE = 10  # parallel sequences overlap: one track each (a track's 
 # (source, unit) of the samples drawn as counter tracks, with the track's name and scale
 COUNTERS = {("thermal", "C"): ("temperature (C)", 1.0), ("battery", "W"): ("power (W)", 1.0),
             ("process", "B"): ("memory (MiB)", 1 / 2**20), ("cpu", "MHz"): ("CPU frequency (MHz)", 1.0),
-            ("rail", "J"): ("rail energy (J, cumulative)", 1.0)}
+            ("rail", "J"): ("rail energy (J, cumulative)", 1.0), ("gpu", "%"): ("GPU busy (%)", 1.0),
+            ("gpu", "MHz"): ("GPU clock (MHz)", 1.0)}
 
 
 def _us(seconds: float, origin_s: float = 0.0) -> float:

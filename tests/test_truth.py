@@ -21,8 +21,8 @@ from bench.metrics import BY_NAME, CATALOGUE, PRIMARY
 from bench.placement import thread_placement
 from bench.records import RequestRecord
 from bench.runtimes.base import Completion
-from bench.summary import (aggregate_decode, draft_acceptance, load_values, per_repetition, repetition_values,
-                           request_metrics, validity_from_samples)
+from bench.summary import (aggregate_decode, draft_acceptance, gpu_figures, load_values, per_repetition,
+                           repetition_values, request_metrics, validity_from_samples)
 from bench.throttle import time_to_throttle, loops
 from bench.workload import to_record
 from conftest import bench_cli
@@ -403,6 +403,21 @@ def test_draft_acceptance_known_answer():
     assert (record.draft_tokens, record.draft_accepted) == (6, 3)
 
 
+def test_gpu_figures_known_answer():
+    # two measured requests, 1.0-3.0 s and 5.0-6.0 s (a warmup before them); GPU busy 50 % before
+    # them, 10, 20, 30 % in the first, 60 % in the second, 90 % after; the clock cap 1.0, 0.75 in
+    # the first, 0.5 only after both
+    requests = _requests([{"repetition": -1, "warmup": True, "t_start_s": 0.0, "e2e_ms": 500.0},
+                          {"repetition": 0, "t_start_s": 1.0, "e2e_ms": 2000.0},
+                          {"repetition": 0, "t_start_s": 5.0, "e2e_ms": 1000.0}])
+    busy = [(0.2, 50.0), (1.5, 10.0), (2.0, 20.0), (2.5, 30.0), (5.5, 60.0), (8.0, 90.0)]
+    cap = [(0.2, 1.0), (2.0, 0.75), (5.5, 1.0), (8.0, 0.5)]
+    samples = _samples([(t, "gpu", "busy", v, "%") for t, v in busy] + [(t, "gpu", "cap", v, "ratio") for t, v in cap])
+    assert gpu_figures(requests, samples) == {"gpu_busy_pct": pytest.approx((10 + 20 + 30 + 60) / 4), "gpu_cap_min": 0.75}
+    # a phone whose GPU is hidden, a host: no figure, not a zero
+    assert gpu_figures(requests, _samples([])) == {"gpu_busy_pct": None, "gpu_cap_min": None}
+
+
 def test_load_figures_known_answer():
     # cold: the page cache dropped, a 800 ms load, the run's first request (a warmup, sent first)
     # took 150 ms to its first token; warm: a 300 ms reload, then 40 ms to the first token
@@ -452,6 +467,8 @@ KNOWN_ANSWERS = {
     "kv_cache_bytes_at_depth": test_kv_cache_bytes_at_depth_known_answer,
     "aggregate_decode_tps": test_aggregate_decode_known_answer,
     "draft_acceptance": test_draft_acceptance_known_answer,
+    "gpu_busy_pct": test_gpu_figures_known_answer,
+    "gpu_cap_min": test_gpu_figures_known_answer,
     "load_cold_ms": test_load_figures_known_answer,
     "first_token_cold_ms": test_load_figures_known_answer,
     "load_warm_ms": test_load_figures_known_answer,

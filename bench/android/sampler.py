@@ -29,6 +29,25 @@ SCRIPT_PATH = "/data/local/tmp/bench/run/telemetry.sh"
 
 SUPPLY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # device-given names that may enter the loop script
 IIO_PATH = re.compile(r"^/sys/bus/iio/devices/iio:device\d{1,3}/energy_value$")
+DEVFREQ_NAME = re.compile(r"^[A-Za-z0-9_.,:-]{1,64}$")  # a devfreq device's name (1c00000.qcom,kgsl-3d0)
+KGSL = "/sys/class/kgsl/kgsl-3d0"
+KGSL_FILES = ("gpu_busy_percentage", "gpubusy", "devfreq/cur_freq", "gpuclk", "max_gpuclk", "thermal_pwrlevel")
+
+
+@dataclass(frozen=True)
+class GpuFiles:
+    """The GPU's files the loop reads (paths the device itself listed): Adreno's kgsl-3d0, else a
+    GPU under devfreq (Mali, Adreno on a mainline kernel), which tells its clock but not how busy."""
+    name: str                  # kgsl-3d0, or the devfreq device (ff9a0000.gpu)
+    model: str | None          # kgsl's gpu_model (Adreno740v2)
+    busy: str | None           # gpu_busy_percentage ("37 %") or gpubusy ("busy total")
+    freq: str | None           # the clock now, Hz
+    cap: str | None            # the highest clock allowed now (thermal limits lower it), Hz
+    top_hz: int | None         # the highest clock the GPU has
+    pwrlevel: str | None = None  # kgsl's thermal_pwrlevel: 0 = no thermal limit, higher = slower levels only
+
+    def describe(self) -> str:
+        return f"{self.name}{f' ({self.model})' if self.model else ''}"
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,7 @@ class Layout:
     absent: dict[str, str] = field(default_factory=dict)
     supplies: tuple[str, ...] = ()            # external supplies (usb, ac, wireless...) with an `online` file
     energy_meters: tuple[str, ...] = ()       # readable iio energy_value files (the power monitor's own)
+    gpu: GpuFiles | None = None
 
 
 def discover(device: Device) -> Layout:
@@ -48,9 +68,16 @@ def discover(device: Device) -> Layout:
         "for c in /sys/devices/system/cpu/cpu*/cpufreq; do [ -r $c/related_cpus ] && echo C $(cat $c/related_cpus) - $(cat $c/cpuinfo_max_freq); done; "
         f"for f in {' '.join(BATTERY_FIELDS)}; do [ -r {BATTERY}/$f ] && echo B $f; done; "
         "for s in /sys/class/power_supply/*; do [ -r $s/online ] && echo P ${s##*/} $(cat $s/type 2>/dev/null); done; "
-        f"for e in {parse.IIO_ENERGY_GLOB}; do [ -r $e ] && head -c 1 $e >/dev/null 2>&1 && echo E $e; done",
+        f"for e in {parse.IIO_ENERGY_GLOB}; do [ -r $e ] && head -c 1 $e >/dev/null 2>&1 && echo E $e; done; "
+        # a file SELinux hides can still pass -r: each is read once here, as the loop will
+        f"if [ -d {KGSL} ]; then echo K $(cat {KGSL}/gpu_model 2>/dev/null); "
+        f"for f in {' '.join(KGSL_FILES)}; do head -c 1 {KGSL}/$f >/dev/null 2>&1 && echo KF $f; done; "
+        f"echo KA $(cat {KGSL}/devfreq/available_frequencies 2>/dev/null || cat {KGSL}/gpu_available_frequencies 2>/dev/null); fi; "
+        "for d in /sys/class/devfreq/*; do case ${d##*/} in *gpu*|*mali*|*kgsl*|*g3d*|*G3D*) "
+        "head -c 1 $d/cur_freq >/dev/null 2>&1 && echo D ${d##*/} $(cat $d/available_frequencies 2>/dev/null);; esac; done",
         timeout=30).stdout
     zones, clusters, battery, absent, supplies, meters = [], {}, [], {}, [], []
+    gpu = _gpu_files(output)
     for line in output.splitlines():
         parts = line.split()
         if parts[:1] == ["Z"] and len(parts) >= 4 and parts[1].isdigit():
@@ -76,7 +103,35 @@ def discover(device: Device) -> Layout:
             absent[f"battery/{name}"] = f"{BATTERY}/{name} is not readable"
     if not supplies:
         absent["battery/plugged"] = "no /sys/class/power_supply/*/online: external power is told by battery status alone"
-    return Layout(tuple(zones), tuple(sorted(clusters.items())), tuple(battery), absent, tuple(supplies), tuple(meters))
+    if gpu is None:
+        absent["gpu/*"] = (f"no readable {KGSL} (Adreno) nor GPU under /sys/class/devfreq (SELinux hides them on "
+                           "many retail builds; a rooted or userdebug phone shows them)")
+    elif gpu.busy is None:
+        absent["gpu/busy"] = (f"{gpu.describe()} tells its clock but not how busy it is" if gpu.name != "kgsl-3d0"
+                              else f"{KGSL}/gpu_busy_percentage and gpubusy are not readable")
+    return Layout(tuple(zones), tuple(sorted(clusters.items())), tuple(battery), absent, tuple(supplies), tuple(meters),
+                  gpu)
+
+
+def _gpu_files(output: str) -> GpuFiles | None:
+    """The GPU discover() found: kgsl-3d0 when its files read, else the first GPU under devfreq."""
+    lines = [line.split() for line in output.splitlines()]
+    kgsl = [parts for parts in lines if parts[:1] == ["K"]]
+    readable = {parts[1] for parts in lines if parts[:1] == ["KF"] and len(parts) == 2}
+    if kgsl and readable:
+        top = max(parse.parse_frequencies_hz(" ".join(next((p[1:] for p in lines if p[:1] == ["KA"]), []))), default=None)
+
+        def path(*names: str) -> str | None:
+            return next((f"{KGSL}/{name}" for name in names if name in readable), None)
+
+        return GpuFiles("kgsl-3d0", " ".join(kgsl[0][1:]) or None, path("gpu_busy_percentage", "gpubusy"),
+                        path("devfreq/cur_freq", "gpuclk"), path("max_gpuclk"), top, path("thermal_pwrlevel"))
+    for parts in lines:
+        if parts[:1] == ["D"] and len(parts) >= 2 and DEVFREQ_NAME.match(parts[1]):
+            folder = f"/sys/class/devfreq/{parts[1]}"
+            return GpuFiles(parts[1], None, None, f"{folder}/cur_freq", f"{folder}/max_freq",
+                            max(parse.parse_frequencies_hz(" ".join(parts[2:])), default=None))
+    return None
 
 
 UPTIME_STEP_S = 0.01  # /proc/uptime's resolution
@@ -95,6 +150,15 @@ def loop_script(layout: Layout) -> str:
         reads.append(f"read -r f{cpu} < /sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq")
         reads.append(f"read -r m{cpu} < /sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_max_freq")
         fields += [f"f{cpu}=$f{cpu}", f"m{cpu}=$m{cpu}"]
+    gpu = layout.gpu
+    if gpu is not None:
+        # kgsl's busy file is one line of two words ("37 %", or gpubusy's "busy total"): both kept;
+        # emptied first, so a read that fails mid-run leaves no stale value
+        reads.append("gb=; gt=; gf=; gc=; gl=")
+        for key, path in (("gb gt", gpu.busy), ("gf", gpu.freq), ("gc", gpu.cap), ("gl", gpu.pwrlevel)):
+            if path:
+                reads.append(f"read -r {key} < {path}")
+                fields += [f"{name}=${name}" for name in key.split()]
     body = "\n  ".join(reads)
     line = " ".join(fields)
     # the power monitor's files, whole: each line keeps the meter's own time stamp
@@ -148,6 +212,7 @@ class AndroidSampler:
         self.cpus = cpus  # where the loop runs (taskset); () = where the scheduler puts it
         self.layout = discover(device)
         self.absent = dict(self.layout.absent)
+        self.gpu = self.layout.gpu.describe() if self.layout.gpu else None  # what run.json's telemetry names
         self.zone_names = {index: kind for index, kind in self.layout.zones}
         self.cluster_max = dict(self.layout.clusters)
         self.raw_current: list[tuple[float, float]] = []      # (t_s, raw current_now)
@@ -271,7 +336,24 @@ class AndroidSampler:
             return []
         self.ticks += 1
         values = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
-        return [*self._thermal_and_cpu(t_s, values), *self._battery(t_s, values), *self._process(t_s, values)]
+        return [*self._thermal_and_cpu(t_s, values), *self._gpu(t_s, values), *self._battery(t_s, values),
+                *self._process(t_s, values)]
+
+    def _gpu(self, t_s: float, values: dict[str, str]) -> list[Sample]:
+        gpu, samples = self.layout.gpu, []
+        if gpu is None:
+            return samples
+        busy = parse.parse_gpu_busy(f"{values.get('gb', '')} {values.get('gt', '')}") if gpu.busy else None
+        if busy is not None:
+            samples.append(Sample(t_s, "gpu", "busy", busy, "%"))
+        freq, cap, level = _number(values, "gf"), _number(values, "gc"), _number(values, "gl")
+        if freq:
+            samples.append(Sample(t_s, "gpu", "freq", freq / 1e6, "MHz"))
+        if cap and gpu.top_hz:
+            samples.append(Sample(t_s, "gpu", "cap", min(1.0, cap / gpu.top_hz), "ratio"))
+        if level is not None:
+            samples.append(Sample(t_s, "gpu", "thermal_pwrlevel", level, "level"))
+        return samples
 
     def _thermal_and_cpu(self, t_s: float, values: dict[str, str]) -> list[Sample]:
         samples: list[Sample] = []

@@ -52,6 +52,7 @@ def smaps_pss_bytes(pid: int) -> int | None:
 
 class HostSampler:
     rail_source = None  # a host has no power-rail energy meter
+    gpu = None  # nor GPU telemetry (phones' kgsl and devfreq GPUs only)
     last_rail_s = None
     clock_check = None  # stamped on the host's own clock: nothing to check
     cpus = ()  # a thread of bench's own process: where the scheduler puts it

@@ -431,6 +431,7 @@ class Sandbox:
             charge_counter_uah=state.charge_counter_uah, temp_dc=temp_dc,
             charge_full_uah=int(state.profile.capacity_mah * 1000)))
         self._publish_rails(state)
+        self._publish_gpu(state)
         self._write("sim/state/fixed_performance.txt", f"{str(state.fixed_performance).lower()}\n")
         # The hardware's view: `dumpsys battery unplug` fakes BatteryService, not this file.
         self._write("sys/class/power_supply/usb/type", "USB\n")
@@ -449,6 +450,30 @@ class Sandbox:
             # the truth a test holds detection to: when the phone first showed a capped CPU (host epoch)
             self.throttle_published = True
             self.write_state("first_throttle_epoch", f"{time.time():.6f}\n")
+
+    def _publish_gpu(self, state: PhoneState) -> None:
+        """The GPU as the profile's phone shows it: kgsl-3d0 (Adreno) or a devfreq GPU (Mali). It does
+        no work (bench's runtimes here run on the CPU): busy 0, the lowest clock. Its thermal power
+        level follows the SoC's mitigation as the CPU cap does: the highest clock allowed steps down."""
+        profile = state.profile
+        if profile.gpu == "none":
+            return
+        levels = sorted(profile.gpu_frequencies_hz, reverse=True)  # kgsl's power level 0 is the fastest
+        level = 0 if not profile.max_duty else round(state.duty / profile.max_duty * (len(levels) - 1))
+        cap, clock = levels[level], levels[-1]
+        listed = " ".join(str(hz) for hz in sorted(levels))
+        if profile.gpu == "devfreq":
+            base = "sys/class/devfreq/13000000.mali"
+            for name, value in (("cur_freq", clock), ("max_freq", cap), ("available_frequencies", listed)):
+                self._write(f"{base}/{name}", f"{value}\n")
+            return
+        base = "sys/class/kgsl/kgsl-3d0"
+        for name, value in (("gpu_model", profile.gpu_model), ("gpu_busy_percentage", "0 %"),
+                            ("gpubusy", f"{0:7d} {0:7d}"), ("gpuclk", clock), ("max_gpuclk", cap),
+                            ("thermal_pwrlevel", level), ("gpu_available_frequencies", listed),
+                            ("devfreq/cur_freq", clock), ("devfreq/max_freq", cap),
+                            ("devfreq/available_frequencies", listed)):
+            self._write(f"{base}/{name}", f"{value}\n")
 
     def _publish_rails(self, state: PhoneState) -> None:
         """The energy meter as the profile's phone shows it: an AIDL HAL's "[RAIL]:Subsystem" names,
