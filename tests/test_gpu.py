@@ -88,6 +88,11 @@ def test_a_sim_run_samples_its_kgsl_gpu_into_the_report_plots_and_trace(start_si
     assert (run_dir / "plots" / "gpu_busy.png").is_file() and (run_dir / "plots" / "gpu_freq.png").is_file()
     trace = json.loads((run_dir / "trace.json").read_text())
     assert {"GPU busy (%)", "GPU clock (MHz)"} <= {event["name"] for event in trace["traceEvents"] if event.get("ph") == "C"}
+    # a capture for a bug report (or --replay) carries the GPU's files too
+    captured = bench_cli("capture", "--device", sim.serial, str(tmp_path / "capture"))
+    assert captured.returncode == 0, captured.stderr[-2000:]
+    assert (tmp_path / "capture/sys/class/kgsl/kgsl-3d0/gpu_busy_percentage").read_text() == "0 %\n"
+    assert (tmp_path / "capture/sys/class/kgsl/kgsl-3d0/gpu_model").read_text() == "SimAdreno\n"
 
 
 @pytest.mark.slow

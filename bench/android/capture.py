@@ -28,6 +28,19 @@ SYS_GLOBS = (
     "/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq",
     "/sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq",
     "/sys/devices/system/cpu/cpu*/cpufreq/related_cpus",
+    # the GPU, where the phone lets a shell read it: Adreno's kgsl, and GPUs under devfreq
+    "/sys/class/kgsl/kgsl-3d0/gpu_model",
+    "/sys/class/kgsl/kgsl-3d0/gpu_busy_percentage",
+    "/sys/class/kgsl/kgsl-3d0/gpubusy",
+    "/sys/class/kgsl/kgsl-3d0/gpuclk",
+    "/sys/class/kgsl/kgsl-3d0/max_gpuclk",
+    "/sys/class/kgsl/kgsl-3d0/thermal_pwrlevel",
+    "/sys/class/kgsl/kgsl-3d0/devfreq/cur_freq",
+    "/sys/class/kgsl/kgsl-3d0/devfreq/available_frequencies",
+    "/sys/class/devfreq/*/name",
+    "/sys/class/devfreq/*/cur_freq",
+    "/sys/class/devfreq/*/max_freq",
+    "/sys/class/devfreq/*/available_frequencies",
 )
 # One marker line per file, so a single shell call returns the whole tree.
 _MARK = "@@bench-capture@@"
