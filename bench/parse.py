@@ -551,3 +551,52 @@ def parse_llama_buffers(log: str) -> LlamaBuffers | None:
     a process started again); None when the log has none."""
     loads = parse_llama_loads(log)
     return loads[0] if loads else None
+
+
+# -- where the model ran: the GPU devices llama.cpp found, used, and the layers it offloaded ---------
+
+_VULKAN_DEVICE = re.compile(r"ggml_vulkan: (?P<index>\d+) = (?P<name>.+?) \((?P<driver>[^()]*)\) \|")
+_USING_DEVICE = re.compile(r"using device (?P<device>\S+) \((?P<name>.*)\) \((?P<id>[^()]*)\) - (?P<free>\d+) MiB free")
+_OFFLOADED = re.compile(r"offloaded (?P<done>\d+)/(?P<total>\d+) layers to GPU")
+
+
+@dataclass(frozen=True)
+class LlamaOffload:
+    """What a llama.cpp load log says of the GPU: the devices its GPU backends found (Vulkan's
+    "ggml_vulkan: N = NAME (DRIVER)"), the ones the model was loaded onto ("using device Vulkan0
+    (NAME)"), and the layers offloaded of those that could be. A CPU-only build logs none of it."""
+
+    devices: tuple[tuple[str, str], ...]   # (name, driver) per device found
+    used: tuple[tuple[str, str], ...]      # (backend device, name) per device used
+    layers_offloaded: int | None
+    layers_total: int | None
+
+    def as_record(self, buffers: "LlamaBuffers | None") -> dict:
+        """run.json's memory.offload; with the load's buffers, how much of the weights the devices
+        hold: a backend can count layers as offloaded and still keep their weights in CPU memory
+        (the Hexagon log of llama.cpp#13179: 29/29 layers, 0.16 of 3390 MiB on the device)."""
+        weights = [(buffer, size) for part, buffer, size in (buffers.buffers if buffers else ()) if part == "weights"]
+        on_device = sum(size for buffer, size in weights if not buffer.upper().startswith("CPU"))
+        return {"devices": [{"name": name, "driver": driver} for name, driver in self.devices],
+                "used": [{"device": device, "name": name} for device, name in self.used],
+                "layers_offloaded": self.layers_offloaded, "layers_total": self.layers_total,
+                "weights_on_device_bytes": on_device if weights else None,
+                "weights_bytes": sum(size for _, size in weights) if weights else None,
+                "source": "llama.cpp's log at load: its GPU backends' device lines, 'using device', 'offloaded N/M "
+                          "layers to GPU', and the weights' buffer types (CPU* buffers are host memory)"}
+
+
+def parse_llama_offload(log: str) -> LlamaOffload:
+    """The first load's devices and offload in a llama.cpp log (a second load is a draft model's
+    or a restart's)."""
+    devices: list[tuple[str, str]] = []
+    used: list[tuple[str, str]] = []
+    offloaded = total = None
+    for line in log.splitlines():
+        if (match := _VULKAN_DEVICE.search(line)) and int(match["index"]) == len(devices):
+            devices.append((match["name"].strip(), match["driver"].strip()))
+        elif (match := _USING_DEVICE.search(line)) and offloaded is None:
+            used.append((match["device"], match["name"].strip()))
+        elif (match := _OFFLOADED.search(line)) and offloaded is None:
+            offloaded, total = int(match["done"]), int(match["total"])
+    return LlamaOffload(tuple(devices), tuple(used), offloaded, total)

@@ -128,6 +128,14 @@ def _memory(run: dict) -> list[str]:
                 note += f"; the preflight counted {_mib(kv['bytes_all_slots'])} from the model's shapes"
             lines.append(f"| {label} | {_fmt(sum(b['bytes'] for b in picked) / 2**20)} | "
                          f"{', '.join(b['buffer'] for b in picked)} | {note} |")
+    offload = memory.get("offload") or {}
+    if offload:
+        used = ", ".join(f"{item['device']} ({item['name']})" for item in offload.get("used") or []) or "no device used"
+        layers = (f"{offload['layers_offloaded']}/{offload['layers_total']} layers offloaded"
+                  if offload.get("layers_total") is not None else "no offload line")
+        on_device = offload.get("weights_on_device_bytes")
+        lines.append(f"| weights on GPU devices | {_fmt(on_device / 2**20 if on_device is not None else None)} | {used} | "
+                     f"llama.cpp at load: {layers} (a layer counted as offloaded can keep its weights in a CPU buffer) |")
     draft = memory.get("draft") or {}
     if draft.get("total_bytes") is not None:
         parts = ", ".join(f"{label} {_fmt((draft.get(f'{part}_bytes') or 0) / 2**20)}" for part, label in _MEMORY_PARTS

@@ -356,6 +356,9 @@ class _Run:
                              "cache, and count in RSS only as far as they were touched")
         if self.options.model.draft is not None and len(loads) > 1:  # the draft loads after its model
             record["draft"] = loads[1].as_record()
+        offload = parse.parse_llama_offload(log)
+        if offload.devices or offload.used or offload.layers_total is not None:  # a CPU build logs none of it
+            record["offload"] = offload.as_record(buffers)
         kv = record["kv_cache_bytes"]
         if kv and expected and kv > expected * 1.01 + parse.MIB:
             self.warn(f"llama.cpp's KV cache ({kv / parse.MIB:,.1f} MiB) is larger than the preflight counted "
