@@ -39,6 +39,15 @@ def test_layers_counted_as_offloaded_can_keep_their_weights_in_cpu_memory():
     assert record["weights_bytes"] == pytest.approx((0.16 + 3389.80) * MIB)
 
 
+def test_a_vulkan_load_that_really_offloads_on_lavapipe():
+    offload, record = _offload("host-x86-llama-server-lv4-vulkan-lavapipe_smollm2-135m-q4_1_vendored-0c1e57098.txt")
+    assert offload.used == (("Vulkan0", "llvmpipe (LLVM 15.0.6, 256 bits)"),)
+    assert (offload.layers_offloaded, offload.layers_total) == (31, 31)
+    # the token embeddings stay in host memory; every layer's weights are on the device
+    assert record["weights_on_device_bytes"] == pytest.approx(92.10 * MIB)
+    assert record["weights_bytes"] == pytest.approx((92.10 + 28.69) * MIB)
+
+
 def test_a_cpu_build_logs_no_device_and_no_offload():
     offload = parse.parse_llama_offload(
         (LOGS / "host-x86-llama-server-lv4_smollm2-135m-q4_1_bench-build-0c1e57098.txt").read_text())
