@@ -46,9 +46,9 @@ class SimProfile:
     ignore_affinity: bool = False             # [cpu] ignore_affinity: threads' CPU masks are undone (as some phones do)
     adjustable_clock: bool = False            # [clock] adjustable: the wall clock can jump (libfaketime; `clock-jump` fault)
     su: bool = False                          # [shell] su: a rooted phone, whose su grants root (else no su, as on retail phones)
-    gpu: str = "kgsl"                         # [gpu] kind: kgsl (Adreno's files), devfreq (a Mali: clock only), none (hidden)
-    gpu_model: str = "SimAdreno"              # [gpu] model: what kgsl's gpu_model says
-    gpu_frequencies_hz: tuple[int, ...] = (220_000_000, 350_000_000, 500_000_000, 680_000_000)  # [gpu] frequencies_mhz
+    gpu: str = "none"                         # [gpu] kind: kgsl (Adreno's files), devfreq (a Mali: clock only), none (hidden)
+    gpu_model: str = ""                       # [gpu] model: what kgsl's gpu_model says
+    gpu_frequencies_hz: tuple[int, ...] = ()  # [gpu] frequencies_mhz: its clock levels
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -118,16 +118,16 @@ def load_profile(name: str, overrides: dict | None = None) -> SimProfile:
             ignore_affinity=str(cpu.get("ignore_affinity", False)).lower() in ("true", "1"),
             adjustable_clock=str(data.get("clock", {}).get("adjustable", False)).lower() in ("true", "1"),
             su=str(data.get("shell", {}).get("su", False)).lower() in ("true", "1"),
-            gpu=_choice(str(gpu.get("kind", "kgsl")), GPU_KINDS, "gpu.kind", path),
-            gpu_model=str(gpu.get("model", "SimAdreno")),
-            gpu_frequencies_hz=tuple(sorted(int(float(mhz) * 1e6) for mhz in gpu.get("frequencies_mhz", (220, 350, 500, 680)))),
+            gpu=_choice(str(gpu.get("kind", "none")), GPU_KINDS, "gpu.kind", path),
+            gpu_model=str(gpu.get("model", "")),
+            gpu_frequencies_hz=tuple(sorted(int(float(mhz) * 1e6) for mhz in gpu.get("frequencies_mhz", ()))),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(str(path), f"sim profile is missing or has a bad value: {error}") from None
 
 
 RAIL_FORMATS = ("hal", "plain", "iio", "none")
-GPU_KINDS = ("kgsl", "devfreq", "none")
+GPU_KINDS = ("kgsl", "devfreq", "none")  # a profile without a [gpu] section has none
 
 
 def _choice(value: str, allowed: tuple[str, ...], key: str, path: Path) -> str:

@@ -456,7 +456,7 @@ class Sandbox:
         no work (bench's runtimes here run on the CPU): busy 0, the lowest clock. Its thermal power
         level follows the SoC's mitigation as the CPU cap does: the highest clock allowed steps down."""
         profile = state.profile
-        if profile.gpu == "none":
+        if profile.gpu == "none" or not profile.gpu_frequencies_hz:
             return
         levels = sorted(profile.gpu_frequencies_hz, reverse=True)  # kgsl's power level 0 is the fastest
         level = 0 if not profile.max_duty else round(state.duty / profile.max_duty * (len(levels) - 1))
