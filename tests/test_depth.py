@@ -20,7 +20,7 @@ SMOLLM2_KV_BYTES_PER_TOKEN = 30 * 3 * (64 + 64) * 2
 
 def _scenario(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "deep.toml"
-    path.write_text('name = "deep"\nrepetitions = 2\nwarmup = 0\nn_predict = 8\nn_ctx = 1024\n'
+    path.write_text('name = "deep"\nrepetitions = 2\nwarmup = 0\nn_predict = 8\nn_ctx = 1024\nidle_s = 0\n'
                     f'prompts = ["Tell me about the sea."]\n{extra}')
     return path
 

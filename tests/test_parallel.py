@@ -21,7 +21,7 @@ from conftest import bench_cli
 
 def _scenario(tmp_path: Path, extra: str = "", name: str = "together") -> Path:
     path = tmp_path / f"{name}.toml"
-    path.write_text(f'name = "{name}"\nrepetitions = 2\nwarmup = 0\nn_predict = 16\nn_ctx = 256\n'
+    path.write_text(f'name = "{name}"\nrepetitions = 2\nwarmup = 0\nn_predict = 16\nn_ctx = 256\nidle_s = 0\n'
                     f'prompts = ["Tell me about the sea."]\n{extra}')
     return path
 

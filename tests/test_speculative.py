@@ -26,7 +26,7 @@ MIB = 2**20
 
 def _scenario(tmp_path: Path, extra: str = "", name: str = "drafted") -> Path:
     path = tmp_path / f"{name}.toml"
-    path.write_text(f'name = "{name}"\nrepetitions = 2\nwarmup = 0\nn_predict = 24\nn_ctx = 256\n'
+    path.write_text(f'name = "{name}"\nrepetitions = 2\nwarmup = 0\nn_predict = 24\nn_ctx = 256\nidle_s = 0\n'
                     f'prompts = ["Once upon a time, there was a little"]\n{extra}')
     return path
 
