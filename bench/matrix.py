@@ -16,7 +16,7 @@ import json
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -155,10 +155,11 @@ def load_matrix_file(path: Path) -> MatrixSpec:
         if problem:
             fail(key, f"'{key}' {problem}: {sweeps[key]!r}", f"e.g. {key} = {example}")
     drafts = data.get("draft", [])
-    problem = drafts_problem(drafts if isinstance(drafts, list) else [drafts]) if drafts != [] else None
+    drafts = drafts if isinstance(drafts, list) else [drafts]
+    problem = drafts_problem(drafts) if drafts else None
     if problem:
-        fail("draft", f"'draft' {problem}: {drafts!r}", 'e.g. draft = ["smollm2-135m"]')
-    drafts = [draft for draft in (drafts if isinstance(drafts, list) else [drafts]) if draft != NO_DRAFT]
+        fail("draft", f"'draft' {problem}: {data['draft']!r}", 'e.g. draft = ["smollm2-135m"]')
+    drafts = [draft for draft in drafts if draft != NO_DRAFT]
     repetitions = data.get("repetitions")
     if repetitions is not None and (not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1):
         fail("repetitions", "'repetitions' must be an integer >= 1")
@@ -347,6 +348,8 @@ def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None)
         "threads": point.threads, "affinity": list(point.affinity) if point.affinity is not None else None,
         "depth": point.depth, "kv_cache_bytes_at_depth": _kv_bytes(result) if point.depth else None,
         "parallel": point.parallel, "draft": point.draft,
+        # the point a draft's speed-up is taken against: the same one without the draft
+        "without_draft_key": replace(point, draft=NO_DRAFT).key if point.draft is not None else None,
         "label": point.label, "run_dir": str(result.run_dir) if result else None,
         "status": result.status if result else "failed", "reason": result.reason if result else error,
         **{key: summary.get(key) for key in ("decode_tps_median", "decode_tps_iqr", "prefill_tps_median",
@@ -369,12 +372,10 @@ def _kv_bytes(result: RunResult | None) -> int | None:
 def draft_speedups(rows: list[dict]) -> dict[str, float]:
     """Each draft point's decode over that of its point without a draft (same device, model,
     scenario, threads, CPUs, depth and parallel; medians over repetitions): key -> ratio."""
-    def base(key: str) -> str:
-        return key.rsplit("|draft ", 1)[0]
-
-    alone = {base(row["key"]): row.get("decode_tps_median") for row in rows if row.get("draft") == NO_DRAFT}
-    return {row["key"]: row["decode_tps_median"] / alone[base(row["key"])] for row in rows
-            if row.get("draft") not in (None, NO_DRAFT) and row.get("decode_tps_median") and alone.get(base(row["key"]))}
+    alone = {row["key"]: row.get("decode_tps_median") for row in rows if row.get("draft") == NO_DRAFT}
+    return {row["key"]: row["decode_tps_median"] / alone[row["without_draft_key"]] for row in rows
+            if row.get("draft") not in (None, NO_DRAFT) and row.get("decode_tps_median")
+            and alone.get(row.get("without_draft_key"))}
 
 
 def markdown(title: str, rows: list[dict]) -> str:

@@ -267,10 +267,10 @@ def write_draft_plot(path: Path, rows: list[dict], speedups: dict[str, float]) -
     groups: dict[str, list[dict]] = {}
     for row in rows:
         if row.get("draft") is not None and row.get("decode_tps_median") is not None:
-            groups.setdefault(row["key"].rsplit("|draft ", 1)[0], []).append(row)
+            groups.setdefault(row["without_draft_key"], []).append(row)
     figure, axis = plt.subplots(figsize=(max(5.0, 1.6 * sum(len(g) for g in groups.values())), 3.8))
     position, ticks, labels = 0, [], []
-    for base, group in groups.items():
+    for group in groups.values():
         for row in group:
             color = "0.6" if row["draft"] == "none" else "tab:blue"
             axis.bar(position, row["decode_tps_median"], yerr=(row.get("decode_tps_iqr") or 0) / 2, capsize=3, color=color)
@@ -281,7 +281,7 @@ def write_draft_plot(path: Path, rows: list[dict], speedups: dict[str, float]) -
                               ha="center", fontsize=7)
             ticks.append(position)
             labels.append(("no draft" if row["draft"] == "none" else f"draft {row['draft']}")
-                          + (f"\n{base.split('|')[0]}, {base.split('|')[1]}" if len(groups) > 1 else ""))
+                          + (f"\n{row['device']}, {row['model']}" if len(groups) > 1 else ""))
             position += 1
         position += 0.5
     axis.set_xticks(ticks, labels, fontsize=7)

@@ -13,8 +13,9 @@ from bench import parse
 from bench.config import parse_scenario, sweep_drafts
 from bench.errors import ConfigError, UsageError
 from bench.gguf import draft_vocabulary_problem, read_gguf
-from bench.matrix import draft_speedups, load_matrix_file, markdown
+from bench.matrix import MatrixPoint, _row, draft_speedups, load_matrix_file, markdown
 from bench.records import NO_DRAFT
+from bench.runner import RunResult
 from bench.runtimes.llama_server import draft_args
 from bench.store import load_run
 from conftest import bench_cli, write_gguf
@@ -107,17 +108,17 @@ def test_bad_drafts_get_one_line_and_exit_2_before_anything_is_written(tmp_path,
 
 
 def test_the_speed_up_is_decode_with_the_draft_over_the_same_point_without():
-    def row(draft, decode, device="host"):
-        return {"key": f"{device}|m|s|default|default" + ("" if draft is None else f"|draft {draft}"), "draft": draft,
-                "decode_tps_median": decode, "decode_tps_iqr": 1.0, "draft_acceptance_median": 0.8 if draft not in
-                (None, NO_DRAFT) else None, "device": device, "model": "m", "scenario": "s", "threads": None,
-                "affinity": None, "status": "complete", "run_dir": f"/r/{device}-{draft}", "label": f"{device} {draft}"}
-    rows = [row(NO_DRAFT, 40.0), row("d", 60.0), row(NO_DRAFT, 10.0, "pixel8"), row("d", 5.0, "pixel8")]
-    assert draft_speedups(rows) == {"host|m|s|default|default|draft d": pytest.approx(1.5),
-                                    "pixel8|m|s|default|default|draft d": pytest.approx(0.5)}
+    def row(device: str, draft: str, decode: float) -> dict:
+        summary = {"decode_tps_median": decode, "decode_tps_iqr": 1.0,
+                   "draft_acceptance_median": None if draft == NO_DRAFT else 0.8}
+        return _row(MatrixPoint(device, "m", "s", None, None, draft=draft),
+                    RunResult(Path(f"/r/{device}-{draft}"), "complete", summary))
+    rows = [row("host", NO_DRAFT, 40.0), row("host", "d", 60.0), row("pixel8", NO_DRAFT, 10.0), row("pixel8", "d", 5.0)]
+    assert rows[1]["without_draft_key"] == rows[0]["key"]
+    assert draft_speedups(rows) == {rows[1]["key"]: pytest.approx(1.5), rows[3]["key"]: pytest.approx(0.5)}
     table = markdown("t", rows)
     assert "| draft | accepted | speed-up |" in table and "| d | 80% | 1.50x |" in table and "| d | 80% | 0.50x |" in table
-    assert draft_speedups([row("d", 60.0)]) == {}  # no point without the draft: no speed-up claimed
+    assert draft_speedups(rows[1:2]) == {}  # no point without the draft: no speed-up claimed
 
 
 def test_the_draft_s_buffers_are_the_second_load_in_the_log():
