@@ -15,7 +15,7 @@ def read(name: str) -> str:
 
 def test_every_capture_is_covered_by_a_parser():
     captures = {p.name for p in DATA.glob("*.txt")}
-    assert len(captures) == 18
+    assert len(captures) == 23
     for name in captures:
         text = read(name)
         if "dumpsys-battery" in name:
@@ -34,6 +34,12 @@ def test_every_capture_is_covered_by_a_parser():
             parse.parse_dumpsys_meminfo_total_kb(text)
         elif "cpufreq" in name:
             assert parse.parse_cpufreq_topology(text)
+        elif "kgsl-gpu" in name:  # gpubusy, gpu_busy_percentage (their values: tests/test_gpu.py)
+            assert parse.parse_gpu_busy(text) is not None
+        elif "devfreq-grep" in name:
+            assert parse.parse_devfreq_listing(text)["cur_freq"].isdigit()
+        elif "devfreq" in name:  # cat outputs of devfreq files: the frequency table, the clocks
+            assert parse.parse_frequencies_hz(text.splitlines()[-1])
         elif "cpuinfo" in name or name.startswith("excerpt_ps"):
             continue  # not parsed by the harness (ps/cpuinfo facts come from getprop and sysfs)
         else:
