@@ -396,7 +396,8 @@ def markdown(title: str, rows: list[dict]) -> str:
                 if parallels else "")
              + (" Draft: the draft model of speculative decoding (llama-server, every point of the sweep, the one "
                 "without a draft too); accepted: the share of drafted tokens the model accepted; speed-up: decode "
-                "with the draft over decode without it, the point that differs only in its draft." if drafts else ""), "",
+                "with the draft over decode without it, the point that differs only in its draft (a ratio of the "
+                "two runs' medians: a change within their IQRs is noise)." if drafts else ""), "",
              "| device | model | scenario | threads | CPUs | " + ("depth | KV MiB | " if depths else "")
              + ("parallel | aggregate t/s | " if parallels else "")
              + ("draft | accepted | speed-up | " if drafts else "")

@@ -100,7 +100,7 @@ CATALOGUE: tuple[Metric, ...] = (
            "the measured requests' windows, phones whose GPU tells its allowed clock (kgsl max_gpuclk, devfreq "
            "max_freq)", "summary.gpu_figures",
            "the lowest sample inside the windows of the highest GPU clock allowed / the GPU's top clock (1.0 = "
-           "no limit; thermal mitigation lowers it)", compared=False),
+           "no limit; thermal mitigation or a power limit lowers it)", compared=False),
     Metric("time_throttled_s", "Time throttled", "s", False, "repetition",
            "each repetition's window", "summary.repetition_values",
            "seconds of the window during which thermal status was above NONE"),

@@ -174,7 +174,7 @@ def _process_rows(summary: dict, runtime: dict) -> list[str]:
                      "busy share (kgsl), sampled; what the screen and other apps drew counts too |")
     if summary.get("gpu_cap_min") is not None:
         lines.append(f"| GPU clock cap, lowest in the requests | {summary['gpu_cap_min']:.0%} | | | | | | of its top clock "
-                     "| kgsl max_gpuclk or devfreq max_freq, sampled: thermal mitigation lowers it |")
+                     "| kgsl max_gpuclk or devfreq max_freq, sampled: thermal mitigation or a power limit lowers it |")
     if summary.get("decode_tps_drift") is not None:
         lines.append(f"| Decode drift, last vs first repetition | {summary['decode_tps_drift']:+.1%} | | | | | | % | runtime timings |")
     return lines
