@@ -455,7 +455,9 @@ def _draft_fact(scenario: dict, draft: dict | None, summary: dict) -> str:
     return (f"| draft | speculative decoding: `{draft.get('alias')}` {draft.get('file')} ({_mib(draft.get('bytes'))}, "
             f"sha256 `{str(draft.get('sha256'))[:12]}`) drafts up to {scenario.get('draft_max')} tokens a step for the "
             f"model to verify; {'n/a' if acceptance is None else f'{acceptance:.0%}'} of drafted tokens accepted "
-            f"(median over repetitions); the sweep ({sweep}) has the run without it |")
+            f"(median over repetitions); the sweep ({sweep}) has the run without it. Tokens reach the host in bursts (a "
+            f"verified draft at once): inter-token latency p50 is a gap inside a burst and p95 the wait between bursts, "
+            f"so decode t/s is the figure to compare |")
 
 
 def _runtime_fact(runtime: dict) -> str:
