@@ -268,7 +268,7 @@ def write_draft_plot(path: Path, rows: list[dict], speedups: dict[str, float]) -
     for row in rows:
         if row.get("draft") is not None and row.get("decode_tps_median") is not None:
             groups.setdefault(row["without_draft_key"], []).append(row)
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.6 * sum(len(g) for g in groups.values())), 3.8))
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.6 * sum(len(g) for g in groups.values())), 3.8))
     position, ticks, labels = 0, [], []
     for group in groups.values():
         for row in group:
@@ -287,8 +287,8 @@ def write_draft_plot(path: Path, rows: list[dict], speedups: dict[str, float]) -
     axis.set_xticks(ticks, labels, fontsize=7)
     axis.set_ylabel("decode tokens/s (median, IQR bars)")
     axis.set_ylim(bottom=0)
-    axis.set_title("Speculative decoding: decode with and without the draft\n(on each draft: its speed-up, and the "
-                   "share of drafted tokens accepted)", fontsize=9)
+    axis.set_title("Speculative decoding: decode with and without the draft\n(above each draft: speed-up, drafted "
+                   "tokens accepted)", fontsize=9)
     axis.grid(axis="y", alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(figure, path)
