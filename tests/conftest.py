@@ -174,6 +174,15 @@ def bench_cli(*args: str, cwd: Path | None = None, timeout: float = 900, env: di
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def assert_one_line_exit_2(result, *needles: str) -> None:
+    """Bad input's contract: exit 2 and one line on stderr that names each needle."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], result.stderr
+
+
 def write_gguf(path: Path, metadata: dict, tensors: list[tuple[str, list[int], int]], *,
                data_bytes: int | None = None, string_array: list[str] | None = None, sparse: bool = False) -> Path:
     """A small, valid GGUF v3 file: metadata (str/int/float), an optional string array, tensor

@@ -4,15 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import bench_cli, write_gguf
-
-
-def _one_line_exit_2(result, *needles):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0]
+from conftest import assert_one_line_exit_2, bench_cli, write_gguf
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -32,7 +24,7 @@ def _one_line_exit_2(result, *needles):
 def test_run_bad_flags(tmp_path: Path, adb_server, args, needles):  # a private adb server answers --device
     out = tmp_path / "results"
     result = bench_cli("run", "--out", str(out), *args)
-    _one_line_exit_2(result, *needles)
+    assert_one_line_exit_2(result, *needles)
     assert not out.exists()
 
 
@@ -41,7 +33,7 @@ def test_malformed_scenario_names_file_and_line(tmp_path: Path):
     scenario.write_text('name = "broken"\nprompts = ["a"]\nn_predict = "many"\n')
     out = tmp_path / "results"
     result = bench_cli("run", "--out", str(out), "--scenario", str(scenario))
-    _one_line_exit_2(result, "broken.toml:3", "n_predict")
+    assert_one_line_exit_2(result, "broken.toml:3", "n_predict")
     assert not out.exists()
 
 
@@ -50,7 +42,7 @@ def test_not_gguf_model(tmp_path: Path):
     fake.write_bytes(b"\x89PNG" + b"\0" * 64)
     out = tmp_path / "results"
     result = bench_cli("run", "--out", str(out), "--model", str(fake))
-    _one_line_exit_2(result, "not a GGUF")
+    assert_one_line_exit_2(result, "not a GGUF")
     assert not out.exists()
 
 
@@ -59,25 +51,25 @@ def test_truncated_gguf_model(tmp_path: Path):
     cut = write_gguf(tmp_path / "cut.gguf", meta, [("w", [1024, 1024], 0)], data_bytes=4096)
     out = tmp_path / "results"
     result = bench_cli("run", "--out", str(out), "--model", str(cut))
-    _one_line_exit_2(result, "truncated")
+    assert_one_line_exit_2(result, "truncated")
     assert not out.exists()
 
 
 def test_missing_model_file(tmp_path: Path):
     out = tmp_path / "results"
     result = bench_cli("run", "--out", str(out), "--model", str(tmp_path / "nope.gguf"))
-    _one_line_exit_2(result, "does not exist")
+    assert_one_line_exit_2(result, "does not exist")
     assert not out.exists()
 
 
 def test_report_on_missing_dir(tmp_path: Path):
     result = bench_cli("report", str(tmp_path / "nothing"))
-    _one_line_exit_2(result, "not a run directory")
+    assert_one_line_exit_2(result, "not a run directory")
 
 
 def test_unknown_model_pull():
     result = bench_cli("models", "pull", "7b-q5")
-    _one_line_exit_2(result, "unknown model '7b-q5'", "7b-q4")
+    assert_one_line_exit_2(result, "unknown model '7b-q5'", "7b-q4")
 
 
 def test_listing_commands_json():
@@ -92,16 +84,16 @@ def test_listing_commands_json():
 def test_matrix_file_bad_input(tmp_path: Path, adb_server):
     out = tmp_path / "results"
     missing = bench_cli("matrix", str(tmp_path / "none.toml"), "--out", str(out))
-    _one_line_exit_2(missing, "none.toml")
+    assert_one_line_exit_2(missing, "none.toml")
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('devices = ["host"]\nmodels = ["smollm2-135m"]\nscenarios = ["quick"]\nthread = [1]\n')
-    _one_line_exit_2(bench_cli("matrix", str(unknown), "--out", str(out)), "unknown.toml:4", "unknown key 'thread'")
+    assert_one_line_exit_2(bench_cli("matrix", str(unknown), "--out", str(out)), "unknown.toml:4", "unknown key 'thread'")
     empty = tmp_path / "empty.toml"
     empty.write_text('devices = []\nmodels = ["smollm2-135m"]\nscenarios = ["quick"]\n')
-    _one_line_exit_2(bench_cli("matrix", str(empty), "--out", str(out)), "empty.toml:1", "'devices'")
+    assert_one_line_exit_2(bench_cli("matrix", str(empty), "--out", str(out)), "empty.toml:1", "'devices'")
     model = tmp_path / "model.toml"
     model.write_text('devices = ["host"]\nmodels = ["smollm3"]\nscenarios = ["quick"]\n')
-    _one_line_exit_2(bench_cli("matrix", str(model), "--out", str(out)), "unknown model 'smollm3'")
+    assert_one_line_exit_2(bench_cli("matrix", str(model), "--out", str(out)), "unknown model 'smollm3'")
     resume = bench_cli("matrix", str(model), "--resume", str(tmp_path), "--out", str(out))
-    _one_line_exit_2(resume, "holds no matrix.json")
+    assert_one_line_exit_2(resume, "holds no matrix.json")
     assert not out.exists()

@@ -11,7 +11,7 @@ import pytest
 from bench.checks import _depth_check
 from bench.runtimes import llama_bench
 from bench.store import load_run
-from conftest import bench_cli
+from conftest import assert_one_line_exit_2, bench_cli
 
 # SmolLM2-135M as its model card and config.json state it: 30 layers, 3 key/value heads of 64
 # dimensions; f16 K and V take 30 x 3 x (64 + 64) x 2 bytes per token.
@@ -87,8 +87,7 @@ def test_bad_depths_get_one_line_and_exit_2(tmp_path):
                            ("depth = 1020\n", "depth 1020 + n_predict 8 leave no room"),
                            ("depth = 64\nkeep_history = true\n", "both fill the KV cache")):
         result = bench_cli("run", "--scenario", str(_scenario(tmp_path, extra)), "--out", str(tmp_path / "out"))
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+        assert_one_line_exit_2(result, message)
     flag = bench_cli("run", "--scenario", str(_scenario(tmp_path)), "--depth", "2000", "--out", str(tmp_path / "out"))
     assert flag.returncode == 2 and "depth 2000 + n_predict 8 leave no room for a prompt in n_ctx 1024" in flag.stderr
     word = bench_cli("run", "--depth", "deep", "--out", str(tmp_path / "out"))

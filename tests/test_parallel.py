@@ -16,7 +16,7 @@ from bench.matrix import load_matrix_file
 from bench.runtimes.llama_server import slot_args
 from bench.store import load_run
 from bench.tables import merge_concurrent
-from conftest import bench_cli
+from conftest import assert_one_line_exit_2, bench_cli
 
 
 def _scenario(tmp_path: Path, extra: str = "", name: str = "together") -> Path:
@@ -92,8 +92,7 @@ def test_bad_parallel_flags_get_one_line_and_exit_2(tmp_path):
                           (("--parallel", "two"), "'two' is not a number of sequences"),
                           (("--parallel", "2", "--depth", "64"), "'parallel' with 'depth' is not supported")):
         result = bench_cli("run", "--scenario", str(_scenario(tmp_path)), *args, "--out", str(tmp_path / "out"))
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+        assert_one_line_exit_2(result, message)
     ab = bench_cli("ab", "--base", "smollm2-135m", "--head", "smollm2-135m", "--out", str(tmp_path / "out"),
                    "--scenario", str(_scenario(tmp_path, "parallel = [1, 2]\n")))
     assert ab.returncode == 2 and "an A/B compares at one count" in ab.stderr

@@ -10,7 +10,7 @@ import pytest
 from bench.comparisons import compare_stored
 from bench.history import collect
 from bench.matrix import MatrixPoint, MatrixSpec, Shard, parse_shard
-from conftest import bench_cli
+from conftest import assert_one_line_exit_2, bench_cli
 
 TINY = 'name = "tiny"\nrepetitions = 1\nwarmup = 0\nn_predict = 8\nprompts = ["Hello there."]\n'
 
@@ -79,8 +79,7 @@ def test_bad_shards_get_one_line_and_exit_2(tmp_path):
     for shard, message in (("3/2", "K must be 1 to N"), ("half", "is not K/N"),
                            ("1/2", "--shard needs") ):
         result = bench_cli("matrix", str(matrix), "--shard", shard, "--out", str(tmp_path / "out"))
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+        assert_one_line_exit_2(result, message)
     assert not (tmp_path / "out").exists()
     earlier = tmp_path / "earlier"
     earlier.mkdir()

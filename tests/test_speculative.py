@@ -18,7 +18,7 @@ from bench.records import NO_DRAFT
 from bench.runner import RunResult
 from bench.runtimes.llama_server import draft_args
 from bench.store import load_run
-from conftest import bench_cli, write_gguf
+from conftest import assert_one_line_exit_2, bench_cli, write_gguf
 
 LOGS = Path(__file__).parent / "data" / "llama-logs"
 DRAFT_LOG = LOGS / "host-x86-llama-server-lv4-draft_smollm2-135m-q4_1-drafting-itself_bench-build-0c1e57098.txt"
@@ -99,8 +99,7 @@ def test_bad_drafts_get_one_line_and_exit_2_before_anything_is_written(tmp_path,
                           (("--draft", "smollm2-135m", "--depth", "64"), "'draft' with 'depth' is not supported"),
                           (("--draft", "smollm2-135m", "--parallel", "2"), "'draft' with 'parallel' is not supported")):
         result = bench_cli("run", "--scenario", str(_scenario(tmp_path)), *args, "--out", str(tmp_path / "out"))
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+        assert_one_line_exit_2(result, message)
     ab = bench_cli("ab", "--base", "smollm2-135m", "--head", "smollm2-135m", "--out", str(tmp_path / "out"),
                    "--scenario", str(_scenario(tmp_path, 'draft = "smollm2-135m"\n')))
     assert ab.returncode == 2 and "an A/B compares one setup" in ab.stderr
