@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and entry points. Every command first makes sure .venv is ready:
 #   ./dev.sh run [bench run flags]   set up, then `bench run` on the host (default model + scenario)
-#   ./dev.sh test [pytest flags]     set up (+ mksh, Debian adb, the host llama.cpp runtime), then the tests
+#   ./dev.sh test [pytest flags]     set up (+ mksh, Debian adb, the llama.cpp runtimes), then the tests
 #   ./dev.sh setup                   set up only
 # llama-cpp-python is sdist-only: its wheel carries the host's llama.cpp build (compiled once, for
 # it and for the host tools), cached under ~/.cache/bench and reused by every later set-up.
@@ -35,6 +35,12 @@ system_packages() {
   command -v chromium >/dev/null || missing+=(chromium)  # renders `bench history`'s page in a test
   # lets a sim's wall clock jump (clock.adjustable), for the device-clock self-check's test
   compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(libfaketime)
+  # the host's Vulkan variant (headers, SPIR-V headers, shader compiler) and Mesa's lavapipe, a
+  # Vulkan device on the CPU, on which its tests run the GPU path end to end
+  [ -f /usr/include/vulkan/vulkan.hpp ] || missing+=(libvulkan-dev)
+  [ -f /usr/include/spirv/unified1/spirv.hpp ] || missing+=(spirv-headers)
+  command -v glslc >/dev/null || missing+=(glslc)
+  compgen -G "/usr/share/vulkan/icd.d/lvp_icd.*.json" >/dev/null || missing+=(mesa-vulkan-drivers)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} (apt-get)"
@@ -78,6 +84,9 @@ case "$command" in
       # the arm64 sim's (cached): both phone variants, i8mm (the default) and dotprod-only
       "$VENV/bin/bench" runtime build --target linux-arm64
       "$VENV/bin/bench" runtime build --target linux-arm64 --arm-arch armv8.2-a+dotprod
+    fi
+    if [ -f /usr/include/vulkan/vulkan.hpp ] && command -v glslc >/dev/null; then
+      "$VENV/bin/bench" runtime build --target host --backend vulkan  # cached, like the others
     fi
     exec "$VENV/bin/python" -m pytest "$@" ;;
   *) say "usage: ./dev.sh run|test|setup [args]"; exit 2 ;;

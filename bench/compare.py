@@ -35,8 +35,8 @@ MIN_REPETITIONS = 4   # 4 vs 4 is the smallest design whose Mann-Whitney p can g
 MIN_PAIRS = 6         # 6 pairs: the smallest design whose exact signed-rank p can go below 0.05 (2/64)
 MIN_NOISE_RUNS = 3    # earlier runs of the same setup needed to know its run-to-run noise
 ALPHA = 0.05          # per family of metrics: the gate's, and the reported rest's (Bonferroni within each)
-MATCH_KEYS = ("device", "model", "scenario", "runtime", "threads", "affinity", "fixed_performance", "repack", "depth",
-              "parallel", "draft")
+MATCH_KEYS = ("device", "model", "scenario", "runtime", "backend", "threads", "affinity", "fixed_performance", "repack",
+              "depth", "parallel", "draft")
 METRICS = COMPARED
 
 
@@ -48,6 +48,8 @@ def run_key(run: dict) -> dict[str, str]:
         "model": str((run.get("model") or {}).get("sha256")),
         "scenario": str((run.get("scenario") or {}).get("hash")),
         "runtime": str(runtime.get("kind")),
+        # the ggml backend that ran the model, and how many layers it took: a GPU run is not the CPU's
+        "backend": str(runtime.get("backend") or "cpu") + (f"/{runtime['gpu_layers']}" if runtime.get("gpu_layers") else ""),
         "threads": str(runtime.get("threads")),
         # where the threads ran and how the clocks and weights were set change the numbers as much
         "affinity": ",".join(str(cpu) for cpu in runtime.get("affinity") or []) or "unpinned",

@@ -571,19 +571,69 @@ class LlamaOffload:
     layers_offloaded: int | None
     layers_total: int | None
 
+    def weights_on_device(self, buffers: "LlamaBuffers | None") -> tuple[float, float] | None:
+        """(bytes of the weights in device buffers, bytes of all weights); None without buffer lines."""
+        weights = [(buffer, size) for part, buffer, size in (buffers.buffers if buffers else ()) if part == "weights"]
+        if not weights:
+            return None
+        return (sum(size for buffer, size in weights if not buffer.upper().startswith("CPU")),
+                sum(size for _, size in weights))
+
+    def problem(self, backend: str, gpu_layers: int | None, buffers: "LlamaBuffers | None") -> str | None:
+        """Why a run that asked for a GPU backend did not run on a GPU device (None: it did): no
+        device found, none used, no layer (or fewer than asked) offloaded, or every weight left in
+        CPU buffers. `gpu_layers`: the layers asked for (None: all)."""
+        if not self.used:
+            found = (f"it found {', '.join(name for name, _ in self.devices)} and used none" if self.devices else
+                     f"it found no {backend} device")
+            hint = (" (ggml-vulkan skips a CPU-type device such as lavapipe unless GGML_VK_VISIBLE_DEVICES names it)"
+                    if backend == "vulkan" and not self.devices else "")
+            return f"llama.cpp loaded the model on the CPU: {found}{hint}"
+        if self.layers_offloaded is None or self.layers_total is None:
+            return "llama.cpp's log has no 'offloaded N/M layers to GPU' line, so the offload cannot be verified"
+        wanted = self.layers_total if gpu_layers is None else min(gpu_layers, self.layers_total)
+        if self.layers_offloaded < wanted:
+            return (f"llama.cpp offloaded {self.layers_offloaded} of {self.layers_total} layers to "
+                    f"{self.used[0][0]}, {wanted} were asked for")
+        weights = self.weights_on_device(buffers)
+        if weights is not None and weights[0] == 0:
+            return f"llama.cpp counted {self.layers_offloaded} layers as offloaded and kept every weight in CPU buffers"
+        return None
+
     def as_record(self, buffers: "LlamaBuffers | None") -> dict:
         """run.json's memory.offload; with the load's buffers, how much of the weights the devices
         hold: a backend can count layers as offloaded and still keep their weights in CPU memory
         (the Hexagon log of llama.cpp#13179: 29/29 layers, 0.16 of 3390 MiB on the device)."""
-        weights = [(buffer, size) for part, buffer, size in (buffers.buffers if buffers else ()) if part == "weights"]
-        on_device = sum(size for buffer, size in weights if not buffer.upper().startswith("CPU"))
-        return {"devices": [{"name": name, "driver": driver} for name, driver in self.devices],
-                "used": [{"device": device, "name": name} for device, name in self.used],
+        weights = self.weights_on_device(buffers)
+        return {"devices": [{"name": name, "driver": driver, "software": software_device(name, driver)}
+                            for name, driver in self.devices],
+                "used": [{"device": device, "name": name, "software": software_device(name)} for device, name in self.used],
                 "layers_offloaded": self.layers_offloaded, "layers_total": self.layers_total,
-                "weights_on_device_bytes": on_device if weights else None,
-                "weights_bytes": sum(size for _, size in weights) if weights else None,
+                "weights_on_device_bytes": weights[0] if weights else None,
+                "weights_bytes": weights[1] if weights else None,
                 "source": "llama.cpp's log at load: its GPU backends' device lines, 'using device', 'offloaded N/M "
                           "layers to GPU', and the weights' buffer types (CPU* buffers are host memory)"}
+
+
+# Vulkan implementations that run on the CPU: Mesa's lavapipe (its device is named llvmpipe) and
+# Google's SwiftShader. What they measure is the CPU, through a GPU API.
+_SOFTWARE_DEVICES = ("llvmpipe", "lavapipe", "swiftshader")
+
+
+def software_device(name: str, driver: str = "") -> bool:
+    """A GPU API's device that is software on the CPU (lavapipe, SwiftShader), by its name or driver."""
+    text = f"{name} {driver}".lower()
+    return any(word in text for word in _SOFTWARE_DEVICES)
+
+
+_LISTED_DEVICE = re.compile(r"^\s+(?P<device>\S+): (?P<name>.*) \((?P<total>\d+) MiB, (?P<free>\d+) MiB free\)\s*$")
+
+
+def parse_device_list(text: str) -> list[tuple[str, str]]:
+    """`llama-server --list-devices`: (backend device, description) of each non-CPU device, e.g.
+    ("Vulkan0", "llvmpipe (LLVM 15.0.6, 256 bits)"); empty when it lists "(none)"."""
+    return [(match["device"], match["name"].strip()) for line in text.splitlines()
+            if (match := _LISTED_DEVICE.match(line))]
 
 
 def parse_llama_offload(log: str) -> LlamaOffload:

@@ -130,7 +130,8 @@ def _memory(run: dict) -> list[str]:
                          f"{', '.join(b['buffer'] for b in picked)} | {note} |")
     offload = memory.get("offload") or {}
     if offload:
-        used = ", ".join(f"{item['device']} ({item['name']})" for item in offload.get("used") or []) or "no device used"
+        used = ", ".join(f"{item['device']} ({item['name']}{'; software on the CPU' if item.get('software') else ''})"
+                         for item in offload.get("used") or []) or "no device used"
         layers = (f"{offload['layers_offloaded']}/{offload['layers_total']} layers offloaded"
                   if offload.get("layers_total") is not None else "no offload line")
         on_device = offload.get("weights_on_device_bytes")
@@ -466,7 +467,10 @@ def _runtime_fact(runtime: dict) -> str:
             f", n_ctx {runtime.get('n_ctx')}, n_batch {runtime.get('n_batch')}; load {_fmt(runtime.get('load_ms'))} ms"
             + (f"; {runtime['repack_reason']}" if runtime.get("repack_reason") else "")
             + ("; fixed performance mode on (`cmd power set-fixed-performance-mode-enabled`)"
-               if runtime.get("fixed_performance") else "") + " |")
+               if runtime.get("fixed_performance") else "")
+            + (f"; {runtime['backend']} backend on {runtime.get('gpu_device')}, {runtime.get('gpu_layers')} layers asked "
+               "(what llama.cpp offloaded: Where the memory goes)" if runtime.get("backend") not in (None, "cpu") else "")
+            + " |")
 
 
 def _warnings_and_events(run: dict, events) -> list[str]:

@@ -339,6 +339,9 @@ class _Run:
         try:
             log = self.target.runtime_log_head()
         except (BenchError, OSError) as error:
+            if self._backend() != "cpu":
+                raise RunFailed(f"the runtime's log could not be read, so the {self._backend()} offload cannot be "
+                                f"verified: {error}") from None
             return {**record, "reason": f"the runtime's log could not be read: {error}"}
         record["load_mode"] = parse.parse_llama_load_mode(log)  # as llama.cpp says it read the weights
         if record["load_mode"] and (record["load_mode"] == "none") != (scenario.load_mode == "read"):
@@ -347,6 +350,7 @@ class _Run:
         self._check_draft_loaded(log)
         loads = parse.parse_llama_loads(log)
         buffers = loads[0] if loads else None
+        self._check_offload(parse.parse_llama_offload(log), buffers)
         if buffers is None:
             return {**record, "reason": "the runtime's log has no buffer sizes (a llama.cpp that logs them only at "
                                         "another verbosity?)"}
@@ -364,6 +368,27 @@ class _Run:
             self.warn(f"llama.cpp's KV cache ({kv / parse.MIB:,.1f} MiB) is larger than the preflight counted "
                       f"({expected / parse.MIB:,.1f} MiB): its memory check was too low")
         return record
+
+    def _backend(self) -> str:
+        """The ggml backend the runtime was asked to run the model on (run.json's runtime.backend)."""
+        return dict(self.target.runtime.facts().details).get("backend") or "cpu"
+
+    def _check_offload(self, offload: parse.LlamaOffload, buffers) -> None:
+        """A run asked for a GPU backend that llama.cpp ran on the CPU (no device, none used, no
+        layer offloaded, the weights left in CPU memory) fails here, at load, with the reason: its
+        figures would be the CPU's under a GPU's name. A device that is software on the CPU
+        (lavapipe) runs, with a warning that its figures are not a GPU's."""
+        backend = self._backend()
+        if backend == "cpu":
+            return
+        layers = dict(self.target.runtime.facts().details).get("gpu_layers")
+        problem = offload.problem(backend, layers if isinstance(layers, int) else None, buffers)
+        if problem:
+            raise RunFailed(f"the {backend} backend did not run the model: {problem}")
+        software = [name for _, name in offload.used if parse.software_device(name)]
+        if software:
+            self.warn(f"the {backend} device is {software[0]}, a software implementation on the CPU: this run checks "
+                      "the backend's plumbing and output, and its speed is not a GPU's")
 
     def _check_draft_loaded(self, log: str) -> None:
         """llama-server that could not set up the draft (its vocabulary differs past what the

@@ -22,6 +22,8 @@ class TargetChoice:
     runtime: Path | None = None  # a prebuilt llama.cpp folder (--runtime)
     repack: str = "auto"
     fixed_performance: bool = False
+    backend: str = "cpu"  # the ggml backend the model runs on: cpu, vulkan, opencl
+    gpu_layers: int | None = None  # layers to offload to the GPU backend (None: all)
 
 
 def adb_servers(addresses: tuple[str, ...] | list[str] = ()) -> list:
@@ -70,18 +72,19 @@ def devices_by_selector(selectors: list[str], servers: list) -> tuple[dict[str, 
     return named, found
 
 
-def usable_runtimes(cache: Path) -> list[dict]:
-    """Cached builds, newest first; a host build counts only on the CPU it was built for."""
+def usable_runtimes(cache: Path, backend: str = "cpu") -> list[dict]:
+    """Cached builds of this backend, newest first; a host build counts only on the CPU it was built
+    for. A build from before backends were recorded is a CPU build."""
     from .cpu import host_cpu_build
     from .runtimes.build import list_runtimes
 
     key = host_cpu_build().key
-    return [meta for meta in reversed(list_runtimes(cache))
-            if meta.get("target") != "host" or (meta.get("cpu") or {}).get("key") == key]
+    return [meta for meta in reversed(list_runtimes(cache)) if (meta.get("backend") or "cpu") == backend
+            and (meta.get("target") != "host" or (meta.get("cpu") or {}).get("key") == key)]
 
 
 def phone_runtime(explicit: Path | None, abi: str | None, features: frozenset[str] = frozenset(),
-                  progress: Progress | None = None):
+                  progress: Progress | None = None, backend: str = "cpu"):
     """The llama.cpp build to push: `explicit` (preflight checks that it fits), else the cached build
     for the device's ABI that needs the most of the CPU features the device has. An arm64 phone
     that no cached build fits gets one built now when the cross compiler is here."""
@@ -96,11 +99,12 @@ def phone_runtime(explicit: Path | None, abi: str | None, features: frozenset[st
     def bundle(meta: dict) -> RuntimeBundle:
         return RuntimeBundle(Path(meta["path"]) / "bin" / "llama-server", meta)
 
-    same_abi = [meta for meta in usable_runtimes(cache_root()) if meta.get("abi") == abi]
+    same_abi = [meta for meta in usable_runtimes(cache_root(), backend) if meta.get("abi") == abi]
     fitting = [meta for meta in same_abi if required_cpu_features(meta) <= features]
     if fitting:  # max() keeps the first of equals: the newest
         return bundle(max(fitting, key=lambda meta: len(required_cpu_features(meta))))
-    built = _build_phone_runtime(features, progress or NullProgress()) if abi == "arm64-v8a" else None
+    built = (_build_phone_runtime(features, progress or NullProgress())
+             if abi == "arm64-v8a" and backend == "cpu" else None)
     if built is not None:
         return bundle(built)
     # none fits: preflight names the missing feature and the build command
@@ -124,15 +128,16 @@ def _build_phone_runtime(features: frozenset[str], progress: Progress) -> dict |
     return builder.describe_runtime_dir(builder.build(plan, progress))
 
 
-def host_tools(explicit: Path | None) -> dict | None:
+def host_tools(explicit: Path | None, backend: str = "cpu") -> dict | None:
     """The host llama.cpp build whose llama-bench a llama-bench scenario runs, and whose llama-server
-    runs parallel sequences and draft models: `explicit`, or the cached build for this CPU."""
+    runs parallel sequences, draft models and GPU backends: `explicit`, or the cached build of this
+    backend for this CPU."""
     from .catalog import cache_root
     from .runtimes.build import describe_runtime_dir
 
     if explicit is not None:
         return describe_runtime_dir(explicit)
-    for meta in usable_runtimes(cache_root()):
+    for meta in usable_runtimes(cache_root(), backend):
         if meta.get("target") == "host":
             return {**meta, "bin": str(Path(meta["path"]) / "bin")}
     return None
@@ -152,18 +157,20 @@ def open_target(choice: TargetChoice, listed=None, affinity: tuple[int, ...] | N
 
         if choice.fixed_performance:
             raise UsageError("--fixed-performance needs a phone (Android 11+)", "drop it for host runs, or pass --device")
-        tools = scenario is not None and (scenario.kind == "llama-bench" or scenario.serves)
+        tools = scenario is not None and (scenario.kind == "llama-bench" or scenario.serves) or choice.backend != "cpu"
         return HOST, HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
                                 repack=choice.repack, affinity=affinity,
-                                tools=host_tools(choice.runtime) if tools else None)
+                                tools=host_tools(choice.runtime, choice.backend) if tools else None,
+                                backend=choice.backend, gpu_layers=choice.gpu_layers)
     from .android.device import AndroidTarget
 
     target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()),
                            run_label=f"{choice.model} / {choice.scenario}", repack=choice.repack,
-                           fixed_performance=choice.fixed_performance, affinity=affinity, server=listed.server)
+                           fixed_performance=choice.fixed_performance, affinity=affinity, server=listed.server,
+                           backend=choice.backend, gpu_layers=choice.gpu_layers)
     try:
         target.runtime = phone_runtime(choice.runtime, target.snap.props.get("ro.product.cpu.abi"),
-                                       target.snap.cpu_features, progress)
+                                       target.snap.cpu_features, progress, choice.backend)
     except BaseException:
         target.release()
         raise

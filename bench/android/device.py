@@ -22,7 +22,8 @@ from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.build import arm_arch_of, required_cpu_features
-from ..runtimes.llama_server import (LOG_HEAD_BYTES, LOG_LEVEL, LlamaServerRuntime, draft_args, draft_details, load_mode_args,
+from ..runtimes.llama_server import (LOG_HEAD_BYTES, LOG_LEVEL, LlamaServerRuntime, draft_args, draft_details, gpu_args,
+                                     gpu_details, load_mode_args,
                                      slot_args)
 from .adb import AdbFailure, Device, Server, connect, default_server, ensure_server, wait_for_state
 from .artifacts import ArtifactCache, artifacts
@@ -35,6 +36,10 @@ ROOT = f"{DEVICE_TMP}/bench"
 DROP_CACHES = "sync; echo 1 > /proc/sys/vm/drop_caches"  # the page cache, as root
 RUNTIME_OVERHEAD_BYTES = 256 * 1024 * 1024
 MIN_BATTERY_PCT = 25
+# Where Android's loaders find a GPU API's driver: the Vulkan HAL (hw/vulkan.<ro.hardware.vulkan>.so)
+# and the vendor's OpenCL library, which llama.cpp's OpenCL backend opens through the ICD loader.
+GPU_DRIVER_FILES = {"vulkan": "/vendor/lib64/hw/vulkan.*.so /system/lib64/hw/vulkan.*.so",
+                    "opencl": "/vendor/lib64/libOpenCL.so /system/vendor/lib64/libOpenCL.so"}
 RECONNECT_TIMEOUT_S = 20.0
 
 @dataclass(frozen=True)
@@ -56,8 +61,9 @@ class AndroidTarget:
     def __init__(self, serial: str, runtime: RuntimeBundle | None, event: Callable[..., None] | None = None,
                  host_bandwidth: tuple[float | None, str] | None = None, *, run_label: str = "bench run",
                  repack: str = "auto", fixed_performance: bool = False, affinity: tuple[int, ...] | None = None,
-                 server: Server | None = None):
+                 server: Server | None = None, backend: str = "cpu", gpu_layers: int | None = None):
         self.host_bandwidth, self.repack, self.fixed_performance = host_bandwidth, repack, fixed_performance
+        self.backend, self.gpu_layers = backend, gpu_layers
         self.affinity = affinity
         self.server = server or default_server()
         self.device = Device(serial, server=self.server)
@@ -159,11 +165,14 @@ class AndroidTarget:
         abi = snap.props.get("ro.product.cpu.abi", "")
         runtime_abi = (self.runtime.meta.get("abi") if self.runtime else None) or ""
         abi_ok = self.runtime is not None and runtime_abi == abi
+        build = "bench runtime build --target android-arm64" + (f" --backend {self.backend}" if self.backend != "cpu" else "")
         checks.append(PreflightCheck("runtime", abi_ok,
-                                     f"device ABI {abi or '?'}; runtime {runtime_abi or 'none'}"
-                                     + ("" if abi_ok else " (build one: `bench runtime build --target android-arm64`, or pass --runtime DIR)")))
+                                     f"device ABI {abi or '?'}; {self.backend} runtime {runtime_abi or 'none'}"
+                                     + ("" if abi_ok else f" (build one: `{build}`, or pass --runtime DIR)")))
         if abi_ok:
             checks.append(self._cpu_fit_check())
+        if self.backend != "cpu":
+            checks.append(self._gpu_driver_check())
         if with_bench and abi_ok:
             checks.append(PreflightCheck("runtime", self.runtime.bench.is_file(),
                                          f"llama-bench beside llama-server in {self.runtime.server.parent}"))
@@ -177,6 +186,15 @@ class AndroidTarget:
             checks.append(PreflightCheck("fixed_performance", sdk.isdigit() and int(sdk) >= 30,
                                          f"--fixed-performance needs Android 11 (SDK 30) or later; the device is SDK {sdk or '?'}"))
         return checks
+
+    def _gpu_driver_check(self) -> PreflightCheck:
+        """A GPU backend needs the phone's driver for its API: a Vulkan HAL (hw/vulkan.*.so) or the
+        vendor's libOpenCL.so, where Android's loaders look for them."""
+        pattern = GPU_DRIVER_FILES[self.backend]
+        listing = self.device.shell(f"ls {pattern} 2>/dev/null", timeout=10).stdout.split()
+        return PreflightCheck("gpu", bool(listing), (f"{self.backend} driver {listing[0]}" if listing else
+                              f"{self.serial} has no {self.backend} driver (none of {pattern}): this phone cannot run "
+                              f"the {self.backend} backend; run --backend cpu"))
 
     def _cpu_fit_check(self) -> PreflightCheck:
         """An ARM runtime built for features the phone's CPU lacks dies with SIGILL mid-run: refuse it."""
@@ -221,10 +239,11 @@ class AndroidTarget:
         repack, repack_reason = self.repack_choice()
         draft = draft_args(self.pushed["draft"]["path"], scenario.draft_max) if model.draft is not None else []
         server_flags = "".join(f" {arg}" for arg in ([] if repack else ["--no-repack"]) + load_mode_args(scenario.load_mode)
-                               + draft)
+                               + gpu_args(self.backend, self.gpu_layers) + draft)
         log = f"{ROOT}/run/llama-server.log"
         task = progress.task(f"load {model.alias} in llama-server on {self.serial}"
-                             + (f", draft {model.draft.alias}" if model.draft is not None else ""))
+                             + (f", draft {model.draft.alias}" if model.draft is not None else "")
+                             + (f", {self.backend}" if self.backend != "cpu" else ""))
         for attempt in range(PORT_ATTEMPTS):
             device_port = next(self.device_ports)
             command = (f"{server_remote} -m {model_remote} --host 127.0.0.1 --port {device_port} "
@@ -235,7 +254,8 @@ class AndroidTarget:
                 server = self._await_server(command, model, scenario, device_port, replace(
                     self._runtime_facts("llama-server", scenario, threads, affinity, repack, repack_reason,
                                         parallel=scenario.sequences, device_port=device_port,
-                                        load_mode=scenario.load_mode, **draft_details(model, scenario)),
+                                        load_mode=scenario.load_mode, **draft_details(model, scenario),
+                                        **gpu_details(self.backend, self.gpu_layers)),
                     n_ctx=scenario.n_ctx))
                 break
             except PortTaken:

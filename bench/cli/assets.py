@@ -31,6 +31,8 @@ def add_runtime(commands) -> None:
     runtime_build = runtime_sub.add_parser("build", help="build llama-server, llama-bench and llama-completion")
     runtime_build.add_argument("--target", required=True, choices=("host", "android-arm64", "linux-arm64"),
                                help="host; android-arm64 (NDK); linux-arm64 (static aarch64, for `bench sim --profile arm64`)")
+    runtime_build.add_argument("--backend", default="cpu", choices=("cpu", "vulkan", "opencl"),
+                               help="the GPU backend beside the CPU's: vulkan (host, android-arm64), opencl (android-arm64, Adreno)")
     runtime_build.add_argument("--ndk", help="Android NDK root (default $ANDROID_NDK_HOME)")
     runtime_build.add_argument("--src", help="a llama.cpp source tree (default: the one vendored in llama-cpp-python's sdist)")
     runtime_build.add_argument("--jobs", type=positive_int)
@@ -105,13 +107,14 @@ def cmd_runtime(args) -> int:
         if not found:
             out.print("no runtime built yet (bench runtime build --target host)")
         for item in found:
-            out.print(f"{item['target']}\tllama.cpp {item['llama_cpp_commit']}\t{item['path']}")
+            out.print(f"{item['target']}\t{item.get('backend') or 'cpu'}\tllama.cpp {item['llama_cpp_commit']}\t{item['path']}")
         return 0
     with BarProgress(err) as progress:
         plan = builder.plan_build(args.target, cache, src=args.src, ndk=args.ndk, jobs=args.jobs,
-                                  arm_arch=args.arm_arch or builder.DEFAULT_ARM_ARCH, progress=progress)
+                                  arm_arch=args.arm_arch or builder.DEFAULT_ARM_ARCH, progress=progress,
+                                  backend=args.backend)
         if args.print_plan:
-            print_json({"target": plan.target, "source": str(plan.source), "commit": plan.commit,
+            print_json({"target": plan.target, "backend": plan.backend, "source": str(plan.source), "commit": plan.commit,
                          "cmake_flags": list(plan.configure), "install_dir": str(plan.install_dir)})
             return 0
         cached = builder.installed(plan)

@@ -65,6 +65,19 @@ def draft_models(text: str) -> list[str]:
     return drafts
 
 
+def gpu_layer_count(text: str) -> int | None:
+    """--gpu-layers: a number of layers (1 or more) or "all" (None)."""
+    if text.strip() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of layers or 'all'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or 'all', got {value} (0 layers on the GPU is --backend cpu)")
+    return value
+
+
 def cpu_list(text: str) -> tuple[int, ...]:
     from ..cpu import parse_cpus
 
@@ -108,6 +121,12 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
                         help="turn a failed preflight check into a warning")
     parser.add_argument("--runtime", type=Path, metavar="DIR",
                         help="prebuilt llama.cpp runtime for a phone (from `bench runtime build` or an extracted release)")
+    parser.add_argument("--backend", choices=("cpu", "vulkan", "opencl"), default="cpu",
+                        help="the ggml backend that runs the model: cpu (default), vulkan (host or phone GPU), opencl "
+                             "(Adreno); a GPU backend runs in llama-server, from a `bench runtime build --backend` build, "
+                             "and a run that llama.cpp did not offload fails")
+    parser.add_argument("--gpu-layers", type=gpu_layer_count, metavar="N|all",
+                        help="layers to offload to the GPU backend (llama.cpp's -ngl; default all)")
     parser.add_argument("--repack", choices=("auto", "on", "off"), default="auto",
                         help="llama.cpp weight repacking: auto (off only on an x86 build with AMX, llama.cpp issue 20824)")
     parser.add_argument("--declare-unplugged", action="store_true",

@@ -81,8 +81,14 @@ def add_matrix(commands) -> None:
 def _target(args, listed=None, affinity: tuple[int, ...] | None = None, scenario=None, progress=None):
     from ..targets import TargetChoice, open_target
 
+    if args.gpu_layers is not None and args.backend == "cpu":
+        raise UsageError("--gpu-layers offloads to a GPU backend, and the backend is cpu", "add --backend vulkan or opencl")
+    if args.backend != "cpu" and scenario is not None and scenario.kind == "llama-bench":
+        raise UsageError(f"scenario '{scenario.name}' runs llama-bench, whose output does not say what llama.cpp "
+                         f"offloaded, so a {args.backend} run could not be verified",
+                         "use a generate scenario (prompts and n_predict), which runs in llama-server")
     choice = TargetChoice(model=args.model, scenario=args.scenario, runtime=args.runtime, repack=args.repack,
-                          fixed_performance=args.fixed_performance)
+                          fixed_performance=args.fixed_performance, backend=args.backend, gpu_layers=args.gpu_layers)
     return open_target(choice, listed, affinity, scenario, progress)
 
 

@@ -19,7 +19,8 @@ from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.llama_bench import LocalBench
 from ..runtimes.llama_cpp import LlamaCppRuntime
-from ..runtimes.llama_server import LOG_HEAD_BYTES, LocalLlamaServer, draft_args, draft_details, load_mode_args
+from ..runtimes.llama_server import (GPU_DEVICES, LOG_HEAD_BYTES, LocalLlamaServer, draft_args, draft_details, gpu_args,
+                                     gpu_details, gpu_devices_problem, list_host_devices, load_mode_args)
 from . import device as host_device
 from .sampler import HostSampler
 
@@ -33,9 +34,12 @@ class HostTarget:
     setup_notes: tuple[str, ...] = ()  # a host is not locked: nothing to take over
 
     def __init__(self, bandwidth: tuple[float | None, str], *, llama_cpp_commit: tuple[str | None, str] = (None, "unknown"),
-                 repack: str = "auto", affinity: tuple[int, ...] | None = None, tools: dict | None = None):
+                 repack: str = "auto", affinity: tuple[int, ...] | None = None, tools: dict | None = None,
+                 backend: str = "cpu", gpu_layers: int | None = None):
         self.bandwidth, self.llama_cpp_commit, self.repack = bandwidth, llama_cpp_commit, repack
-        self.tools = tools  # a host llama.cpp build (runtime.json + "bin"), for llama-bench scenarios
+        # a host llama.cpp build (runtime.json + "bin"): for llama-bench scenarios, and llama-server's
+        self.tools = tools
+        self.backend, self.gpu_layers = backend, gpu_layers
         if affinity is not None:
             usable = os.sched_getaffinity(0)
             missing = [cpu for cpu in affinity if cpu not in usable]
@@ -70,13 +74,20 @@ class HostTarget:
         if threads > cores:
             checks.append(PreflightCheck("threads", False, f"{threads} threads on {cores} logical CPUs oversubscribes them",
                                          "warning"))
-        tool = "llama-bench" if scenario.kind == "llama-bench" else "llama-server" if scenario.serves else None
+        tool = ("llama-bench" if scenario.kind == "llama-bench" else
+                "llama-server" if scenario.serves or self.backend != "cpu" else None)
         if tool:
             binary = self._tool(tool)
             why = (" (parallel sequences run in its slots)" if scenario.parallel else
-                   " (a draft model, with and without, runs in it)" if tool == "llama-server" else "")
+                   " (a draft model, with and without, runs in it)" if scenario.drafts else
+                   f" (the {self.backend} backend runs in it)" if tool == "llama-server" else "")
+            build = "bench runtime build --target host" + (f" --backend {self.backend}" if self.backend != "cpu" else "")
             checks.append(PreflightCheck("runtime", binary is not None,
-                                         f"{tool} for the host{why}: {binary or 'none built (run `bench runtime build --target host`, or pass --runtime DIR)'}"))
+                                         f"{tool} for the host{why}: {binary or f'none built (run `{build}`, or pass --runtime DIR)'}"))
+            if binary is not None and self.backend != "cpu":
+                problem = gpu_devices_problem(self.backend, list_host_devices(binary))
+                checks.append(PreflightCheck("gpu", problem is None, problem or
+                                             f"{self.backend} device {GPU_DEVICES[self.backend]} listed by {binary.name}"))
         return checks
 
     def _tool(self, name: str) -> Path | None:
@@ -105,26 +116,28 @@ class HostTarget:
                 "llama-bench", "llama-bench", threads, scenario, pp=scenario.pp, tg=scenario.tg,
                 repetitions=scenario.repetitions, load_mode=scenario.load_mode))
             return self.runtime
-        if scenario.serves:
+        if scenario.serves or self.backend != "cpu":
             threads = self.threads(scenario)
             extra = ["-b", str(scenario.n_batch), "-tb", str(threads), "--seed", str(scenario.seed)]
             if self.affinity is not None:
                 extra += ["--cpu-mask", cpu_mask(self.affinity), "--cpu-strict", "1"]
             if self.repack == "off":
                 extra.append("--no-repack")
-            extra += load_mode_args(scenario.load_mode)
+            extra += load_mode_args(scenario.load_mode) + gpu_args(self.backend, self.gpu_layers)
             if model.draft is not None:
                 extra += draft_args(model.draft.path, scenario.draft_max)
             slots = scenario.sequences
             task = progress.task(f"load {model.alias} ({model.bytes / 2**20:.0f} MiB) in llama-server, "
                                  f"{slots} slot{'s' if slots > 1 else ''}"
-                                 + (f", draft {model.draft.alias}" if model.draft is not None else ""))
+                                 + (f", draft {model.draft.alias}" if model.draft is not None else "")
+                                 + (f", {self.backend}" if self.backend != "cpu" else ""))
             self.runtime = LocalLlamaServer(
                 self._tool("llama-server"), model.path, threads=threads, n_ctx=scenario.n_ctx,
                 parallel=slots, extra_args=extra, log_path=log_dir / "runtime.log",
                 request_timeout_s=scenario.request_timeout_s,
                 facts=replace(self._tool_facts("llama-server", "server", threads, scenario, parallel=scenario.parallel,
-                                               load_mode=scenario.load_mode, **draft_details(model, scenario)),
+                                               load_mode=scenario.load_mode, **draft_details(model, scenario),
+                                               **gpu_details(self.backend, self.gpu_layers)),
                               n_ctx=scenario.n_ctx))
             task.done()
             return self.runtime

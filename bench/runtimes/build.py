@@ -27,6 +27,14 @@ from ..cpu import arm_arch_features, host_cpu_build
 
 TOOLS = ("llama-server", "llama-bench", "llama-completion")
 TARGETS = ("host", "android-arm64", "linux-arm64")
+# ggml backends a runtime variant is built with: the CPU alone, or a GPU backend beside it (the CPU
+# backend is always there: it runs what the GPU does not). Vulkan for the host (a GPU, or Mesa's
+# lavapipe on the CPU) and for phones; OpenCL for Adreno phones.
+BACKENDS = ("cpu", "vulkan", "opencl")
+GPU_BACKENDS = {"vulkan": ("host", "android-arm64"), "opencl": ("android-arm64",)}
+# The folder put first on a Vulkan build's include path when the installed headers predate
+# VK_EXT_layer_settings (see the header); copied into the cache, so the flags name a stable path.
+VULKAN_COMPAT = Path(__file__).resolve().parent.parent / "data" / "vulkan_compat"
 # linux-arm64: static aarch64 Linux binaries from Debian's cross compiler, for the emulated phone's
 # arm64 profile (run under qemu-user there); Android's bionic is not needed by a static binary.
 CROSS_PREFIX = "aarch64-linux-gnu-"
@@ -69,6 +77,7 @@ class MissingPrerequisite(BenchError):
 @dataclass(frozen=True)
 class BuildPlan:
     target: str
+    backend: str
     source: Path
     commit: str
     configure: tuple[str, ...]
@@ -82,8 +91,8 @@ class BuildPlan:
 
     @property
     def shared_library(self) -> bool:
-        """The host build also links libllama.so, which llama-cpp-python's wheel carries."""
-        return self.target == "host"
+        """The host's CPU build also links libllama.so, which llama-cpp-python's wheel carries."""
+        return self.target == "host" and self.backend == "cpu"
 
     def cmake_configure(self) -> list[str]:
         if self.shared_library:
@@ -96,7 +105,13 @@ def runtimes_root(cache: Path) -> Path:
     return cache / "runtimes"
 
 
-def cmake_flags(target: str, ndk: Path | None, arm_arch: str = DEFAULT_ARM_ARCH) -> tuple[str, ...]:
+def cmake_flags(target: str, ndk: Path | None, arm_arch: str = DEFAULT_ARM_ARCH, backend: str = "cpu",
+                cache: Path | None = None) -> tuple[str, ...]:
+    """The configuration of one runtime variant: the target's CPU flags, then its GPU backend's."""
+    return _cpu_flags(target, ndk, arm_arch) + backend_flags(backend, target, ndk, cache)
+
+
+def _cpu_flags(target: str, ndk: Path | None, arm_arch: str) -> tuple[str, ...]:
     if target == "host":
         # This CPU's ISA extensions, listed (AMX off); never -march=native: see bench/cpu.py.
         # Position-independent objects serve the static tools and the shared library alike; as a
@@ -129,6 +144,96 @@ def cmake_flags(target: str, ndk: Path | None, arm_arch: str = DEFAULT_ARM_ARCH)
             f"-DGGML_CPU_ARM_ARCH={arm_arch}",
         )
     raise UsageError(f"unknown target '{target}'", f"use one of: {', '.join(TARGETS)}")
+
+
+def backend_flags(backend: str, target: str, ndk: Path | None, cache: Path | None) -> tuple[str, ...]:
+    """A GPU backend's configuration; MissingPrerequisite names what it needs and is not here."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
+    if backend == "cpu":
+        return ()
+    if target not in GPU_BACKENDS[backend]:
+        raise UsageError(f"no {backend} variant for {target}",
+                         f"build it for {' or '.join(GPU_BACKENDS[backend])}" if target != "linux-arm64" else
+                         "the emulated arm64 phone runs under qemu-user, with no GPU: build --backend vulkan for the host")
+    if backend == "opencl":
+        return _opencl_flags(ndk)
+    if target == "android-arm64":
+        return _android_vulkan_flags(ndk)
+    return _host_vulkan_flags(cache)
+
+
+VULKAN_PACKAGES = "libvulkan-dev spirv-headers glslc"
+
+
+def vulkan_headers() -> Path | None:
+    """The include folder of the Vulkan SDK or of the system's Vulkan headers (vulkan/vulkan.hpp)."""
+    sdk = os.environ.get("VULKAN_SDK")
+    for folder in ([Path(sdk) / "include"] if sdk else []) + [Path("/usr/include"), Path("/usr/local/include")]:
+        if (folder / "vulkan" / "vulkan.hpp").is_file():
+            return folder
+    return None
+
+
+def _host_vulkan_flags(cache: Path | None) -> tuple[str, ...]:
+    headers = vulkan_headers()
+    if headers is None:
+        raise MissingPrerequisite("the Vulkan backend needs Vulkan's C++ headers (vulkan/vulkan.hpp), and there are none",
+                                  f"install them (Debian: apt-get install {VULKAN_PACKAGES}), or set VULKAN_SDK")
+    if shutil.which("glslc") is None:
+        raise MissingPrerequisite("the Vulkan backend compiles its shaders with glslc, and there is none on PATH",
+                                  f"install it (Debian: apt-get install {VULKAN_PACKAGES}), or set VULKAN_SDK")
+    if not any((folder / "spirv" / "unified1" / "spirv.hpp").is_file() for folder in (headers, Path("/usr/include"))):
+        raise MissingPrerequisite("the Vulkan backend needs the SPIR-V headers (spirv/unified1/spirv.hpp)",
+                                  f"install them (Debian: apt-get install {VULKAN_PACKAGES})")
+    flags = ("-DGGML_VULKAN=ON",)
+    core = (headers / "vulkan" / "vulkan_core.h").read_text(errors="replace") if (headers / "vulkan" / "vulkan_core.h").is_file() else ""
+    if "VK_EXT_layer_settings" not in core and cache is not None:
+        flags += (f"-DCMAKE_CXX_FLAGS=-I{_vulkan_compat(cache)}",)
+    return flags
+
+
+def _vulkan_compat(cache: Path) -> Path:
+    """The compatibility header in the cache, under a folder named by its content."""
+    header = VULKAN_COMPAT / "vulkan" / "vulkan.hpp"
+    text = header.read_bytes()
+    folder = cache / "compat" / f"vulkan-{hashlib.sha256(text).hexdigest()[:10]}"
+    if not (folder / "vulkan" / "vulkan.hpp").is_file():
+        (folder / "vulkan").mkdir(parents=True, exist_ok=True)
+        (folder / "vulkan" / "vulkan.hpp").write_bytes(text)
+    return folder
+
+
+def _ndk_sysroot(ndk: Path) -> Path:
+    return ndk / "toolchains" / "llvm" / "prebuilt" / "linux-x86_64" / "sysroot"
+
+
+def _android_vulkan_flags(ndk: Path | None) -> tuple[str, ...]:
+    """The NDK has Vulkan's C headers and loader, and glslc among its shader tools; Vulkan's C++
+    header (vulkan.hpp) it does not ship: it must be added to its sysroot."""
+    if ndk is None:
+        return ()  # _cpu_flags has already said that the NDK is needed
+    glslc = ndk / "shader-tools" / "linux-x86_64" / "glslc"
+    if not (_ndk_sysroot(ndk) / "usr" / "include" / "vulkan" / "vulkan.hpp").is_file():
+        raise MissingPrerequisite(f"the NDK at {ndk} has no vulkan/vulkan.hpp, which ggml-vulkan includes",
+                                  "copy Vulkan-Hpp's include/vulkan/*.hpp of your NDK's Vulkan version into "
+                                  f"{_ndk_sysroot(ndk) / 'usr' / 'include' / 'vulkan'}")
+    return ("-DGGML_VULKAN=ON", f"-DVulkan_GLSLC_EXECUTABLE={glslc}")
+
+
+def _opencl_flags(ndk: Path | None) -> tuple[str, ...]:
+    """llama.cpp's OpenCL backend with its Adreno kernels, embedded in the binary. The NDK has no
+    OpenCL: its headers and ICD loader must be built into the NDK's sysroot first (llama.cpp's
+    docs/backend/OPENCL.md); on the phone the loader finds the vendor's libOpenCL."""
+    if ndk is None:
+        return ()
+    sysroot = _ndk_sysroot(ndk)
+    if not (sysroot / "usr" / "include" / "CL" / "cl.h").is_file() or not any(
+            (sysroot / "usr" / "lib" / "aarch64-linux-android").glob("libOpenCL.so*")):
+        raise MissingPrerequisite(f"the NDK at {ndk} has no OpenCL headers and ICD loader in its sysroot",
+                                  "build and install Khronos' OpenCL-Headers and OpenCL-ICD-Loader into it, as llama.cpp's "
+                                  "docs/backend/OPENCL.md says")
+    return ("-DGGML_OPENCL=ON", "-DGGML_OPENCL_USE_ADRENO_KERNELS=ON", "-DGGML_OPENCL_EMBED_KERNELS=ON")
 
 
 def find_ndk(explicit: str | None) -> Path | None:
@@ -282,12 +387,12 @@ def installed_llama_cpp_commit(cache: Path) -> tuple[str | None, str]:
 
 def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | None = None, jobs: int | None = None,
                arm_arch: str = DEFAULT_ARM_ARCH, progress: Progress | None = None,
-               llama_cpp_python: str | None = None) -> BuildPlan:
+               llama_cpp_python: str | None = None, backend: str = "cpu") -> BuildPlan:
     progress = progress or NullProgress()
     if target not in TARGETS:
         raise UsageError(f"unknown target '{target}'", f"use one of: {', '.join(TARGETS)}")
     ndk_path = find_ndk(ndk) if target == "android-arm64" else None
-    flags = cmake_flags(target, ndk_path, arm_arch)  # fails early when the NDK is missing
+    flags = cmake_flags(target, ndk_path, arm_arch, backend, cache)  # fails early when the NDK is missing
     compiler = os.environ.get("CXX", "c++")
     needed = {"host": (("cmake", "cmake"), (compiler, "g++")),
               "linux-arm64": (("cmake", "cmake"), (f"{CROSS_PREFIX}g++", "g++-aarch64-linux-gnu libc6-dev-arm64-cross"))
@@ -307,8 +412,9 @@ def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | N
     # Variants that differ only in ggml-cpu's -march share one build tree: building the second
     # recompiles ggml-cpu and relinks, nothing else.
     tree_flags = tuple(flag for flag in flags if not flag.startswith("-DGGML_CPU_ARM_ARCH="))
-    return BuildPlan(target, tree, commit, flags, root / "build" / f"{commit}-{target}-{_flags_hash(tree_flags)}",
-                     root / f"{commit}-{target}-{_flags_hash(flags)}", jobs or os.cpu_count() or 1)
+    variant = target if backend == "cpu" else f"{target}-{backend}"
+    return BuildPlan(target, backend, tree, commit, flags, root / "build" / f"{commit}-{variant}-{_flags_hash(tree_flags)}",
+                     root / f"{commit}-{variant}-{_flags_hash(flags)}", jobs or os.cpu_count() or 1)
 
 
 def _flags_hash(flags: tuple[str, ...]) -> str:
@@ -416,7 +522,8 @@ def _build(plan: BuildPlan, progress: Progress) -> Path:
         (staging / "lib").mkdir()
         shutil.copy2(plan.build_dir / "lib" / "libllama.so", staging / "lib" / "libllama.so")
     atomic_write_json(staging / "runtime.json", {
-        "schema_version": 1, "target": plan.target, "llama_cpp_commit": plan.commit, "source": str(plan.source),
+        "schema_version": 1, "target": plan.target, "backend": plan.backend, "llama_cpp_commit": plan.commit,
+        "source": str(plan.source),
         "cmake_flags": list(plan.configure), "tools": list(TOOLS),
         "shared_library": "lib/libllama.so" if plan.shared_library else None,
         "cpu": host_cpu_build().to_dict() if plan.target == "host" else None,

@@ -42,6 +42,48 @@ def draft_args(draft_path: str, draft_max: int) -> list[str]:
     return ["-md", draft_path, "--spec-type", "draft-simple", "--spec-draft-n-max", str(draft_max)]
 
 
+# The first device of each GPU backend, as llama.cpp names it (-dev, --list-devices)
+GPU_DEVICES = {"vulkan": "Vulkan0", "opencl": "GPUOpenCL"}
+
+
+def gpu_args(backend: str, gpu_layers: int | None) -> list[str]:
+    """llama.cpp's device selection for a GPU backend: its first device and the layers to offload
+    (None: all of them); the CPU backend passes nothing, as before GPU backends existed."""
+    if backend == "cpu":
+        return []
+    return ["-dev", GPU_DEVICES[backend], "-ngl", "all" if gpu_layers is None else str(gpu_layers)]
+
+
+def gpu_details(backend: str, gpu_layers: int | None) -> dict:
+    """What run.json's runtime says of the backend (memory.offload says what llama.cpp did with it)."""
+    if backend == "cpu":
+        return {"backend": "cpu"}
+    return {"backend": backend, "gpu_device": GPU_DEVICES[backend], "gpu_layers": "all" if gpu_layers is None else gpu_layers}
+
+
+def gpu_devices_problem(backend: str, listed: list[tuple[str, str]]) -> str | None:
+    """Why a GPU backend has no device to run on, from `llama-server --list-devices` (None: it has)."""
+    if any(device == GPU_DEVICES[backend] for device, _ in listed):
+        return None
+    seen = ", ".join(f"{device} ({name})" for device, name in listed) or "no GPU device"
+    hint = ("; ggml-vulkan skips a CPU-type Vulkan device such as lavapipe unless GGML_VK_VISIBLE_DEVICES names it"
+            if backend == "vulkan" else "")
+    return f"llama.cpp's {backend} build lists {seen}, not {GPU_DEVICES[backend]}{hint}"
+
+
+def list_host_devices(binary: Path, timeout_s: float = 60) -> list[tuple[str, str]]:
+    """The GPU devices a host llama.cpp build sees (`llama-server --list-devices`)."""
+    import subprocess
+
+    from ..parse import parse_device_list
+
+    try:
+        result = subprocess.run([str(binary), "--list-devices"], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise RunFailed(f"{binary} --list-devices did not answer: {error}") from None
+    return parse_device_list(result.stdout)
+
+
 def draft_details(model: ModelInfo, scenario: Scenario) -> dict:
     """What run.json's runtime says of speculative decoding: the draft and its tokens a step."""
     if model.draft is None:
