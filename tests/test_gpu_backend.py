@@ -226,3 +226,32 @@ def test_a_vulkan_run_that_finds_no_device_fails_in_preflight_and_one_that_runs_
     assert payload["reason"].startswith("the vulkan backend did not run the model: llama.cpp loaded the model on the CPU")
     run = load_run(payload["run_dir"])
     assert run.requests.empty and run.run["status"] == "failed"
+
+
+def test_on_the_emulated_phone_the_vulkan_build_runs_on_its_lavapipe_gpu_whose_kgsl_files_follow_the_work(
+        start_sim, vulkan_runtime, host_runtime, smollm2_path, tmp_path):
+    """The Android path end to end: the Vulkan build chosen for the phone and pushed, -dev/-ngl,
+    the offload check, the kgsl files following lavapipe's threads, the output against the CPU."""
+    _lavapipe(vulkan_runtime)
+    sim = start_sim(settings=["gpu.vulkan=lavapipe"])
+    result = bench_cli("run", "--device", sim.serial, "--backend", "vulkan", "--scenario", str(_scenario(tmp_path)),
+                       "--out", str(tmp_path), "--json", "--telemetry-hz", "5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = load_run(json.loads(result.stdout)["run_dir"])
+    run, samples = stored.run, stored.samples
+    assert run["runtime"]["backend"] == "vulkan" and "-DGGML_VULKAN=ON" in run["runtime"]["build_flags"]
+    assert next(c for c in run["preflight"] if c["name"] == "gpu")["detail"].startswith("vulkan driver /vendor/lib64/hw/")
+    offload = run["memory"]["offload"]
+    assert offload["used"][0]["software"] is True and offload["layers_offloaded"] == offload["layers_total"]
+    busy = samples[(samples["source"] == "gpu") & (samples["name"] == "busy")]["value"]
+    assert busy.max() > 0  # the GPU's busy share is lavapipe's work, not a constant
+    assert run["correctness"]["passed"] is True
+
+
+def test_a_phone_without_a_vulkan_driver_is_refused_in_preflight(start_sim, vulkan_runtime, smollm2_path, tmp_path):
+    sim = start_sim()  # the default profile: kgsl telemetry, no Vulkan driver
+    out = tmp_path / "out"
+    result = bench_cli("run", "--device", sim.serial, "--backend", "vulkan", "--scenario", str(_scenario(tmp_path)),
+                       "--out", str(out))
+    assert_one_line_exit_2(result, "preflight 'gpu' failed", "has no vulkan driver", "--backend cpu")
+    assert not out.exists()

@@ -50,9 +50,10 @@ def namespace_members(mount_ns: str, exclude: set[int]) -> list[int]:
     return members
 
 
-def cpu_ticks(pid: int) -> int | None:
+def cpu_ticks(pid: int, tid: int | None = None) -> int | None:
+    """utime + stime of a process (or of one of its threads)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
+        with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat", "rb") as handle:
             fields = handle.read().rsplit(b")", 1)[1].split()
         return int(fields[11]) + int(fields[12])  # utime + stime
     except (OSError, IndexError, ValueError):
@@ -88,6 +89,7 @@ class PhoneState:
     frozen_view: BatteryView | None = None
     rail_uws: dict[str, float] = field(default_factory=dict)   # cumulative energy per rail, uWs
     fixed_performance: bool = False
+    gpu_busy_pct: float = 0.0     # the share of its GPU's (lavapipe's threads') time that did work
 
     def __post_init__(self):
         p = self.profile
@@ -287,7 +289,33 @@ class PhysicsLoop:
         self.lmkd = lmkd
         self.throttle = Throttle()
         self._last_ticks: dict[int, int] = {}
+        self._last_gpu_ticks: dict[tuple[int, int], int] = {}
         self._running = True
+
+    def _gpu_busy_pct(self, members: list[int], dt: float) -> float:
+        """A sim whose GPU is lavapipe: the share of its worker threads' time (llvmpipe-N, in the
+        sandbox's processes) that they ran in the last tick: what the kgsl files say is busy."""
+        used, seen = 0, {}
+        for pid in members:
+            try:
+                tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/comm") as handle:
+                        if not handle.read().startswith("llvmpipe"):
+                            continue
+                except OSError:
+                    continue
+                ticks = cpu_ticks(pid, tid)
+                if ticks is not None:
+                    used += max(0, ticks - self._last_gpu_ticks.get((pid, tid), ticks))  # a new thread counts from now
+                    seen[(pid, tid)] = ticks
+        self._last_gpu_ticks = seen
+        if not seen or dt <= 0:
+            return 0.0
+        return min(100.0, used / CLOCK_TICKS / (dt * len(seen)) * 100)
 
     def _cpu_seconds(self) -> tuple[float, list[int]]:
         members = namespace_members(self.mount_ns, self.exclude)
@@ -315,6 +343,8 @@ class PhysicsLoop:
             if self.lmkd is not None:
                 self.lmkd.check(members)
             now = time.monotonic()
+            if self.state.profile.gpu_vulkan == "lavapipe":
+                self.state.gpu_busy_pct = self._gpu_busy_pct(members, now - last)
             self.state.step(now - last, cpu_seconds)
             last = now
             self.publish(self.state)

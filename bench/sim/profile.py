@@ -49,6 +49,7 @@ class SimProfile:
     gpu: str = "none"                         # [gpu] kind: kgsl (Adreno's files), devfreq (a Mali: clock only), none (hidden)
     gpu_model: str = ""                       # [gpu] model: what kgsl's gpu_model says
     gpu_frequencies_hz: tuple[int, ...] = ()  # [gpu] frequencies_mhz: its clock levels
+    gpu_vulkan: str = "none"                  # [gpu] vulkan: lavapipe (Mesa's Vulkan on the CPU plays its GPU), none
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -121,6 +122,7 @@ def load_profile(name: str, overrides: dict | None = None) -> SimProfile:
             gpu=_choice(str(gpu.get("kind", "none")), GPU_KINDS, "gpu.kind", path),
             gpu_model=str(gpu.get("model", "")),
             gpu_frequencies_hz=tuple(sorted(int(float(mhz) * 1e6) for mhz in gpu.get("frequencies_mhz", ()))),
+            gpu_vulkan=_choice(str(gpu.get("vulkan", "none")), VULKAN_KINDS, "gpu.vulkan", path),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(str(path), f"sim profile is missing or has a bad value: {error}") from None
@@ -128,6 +130,7 @@ def load_profile(name: str, overrides: dict | None = None) -> SimProfile:
 
 RAIL_FORMATS = ("hal", "plain", "iio", "none")
 GPU_KINDS = ("kgsl", "devfreq", "none")  # a profile without a [gpu] section has none
+VULKAN_KINDS = ("lavapipe", "none")
 
 
 def _choice(value: str, allowed: tuple[str, ...], key: str, path: Path) -> str:

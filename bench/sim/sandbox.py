@@ -268,8 +268,9 @@ def find_shell() -> str:
 
 class Sandbox:
     def __init__(self, root: Path, cpus: int, replay: Path | None = None, data_quota_bytes: int | None = None,
-                 abi: str = "x86_64", qemu_cpu: str | None = None, su: bool = False):
+                 abi: str = "x86_64", qemu_cpu: str | None = None, su: bool = False, vulkan: str = "none"):
         self.root, self.cpus, self.replay, self.su = root, cpus, replay, su
+        self.vulkan = vulkan
         self.data_quota_bytes = data_quota_bytes
         self.abi, self.qemu_cpu = abi, qemu_cpu
         self.binfmt = self._binfmt_entry()
@@ -326,6 +327,8 @@ class Sandbox:
             self._write(f"{base}/related_cpus", " ".join(str(c) for c in range(self.cpus)) + "\n")
         self._write("sys/devices/system/cpu/possible", f"0-{self.cpus - 1}\n")
         self._write("sys/devices/system/cpu/present", f"0-{self.cpus - 1}\n")
+        if self.vulkan == "lavapipe":
+            self._install_lavapipe()
         if self.binfmt:
             self._write("sim/state/cpuinfo", arm_cpuinfo(self.qemu_cpu or "max", self.cpus))
         if self.replay is not None:
@@ -369,7 +372,9 @@ class Sandbox:
         """The host command that runs `command` (or an interactive shell) inside the sandbox."""
         # through /system/bin/sh (a link to the shell): $0 is what a phone's shell says
         inner = ["/system/bin/sh"] if command is None else ["/system/bin/sh", "-c", command]
-        env = {**ENV, **({"QEMU_CPU": self.qemu_cpu} if self.binfmt and self.qemu_cpu else {}), **self.clock_env}
+        env = {**ENV, **({"QEMU_CPU": self.qemu_cpu} if self.binfmt and self.qemu_cpu else {}), **self.clock_env,
+               # lavapipe is a CPU-type Vulkan device, which ggml-vulkan uses only when named
+               **({"GGML_VK_VISIBLE_DEVICES": "0"} if self.vulkan == "lavapipe" else {})}
         return ["nsenter", f"--target={self.holder.pid}", "--user", "--mount", "--preserve-credentials", "--",
                 "chroot", str(self.root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *inner]
 
@@ -451,16 +456,33 @@ class Sandbox:
             self.throttle_published = True
             self.write_state("first_throttle_epoch", f"{time.time():.6f}\n")
 
+    def _install_lavapipe(self) -> None:
+        """The phone's Vulkan driver where Android's loader looks for it (hw/vulkan.<name>.so): a link
+        to Mesa's lavapipe, which the host's loader (under /usr, bound in) runs."""
+        import json
+
+        if self.abi != "x86_64":
+            raise RuntimeError("[gpu] vulkan = lavapipe needs the x86_64 profile (the arm64 sim runs under qemu-user)")
+        icd = next(iter(sorted(Path("/usr/share/vulkan/icd.d").glob("lvp_icd.*.json"))), None)
+        if icd is None:
+            raise RuntimeError("[gpu] vulkan = lavapipe needs Mesa's lavapipe (apt-get install mesa-vulkan-drivers)")
+        library = json.loads(icd.read_text())["ICD"]["library_path"]
+        (self.root / "vendor/lib64/hw").mkdir(parents=True, exist_ok=True)
+        (self.root / "vendor/lib64/hw/vulkan.lavapipe.so").symlink_to(library)
+
     def _publish_gpu(self, state: PhoneState) -> None:
-        """The GPU as the profile's phone shows it: kgsl-3d0 (Adreno) or a devfreq GPU (Mali). It does
-        no work (bench's runtimes here run on the CPU): busy 0, the lowest clock. Its thermal power
+        """The GPU as the profile's phone shows it: kgsl-3d0 (Adreno) or a devfreq GPU (Mali). Its busy
+        share is lavapipe's where lavapipe plays it ([gpu] vulkan), else 0 (the runtimes run on the
+        CPU); it runs at the highest clock allowed while busy, else the lowest. Its thermal power
         level follows the SoC's mitigation as the CPU cap does: the highest clock allowed steps down."""
         profile = state.profile
         if profile.gpu == "none" or not profile.gpu_frequencies_hz:
             return
         levels = sorted(profile.gpu_frequencies_hz, reverse=True)  # kgsl's power level 0 is the fastest
         level = 0 if not profile.max_duty else round(state.duty / profile.max_duty * (len(levels) - 1))
-        cap, clock = levels[level], levels[-1]
+        busy = state.gpu_busy_pct
+        cap = levels[level]
+        clock = cap if busy > 0 else levels[-1]
         listed = " ".join(str(hz) for hz in sorted(levels))
         if profile.gpu == "devfreq":
             base = "sys/class/devfreq/13000000.mali"
@@ -468,8 +490,9 @@ class Sandbox:
                 self._write(f"{base}/{name}", f"{value}\n")
             return
         base = "sys/class/kgsl/kgsl-3d0"
-        for name, value in (("gpu_model", profile.gpu_model), ("gpu_busy_percentage", "0 %"),
-                            ("gpubusy", f"{0:7d} {0:7d}"), ("gpuclk", clock), ("max_gpuclk", cap),
+        for name, value in (("gpu_model", profile.gpu_model), ("gpu_busy_percentage", f"{round(busy)} %"),
+                            ("gpubusy", f"{round(busy * 1000):7d} {100000 if busy else 0:7d}"), ("gpuclk", clock),
+                            ("max_gpuclk", cap),
                             ("thermal_pwrlevel", level), ("gpu_available_frequencies", listed),
                             ("devfreq/cur_freq", clock), ("devfreq/max_freq", cap),
                             ("devfreq/available_frequencies", listed)):

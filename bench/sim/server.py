@@ -49,7 +49,7 @@ class _Phone:
         self.profile = load_profile(args.profile, parse_overrides(args.set))
         cpus = os.cpu_count() or 1
         self.sandbox = Sandbox(self.state_dir / "root", cpus, args.replay, abi=abi(self.profile), su=self.profile.su,
-                               qemu_cpu=self.profile.qemu_cpu)
+                               qemu_cpu=self.profile.qemu_cpu, vulkan=self.profile.gpu_vulkan)
         self.sandbox.create()
         self.sandbox.set_quota(self.profile.data_quota_bytes)
         self.sandbox.start()
