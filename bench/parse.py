@@ -553,6 +553,17 @@ def parse_llama_buffers(log: str) -> LlamaBuffers | None:
     return loads[0] if loads else None
 
 
+def log_excerpt(text: str, lines: int = 3) -> list[str]:
+    """A failed process's log as a failure reason: its last lines, and before them its last line
+    that names an error when the tail does not (llama.cpp prints its usage after a bad argument)."""
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    tail = kept[-lines:]
+    if any("error" in line.lower() for line in tail):
+        return tail
+    error = next((line for line in reversed(kept[:-lines]) if "error" in line.lower()), None)
+    return ([error] if error else []) + tail
+
+
 # -- where the model ran: the GPU devices llama.cpp found, used, and the layers it offloaded ---------
 
 _VULKAN_DEVICE = re.compile(r"ggml_vulkan: (?P<index>\d+) = (?P<name>.+?) \((?P<driver>[^()]*)\) \|")

@@ -371,7 +371,7 @@ class _Run:
 
     def _backend(self) -> str:
         """The ggml backend the runtime was asked to run the model on (run.json's runtime.backend)."""
-        return dict(self.target.runtime.facts().details).get("backend") or "cpu"
+        return self.meta["runtime"].get("backend") or "cpu"
 
     def _check_offload(self, offload: parse.LlamaOffload, buffers) -> None:
         """A run asked for a GPU backend that llama.cpp ran on the CPU (no device, none used, no
@@ -381,7 +381,7 @@ class _Run:
         backend = self._backend()
         if backend == "cpu":
             return
-        layers = dict(self.target.runtime.facts().details).get("gpu_layers")
+        layers = self.meta["runtime"].get("gpu_layers")
         problem = offload.problem(backend, layers if isinstance(layers, int) else None, buffers)
         if problem:
             raise RunFailed(f"the {backend} backend did not run the model: {problem}")

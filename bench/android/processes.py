@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Iterator
 
 from ..errors import RunFailed
+from ..parse import log_excerpt
 from ..runtimes.base import RuntimeFacts
 from ..runtimes.process import LineReader
 from .adb import AdbFailure, Device, runs_ours
@@ -61,9 +62,9 @@ class DeviceProcess:
             if signal_number == 9:  # how the low-memory killer ends a process
                 parts.append(f"killed: {memory_hint}")
         try:
-            tail = self.device.shell(f"tail -n 5 {self.root}/run/{log_name} 2>/dev/null", timeout=10).stdout.strip()
+            tail = self.device.shell(f"tail -n 40 {self.root}/run/{log_name} 2>/dev/null", timeout=10).stdout.strip()
             if tail:
-                parts.append("log: " + " | ".join(tail.splitlines()[-3:]))
+                parts.append("log: " + " | ".join(log_excerpt(tail)))
             lmk = self.device.shell("logcat -d -b main,system,events 2>/dev/null | grep -i -m3 -E 'lowmemorykiller|lmkd'",
                                     timeout=20).stdout.strip()
             if lmk:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..parse import parse_meminfo, parse_proc_status
+from ..parse import log_excerpt, parse_meminfo, parse_proc_status
 
 
 def signal_name(number: int) -> str:
@@ -114,7 +114,7 @@ class LineProcess:
 
     def log_tail(self, lines: int = 3) -> str:
         try:
-            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+            tail = log_excerpt(self.log_path.read_text(errors="replace"), lines)
         except OSError:
             tail = []
         return ("log " + str(self.log_path) + ": " + " | ".join(tail)) if tail else f"log {self.log_path} is empty"

@@ -50,10 +50,9 @@ def namespace_members(mount_ns: str, exclude: set[int]) -> list[int]:
     return members
 
 
-def cpu_ticks(pid: int, tid: int | None = None) -> int | None:
-    """utime + stime of a process (or of one of its threads)."""
+def cpu_ticks(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat", "rb") as handle:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
             fields = handle.read().rsplit(b")", 1)[1].split()
         return int(fields[11]) + int(fields[12])  # utime + stime
     except (OSError, IndexError, ValueError):
@@ -89,7 +88,7 @@ class PhoneState:
     frozen_view: BatteryView | None = None
     rail_uws: dict[str, float] = field(default_factory=dict)   # cumulative energy per rail, uWs
     fixed_performance: bool = False
-    gpu_busy_pct: float = 0.0     # the share of its GPU's (lavapipe's threads') time that did work
+    gpu_busy_pct: float = 0.0     # lavapipe as its GPU: the cores' share its processes used
 
     def __post_init__(self):
         p = self.profile
@@ -289,33 +288,30 @@ class PhysicsLoop:
         self.lmkd = lmkd
         self.throttle = Throttle()
         self._last_ticks: dict[int, int] = {}
-        self._last_gpu_ticks: dict[tuple[int, int], int] = {}
+        self._last_gpu_ticks: dict[int, int] = {}
         self._running = True
 
     def _gpu_busy_pct(self, members: list[int], dt: float) -> float:
-        """A sim whose GPU is lavapipe: the share of its worker threads' time (llvmpipe-N, in the
-        sandbox's processes) that they ran in the last tick: what the kgsl files say is busy."""
+        """A sim whose GPU is lavapipe: the share of the phone's cores that the processes with
+        lavapipe loaded used in the last tick. lavapipe runs compute shaders in the thread that
+        submits them, so no thread is the GPU's alone; with every layer offloaded, such a process's
+        CPU time is the GPU's work (its CPU backend only samples). What the kgsl files say is busy."""
         used, seen = 0, {}
         for pid in members:
             try:
-                tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+                with open(f"/proc/{pid}/maps") as handle:
+                    if "libvulkan_lvp" not in handle.read():
+                        continue
             except OSError:
                 continue
-            for tid in tids:
-                try:
-                    with open(f"/proc/{pid}/task/{tid}/comm") as handle:
-                        if not handle.read().startswith("llvmpipe"):
-                            continue
-                except OSError:
-                    continue
-                ticks = cpu_ticks(pid, tid)
-                if ticks is not None:
-                    used += max(0, ticks - self._last_gpu_ticks.get((pid, tid), ticks))  # a new thread counts from now
-                    seen[(pid, tid)] = ticks
+            ticks = cpu_ticks(pid)
+            if ticks is not None:
+                used += max(0, ticks - self._last_gpu_ticks.get(pid, ticks))  # a process counts from when it loaded lavapipe
+                seen[pid] = ticks
         self._last_gpu_ticks = seen
-        if not seen or dt <= 0:
+        if dt <= 0:
             return 0.0
-        return min(100.0, used / CLOCK_TICKS / (dt * len(seen)) * 100)
+        return min(100.0, used / CLOCK_TICKS / (dt * self.state.cpus) * 100)
 
     def _cpu_seconds(self) -> tuple[float, list[int]]:
         members = namespace_members(self.mount_ns, self.exclude)

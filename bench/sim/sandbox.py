@@ -472,8 +472,8 @@ class Sandbox:
 
     def _publish_gpu(self, state: PhoneState) -> None:
         """The GPU as the profile's phone shows it: kgsl-3d0 (Adreno) or a devfreq GPU (Mali). Its busy
-        share is lavapipe's where lavapipe plays it ([gpu] vulkan), else 0 (the runtimes run on the
-        CPU); it runs at the highest clock allowed while busy, else the lowest. Its thermal power
+        share is lavapipe's work where lavapipe plays it ([gpu] vulkan; see PhysicsLoop), else 0 (the
+        runtimes run on the CPU); it runs at the highest clock allowed while busy, else the lowest. Its thermal power
         level follows the SoC's mitigation as the CPU cap does: the highest clock allowed steps down."""
         profile = state.profile
         if profile.gpu == "none" or not profile.gpu_frequencies_hz:
