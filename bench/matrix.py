@@ -26,6 +26,7 @@ from .errors import BenchError, ConfigError, StoreError, UsageError
 from .files import atomic_write_bytes, atomic_write_json
 from .progress import Progress
 from .records import NO_DRAFT
+from .runtimes.build import BACKENDS
 from .runner import RunOptions, RunResult, Target, run_benchmark
 from .store import load_run_meta, make_run_id
 
@@ -33,7 +34,7 @@ SCHEMA_VERSION = 1
 MATRIX_FILE = "matrix.json"
 FILE_KEYS = {"schema_version", "name", "devices", "models", "scenarios", "threads", "affinity", "repetitions",
              "adb_servers", "connect", "telemetry_hz", "depth",
-             "parallel", "draft"}
+             "parallel", "draft", "backend"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class MatrixPoint:
     selector: str | None = None        # the device as the matrix file names it, when `device` is its id
     parallel: int | None = None        # concurrent sequences; None = the scenario's
     draft: str | None = None           # the draft model, or NO_DRAFT (the model alone); None: no draft sweep
+    backend: str | None = None         # the ggml backend of a backend sweep; None: the command's --backend
 
     @property
     def key(self) -> str:
@@ -55,7 +57,9 @@ class MatrixPoint:
         depth = "" if self.depth is None else f"|depth {self.depth}"
         parallel = "" if self.parallel is None else f"|parallel {self.parallel}"
         draft = "" if self.draft is None else f"|draft {self.draft}"
-        return f"{self.device}|{self.model}|{self.scenario}|{self.threads or 'default'}|{cpus}{depth}{parallel}{draft}"
+        backend = "" if self.backend is None else f"|backend {self.backend}"
+        return (f"{self.device}|{self.model}|{self.scenario}|{self.threads or 'default'}|{cpus}{depth}{parallel}{draft}"
+                f"{backend}")
 
     @property
     def label(self) -> str:
@@ -63,8 +67,9 @@ class MatrixPoint:
         depth = "" if self.depth is None else f", depth {self.depth}"
         parallel = "" if self.parallel is None else f", {self.parallel} parallel"
         draft = "" if self.draft is None else ", no draft" if self.draft == NO_DRAFT else f", draft {self.draft}"
+        backend = "" if self.backend is None else f", {self.backend} backend"
         return (f"{self.device}, {self.model}, {self.scenario}, {self.threads or 'default'} threads, "
-                f"{cpus}{depth}{parallel}{draft}")
+                f"{cpus}{depth}{parallel}{draft}{backend}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class MatrixSpec:
     depths: tuple[int | None, ...] = (None,)
     parallels: tuple[int | None, ...] = (None,)
     drafts: tuple[str | None, ...] = (None,)
+    backends: tuple[str | None, ...] = (None,)
     name: str = "matrix"
     repetitions: int | None = None
     adb_servers: tuple[str, ...] = ()
@@ -84,9 +90,10 @@ class MatrixSpec:
     telemetry_hz: float | None = 10.0
 
     def points(self) -> list[MatrixPoint]:
-        return [MatrixPoint(d, m, s, t, a, depth, parallel=n, draft=draft) for d in self.devices for m in self.models
-                for s in self.scenarios for a in self.affinities for t in self.threads for depth in self.depths
-                for n in self.parallels for draft in self.drafts]
+        return [MatrixPoint(d, m, s, t, a, depth, parallel=n, draft=draft, backend=backend)
+                for d in self.devices for m in self.models for s in self.scenarios for a in self.affinities
+                for t in self.threads for depth in self.depths for n in self.parallels for draft in self.drafts
+                for backend in self.backends]
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class Shard:
     """`--shard K/N`: the K-th of N disjoint slices of a matrix, so a lab's own scheduler (a CI job
     matrix, build agents, a farm's queue) spreads one matrix over N hosts with no coordinator. A
     point's slice is its position in the file's expansion (devices x models x scenarios x CPU sets
-    x threads x depths x parallel counts x drafts) modulo N: the same file gives every host the same slices, together every point once,
+    x threads x depths x parallel counts x drafts x backends) modulo N: the same file gives every host the same slices, together every point once,
     and slice sizes differ by one at most."""
 
     index: int  # 1-based
@@ -160,6 +167,11 @@ def load_matrix_file(path: Path) -> MatrixSpec:
     if problem:
         fail("draft", f"'draft' {problem}: {data['draft']!r}", 'e.g. draft = ["smollm2-135m"]')
     drafts = [draft for draft in drafts if draft != NO_DRAFT]
+    backends = data.get("backend", [])
+    backends = backends if isinstance(backends, list) else [backends]
+    if any(name not in BACKENDS for name in backends) or len(set(backends)) != len(backends):
+        fail("backend", f"'backend' must list each of {', '.join(BACKENDS)} at most once: {data['backend']!r}",
+             'e.g. backend = ["cpu", "vulkan"]')
     repetitions = data.get("repetitions")
     if repetitions is not None and (not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1):
         fail("repetitions", "'repetitions' must be an integer >= 1")
@@ -171,6 +183,7 @@ def load_matrix_file(path: Path) -> MatrixSpec:
                       affinities=tuple(affinities) or (None,), depths=tuple(sweeps["depth"]) or (None,),
                       parallels=tuple(sweeps["parallel"]) or (None,),
                       drafts=(NO_DRAFT, *drafts) if drafts else (None,),
+                      backends=tuple(backends) or (None,),
                       name=str(data.get("name", path.stem)),
                       repetitions=repetitions, adb_servers=strings("adb_servers", False),
                       connect=strings("connect", False), telemetry_hz=float(hz) if hz else None)
@@ -350,6 +363,10 @@ def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None)
         "parallel": point.parallel, "draft": point.draft,
         # the point a draft's speed-up is taken against: the same one without the draft
         "without_draft_key": replace(point, draft=NO_DRAFT).key if point.draft is not None else None,
+        "backend": point.backend,
+        # a GPU point's ratio is taken against the same point on the CPU backend
+        "cpu_backend_key": replace(point, backend="cpu").key if point.backend not in (None, "cpu") else None,
+        "gpu_device": _gpu_device(result) if point.backend not in (None, "cpu") else None,
         "label": point.label, "run_dir": str(result.run_dir) if result else None,
         "status": result.status if result else "failed", "reason": result.reason if result else error,
         **{key: summary.get(key) for key in ("decode_tps_median", "decode_tps_iqr", "prefill_tps_median",
@@ -369,6 +386,25 @@ def _kv_bytes(result: RunResult | None) -> int | None:
         return None
 
 
+def _gpu_device(result: RunResult | None) -> dict | None:
+    """The GPU device llama.cpp loaded the model onto, as run.json's memory.offload names it."""
+    if result is None:
+        return None
+    try:
+        used = ((load_run_meta(result.run_dir).get("memory") or {}).get("offload") or {}).get("used") or []
+    except BenchError:
+        return None
+    return {"name": used[0]["name"], "software": bool(used[0].get("software"))} if used else None
+
+
+def backend_ratios(rows: list[dict]) -> dict[str, float]:
+    """Each GPU point's decode over that of the same point on the CPU backend (both in llama-server;
+    medians over repetitions): key -> ratio."""
+    cpu = {row["key"]: row.get("decode_tps_median") for row in rows if row.get("backend") == "cpu"}
+    return {row["key"]: row["decode_tps_median"] / cpu[row["cpu_backend_key"]] for row in rows
+            if row.get("cpu_backend_key") and row.get("decode_tps_median") and cpu.get(row["cpu_backend_key"])}
+
+
 def draft_speedups(rows: list[dict]) -> dict[str, float]:
     """Each draft point's decode over that of its point without a draft (same device, model,
     scenario, threads, CPUs, depth and parallel; medians over repetitions): key -> ratio."""
@@ -385,7 +421,8 @@ def markdown(title: str, rows: list[dict]) -> str:
     depths = any(row.get("depth") is not None for row in rows)
     parallels = any(row.get("parallel") is not None for row in rows)
     drafts = any(row.get("draft") is not None for row in rows)
-    speedups = draft_speedups(rows)
+    backends = any(row.get("backend") is not None for row in rows)
+    speedups, ratios = draft_speedups(rows), backend_ratios(rows)
     lines = [f"# {title}", "",
              "One run per point; medians over repetitions, spread is the IQR. Decode: (generated - 1) / "
              "first-to-last token time; prefill: prompt tokens / prompt eval time, both tokens/s."
@@ -397,13 +434,19 @@ def markdown(title: str, rows: list[dict]) -> str:
              + (" Draft: the draft model of speculative decoding (llama-server, every point of the sweep, the one "
                 "without a draft too); accepted: the share of drafted tokens the model accepted; speed-up: decode "
                 "with the draft over decode without it, the point that differs only in its draft (a ratio of the "
-                "two runs' medians: a change within their IQRs is noise)." if drafts else ""), "",
+                "two runs' medians: a change within their IQRs is noise)." if drafts else "")
+             + (" Backend: the ggml backend that ran the model, every point in llama-server of that backend's build; "
+                "device: the GPU llama.cpp loaded it onto (software: a Vulkan implementation on the CPU, such as "
+                "lavapipe, whose speed is the CPU's, never a GPU's); vs CPU: decode over the same point's on the CPU "
+                "backend (a ratio of the two runs' medians)." if backends else ""), "",
              "| device | model | scenario | threads | CPUs | " + ("depth | KV MiB | " if depths else "")
              + ("parallel | aggregate t/s | " if parallels else "")
              + ("draft | accepted | speed-up | " if drafts else "")
+             + ("backend | device | vs CPU | " if backends else "")
              + "decode t/s | IQR | prefill t/s | IQR | TTFT ms | peak RSS MiB | status | run |",
              "|---|---|---|---:|---|" + ("---:|---:|" if depths else "") + ("---:|---:|" if parallels else "")
-             + ("---|---:|---:|" if drafts else "") + "---:|---:|---:|---:|---:|---:|---|---|"]
+             + ("---|---:|---:|" if drafts else "") + ("---|---|---:|" if backends else "")
+             + "---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         cpus = "default" if row["affinity"] is None else format_cpus(tuple(row["affinity"]))
         rss, kv = row.get("peak_rss_bytes"), row.get("kv_cache_bytes_at_depth")
@@ -414,14 +457,21 @@ def markdown(title: str, rows: list[dict]) -> str:
         acceptance, speedup = row.get("draft_acceptance_median"), speedups.get(row["key"])
         draft = (f"{row.get('draft') or 'scenario'} | {'n/a' if acceptance is None else f'{acceptance:.0%}'} | "
                  f"{'n/a' if speedup is None else f'{speedup:.2f}x'} | ") if drafts else ""
+        gpu, ratio = row.get("gpu_device"), ratios.get(row["key"])
+        device = "CPU" if row.get("backend") == "cpu" else (
+            f"{gpu['name']}{' (software)' if gpu['software'] else ''}" if gpu else "n/a")
+        backend = (f"{row.get('backend') or 'cpu'} | {device} | "
+                   f"{'n/a' if ratio is None else f'{ratio:.2f}x'} | ") if backends else ""
         lines.append(f"| {row['device']} | {row['model']} | {row['scenario']} | {row['threads'] or 'default'} | {cpus} | "
-                     f"{depth}{parallel}{draft}{number(row.get('decode_tps_median'))} | {number(row.get('decode_tps_iqr'))} | "
+                     f"{depth}{parallel}{draft}{backend}{number(row.get('decode_tps_median'))} | {number(row.get('decode_tps_iqr'))} | "
                      f"{number(row.get('prefill_tps_median'))} | {number(row.get('prefill_tps_iqr'))} | "
                      f"{number(row.get('ttft_ms_median'))} | {number(rss / 2**20 if rss else None)} | {row['status']} | "
                      f"{Path(row['run_dir']).name if row['run_dir'] else row['reason']} |")
     best = max((r for r in rows if r.get("decode_tps_median")), key=lambda r: r["decode_tps_median"], default=None)
     if best:
-        lines += ["", f"Fastest decode: **{best['label']}** at {best['decode_tps_median']:.1f} tokens/s."]
+        software = (best.get("gpu_device") or {}).get("software")
+        lines += ["", f"Fastest decode: **{best['label']}** at {best['decode_tps_median']:.1f} tokens/s"
+                  + (" (a software Vulkan device: the CPU's speed, not a GPU's)." if software else ".")]
     failed = [r for r in rows if r["status"] != "complete"]
     if failed:
         lines += ["", "Points that did not complete:", ""] + [f"- {r['label']}: {r['status']}: {r['reason']}" for r in failed]

@@ -24,6 +24,7 @@ class TargetChoice:
     fixed_performance: bool = False
     backend: str = "cpu"  # the ggml backend the model runs on: cpu, vulkan, opencl
     gpu_layers: int | None = None  # layers to offload to the GPU backend (None: all)
+    serve: bool = False  # run in llama-server whatever the backend (a backend sweep's CPU point, on the host)
 
 
 def adb_servers(addresses: tuple[str, ...] | list[str] = ()) -> list:
@@ -157,11 +158,12 @@ def open_target(choice: TargetChoice, listed=None, affinity: tuple[int, ...] | N
 
         if choice.fixed_performance:
             raise UsageError("--fixed-performance needs a phone (Android 11+)", "drop it for host runs, or pass --device")
-        tools = scenario is not None and (scenario.kind == "llama-bench" or scenario.serves) or choice.backend != "cpu"
+        serve = choice.serve or choice.backend != "cpu"
+        tools = scenario is not None and (scenario.kind == "llama-bench" or scenario.serves) or serve
         return HOST, HostTarget(host_bandwidth_gbs(cache_root()), llama_cpp_commit=installed_llama_cpp_commit(cache_root()),
                                 repack=choice.repack, affinity=affinity,
                                 tools=host_tools(choice.runtime, choice.backend) if tools else None,
-                                backend=choice.backend, gpu_layers=choice.gpu_layers)
+                                backend=choice.backend, gpu_layers=choice.gpu_layers, serve=serve)
     from .android.device import AndroidTarget
 
     target = AndroidTarget(listed.serial, None, host_bandwidth=host_bandwidth_gbs(cache_root()),

@@ -267,3 +267,42 @@ def test_a_phone_without_a_vulkan_driver_is_refused_in_preflight(start_sim, vulk
                        "--out", str(out))
     assert_one_line_exit_2(result, "preflight 'gpu' failed", "has no vulkan driver", "--backend cpu")
     assert not out.exists()
+
+
+def test_backend_sweeps_and_their_bad_values(tmp_path):
+    from bench.matrix import load_matrix_file
+
+    path = tmp_path / "m.toml"
+    path.write_text('devices = ["host"]\nmodels = ["smollm2-135m"]\nscenarios = ["quick"]\nbackend = ["cpu", "vulkan"]\n')
+    points = load_matrix_file(path).points()
+    assert [point.backend for point in points] == ["cpu", "vulkan"]
+    assert points[0].key.endswith("|backend cpu") and points[1].label.endswith(", vulkan backend")
+    for bad in ('["cpu", "cuda"]', '["vulkan", "vulkan"]'):
+        path.write_text(f'devices = ["host"]\nmodels = ["smollm2-135m"]\nscenarios = ["quick"]\nbackend = {bad}\n')
+        assert_one_line_exit_2(bench_cli("matrix", str(path), "--out", str(tmp_path / "out")), "'backend' must list", "m.toml:4")
+    out = tmp_path / "out"
+    assert_one_line_exit_2(bench_cli("run", "--backend", "cpu,cpu", "--out", str(out)), "repeats a backend")
+    assert_one_line_exit_2(bench_cli("run", "--backend", "cpu,metal", "--out", str(out)), "unknown backend 'metal'")
+    assert_one_line_exit_2(bench_cli("ab", "--base", "smollm2-135m", "--head", "smollm2-135m", "--backend", "cpu,vulkan",
+                                     "--out", str(out)), "an A/B compares base and head on one backend")
+    assert not out.exists()
+
+
+def test_a_backend_sweep_runs_cpu_and_vulkan_in_llama_server_on_one_device_and_says_which_is_software(
+        vulkan_runtime, host_runtime, smollm2_path, tmp_path):
+    _lavapipe(vulkan_runtime)
+    result = bench_cli("run", "--backend", "cpu,vulkan", "--scenario", str(_scenario(tmp_path)), "--out", str(tmp_path),
+                       "--json", "--no-correctness", env=VISIBLE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    cpu, vulkan = payload["points"]
+    assert (cpu["backend"], vulkan["backend"]) == ("cpu", "vulkan") and vulkan["cpu_backend_key"] == cpu["key"]
+    runs = [load_run(row["run_dir"]).run for row in (cpu, vulkan)]
+    assert [run["runtime"]["kind"] for run in runs] == ["llama-server", "llama-server"]  # one runtime, compared with itself
+    assert [run["runtime"]["backend"] for run in runs] == ["cpu", "vulkan"] and "offload" not in runs[0]["memory"]
+    device = vulkan["gpu_device"]
+    assert device["name"].startswith("llvmpipe") and device["software"] is True
+    table = (Path(payload["matrix_dir"]) / "matrix.md").read_text()
+    ratio = vulkan["decode_tps_median"] / cpu["decode_tps_median"]
+    assert f"| vulkan | {device['name']} (software) | {ratio:.2f}x |" in table
+    assert "| cpu | CPU | n/a |" in table

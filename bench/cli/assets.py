@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from ..runtimes.build import BACKENDS
 from .flags import Parser, positive_int
 from .output import BarProgress, err, out, print_json
 
@@ -31,7 +32,7 @@ def add_runtime(commands) -> None:
     runtime_build = runtime_sub.add_parser("build", help="build llama-server, llama-bench and llama-completion")
     runtime_build.add_argument("--target", required=True, choices=("host", "android-arm64", "linux-arm64"),
                                help="host; android-arm64 (NDK); linux-arm64 (static aarch64, for `bench sim --profile arm64`)")
-    runtime_build.add_argument("--backend", default="cpu", choices=("cpu", "vulkan", "opencl"),
+    runtime_build.add_argument("--backend", default="cpu", choices=BACKENDS,
                                help="the GPU backend beside the CPU's: vulkan (host, android-arm64), opencl (android-arm64, Adreno)")
     runtime_build.add_argument("--ndk", help="Android NDK root (default $ANDROID_NDK_HOME)")
     runtime_build.add_argument("--src", help="a llama.cpp source tree (default: the one vendored in llama-cpp-python's sdist)")

@@ -65,6 +65,19 @@ def draft_models(text: str) -> list[str]:
     return drafts
 
 
+def backend_names(text: str) -> list[str]:
+    """--backend: one ggml backend, or several (cpu,vulkan) for a sweep on the same device."""
+    from ..runtimes.build import BACKENDS
+
+    names = [part.strip() for part in text.split(",")]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown backend '{unknown[0]}' (use {', '.join(BACKENDS)})")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"'{text}' repeats a backend")
+    return names
+
+
 def gpu_layer_count(text: str) -> int | None:
     """--gpu-layers: a number of layers (1 or more) or "all" (None)."""
     if text.strip() == "all":
@@ -121,10 +134,11 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
                         help="turn a failed preflight check into a warning")
     parser.add_argument("--runtime", type=Path, metavar="DIR",
                         help="prebuilt llama.cpp runtime for a phone (from `bench runtime build` or an extracted release)")
-    parser.add_argument("--backend", choices=("cpu", "vulkan", "opencl"), default="cpu",
+    parser.add_argument("--backend", type=backend_names, default=["cpu"], metavar="BACKEND[,BACKEND...]",
                         help="the ggml backend that runs the model: cpu (default), vulkan (host or phone GPU), opencl "
                              "(Adreno); a GPU backend runs in llama-server, from a `bench runtime build --backend` build, "
-                             "and a run that llama.cpp did not offload fails")
+                             "and a run that llama.cpp did not offload fails. Several (cpu,vulkan) run a sweep on the "
+                             "same device, every point in llama-server")
     parser.add_argument("--gpu-layers", type=gpu_layer_count, metavar="N|all",
                         help="layers to offload to the GPU backend (llama.cpp's -ngl; default all)")
     parser.add_argument("--repack", choices=("auto", "on", "off"), default="auto",

@@ -78,17 +78,27 @@ def add_matrix(commands) -> None:
     matrix.add_argument("--json", action="store_true", help="print one JSON object: matrix_dir, status, points")
 
 
-def _target(args, listed=None, affinity: tuple[int, ...] | None = None, scenario=None, progress=None):
+def _check_backends(args, scenarios) -> None:
+    """--backend and --gpu-layers against each other and the scenarios, before anything runs."""
+    gpu = [name for name in args.backend if name != "cpu"]
+    if args.gpu_layers is not None and not gpu:
+        raise UsageError("--gpu-layers offloads to a GPU backend, and the backend is cpu", "add --backend vulkan or opencl")
+    for scenario in scenarios:
+        if gpu and scenario.kind == "llama-bench":
+            raise UsageError(f"scenario '{scenario.name}' runs llama-bench, whose output does not say what llama.cpp "
+                             f"offloaded, so a {gpu[0]} run could not be verified",
+                             "use a generate scenario (prompts and n_predict), which runs in llama-server")
+
+
+def _target(args, listed=None, affinity: tuple[int, ...] | None = None, scenario=None, progress=None,
+            backend: str | None = None):
+    """`backend`: a backend sweep's point (else the one --backend names). In a sweep every point runs
+    in llama-server, the CPU's too, so their ratio compares one runtime with itself."""
     from ..targets import TargetChoice, open_target
 
-    if args.gpu_layers is not None and args.backend == "cpu":
-        raise UsageError("--gpu-layers offloads to a GPU backend, and the backend is cpu", "add --backend vulkan or opencl")
-    if args.backend != "cpu" and scenario is not None and scenario.kind == "llama-bench":
-        raise UsageError(f"scenario '{scenario.name}' runs llama-bench, whose output does not say what llama.cpp "
-                         f"offloaded, so a {args.backend} run could not be verified",
-                         "use a generate scenario (prompts and n_predict), which runs in llama-server")
     choice = TargetChoice(model=args.model, scenario=args.scenario, runtime=args.runtime, repack=args.repack,
-                          fixed_performance=args.fixed_performance, backend=args.backend, gpu_layers=args.gpu_layers)
+                          fixed_performance=args.fixed_performance, backend=backend or args.backend[0],
+                          gpu_layers=args.gpu_layers, serve=len(args.backend) > 1)
     return open_target(choice, listed, affinity, scenario, progress)
 
 
@@ -143,6 +153,7 @@ def cmd_run(args) -> int:
     parallels = sweep_parallels(scenario, args.parallel, depths)
     drafts = sweep_drafts(scenario, args.draft, depths, parallels)
     scenario = scenario.with_overrides(depth=depths[0], parallel=parallels[0])
+    _check_backends(args, [scenario])
     for name in [args.model, *(draft for draft in drafts[1:])]:
         _check_model(name)
     servers = adb_servers_of(args)
@@ -150,7 +161,7 @@ def cmd_run(args) -> int:
     selectors = [part.strip() for part in args.device.split(",") if part.strip()]
     devices = device_ids(selectors, servers)
     if len(devices) > 1 or len(threads) > 1 or len(affinities) > 1 or len(depths) > 1 or len(parallels) > 1 \
-            or len(drafts) > 1:
+            or len(drafts) > 1 or len(args.backend) > 1:
         from ..matrix import MatrixSpec
 
         # the matrix reads the scenario again by name: what the flags changed travels in the spec
@@ -159,7 +170,7 @@ def cmd_run(args) -> int:
                           repetitions=args.repetitions,
                           depths=tuple(depths) if args.depth or len(depths) > 1 else (None,),
                           parallels=tuple(parallels) if args.parallel or len(parallels) > 1 else (None,),
-                          drafts=tuple(drafts))
+                          drafts=tuple(drafts), backends=tuple(args.backend) if len(args.backend) > 1 else (None,))
         return _run_matrix(args, spec, devices, resume=None)
     listed = next(iter(devices.values()))
     with BarProgress(err) as progress:
@@ -198,6 +209,12 @@ def _run_matrix(args, spec, devices: dict, resume: Path | None, points=None, sha
         depths = sweep_depths(scenario, list(spec.depths))  # each depth fits each scenario's n_ctx, before any run
         parallels = sweep_parallels(scenario, list(spec.parallels), depths)
         sweep_drafts(scenario, [d for d in spec.drafts if d], depths, parallels)
+    if spec.backends != (None,):
+        if args.backend not in (["cpu"], list(spec.backends)):
+            raise UsageError(f"the matrix sweeps backend {list(spec.backends)}, and --backend names {','.join(args.backend)}",
+                             "drop --backend, or the file's backend key")
+        args = argparse.Namespace(**{**vars(args), "backend": list(spec.backends)})
+    _check_backends(args, scenarios.values())
     named_drafts = [draft for draft in spec.drafts if draft not in (None, NO_DRAFT)]
     for name in [*spec.models, *named_drafts]:
         _check_model(name)
@@ -215,7 +232,7 @@ def _run_matrix(args, spec, devices: dict, resume: Path | None, points=None, sha
                 repetitions=spec.repetitions, threads=point.threads, depth=point.depth, parallel=point.parallel,
                 draft=point.draft, drafts=spec.drafts if point.draft is not None else None)
             listed = devices[point.device]
-            label, target = _target(args, listed, point.affinity, scenario, progress)
+            label, target = _target(args, listed, point.affinity, scenario, progress, point.backend)
             if listed is not None and len(devices) > 1:  # two phones of one profile need names of their own
                 label = f"{label}-{listed.serial}"
             model = models[point.model]
@@ -282,6 +299,10 @@ def cmd_ab(args) -> int:
                          "without; an A/B compares one setup", "run it with `bench run`, or give `bench ab` a "
                          "scenario without a draft")
     scenario = scenario.with_overrides(depth=depths[0])
+    if len(args.backend) > 1:
+        raise UsageError(f"--backend {','.join(args.backend)} is a sweep; an A/B compares base and head on one backend",
+                         "give `bench ab` one --backend, or sweep with `bench run --backend`")
+    _check_backends(args, [scenario])
     if differs == "runtime":
         _check_model(args.model)
     servers = adb_servers_of(args)

@@ -35,11 +35,12 @@ class HostTarget:
 
     def __init__(self, bandwidth: tuple[float | None, str], *, llama_cpp_commit: tuple[str | None, str] = (None, "unknown"),
                  repack: str = "auto", affinity: tuple[int, ...] | None = None, tools: dict | None = None,
-                 backend: str = "cpu", gpu_layers: int | None = None):
+                 backend: str = "cpu", gpu_layers: int | None = None, serve: bool = False):
         self.bandwidth, self.llama_cpp_commit, self.repack = bandwidth, llama_cpp_commit, repack
         # a host llama.cpp build (runtime.json + "bin"): for llama-bench scenarios, and llama-server's
         self.tools = tools
         self.backend, self.gpu_layers = backend, gpu_layers
+        self.serve = serve  # every scenario in llama-server (a GPU backend, a backend sweep's CPU point)
         if affinity is not None:
             usable = os.sched_getaffinity(0)
             missing = [cpu for cpu in affinity if cpu not in usable]
@@ -75,12 +76,13 @@ class HostTarget:
             checks.append(PreflightCheck("threads", False, f"{threads} threads on {cores} logical CPUs oversubscribes them",
                                          "warning"))
         tool = ("llama-bench" if scenario.kind == "llama-bench" else
-                "llama-server" if scenario.serves or self.backend != "cpu" else None)
+                "llama-server" if scenario.serves or self.serve else None)
         if tool:
             binary = self._tool(tool)
             why = (" (parallel sequences run in its slots)" if scenario.parallel else
                    " (a draft model, with and without, runs in it)" if scenario.drafts else
-                   f" (the {self.backend} backend runs in it)" if tool == "llama-server" else "")
+                   f" (the {self.backend} backend runs in it)" if self.backend != "cpu" else
+                   " (every point of a backend sweep runs in it)" if tool == "llama-server" else "")
             build = "bench runtime build --target host" + (f" --backend {self.backend}" if self.backend != "cpu" else "")
             checks.append(PreflightCheck("runtime", binary is not None,
                                          f"{tool} for the host{why}: {binary or f'none built (run `{build}`, or pass --runtime DIR)'}"))
@@ -116,7 +118,7 @@ class HostTarget:
                 "llama-bench", "llama-bench", threads, scenario, pp=scenario.pp, tg=scenario.tg,
                 repetitions=scenario.repetitions, load_mode=scenario.load_mode))
             return self.runtime
-        if scenario.serves or self.backend != "cpu":
+        if scenario.serves or self.serve:
             threads = self.threads(scenario)
             extra = ["-b", str(scenario.n_batch), "-tb", str(threads), "--seed", str(scenario.seed)]
             if self.affinity is not None:
