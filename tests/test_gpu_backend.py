@@ -196,6 +196,8 @@ def test_a_vulkan_run_on_lavapipe_offloads_every_layer_says_so_and_is_not_called
     assert offload["used"][0]["device"] == "Vulkan0" and offload["used"][0]["software"] is True
     assert offload["layers_offloaded"] == offload["layers_total"] > 0 and offload["weights_on_device_bytes"] > 0
     assert any("software implementation on the CPU" in warning for warning in run["warnings"])
+    listed = next(check for check in run["preflight"] if check["name"] == "gpu")
+    assert listed["ok"] and listed["detail"].startswith("Vulkan0: llvmpipe")
     assert run["correctness"]["verdict"] == "pass", run["correctness"]  # its output matches the CPU reference
     report = (Path(payload["run_dir"]) / "report.md").read_text()
     assert "vulkan backend on Vulkan0" in report and "software on the CPU" in report

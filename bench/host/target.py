@@ -87,9 +87,12 @@ class HostTarget:
             checks.append(PreflightCheck("runtime", binary is not None,
                                          f"{tool} for the host{why}: {binary or f'none built (run `{build}`, or pass --runtime DIR)'}"))
             if binary is not None and self.backend != "cpu":
-                problem = gpu_devices_problem(self.backend, list_host_devices(binary))
+                listed = list_host_devices(binary)
+                problem = gpu_devices_problem(self.backend, listed)
+                described = next((name for device, name in listed if device == GPU_DEVICES[self.backend]), "")
                 checks.append(PreflightCheck("gpu", problem is None, problem or
-                                             f"{self.backend} device {GPU_DEVICES[self.backend]} listed by {binary.name}"))
+                                             f"{GPU_DEVICES[self.backend]}: {described}, as {binary.name} --list-devices "
+                                             "lists it"))
         return checks
 
     def _tool(self, name: str) -> Path | None:
