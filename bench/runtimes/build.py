@@ -95,10 +95,14 @@ class BuildPlan:
         return self.target == "host" and self.backend == "cpu"
 
     def cmake_configure(self) -> list[str]:
-        if self.shared_library:
+        """The configure command. The GPU backends this plan does not build are turned off by name
+        (their default, so the plan's key stays as it is): a build tree's CMake cache keeps what an
+        earlier configure set."""
+        off = [f"-DGGML_{name.upper()}=OFF" for name in BACKENDS if name not in ("cpu", self.backend)]
+        if self.target == "host":  # every host variant in the wrapper's tree; only the CPU build links libllama.so
             return ["cmake", "-S", str(HOST_PROJECT), "-B", str(self.build_dir), f"-DBENCH_LLAMA_SOURCE={self.source}",
-                    *self.configure]
-        return ["cmake", "-S", str(self.source), "-B", str(self.build_dir), *self.configure]
+                    *self.configure, *off]
+        return ["cmake", "-S", str(self.source), "-B", str(self.build_dir), *self.configure, *off]
 
 
 def runtimes_root(cache: Path) -> Path:
@@ -189,18 +193,29 @@ def _host_vulkan_flags(cache: Path | None) -> tuple[str, ...]:
     flags = ("-DGGML_VULKAN=ON",)
     core = (headers / "vulkan" / "vulkan_core.h").read_text(errors="replace") if (headers / "vulkan" / "vulkan_core.h").is_file() else ""
     if "VK_EXT_layer_settings" not in core and cache is not None:
-        flags += (f"-DCMAKE_CXX_FLAGS=-I{_vulkan_compat(cache)}",)
+        # as Vulkan's include folder, it reaches ggml-vulkan's compile alone: the CPU build's flags,
+        # and so the objects the variants share, stay as they are
+        flags += (f"-DVulkan_INCLUDE_DIR={_vulkan_compat(cache, headers)}",)
     return flags
 
 
-def _vulkan_compat(cache: Path) -> Path:
-    """The compatibility header in the cache, under a folder named by its content."""
-    header = VULKAN_COMPAT / "vulkan" / "vulkan.hpp"
-    text = header.read_bytes()
-    folder = cache / "compat" / f"vulkan-{hashlib.sha256(text).hexdigest()[:10]}"
+def _vulkan_compat(cache: Path, headers: Path) -> Path:
+    """An include folder in the cache that is `headers`' vulkan/ with the compatibility vulkan.hpp
+    (which includes the real one next): the other headers are links to the real ones. Named by the
+    header's content and the headers' place, so the flags name a stable path."""
+    text = (VULKAN_COMPAT / "vulkan" / "vulkan.hpp").read_bytes()
+    digest = hashlib.sha256(text + str(headers).encode()).hexdigest()[:10]
+    folder = cache / "compat" / f"vulkan-{digest}"
     if not (folder / "vulkan" / "vulkan.hpp").is_file():
-        (folder / "vulkan").mkdir(parents=True, exist_ok=True)
-        (folder / "vulkan" / "vulkan.hpp").write_bytes(text)
+        staging = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "vulkan").mkdir(parents=True)
+        for real in (headers / "vulkan").iterdir():
+            if real.name != "vulkan.hpp":
+                (staging / "vulkan" / real.name).symlink_to(real)
+        (staging / "vulkan" / "vulkan.hpp").write_bytes(text)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
     return folder
 
 
@@ -410,7 +425,9 @@ def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | N
         tree, commit = fetch_vendored_source(cache, progress, llama_cpp_python)
     root = runtimes_root(cache)
     # Variants that differ only in ggml-cpu's -march share one build tree: building the second
-    # recompiles ggml-cpu and relinks, nothing else.
+    # recompiles ggml-cpu and relinks, nothing else. A GPU backend's variant has a tree of its own:
+    # ggml makes its GGML_USE_<BACKEND> define public, so every file that includes ggml (llama,
+    # common, the tools) compiles again for it, and a shared tree would recompile it all at each switch.
     tree_flags = tuple(flag for flag in flags if not flag.startswith("-DGGML_CPU_ARM_ARCH="))
     variant = target if backend == "cpu" else f"{target}-{backend}"
     return BuildPlan(target, backend, tree, commit, flags, root / "build" / f"{commit}-{variant}-{_flags_hash(tree_flags)}",
