@@ -21,7 +21,7 @@ from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Sample, Scenario
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
-from ..runtimes.build import arm_arch_of, required_cpu_features
+from ..runtimes.build import arm_arch_of, build_command, required_cpu_features
 from ..runtimes.llama_server import (LOG_HEAD_BYTES, LOG_LEVEL, LlamaServerRuntime, draft_args, draft_details, gpu_args,
                                      gpu_details, load_mode_args,
                                      slot_args)
@@ -165,7 +165,7 @@ class AndroidTarget:
         abi = snap.props.get("ro.product.cpu.abi", "")
         runtime_abi = (self.runtime.meta.get("abi") if self.runtime else None) or ""
         abi_ok = self.runtime is not None and runtime_abi == abi
-        build = "bench runtime build --target android-arm64" + (f" --backend {self.backend}" if self.backend != "cpu" else "")
+        build = build_command("android-arm64", self.backend)
         checks.append(PreflightCheck("runtime", abi_ok,
                                      f"device ABI {abi or '?'}; {self.backend} runtime {runtime_abi or 'none'}"
                                      + ("" if abi_ok else f" (build one: `{build}`, or pass --runtime DIR)")))

@@ -17,6 +17,7 @@ from ..progress import Progress
 from ..records import DeviceFacts, ModelInfo, PreflightCheck, Scenario, to_dict
 from ..runtimes import llama_bench
 from ..runtimes.base import RuntimeFacts
+from ..runtimes.build import build_command
 from ..runtimes.llama_bench import LocalBench
 from ..runtimes.llama_cpp import LlamaCppRuntime
 from ..runtimes.llama_server import (GPU_DEVICES, LOG_HEAD_BYTES, LocalLlamaServer, draft_args, draft_details, gpu_args,
@@ -83,7 +84,7 @@ class HostTarget:
                    " (a draft model, with and without, runs in it)" if scenario.drafts else
                    f" (the {self.backend} backend runs in it)" if self.backend != "cpu" else
                    " (every point of a backend sweep runs in it)" if tool == "llama-server" else "")
-            build = "bench runtime build --target host" + (f" --backend {self.backend}" if self.backend != "cpu" else "")
+            build = build_command("host", self.backend)
             checks.append(PreflightCheck("runtime", binary is not None,
                                          f"{tool} for the host{why}: {binary or f'none built (run `{build}`, or pass --runtime DIR)'}"))
             if binary is not None and self.backend != "cpu":

@@ -32,8 +32,8 @@ TARGETS = ("host", "android-arm64", "linux-arm64")
 # lavapipe on the CPU) and for phones; OpenCL for Adreno phones.
 BACKENDS = ("cpu", "vulkan", "opencl")
 GPU_BACKENDS = {"vulkan": ("host", "android-arm64"), "opencl": ("android-arm64",)}
-# The folder put first on a Vulkan build's include path when the installed headers predate
-# VK_EXT_layer_settings (see the header); copied into the cache, so the flags name a stable path.
+# A vulkan.hpp for installed headers that predate VK_EXT_layer_settings (see the header); a Vulkan
+# build gets it through an overlay folder in the cache, so the flags name a stable path.
 VULKAN_COMPAT = Path(__file__).resolve().parent.parent / "data" / "vulkan_compat"
 # linux-arm64: static aarch64 Linux binaries from Debian's cross compiler, for the emulated phone's
 # arm64 profile (run under qemu-user there); Android's bionic is not needed by a static binary.
@@ -184,17 +184,17 @@ def _host_vulkan_flags(cache: Path | None) -> tuple[str, ...]:
     if headers is None:
         raise MissingPrerequisite("the Vulkan backend needs Vulkan's C++ headers (vulkan/vulkan.hpp), and there are none",
                                   f"install them (Debian: apt-get install {VULKAN_PACKAGES}), or set VULKAN_SDK")
-    if shutil.which("glslc") is None:
+    sdk = os.environ.get("VULKAN_SDK")
+    if shutil.which("glslc") is None and not (sdk and (Path(sdk) / "bin" / "glslc").is_file()):
         raise MissingPrerequisite("the Vulkan backend compiles its shaders with glslc, and there is none on PATH",
                                   f"install it (Debian: apt-get install {VULKAN_PACKAGES}), or set VULKAN_SDK")
     if not any((folder / "spirv" / "unified1" / "spirv.hpp").is_file() for folder in (headers, Path("/usr/include"))):
         raise MissingPrerequisite("the Vulkan backend needs the SPIR-V headers (spirv/unified1/spirv.hpp)",
                                   f"install them (Debian: apt-get install {VULKAN_PACKAGES})")
     flags = ("-DGGML_VULKAN=ON",)
-    core = (headers / "vulkan" / "vulkan_core.h").read_text(errors="replace") if (headers / "vulkan" / "vulkan_core.h").is_file() else ""
-    if "VK_EXT_layer_settings" not in core and cache is not None:
-        # as Vulkan's include folder, it reaches ggml-vulkan's compile alone: the CPU build's flags,
-        # and so the objects the variants share, stay as they are
+    core = headers / "vulkan" / "vulkan_core.h"
+    if cache is not None and "VK_EXT_layer_settings" not in (core.read_text(errors="replace") if core.is_file() else ""):
+        # as Vulkan's include folder it reaches ggml-vulkan's compile alone: no other file's flags change
         flags += (f"-DVulkan_INCLUDE_DIR={_vulkan_compat(cache, headers)}",)
     return flags
 
@@ -249,6 +249,11 @@ def _opencl_flags(ndk: Path | None) -> tuple[str, ...]:
                                   "build and install Khronos' OpenCL-Headers and OpenCL-ICD-Loader into it, as llama.cpp's "
                                   "docs/backend/OPENCL.md says")
     return ("-DGGML_OPENCL=ON", "-DGGML_OPENCL_USE_ADRENO_KERNELS=ON", "-DGGML_OPENCL_EMBED_KERNELS=ON")
+
+
+def build_command(target: str, backend: str = "cpu") -> str:
+    """The `bench runtime build` that makes a variant, for the messages that ask for one."""
+    return f"bench runtime build --target {target}" + (f" --backend {backend}" if backend != "cpu" else "")
 
 
 def find_ndk(explicit: str | None) -> Path | None:
