@@ -167,7 +167,8 @@ class AndroidTarget:
         abi_ok = self.runtime is not None and runtime_abi == abi
         build = build_command("android-arm64", self.backend)
         checks.append(PreflightCheck("runtime", abi_ok,
-                                     f"device ABI {abi or '?'}; {self.backend} runtime {runtime_abi or 'none'}"
+                                     f"device ABI {abi or '?'}; runtime {runtime_abi or 'none'}"
+                                     + (f" ({self.backend} build)" if self.backend != "cpu" else "")
                                      + ("" if abi_ok else f" (build one: `{build}`, or pass --runtime DIR)")))
         if abi_ok:
             checks.append(self._cpu_fit_check())
