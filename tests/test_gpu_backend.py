@@ -6,6 +6,7 @@ lavapipe: the plumbing and the output, never a GPU speed."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -177,7 +178,7 @@ def vulkan_runtime() -> Path:
 
 def _lavapipe(vulkan_runtime: Path) -> None:
     listed = subprocess.run([str(vulkan_runtime / "bin" / "llama-server"), "--list-devices"], capture_output=True,
-                            text=True, timeout=120, env={**__import__("os").environ, **VISIBLE})
+                            text=True, timeout=120, env={**os.environ, **VISIBLE})
     if not any(parse.software_device(name) for _, name in parse.parse_device_list(listed.stdout)):
         pytest.skip("no lavapipe (./dev.sh test installs mesa-vulkan-drivers)")
 
