@@ -468,7 +468,9 @@ def _runtime_fact(runtime: dict) -> str:
             + (f"; {runtime['repack_reason']}" if runtime.get("repack_reason") else "")
             + ("; fixed performance mode on (`cmd power set-fixed-performance-mode-enabled`)"
                if runtime.get("fixed_performance") else "")
-            + (f"; {runtime['backend']} backend on {runtime.get('gpu_device')}, {runtime.get('gpu_layers')} layers asked "
+            + (f"; {runtime['backend']} backend on {runtime.get('gpu_device')}"
+               + (f" (driver {runtime['gpu_driver']})" if runtime.get("gpu_driver") else "")
+               + f", {runtime.get('gpu_layers')} layers asked "
                "(what llama.cpp offloaded: Where the memory goes)" if runtime.get("backend") not in (None, "cpu") else "")
             + " |")
 

@@ -42,6 +42,7 @@ class HostTarget:
         self.tools = tools
         self.backend, self.gpu_layers = backend, gpu_layers
         self.serve = serve  # every scenario in llama-server (a GPU backend, a backend sweep's CPU point)
+        self.gpu_driver: str | None = None  # the GPU device's driver, as preflight's device listing named it
         if affinity is not None:
             usable = os.sched_getaffinity(0)
             missing = [cpu for cpu in affinity if cpu not in usable]
@@ -88,12 +89,14 @@ class HostTarget:
             checks.append(PreflightCheck("runtime", binary is not None,
                                          f"{tool} for the host{why}: {binary or f'none built (run `{build}`, or pass --runtime DIR)'}"))
             if binary is not None and self.backend != "cpu":
-                listed = list_host_devices(binary)
+                listed, drivers = list_host_devices(binary)
                 problem = gpu_devices_problem(self.backend, listed)
-                described = next((name for device, name in listed if device == GPU_DEVICES[self.backend]), "")
+                device = GPU_DEVICES[self.backend]
+                described = next((name for listed_device, name in listed if listed_device == device), "")
+                self.gpu_driver = drivers.get(device)
                 checks.append(PreflightCheck("gpu", problem is None, problem or
-                                             f"{GPU_DEVICES[self.backend]}: {described}, as {binary.name} --list-devices "
-                                             "lists it"))
+                                             f"{device}: {described}" + (f", driver {self.gpu_driver}" if self.gpu_driver else "")
+                                             + f", as {binary.name} --list-devices lists it"))
         return checks
 
     def _tool(self, name: str) -> Path | None:
@@ -143,7 +146,7 @@ class HostTarget:
                 request_timeout_s=scenario.request_timeout_s,
                 facts=replace(self._tool_facts("llama-server", "server", threads, scenario, parallel=scenario.parallel,
                                                load_mode=scenario.load_mode, **draft_details(model, scenario),
-                                               **gpu_details(self.backend, self.gpu_layers)),
+                                               **gpu_details(self.backend, self.gpu_layers, self.gpu_driver)),
                               n_ctx=scenario.n_ctx))
             task.done()
             return self.runtime

@@ -54,11 +54,13 @@ def gpu_args(backend: str, gpu_layers: int | None) -> list[str]:
     return ["-dev", GPU_DEVICES[backend], "-ngl", "all" if gpu_layers is None else str(gpu_layers)]
 
 
-def gpu_details(backend: str, gpu_layers: int | None) -> dict:
-    """What run.json's runtime says of the backend (memory.offload says what llama.cpp did with it)."""
+def gpu_details(backend: str, gpu_layers: int | None, driver: str | None = None) -> dict:
+    """What run.json's runtime says of the backend (memory.offload says what llama.cpp did with it);
+    `driver`: the device's driver, where the build's device listing names it."""
     if backend == "cpu":
         return {"backend": "cpu"}
-    return {"backend": backend, "gpu_device": GPU_DEVICES[backend], "gpu_layers": "all" if gpu_layers is None else gpu_layers}
+    return {"backend": backend, "gpu_device": GPU_DEVICES[backend], "gpu_layers": "all" if gpu_layers is None else gpu_layers,
+            **({"gpu_driver": driver} if driver else {})}
 
 
 def gpu_devices_problem(backend: str, listed: list[tuple[str, str]]) -> str | None:
@@ -71,17 +73,20 @@ def gpu_devices_problem(backend: str, listed: list[tuple[str, str]]) -> str | No
     return f"llama.cpp's {backend} build lists {seen}, not {GPU_DEVICES[backend]}{hint}"
 
 
-def list_host_devices(binary: Path, timeout_s: float = 60) -> list[tuple[str, str]]:
-    """The GPU devices a host llama.cpp build sees (`llama-server --list-devices`)."""
+def list_host_devices(binary: Path, timeout_s: float = 60) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The GPU devices a host llama.cpp build sees (`llama-server --list-devices`), and the driver of
+    each Vulkan one (ggml-vulkan names it only in its debug lines: "ggml_vulkan: 0 = NAME (DRIVER)")."""
     import subprocess
 
-    from ..parse import parse_device_list
+    from ..parse import parse_device_list, parse_llama_offload
 
     try:
-        result = subprocess.run([str(binary), "--list-devices"], capture_output=True, text=True, timeout=timeout_s)
+        result = subprocess.run([str(binary), "-lv", "5", "--list-devices"], capture_output=True, text=True,
+                                timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise RunFailed(f"{binary} --list-devices did not answer: {error}") from None
-    return parse_device_list(result.stdout)
+    vulkan = parse_llama_offload(result.stdout + "\n" + result.stderr).devices
+    return parse_device_list(result.stdout), {f"Vulkan{index}": driver for index, (_, driver) in enumerate(vulkan)}
 
 
 def draft_details(model: ModelInfo, scenario: Scenario) -> dict:
