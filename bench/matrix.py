@@ -26,7 +26,7 @@ from .errors import BenchError, ConfigError, StoreError, UsageError
 from .files import atomic_write_bytes, atomic_write_json
 from .progress import Progress
 from .records import NO_DRAFT
-from .runtimes.build import BACKENDS
+from .runtimes.build import BACKENDS, backends_problem
 from .runner import RunOptions, RunResult, Target, run_benchmark
 from .store import load_run_meta, make_run_id
 
@@ -169,9 +169,10 @@ def load_matrix_file(path: Path) -> MatrixSpec:
     drafts = [draft for draft in drafts if draft != NO_DRAFT]
     backends = data.get("backend", [])
     backends = backends if isinstance(backends, list) else [backends]
-    if any(name not in BACKENDS for name in backends) or len(set(backends)) != len(backends):
-        fail("backend", f"'backend' must list each of {', '.join(BACKENDS)} at most once: {data['backend']!r}",
-             'e.g. backend = ["cpu", "vulkan"]')
+    problem = backends_problem(backends)
+    if problem:
+        fail("backend", f"'backend' must list each of {', '.join(BACKENDS)} at most once ({problem}): "
+                        f"{data['backend']!r}", 'e.g. backend = ["cpu", "vulkan"]')
     repetitions = data.get("repetitions")
     if repetitions is not None and (not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1):
         fail("repetitions", "'repetitions' must be an integer >= 1")
@@ -356,17 +357,18 @@ class _MatrixRun:
 
 def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None) -> dict:
     summary = result.summary if result else {}
+    meta = _run_meta(result) if point.depth or point.backend not in (None, "cpu") else {}
     return {
         "key": point.key, "device": point.device, "selector": point.selector or point.device, "model": point.model, "scenario": point.scenario,
         "threads": point.threads, "affinity": list(point.affinity) if point.affinity is not None else None,
-        "depth": point.depth, "kv_cache_bytes_at_depth": _kv_bytes(result) if point.depth else None,
+        "depth": point.depth, "kv_cache_bytes_at_depth": (meta.get("kv_cache") or {}).get("bytes_at_depth") if point.depth else None,
         "parallel": point.parallel, "draft": point.draft,
         # the point a draft's speed-up is taken against: the same one without the draft
         "without_draft_key": replace(point, draft=NO_DRAFT).key if point.draft is not None else None,
         "backend": point.backend,
         # a GPU point's ratio is taken against the same point on the CPU backend
         "cpu_backend_key": replace(point, backend="cpu").key if point.backend not in (None, "cpu") else None,
-        "gpu_device": _gpu_device(result) if point.backend not in (None, "cpu") else None,
+        "gpu_device": _gpu_device(meta) if point.backend not in (None, "cpu") else None,
         "label": point.label, "run_dir": str(result.run_dir) if result else None,
         "status": result.status if result else "failed", "reason": result.reason if result else error,
         **{key: summary.get(key) for key in ("decode_tps_median", "decode_tps_iqr", "prefill_tps_median",
@@ -376,24 +378,19 @@ def _row(point: MatrixPoint, result: RunResult | None, error: str | None = None)
     }
 
 
-def _kv_bytes(result: RunResult | None) -> int | None:
-    """The KV cache's size at the run's depth, as run.json states it (from the model's shapes)."""
+def _run_meta(result: RunResult | None) -> dict:
+    """The point's run.json, for what the row takes from it beyond the summary ({} when none)."""
     if result is None:
-        return None
+        return {}
     try:
-        return (load_run_meta(result.run_dir).get("kv_cache") or {}).get("bytes_at_depth")
+        return load_run_meta(result.run_dir)
     except BenchError:
-        return None
+        return {}
 
 
-def _gpu_device(result: RunResult | None) -> dict | None:
+def _gpu_device(meta: dict) -> dict | None:
     """The GPU device llama.cpp loaded the model onto, as run.json's memory.offload names it."""
-    if result is None:
-        return None
-    try:
-        used = ((load_run_meta(result.run_dir).get("memory") or {}).get("offload") or {}).get("used") or []
-    except BenchError:
-        return None
+    used = ((meta.get("memory") or {}).get("offload") or {}).get("used") or []
     return {"name": used[0]["name"], "software": bool(used[0].get("software"))} if used else None
 
 

@@ -310,3 +310,18 @@ def test_a_backend_sweep_runs_cpu_and_vulkan_in_llama_server_on_one_device_and_s
     ratio = vulkan["decode_tps_median"] / cpu["decode_tps_median"]
     assert f"| vulkan | {device['name']} (software) | {ratio:.2f}x |" in table
     assert "| cpu | CPU | n/a |" in table
+
+
+def test_vs_cpu_is_a_gpu_point_s_decode_over_the_same_point_s_on_the_cpu_backend():
+    from bench.matrix import MatrixPoint, RunResult, _row, backend_ratios, markdown
+
+    def row(device: str, backend: str, decode: float) -> dict:
+        return _row(MatrixPoint(device, "m", "s", None, None, backend=backend),
+                    RunResult(Path(f"/r/{device}-{backend}"), "complete", {"decode_tps_median": decode}))
+    rows = [row("host", "cpu", 120.0), row("host", "vulkan", 30.0), row("pixel8", "cpu", 10.0),
+            row("pixel8", "opencl", 25.0)]
+    assert rows[1]["cpu_backend_key"] == rows[0]["key"] and rows[0]["cpu_backend_key"] is None
+    assert backend_ratios(rows) == {rows[1]["key"]: pytest.approx(0.25), rows[3]["key"]: pytest.approx(2.5)}
+    assert backend_ratios(rows[1:2]) == {}  # no CPU point beside it: no ratio claimed
+    table = markdown("t", rows)
+    assert "| backend | device | vs CPU |" in table and "| vulkan | n/a | 0.25x |" in table and "| opencl | n/a | 2.50x |" in table

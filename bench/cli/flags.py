@@ -67,14 +67,12 @@ def draft_models(text: str) -> list[str]:
 
 def backend_names(text: str) -> list[str]:
     """--backend: one ggml backend, or several (cpu,vulkan) for a sweep on the same device."""
-    from ..runtimes.build import BACKENDS
+    from ..runtimes.build import backends_problem
 
     names = [part.strip() for part in text.split(",")]
-    unknown = [name for name in names if name not in BACKENDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown backend '{unknown[0]}' (use {', '.join(BACKENDS)})")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"'{text}' repeats a backend")
+    problem = backends_problem(names)
+    if problem:
+        raise argparse.ArgumentTypeError(f"'{text}': {problem}")
     return names
 
 

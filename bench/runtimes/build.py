@@ -32,6 +32,17 @@ TARGETS = ("host", "android-arm64", "linux-arm64")
 # lavapipe on the CPU) and for phones; OpenCL for Adreno phones.
 BACKENDS = ("cpu", "vulkan", "opencl")
 GPU_BACKENDS = {"vulkan": ("host", "android-arm64"), "opencl": ("android-arm64",)}
+
+
+def backends_problem(names: list[str]) -> str | None:
+    """What is wrong with a list of backends (--backend, a matrix file's backend), or None."""
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        return f"unknown backend '{unknown[0]}' (use {', '.join(BACKENDS)})"
+    if len(set(names)) != len(names):
+        return "repeats a backend"
+    return None
+
 # A vulkan.hpp for installed headers that predate VK_EXT_layer_settings (see the header); a Vulkan
 # build gets it through an overlay folder in the cache, so the flags name a stable path.
 VULKAN_COMPAT = Path(__file__).resolve().parent.parent / "data" / "vulkan_compat"
@@ -95,14 +106,10 @@ class BuildPlan:
         return self.target == "host" and self.backend == "cpu"
 
     def cmake_configure(self) -> list[str]:
-        """The configure command. The GPU backends this plan does not build are turned off by name
-        (their default, so the plan's key stays as it is): a build tree's CMake cache keeps what an
-        earlier configure set."""
-        off = [f"-DGGML_{name.upper()}=OFF" for name in BACKENDS if name not in ("cpu", self.backend)]
-        if self.target == "host":  # every host variant in the wrapper's tree; only the CPU build links libllama.so
+        if self.target == "host":  # every host variant through the wrapper; only the CPU build links libllama.so
             return ["cmake", "-S", str(HOST_PROJECT), "-B", str(self.build_dir), f"-DBENCH_LLAMA_SOURCE={self.source}",
-                    *self.configure, *off]
-        return ["cmake", "-S", str(self.source), "-B", str(self.build_dir), *self.configure, *off]
+                    *self.configure]
+        return ["cmake", "-S", str(self.source), "-B", str(self.build_dir), *self.configure]
 
 
 def runtimes_root(cache: Path) -> Path:

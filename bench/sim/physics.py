@@ -298,12 +298,13 @@ class PhysicsLoop:
         CPU time is the GPU's work (its CPU backend only samples). What the kgsl files say is busy."""
         used, seen = 0, {}
         for pid in members:
-            try:
-                with open(f"/proc/{pid}/maps") as handle:
-                    if "libvulkan_lvp" not in handle.read():
-                        continue
-            except OSError:
-                continue
+            if pid not in self._last_gpu_ticks:  # a process that has loaded lavapipe keeps it: its maps are read until then
+                try:
+                    with open(f"/proc/{pid}/maps") as handle:
+                        if "libvulkan_lvp" not in handle.read():
+                            continue
+                except OSError:
+                    continue
             ticks = cpu_ticks(pid)
             if ticks is not None:
                 used += max(0, ticks - self._last_gpu_ticks.get(pid, ticks))  # a process counts from when it loaded lavapipe

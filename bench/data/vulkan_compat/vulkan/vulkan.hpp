@@ -5,8 +5,9 @@
 // so without these types it does not compile. The definitions below follow the extension's
 // registry entry (same members, same order, same structure type), so the chained struct is the
 // one newer headers would build; a driver that does not know it skips it, as with newer headers.
-// With headers that have the extension this file adds nothing. bench puts this folder first on
-// the include path of a Vulkan build only when the installed headers lack the extension.
+// With headers that have the extension this file adds nothing. bench uses it only when the
+// installed headers lack the extension: through an overlay folder in its cache (this file beside
+// links to the real headers), given to ggml-vulkan's build as its Vulkan_INCLUDE_DIR.
 #pragma once
 #include_next <vulkan/vulkan.hpp>
 
