@@ -41,6 +41,8 @@ system_packages() {
   [ -f /usr/include/spirv/unified1/spirv.hpp ] || missing+=(spirv-headers)
   command -v glslc >/dev/null || missing+=(glslc)
   compgen -G "/usr/share/vulkan/icd.d/lvp_icd.*.json" >/dev/null || missing+=(mesa-vulkan-drivers)
+  # a compiler cache: the Vulkan variant takes llama, common and the tools from the CPU build's objects
+  command -v ccache >/dev/null || missing+=(ccache)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} (apt-get)"
@@ -76,8 +78,8 @@ case "$command" in
   setup) setup ;;
   run) setup; exec "$VENV/bin/bench" run "$@" ;;
   test)
+    system_packages  # first: ccache then sees the first compile (the library in setup)
     setup
-    system_packages
     # llama-server & co. for the emulated phone, from the same llama.cpp as the wheel (cached).
     "$VENV/bin/bench" runtime build --target host
     if command -v aarch64-linux-gnu-g++ >/dev/null; then

@@ -3,10 +3,13 @@
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from bench.progress import NullProgress
 from bench.runtimes import build as builder
 from conftest import bench_cli
 
@@ -92,8 +95,22 @@ def test_arm_variants_share_one_build_tree_and_keep_their_own_installs(tmp_path)
     assert plans[0].build_dir == plans[1].build_dir and plans[0].install_dir != plans[1].install_dir
     host = builder.plan_build("host", cache, src=str(_vendored_tree()))
     assert host.build_dir != plans[0].build_dir and host.shared_library and not plans[0].shared_library
-    assert host.cmake_configure()[:3] == ["cmake", "-S", str(builder.HOST_PROJECT)]
-    assert (builder.HOST_PROJECT / "CMakeLists.txt").is_file()
+    assert (Path(host.cmake_configure()[2]) / "CMakeLists.txt").read_text() == \
+        (builder.HOST_PROJECT / "CMakeLists.txt").read_text()
+
+
+def test_two_clones_sharing_one_cache_configure_the_host_tree_from_one_place(tmp_path, monkeypatch):
+    """CMake refuses to configure a build tree from another source folder than the one it was made
+    from: the host tree, begun by one clone's `./dev.sh run` (the library), must still take the
+    tools' build from a second clone's `./dev.sh test`."""
+    cache, planned = tmp_path / "cache", []
+    for clone in ("one", "two"):
+        copy = tmp_path / clone / "host_build"
+        copy.mkdir(parents=True)
+        (copy / "CMakeLists.txt").write_text((builder.HOST_PROJECT / "CMakeLists.txt").read_text())
+        monkeypatch.setattr(builder, "HOST_PROJECT", copy)
+        planned.append(builder.plan_build("host", cache, src=str(_vendored_tree())).cmake_configure()[2])
+    assert planned[0] == planned[1] and Path(planned[0]).is_relative_to(cache)
 
 
 def _vendored_tree() -> Path:
@@ -144,3 +161,41 @@ def test_the_wheel_carries_the_library_and_records_it(tmp_path):
         assert rows[-1] == "llama_cpp_python-0.3.36.dist-info/RECORD,," and len(rows) == 3
         assert f"{LIBRARY_IN_WHEEL},sha256=" in rows[1] and rows[1].endswith(f",{library.stat().st_size}")
         assert wheel.getinfo(LIBRARY_IN_WHEEL).external_attr >> 16 == 0o755
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None, reason="no ccache (./dev.sh test installs it)")
+def test_a_define_that_changes_no_file_costs_no_compile_in_a_second_tree(tmp_path):
+    """Why a GPU variant compiles little more than its backend: a tree configured with one more
+    public define (as GGML_USE_VULKAN is) reuses, through ccache, every object whose preprocessed
+    source that define does not change, and compiles again the ones it does."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.14)\nproject(tiny C)\n"
+                                           "add_library(tiny STATIC plain.c uses_define.c)\n"
+                                           "target_compile_definitions(tiny PUBLIC ${TINY_DEFINES})\n")
+    (source / "plain.c").write_text("int plain(int x) { return x * 3; }\n")
+    (source / "uses_define.c").write_text("#ifdef GPU\nint uses(void) { return 1; }\n#else\nint uses(void) { return 0; }\n#endif\n")
+    cache = tmp_path / "ccache"
+
+    def compile_tree(name: str, defines: str) -> dict[str, int]:
+        plan = builder.BuildPlan("tiny", "cpu", source, "0", (f"-DTINY_DEFINES={defines}",), tmp_path / name,
+                                 tmp_path / f"{name}-install", 1, cache)
+        assert "-DCMAKE_C_COMPILER_LAUNCHER=ccache" in plan.cmake_configure()
+        builder._compile(plan, NullProgress(), ("tiny",))
+        stats = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True, env=plan.environment(),
+                               check=True).stdout
+        return {key: int(value) for key, value in (line.split("\t") for line in stats.splitlines())}
+
+    first = compile_tree("cpu", "CPU_ONLY")
+    assert first["cache_miss"] == 2
+    second = compile_tree("gpu", "CPU_ONLY;GPU")
+    assert second["cache_miss"] - first["cache_miss"] == 1  # uses_define.c: GPU changes it
+    hits = sum(second[key] - first.get(key, 0) for key in ("direct_cache_hit", "preprocessed_cache_hit"))
+    assert hits == 1  # plain.c: the same object, not compiled again
+
+
+def test_without_ccache_a_tree_s_launcher_is_cleared(tmp_path, monkeypatch):
+    monkeypatch.setattr(builder.shutil, "which", lambda tool: None if tool == "ccache" else f"/usr/bin/{tool}")
+    plan = builder.plan_build("linux-arm64", tmp_path / "cache", src=str(_vendored_tree()))
+    assert plan.compiler_cache is None and "-DCMAKE_CXX_COMPILER_LAUNCHER=" in plan.cmake_configure()
+    assert plan.environment() == dict(os.environ)

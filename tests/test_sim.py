@@ -204,3 +204,23 @@ def test_stdin_reaches_the_shell_through_both_adbs(sim, adb_server):
         result = subprocess.run([binary, "-P", str(adb_server), "-s", sim.serial, "shell", "cat; echo done"],
                                 input="line one\nline two\n", capture_output=True, text=True, timeout=30)
         assert result.stdout == "line one\nline two\ndone\n", (binary, result)
+
+
+def test_a_free_port_taken_before_the_sim_binds_it_moves_the_sim_to_the_next(start_sim, monkeypatch):
+    """Two sims started at one moment (two test workers, two lab scripts) can both find the same
+    port free; the one that binds second must not fail."""
+    from bench.sim import control
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        # the race, replayed: the check says the port is free, and another process holds it
+        monkeypatch.setattr(control, "FIRST_PORT", taken)
+        real_check = control._port_free
+        monkeypatch.setattr(control, "_port_free", lambda port: port == taken or real_check(port))
+        info = start_sim()
+        assert info.port > taken
+        # a port the user named is not moved: the start fails and says which
+        with pytest.raises(control.SimError, match=f"port {taken} was taken"):
+            start_sim(name=f"asked-{os.getpid()}", port=taken)

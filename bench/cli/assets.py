@@ -116,7 +116,8 @@ def cmd_runtime(args) -> int:
                                   backend=args.backend)
         if args.print_plan:
             print_json({"target": plan.target, "backend": plan.backend, "source": str(plan.source), "commit": plan.commit,
-                         "cmake_flags": list(plan.configure), "install_dir": str(plan.install_dir)})
+                         "cmake_flags": list(plan.configure), "install_dir": str(plan.install_dir),
+                         "compiler_cache": str(plan.compiler_cache) if plan.compiler_cache else None})
             return 0
         cached = builder.installed(plan)
         path = builder.build(plan, progress)

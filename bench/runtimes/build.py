@@ -55,8 +55,9 @@ ANDROID_ABI, ANDROID_PLATFORM = "arm64-v8a", "android-28"
 # + i8mm + fp16 for current phones; `--arm-arch armv8.2-a+dotprod` builds for older ones.
 DEFAULT_ARM_ARCH = "armv8.2-a+dotprod+i8mm+fp16"
 BUILD_TIMEOUT_S = 3 * 3600
+COMPILER_CACHE_SIZE = "3G"  # the host's CPU and Vulkan builds and two arm64 builds fit, compressed
 # The host build is configured through this wrapper: llama.cpp's tree plus libllama.so for
-# llama-cpp-python, from the same objects (see the file).
+# llama-cpp-python, from the same objects (see the file); staged into the cache for CMake.
 HOST_PROJECT = Path(__file__).resolve().parent.parent / "data" / "host_build"
 SHARED_LIBRARY = "llama-shared"  # the wrapper's target: lib/libllama.so
 
@@ -95,6 +96,8 @@ class BuildPlan:
     build_dir: Path
     install_dir: Path
     jobs: int
+    compiler_cache: Path | None = None  # ccache's folder, when ccache is installed
+    project: Path | None = None  # the host's wrapper project, as staged in the cache (host builds)
 
     @property
     def key(self) -> str:
@@ -106,10 +109,23 @@ class BuildPlan:
         return self.target == "host" and self.backend == "cpu"
 
     def cmake_configure(self) -> list[str]:
-        if self.target == "host":  # every host variant through the wrapper; only the CPU build links libllama.so
-            return ["cmake", "-S", str(HOST_PROJECT), "-B", str(self.build_dir), f"-DBENCH_LLAMA_SOURCE={self.source}",
-                    *self.configure]
-        return ["cmake", "-S", str(self.source), "-B", str(self.build_dir), *self.configure]
+        # the launcher is not part of the variant's flags (it changes no object): set, or cleared
+        # where an earlier configure of this tree had ccache and it is gone now
+        launcher = "ccache" if self.compiler_cache else ""
+        launchers = [f"-DCMAKE_C_COMPILER_LAUNCHER={launcher}", f"-DCMAKE_CXX_COMPILER_LAUNCHER={launcher}"]
+        if self.project is not None:  # every host variant through the wrapper; only the CPU build links libllama.so
+            return ["cmake", "-S", str(self.project), "-B", str(self.build_dir), f"-DBENCH_LLAMA_SOURCE={self.source}",
+                    *self.configure, *launchers]
+        return ["cmake", "-S", str(self.source), "-B", str(self.build_dir), *self.configure, *launchers]
+
+    def environment(self) -> dict[str, str]:
+        """The compile's environment: ccache's folder in bench's cache. Its preprocessor mode hashes
+        the preprocessed source and not the -D flags, so the files of a GPU variant that its public
+        GGML_USE_<BACKEND> define does not change (llama, common, the tools: most of it) come from the
+        CPU build's objects instead of compiling again."""
+        if self.compiler_cache is None:
+            return dict(os.environ)
+        return {**os.environ, "CCACHE_DIR": str(self.compiler_cache), "CCACHE_MAXSIZE": COMPILER_CACHE_SIZE}
 
 
 def runtimes_root(cache: Path) -> Path:
@@ -443,7 +459,23 @@ def plan_build(target: str, cache: Path, *, src: str | None = None, ndk: str | N
     tree_flags = tuple(flag for flag in flags if not flag.startswith("-DGGML_CPU_ARM_ARCH="))
     variant = target if backend == "cpu" else f"{target}-{backend}"
     return BuildPlan(target, backend, tree, commit, flags, root / "build" / f"{commit}-{variant}-{_flags_hash(tree_flags)}",
-                     root / f"{commit}-{variant}-{_flags_hash(flags)}", jobs or os.cpu_count() or 1)
+                     root / f"{commit}-{variant}-{_flags_hash(flags)}", jobs or os.cpu_count() or 1,
+                     cache / "ccache" if shutil.which("ccache") else None,
+                     _staged_host_project(cache) if target == "host" else None)
+
+
+def _staged_host_project(cache: Path) -> Path:
+    """The wrapper project copied into the cache, named by its text: CMake configures a build tree
+    only from the source folder it was made from, and each clone of bench has its own, while the
+    tree (begun by one clone's `./dev.sh run`, finished by another's `./dev.sh test`) is shared."""
+    text = (HOST_PROJECT / "CMakeLists.txt").read_bytes()
+    folder = runtimes_root(cache) / "build" / f"host_project-{hashlib.sha256(text).hexdigest()[:10]}"
+    if not (folder / "CMakeLists.txt").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = folder / f"CMakeLists.txt.{os.getpid()}.partial"  # two set-ups at once each write their own
+        staging.write_bytes(text)
+        staging.rename(folder / "CMakeLists.txt")
+    return folder
 
 
 def _flags_hash(flags: tuple[str, ...]) -> str:
@@ -456,11 +488,11 @@ def installed(plan: BuildPlan) -> bool:
             and (plan.install_dir / "runtime.json").is_file())
 
 
-def _run_logged(command: list[str], log: Path, on_line: Callable[[str], None]) -> int:
+def _run_logged(command: list[str], log: Path, on_line: Callable[[str], None], env: dict[str, str]) -> int:
     with log.open("a") as handle:
         handle.write("$ " + " ".join(command) + "\n")
         handle.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         started = time.monotonic()
         for line in process.stdout:
             handle.write(line)
@@ -517,7 +549,7 @@ def _compile(plan: BuildPlan, progress: Progress, targets: tuple[str, ...]) -> P
     plan.build_dir.mkdir(parents=True, exist_ok=True)
     log = plan.build_dir / "build.log"
     configure = progress.task(f"cmake configure ({plan.target})")
-    code = _run_logged(plan.cmake_configure(), log, lambda _: None)
+    code = _run_logged(plan.cmake_configure(), log, lambda _: None, plan.environment())
     configure.done()
     if code != 0:
         raise BuildError(f"cmake configure failed (exit {code})", f"see {log}")
@@ -530,7 +562,7 @@ def _compile(plan: BuildPlan, progress: Progress, targets: tuple[str, ...]) -> P
             task.update(completed=int(match.group(1)))
 
     code = _run_logged(["cmake", "--build", str(plan.build_dir), "--config", "Release", "-j", str(plan.jobs),
-                        "--target", *targets], log, on_line)
+                        "--target", *targets], log, on_line, plan.environment())
     task.done()
     if code != 0:
         raise BuildError(f"build failed (exit {code})", f"see {log}")

@@ -93,8 +93,9 @@ def running(cache: Path) -> list[SimInfo]:
 
 
 def plan_start(cache: Path, *, name: str = "sim", port: int | None = None, profile: str = "default",
-               replay: Path | None = None) -> int:
-    """Check a start request (one-line UsageError for each problem) and return the port to use."""
+               replay: Path | None = None, passed: frozenset[int] = frozenset()) -> int:
+    """Check a start request (one-line UsageError for each problem) and return the port to use
+    (the first free one not in `passed` when none is asked for)."""
     check_name(name)
     if profile not in known_profiles():
         from ..config import closest
@@ -116,8 +117,11 @@ def plan_start(cache: Path, *, name: str = "sim", port: int | None = None, profi
         if not _port_free(port):
             raise UsageError(f"port {port} is in use on 127.0.0.1", "pick another --port")
         return port
-    taken = {info.port for info in current}
-    return next(p for p in range(FIRST_PORT, FIRST_PORT + 500) if p not in taken and _port_free(p))
+    taken = {info.port for info in current} | passed
+    free = next((p for p in range(FIRST_PORT, FIRST_PORT + 500) if p not in taken and _port_free(p)), None)
+    if free is None:
+        raise UsageError(f"no free port in {FIRST_PORT}-{FIRST_PORT + 499} on 127.0.0.1", "stop a sim or pass --port")
+    return free
 
 
 FAULTS = ("cable", "reboot", "disk-full", "memory-pressure", "rail-glitch", "performance-stuck", "stall", "clock-jump",
@@ -153,7 +157,7 @@ def inject(info: SimInfo, fault: str, timeout: float = 5.0, **params) -> None:
 def start(cache: Path, *, name: str = "sim", port: int | None = None, profile: str = "default",
           replay: Path | None = None, unplugged: bool = False, unauthorized: bool = False,
           settings: tuple[str, ...] = ()) -> SimInfo:
-    port = plan_start(cache, name=name, port=port, profile=profile, replay=replay)
+    chosen = plan_start(cache, name=name, port=port, profile=profile, replay=replay)
     from .profile import abi, load_profile, parse_overrides
 
     loaded = load_profile(profile, parse_overrides(list(settings)))  # a bad --set fails here, in one line
@@ -165,6 +169,25 @@ def start(cache: Path, *, name: str = "sim", port: int | None = None, profile: s
                          "apt-get install qemu-user-static")
     state_dir = sims_root(cache) / name
     state_dir.mkdir(parents=True, exist_ok=True)
+    passed: set[int] = set()
+    while True:
+        try:
+            return _launch(state_dir, name, chosen, profile, replay, unplugged, unauthorized, settings)
+        except PortTaken:
+            # a free port chosen here can be taken before the sim binds it (another sim starting
+            # at the same moment): the next one is tried; a port the user asked for is theirs to change
+            if port is not None:
+                raise SimError(f"port {port} was taken while the sim started", "pick another --port") from None
+            passed.add(chosen)
+            chosen = plan_start(cache, name=name, profile=profile, replay=replay, passed=frozenset(passed))
+
+
+class PortTaken(SimError):
+    """The sim could not listen on the port chosen for it: something else took it first."""
+
+
+def _launch(state_dir: Path, name: str, port: int, profile: str, replay: Path | None, unplugged: bool,
+            unauthorized: bool, settings: tuple[str, ...]) -> SimInfo:
     log = state_dir / "sim.log"
     command = [sys.executable, "-m", "bench.sim.server", "--name", name, "--port", str(port), "--profile", profile,
                "--state-dir", str(state_dir)]
@@ -186,6 +209,8 @@ def start(cache: Path, *, name: str = "sim", port: int | None = None, profile: s
             return info
         if process.poll() is not None:
             tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+            if "address already in use" in tail[0].lower():
+                raise PortTaken(f"port {port} is in use on 127.0.0.1")
             raise SimError(f"the sim exited during start-up: {tail[0]}", f"see {log}")
         time.sleep(0.05)
     stop_process(process.pid)
