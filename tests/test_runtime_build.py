@@ -199,3 +199,23 @@ def test_without_ccache_a_tree_s_launcher_is_cleared(tmp_path, monkeypatch):
     plan = builder.plan_build("linux-arm64", tmp_path / "cache", src=str(_vendored_tree()))
     assert plan.compiler_cache is None and "-DCMAKE_CXX_COMPILER_LAUNCHER=" in plan.cmake_configure()
     assert plan.environment() == dict(os.environ)
+
+
+def test_compile_progress_never_goes_back_nor_reads_a_sub_build_s_own_percentages():
+    """Lines of a real Vulkan build's log (with -j2 and three targets): ggml-vulkan's shader
+    generator is a CMake project of its own whose make prints its own [100%] while llama.cpp's build
+    is at 4%, and make's count starts again for each target. A bar that followed them would read
+    100% minutes before the end (and rich stops its clock there)."""
+    lines = ["[  4%] Performing build step for 'vulkan-shaders-gen'",
+             "[ 50%] Building CXX object CMakeFiles/vulkan-shaders-gen.dir/vulkan-shaders-gen.cpp.o",
+             "[  6%] Building CXX object llama.cpp/ggml/src/CMakeFiles/ggml-base.dir/ggml.c.o",
+             "In file included from /src/ggml/src/ggml.c:1:",
+             "[100%] Linking CXX executable vulkan-shaders-gen",
+             "[100%] Built target vulkan-shaders-gen",
+             "[ 10%] Performing install step for 'vulkan-shaders-gen'",
+             "[ 57%] Building CXX object llama.cpp/src/CMakeFiles/llama.dir/llama-model.cpp.o",
+             "[100%] Built target llama-server",
+             "[  3%] Performing build step for 'vulkan-shaders-gen'",
+             "[100%] Built target llama-bench"]
+    progress = builder.CompileProgress()
+    assert [progress.percent(line) for line in lines] == [4, None, 6, None, None, None, 10, 57, 99, None, None]

@@ -543,6 +543,35 @@ def build_lock(build_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class CompileProgress:
+    """How far a build is, from make's "[ NN%]" lines: never back (make counts again from 0 for each
+    target asked for), below 100 until the build has ended, and blind to the percentages of a
+    sub-build (an ExternalProject such as ggml-vulkan's shader generator, whose own make reaches
+    100% while llama.cpp's is at 4%). The outer build names a sub-build in quotes ("Performing build
+    step for 'X'"); the sub-build's own lines name it bare, in its paths and targets."""
+
+    _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+    _SUB_BUILD = re.compile(r"Performing build step for '([^']+)'")
+
+    def __init__(self):
+        self.shown = 0
+        self.sub_builds: set[str] = set()
+
+    def percent(self, line: str) -> int | None:
+        """The percentage to show after this line, or None where the line changes nothing."""
+        started = self._SUB_BUILD.search(line)
+        if started:
+            self.sub_builds.add(started.group(1))
+        match = self._PERCENT.match(line)
+        if match is None or any(name in line and f"'{name}'" not in line for name in self.sub_builds):
+            return None
+        new = min(99, int(match.group(1)))
+        if new <= self.shown:
+            return None
+        self.shown = new
+        return new
+
+
 def _compile(plan: BuildPlan, progress: Progress, targets: tuple[str, ...]) -> Path:
     """Configure the build tree with the plan's flags (a tree shared by variants is reconfigured
     for this one) and build these targets; the log's path."""
@@ -554,12 +583,12 @@ def _compile(plan: BuildPlan, progress: Progress, targets: tuple[str, ...]) -> P
     if code != 0:
         raise BuildError(f"cmake configure failed (exit {code})", f"see {log}")
     task = progress.task(f"compile llama.cpp {plan.commit} for {plan.target} ({plan.jobs} jobs)", 100, "%")
-    percent = re.compile(r"^\[\s*(\d+)%\]")
+    compile_progress = CompileProgress()
 
     def on_line(line: str) -> None:
-        match = percent.match(line)
-        if match:
-            task.update(completed=int(match.group(1)))
+        shown = compile_progress.percent(line)
+        if shown is not None:
+            task.update(completed=shown)
 
     code = _run_logged(["cmake", "--build", str(plan.build_dir), "--config", "Release", "-j", str(plan.jobs),
                         "--target", *targets], log, on_line, plan.environment())
