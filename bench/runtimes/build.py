@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BenchError, UsageError
-from ..files import atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json
 from ..progress import NullProgress, Progress
 from ..cpu import arm_arch_features, host_cpu_build
 
@@ -471,10 +471,7 @@ def _staged_host_project(cache: Path) -> Path:
     text = (HOST_PROJECT / "CMakeLists.txt").read_bytes()
     folder = runtimes_root(cache) / "build" / f"host_project-{hashlib.sha256(text).hexdigest()[:10]}"
     if not (folder / "CMakeLists.txt").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = folder / f"CMakeLists.txt.{os.getpid()}.partial"  # two set-ups at once each write their own
-        staging.write_bytes(text)
-        staging.rename(folder / "CMakeLists.txt")
+        atomic_write_bytes(folder / "CMakeLists.txt", text)  # two set-ups at once: each its own temp file
     return folder
 
 
@@ -577,8 +574,9 @@ def _compile(plan: BuildPlan, progress: Progress, targets: tuple[str, ...]) -> P
     for this one) and build these targets; the log's path."""
     plan.build_dir.mkdir(parents=True, exist_ok=True)
     log = plan.build_dir / "build.log"
+    environment = plan.environment()
     configure = progress.task(f"cmake configure ({plan.target})")
-    code = _run_logged(plan.cmake_configure(), log, lambda _: None, plan.environment())
+    code = _run_logged(plan.cmake_configure(), log, lambda _: None, environment)
     configure.done()
     if code != 0:
         raise BuildError(f"cmake configure failed (exit {code})", f"see {log}")
@@ -591,7 +589,7 @@ def _compile(plan: BuildPlan, progress: Progress, targets: tuple[str, ...]) -> P
             task.update(completed=shown)
 
     code = _run_logged(["cmake", "--build", str(plan.build_dir), "--config", "Release", "-j", str(plan.jobs),
-                        "--target", *targets], log, on_line, plan.environment())
+                        "--target", *targets], log, on_line, environment)
     task.done()
     if code != 0:
         raise BuildError(f"build failed (exit {code})", f"see {log}")
