@@ -34,7 +34,7 @@ def _flag(value) -> str:
 
 
 def markdown(run: dict, requests, samples, events, plots: list[str]) -> str:
-    lines = [*_header(run), *_results(run, requests), *_load(run), *_memory(run), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run), *_energy_phases(run),
+    lines = [*_header(run), *_results(run, requests, samples), *_load(run), *_memory(run), *_stress(run), *_threads(run), *_roofline(run), *_energy(run), *_rail_energy(run), *_energy_phases(run),
              *_correctness(run), *_validity(run), *_facts(run), *_warnings_and_events(run, events), *_plots(plots),
              "---", "Tables: `requests.csv` (one row per request), `samples.csv` (long format: t_s, source, name, value, "
              "unit), `events.jsonl`. Times are seconds since run start on one host clock."]
@@ -56,7 +56,7 @@ def _invalid(run: dict) -> list[str]:
     return ["", f"**Invalid: {validity.get('invalid_reason')}.** The figures below are kept for diagnosis only."]
 
 
-def _results(run: dict, requests) -> list[str]:
+def _results(run: dict, requests, samples) -> list[str]:
     summary, runtime = run.get("summary") or {}, run.get("runtime", {})
     lines = ["## Results", "",
              f"Median over {summary.get('repetitions_measured', 0)} measured repetitions "
@@ -68,7 +68,7 @@ def _results(run: dict, requests) -> list[str]:
         s = metric.summary
         lines.append(f"| {metric.label} | {_fmt(s.median)} | {_fmt(s.iqr)} | {_fmt(s.minimum)} | {_fmt(s.maximum)} | "
                      f"{'n/a' if s.cv is None else f'{s.cv:.1%}'} | {s.n} | {metric.unit} | {_SOURCES[name]} |")
-    lines += _process_rows(summary, runtime)
+    lines += _process_rows(summary, runtime) + _gpu_rows(run, samples)
     return lines + ["", _LLAMA_BENCH_DEFINITION if runtime.get("kind") == "llama-bench" else _DECODE_DEFINITION, ""]
 
 
@@ -170,16 +170,29 @@ def _process_rows(summary: dict, runtime: dict) -> list[str]:
         growth = summary["peak_rss_bytes"] - runtime["rss_before_load_bytes"]
         lines.append(f"| Peak RSS above pre-load | {_mib(growth)} | | | | | | MiB | peak minus the process RSS just before model load |")
     lines.append(f"| Max temperature | {_fmt(summary.get('max_temperature_c'))} | | | | | | C | hottest temperature sensor sampled |")
+    if summary.get("decode_tps_drift") is not None:
+        lines.append(f"| Decode drift, last vs first repetition | {summary['decode_tps_drift']:+.1%} | | | | | | % | runtime timings |")
+    return lines
+
+
+
+def _gpu_rows(run: dict, samples) -> list[str]:
+    summary, telemetry = run.get("summary") or {}, run.get("telemetry") or {}
+    lines = []
     if summary.get("gpu_busy_pct") is not None:
         lines.append(f"| GPU busy, mean in the requests | {_fmt(summary['gpu_busy_pct'])} | | | | | | % | the GPU's own "
                      "busy share (kgsl), sampled; what the screen and other apps drew counts too |")
     if summary.get("gpu_cap_min") is not None:
         lines.append(f"| GPU clock cap, lowest in the requests | {summary['gpu_cap_min']:.0%} | | | | | | of its top clock "
                      "| kgsl max_gpuclk or devfreq max_freq, sampled: thermal mitigation or a power limit lowers it |")
-    if summary.get("decode_tps_drift") is not None:
-        lines.append(f"| Decode drift, last vs first repetition | {summary['decode_tps_drift']:+.1%} | | | | | | % | runtime timings |")
+    sampled = (not samples.empty and "source" in samples
+               and bool(((samples["source"] == "gpu") & samples["name"].isin(["busy", "cap"])).any()))
+    if not lines and sampled and telemetry.get("hz"):
+        # both figures are windowed: requests shorter than the sampling period can fall between two samples
+        lines.append(f"| GPU busy and clock cap, in the requests | n/a | | | | | | | {telemetry.get('gpu')} was sampled at "
+                     f"{telemetry['hz']:g} Hz, but no sample fell inside a measured request (each was shorter than "
+                     f"{1000 / telemetry['hz']:.0f} ms): raise --telemetry-hz or n_predict |")
     return lines
-
 
 _LLAMA_BENCH_DEFINITION = (
     "These rows come from llama.cpp's llama-bench (pp and tg tests, one row per repetition), and keep "

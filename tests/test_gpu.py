@@ -62,10 +62,12 @@ def test_a_sim_run_samples_its_kgsl_gpu_into_the_report_plots_and_trace(start_si
     # hot from the start: the SoC's thermal mitigation lowers the GPU's highest allowed clock too
     sim = start_sim(settings=["thermal.initial_c=70"])
     scenario = tmp_path / "gpu.toml"
-    scenario.write_text('name = "gpu"\nrepetitions = 2\nwarmup = 0\nn_predict = 16\nidle_s = 0\n'
+    # each request (about 0.7 s) spans several sampling periods: a request shorter than one can fall
+    # between two samples, and then the windowed figures are rightly None
+    scenario.write_text('name = "gpu"\nrepetitions = 2\nwarmup = 0\nn_predict = 48\nidle_s = 0\n'
                         'prompts = ["Tell me about the sea."]\n')
     result = bench_cli("run", "--device", sim.serial, "--scenario", str(scenario), "--out", str(tmp_path), "--json",
-                       "--no-correctness", "--telemetry-hz", "5", "--allow", "thermal")
+                       "--no-correctness", "--telemetry-hz", "10", "--allow", "thermal")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = Path(json.loads(result.stdout)["run_dir"])
     stored = load_run(run_dir)
@@ -106,3 +108,29 @@ def test_a_mali_under_devfreq_tells_its_clock_and_a_hidden_gpu_is_absent_with_wh
     assert "tells its clock but not how busy" in mali.absent["gpu/busy"]
     hidden = discover(Device(start_sim(settings=["gpu.kind=none"]).serial))
     assert hidden.gpu is None and "SELinux hides them" in hidden.absent["gpu/*"]
+
+
+def test_a_gpu_sampled_only_outside_the_requests_is_told_not_left_out():
+    """Requests shorter than the telemetry period can fall between two samples: the GPU was sampled,
+    yet its figures are None. The report says so and how to get them, rather than dropping the rows."""
+    import pandas as pd
+
+    from bench.report import markdown
+
+    run = {"run_id": "x", "status": "complete", "summary": {"gpu_busy_pct": None, "gpu_cap_min": None},
+           "telemetry": {"hz": 5.0, "gpu": "kgsl-3d0 (SimAdreno)", "absent": {}}}
+    requests = pd.DataFrame(columns=["decode_tps"])
+    outside = pd.DataFrame({"t_s": [1.55, 1.80], "source": ["gpu", "gpu"], "name": ["busy", "cap"],
+                            "value": [0.0, 0.5], "unit": ["%", "ratio"]})
+    text = markdown(run, requests, outside, [], [])
+    assert ("| GPU busy and clock cap, in the requests | n/a | | | | | | | kgsl-3d0 (SimAdreno) was sampled at 5 Hz, "
+            "but no sample fell inside a measured request (each was shorter than 200 ms): raise --telemetry-hz or "
+            "n_predict |") in text
+    # not sampled at all (the loop never ran), or figures present: no such row
+    assert "no sample fell inside" not in markdown(run, requests, pd.DataFrame(), [], [])
+    sampled = {**run, "summary": {"gpu_busy_pct": 3.0, "gpu_cap_min": 0.5}}
+    text = markdown(sampled, requests, outside, [], [])
+    assert "no sample fell inside" not in text and "| GPU busy, mean in the requests | 3.0 |" in text
+    # a GPU that tells only its clock has neither figure anywhere: nothing to explain
+    clock_only = outside.assign(name=["freq", "freq"], unit=["MHz", "MHz"])
+    assert "no sample fell inside" not in markdown(run, requests, clock_only, [], [])
