@@ -22,16 +22,49 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 FAULT_TALLY: list[tuple[str, str, str]] = []  # (fault, outcome, test)
 
+# Side by side (pytest -n, each worker a process of its own): worker N's adb server and sims take
+# ports from ranges of its own, so a sim restarted on its port finds it free
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     marker = item.get_closest_marker("fault")
-    if marker is None:
+    if marker is not None:
+        report.user_properties.append(("fault", marker.args[0]))  # reaches the controller under -n
+
+
+def pytest_runtest_logreport(report):
+    fault = dict(report.user_properties).get("fault")
+    if fault and (report.when == "call" or (report.when == "setup" and report.outcome != "passed")):
+        FAULT_TALLY.append((fault, report.outcome, report.nodeid.rsplit("::", 1)[-1]))
+
+
+@pytest.fixture(autouse=True)
+def _turns(request, tmp_path_factory):
+    """Under pytest -n, a test marked `alone` times the machine (or a timeout): no other test runs
+    beside it. The others share the machine. A file lock in the run's common temp folder is the
+    turn: the gate queues new tests behind an `alone` test that waits for the running ones."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
         return
-    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        FAULT_TALLY.append((marker.args[0], report.outcome, item.name))
+    import fcntl
+
+    folder = tmp_path_factory.getbasetemp().parent
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(folder / "bench-gate.lock", "a") as gate, open(folder / "bench-turns.lock", "a") as turns:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(turns, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(turns, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -100,7 +133,7 @@ def adb_server():
     """A real adb server of our own on a private port (the user's on 5037 is left alone)."""
     from bench.android import adb
 
-    port = _free_port(5140)
+    port = _free_port(5140 + 20 * WORKER)
     previous = os.environ.get(adb.SERVER_PORT_ENV)
     os.environ[adb.SERVER_PORT_ENV] = str(port)
     adb.ensure_server()
@@ -123,6 +156,9 @@ def start_sim(adb_server):
 
     def start(**options):
         options.setdefault("name", f"pytest-{os.getpid()}-{len(started)}")
+        # a range of the worker's own, away from the automatic ports (6520 up) that `bench sim start`
+        # in a docs block takes
+        options.setdefault("port", _free_port(7000 + 100 * WORKER))
         options["settings"] = tuple(options.get("settings", ()))
         info = control.start(cache_root(), **options)
         started.append(info)

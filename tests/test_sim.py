@@ -219,8 +219,40 @@ def test_a_free_port_taken_before_the_sim_binds_it_moves_the_sim_to_the_next(sta
         monkeypatch.setattr(control, "FIRST_PORT", taken)
         real_check = control._port_free
         monkeypatch.setattr(control, "_port_free", lambda port: port == taken or real_check(port))
-        info = start_sim()
+        info = start_sim(port=None)  # an automatic port, not the test worker's own
         assert info.port > taken
         # a port the user named is not moved: the start fails and says which
         with pytest.raises(control.SimError, match=f"port {taken} was taken"):
             start_sim(name=f"asked-{os.getpid()}", port=taken)
+
+
+def test_each_sim_has_its_own_process_table(start_sim):
+    """A phone's `ps -A` shows the phone: two sims on one host do not see each other's processes,
+    and a process whose parent exits is reaped (not a zombie that `kill -0` calls alive)."""
+    first, second = adb.Device(start_sim().serial), adb.Device(start_sim().serial)
+    stream = first.open_shell_stream("exec sleep 1000")  # kept open: adbd ends a closed shell's processes
+    try:
+        deadline = time.monotonic() + 10
+        while "sleep 1000" not in first.shell("ps -A -o args").stdout:
+            assert time.monotonic() < deadline, "the sleeper never showed in its own sim's ps"
+            time.sleep(0.1)
+        assert "sleep 1000" not in second.shell("ps -A -o args").stdout
+        assert first.shell("ps -o pid= -p 1").stdout.strip() == "1"  # the phone's own PID 1
+        orphan = first.shell("sh -c 'sleep 0.2 & echo $!'").stdout.strip()  # its parent exits at once
+        time.sleep(1.5)
+        assert first.shell(f"kill -0 {orphan} 2>/dev/null && echo alive").stdout.strip() == ""
+    finally:
+        stream.close()
+
+
+def test_a_host_that_cannot_give_a_sim_its_own_process_table_still_runs_it(start_sim):
+    """Played with emulation.pid_namespace=false (as where a container's /proc is masked): the sim
+    shares the host's process table, says so in sim.json, and its shell and stop still work."""
+    import json
+
+    shared, own = start_sim(settings=["emulation.pid_namespace=false"]), start_sim()
+    assert json.loads((shared.state_dir / "sim.json").read_text())["pid_namespace"] is False
+    assert json.loads((own.state_dir / "sim.json").read_text())["pid_namespace"] is True
+    listed = adb.Device(shared.serial).shell("ps -A -o pid").stdout.split()
+    assert str(shared.pid) in listed  # the host's table: the sim's own server shows
+    assert str(shared.pid) not in adb.Device(own.serial).shell("ps -A -o pid").stdout.split()

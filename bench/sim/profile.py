@@ -40,6 +40,7 @@ class SimProfile:
     voltage_empty_v: float
     voltage_full_v: float
     qemu_cpu: str | None = None               # [emulation] qemu_cpu: QEMU_CPU for an arm64 sim's binaries
+    pid_namespace: bool = True                # [emulation] pid_namespace: false plays a host that cannot give a sim its own process table
     rails: str = "hal"                        # [power] rails: hal ([RAIL]:Subsystem), plain (older HALs), iio (+ the iio file), none
     lmk_kill_above_bytes: int | None = None   # [memory] lmk_kill_above_mb: the sim's lmkd kills past it
     data_quota_bytes: int | None = None       # [storage] data_quota_mb: /data fills up past it
@@ -113,6 +114,7 @@ def load_profile(name: str, overrides: dict | None = None) -> SimProfile:
             charge_current_a=float(battery["charge_current_a"]), voltage_empty_v=float(battery["voltage_empty_v"]),
             voltage_full_v=float(battery["voltage_full_v"]),
             qemu_cpu=str(emulation["qemu_cpu"]) if "qemu_cpu" in emulation else None,
+            pid_namespace=str(emulation.get("pid_namespace", True)).lower() in ("true", "1"),
             rails=_choice(str(power.get("rails", "hal")), RAIL_FORMATS, "power.rails", path),
             lmk_kill_above_bytes=int(float(memory["lmk_kill_above_mb"]) * 2**20) if "lmk_kill_above_mb" in memory else None,
             data_quota_bytes=int(float(storage["data_quota_mb"]) * 2**20) if "data_quota_mb" in storage else None,

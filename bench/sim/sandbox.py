@@ -2,7 +2,7 @@
 
 The root is a folder (under the sim's state dir) with /data/local/tmp (writable, executable),
 /system/bin shims (getprop, dumpsys, logcat), a /sys tree of plain files the physics loop keeps
-current, and the host's /usr, /etc (read-only), /dev and /proc bound in. A long-lived holder
+current, and the host's /usr, /etc (read-only) and /dev bound in, /proc its own where the host allows. A long-lived holder
 process owns an unprivileged user + mount namespace with those binds; each command enters it with
 nsenter and chroots into the root, so commands see Android paths and nothing of the host outside
 the sandbox is written."""
@@ -14,6 +14,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -230,13 +231,35 @@ fi
 mount --rbind /usr "$R/usr"; mount -o remount,bind,ro "$R/usr"
 mount --rbind /etc "$R/etc"; mount -o remount,bind,ro "$R/etc"
 mount --rbind /dev "$R/dev"
-mount --rbind /proc "$R/proc"
+if [ "$3" = pid ]; then
+  # the phone's own process table: /proc shows this PID namespace alone, so `ps -A` on one sim
+  # lists its processes and no other sim's (a phone's ps shows the phone)
+  mount -t proc proc "$R/proc"
+else
+  mount --rbind /proc "$R/proc"
+fi
 if [ -f "$R/sim/replay/proc_meminfo.txt" ]; then mount --bind "$R/sim/replay/proc_meminfo.txt" "$R/proc/meminfo"; fi
 if [ -f "$R/sim/state/cpuinfo" ]; then mount --bind "$R/sim/state/cpuinfo" "$R/proc/cpuinfo"; fi
 # the sim's own drop_caches: nothing inside reaches the host's page cache (the sim runs as root)
 mount --bind "$R/sim/state/drop_caches" "$R/proc/sys/vm/drop_caches"
 : > "$R/sim/ready"
+if [ "$3" = pid ]; then
+  # PID 1 of the phone: it reaps the processes whose parents exit (a backgrounded llama-server
+  # would otherwise stay a zombie that `kill -0` calls alive), and ends on SIGTERM, which takes
+  # every process of the namespace with it
+  exec "$4" -c "$_INIT"
+fi
 exec sleep 2147483647
+"""
+
+_INIT = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.5)
 """
 
 
@@ -276,6 +299,8 @@ class Sandbox:
         self.binfmt = self._binfmt_entry()
         self.shell = find_shell()
         self.holder: subprocess.Popen | None = None
+        self.init_pid: int | None = None  # PID 1 of the phone's processes (the holder itself without a PID namespace)
+        self.pid_namespace = False
         self.mount_ns: str | None = None
         self.replayed: set[str] = set()  # sandbox paths whose text comes from the replay DIR
         self.missing_replay: list[str] = []
@@ -354,11 +379,25 @@ class Sandbox:
         else:
             self.missing_replay.append("sys/")
 
-    def start(self) -> None:
-        script = _SETUP
+    def start(self, pid_namespace: bool = True) -> None:
+        """The namespaces, with a PID namespace of the phone's own where this host lets a user
+        namespace mount a /proc (a container whose /proc has masked paths does not): else the
+        sandbox shares the host's process table."""
+        if pid_namespace:
+            try:
+                self._start(pid_namespace=True)
+                return
+            except RuntimeError:
+                self.stop()
+        self._start(pid_namespace=False)
+
+    def _start(self, pid_namespace: bool) -> None:
+        (self.root / "sim/ready").unlink(missing_ok=True)
+        pid_flags = ["--pid", "--fork", "--kill-child"] if pid_namespace else []
         self.holder = subprocess.Popen(
-            ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c", script,
-             "setup", str(self.root), self.binfmt],
+            ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", *pid_flags,
+             "sh", "-c", f"_INIT='{_INIT}'\n{_SETUP}", "setup", str(self.root), self.binfmt,
+             "pid" if pid_namespace else "", sys.executable],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while not (self.root / "sim/ready").exists():
@@ -366,7 +405,27 @@ class Sandbox:
                 error = self.holder.stderr.read().decode(errors="replace").strip() if self.holder.poll() is not None else "timeout"
                 raise RuntimeError(f"sandbox namespace could not be set up: {error}")
             time.sleep(0.02)
-        self.mount_ns = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+        self.init_pid = self._forked_child(self.holder.pid) if pid_namespace else self.holder.pid
+        self.pid_namespace = pid_namespace
+        self.mount_ns = os.readlink(f"/proc/{self.init_pid}/ns/mnt")
+
+    @staticmethod
+    def _forked_child(pid: int) -> int:
+        """unshare --fork's child: PID 1 of the new namespace (the only child unshare has)."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+                if children:
+                    return int(children[0])
+            time.sleep(0.02)
+        raise RuntimeError("sandbox namespace could not be set up: unshare started no child")
+
+    @property
+    def own_pids(self) -> set[int]:
+        """The sandbox's own processes (the holder, and PID 1 of its namespace): never the phone's
+        apps, so never counted, throttled or killed as theirs."""
+        return {pid for pid in (self.holder.pid if self.holder else None, self.init_pid) if pid}
 
     def argv(self, command: str | None) -> list[str]:
         """The host command that runs `command` (or an interactive shell) inside the sandbox."""
@@ -375,12 +434,15 @@ class Sandbox:
         env = {**ENV, **({"QEMU_CPU": self.qemu_cpu} if self.binfmt and self.qemu_cpu else {}), **self.clock_env,
                # lavapipe is a CPU-type Vulkan device, which ggml-vulkan uses only when named
                **({"GGML_VK_VISIBLE_DEVICES": "0"} if self.vulkan == "lavapipe" else {})}
-        return ["nsenter", f"--target={self.holder.pid}", "--user", "--mount", "--preserve-credentials", "--",
+        pid_flag = ["--pid"] if self.pid_namespace else []
+        return ["nsenter", f"--target={self.init_pid}", "--user", "--mount", *pid_flag, "--preserve-credentials", "--",
                 "chroot", str(self.root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *inner]
 
     def stop(self) -> None:
         if self.holder is not None and self.holder.poll() is None:
-            self.holder.send_signal(signal.SIGTERM)
+            # unshare --fork ignores SIGTERM and waits for its child: PID 1 takes it, and the
+            # namespace's processes go with it
+            os.kill(self.init_pid or self.holder.pid, signal.SIGTERM)
             try:
                 self.holder.wait(timeout=5)
             except subprocess.TimeoutExpired:

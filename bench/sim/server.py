@@ -52,12 +52,12 @@ class _Phone:
                                qemu_cpu=self.profile.qemu_cpu, vulkan=self.profile.gpu_vulkan)
         self.sandbox.create()
         self.sandbox.set_quota(self.profile.data_quota_bytes)
-        self.sandbox.start()
+        self.sandbox.start(pid_namespace=self.profile.pid_namespace)
         if self.profile.adjustable_clock:
             self.sandbox.adjustable_clock()
         self.state = PhoneState(self.profile, cpus, usb_plugged=not args.unplugged)
         self.sandbox.publish(self.state)
-        self.physics = PhysicsLoop(self.state, self.sandbox.mount_ns, {self.sandbox.holder.pid}, self.sandbox.publish,
+        self.physics = PhysicsLoop(self.state, self.sandbox.mount_ns, self.sandbox.own_pids, self.sandbox.publish,
                                    lmkd=Lmkd(self.profile.lmk_kill_above_bytes, self.sandbox.append_log))
         self.physics_thread = threading.Thread(target=self.physics.run, args=(self.apply_commands,), name="physics",
                                                daemon=True)
@@ -89,7 +89,7 @@ class _Phone:
         """Everything that runs inside the sandbox is ours: resume it (the throttle may have stopped
         it) and kill it by PID. Returns how many there were."""
         self.physics.throttle.resume()
-        members = namespace_members(self.sandbox.mount_ns, {self.sandbox.holder.pid})
+        members = namespace_members(self.sandbox.mount_ns, self.sandbox.own_pids)
         for pid in members:
             for signum in (signal.SIGCONT, signal.SIGKILL):
                 try:
@@ -127,7 +127,7 @@ class _Phone:
     def stall(self, match: str, seconds_s: float) -> None:
         """Freeze the sandbox's processes whose command line holds `match` for seconds_s."""
         frozen = []
-        for pid in namespace_members(self.sandbox.mount_ns, {self.sandbox.holder.pid}):
+        for pid in namespace_members(self.sandbox.mount_ns, self.sandbox.own_pids):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
                     if match.encode() not in handle.read():
@@ -163,7 +163,7 @@ class _Phone:
             "schema_version": 1, "name": args.name, "port": args.port, "serial": f"127.0.0.1:{args.port}",
             "pid": os.getpid(), "profile": self.profile.name, "replay": str(args.replay) if args.replay else None,
             "replay_missing": sandbox.missing_replay, "unplugged": args.unplugged, "root": str(sandbox.root),
-            "shell": sandbox.shell, "holder_pid": sandbox.holder.pid, "started_at": time.time(),
+            "shell": sandbox.shell, "holder_pid": sandbox.init_pid, "pid_namespace": sandbox.pid_namespace, "started_at": time.time(),
         })
 
     async def serve_until_stopped(self) -> None:
