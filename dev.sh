@@ -90,6 +90,13 @@ case "$command" in
     if [ -f /usr/include/vulkan/vulkan.hpp ] && command -v glslc >/dev/null; then
       "$VENV/bin/bench" runtime build --target host --backend vulkan  # cached, like the others
     fi
+    # Side by side where there are cores to spare: two workers from 4 CPUs up (tests that time the
+    # machine take their turn alone: the `alone` marker). On 2 cores it does not pay: paired, the
+    # tests ran 1.7x slower each, and the suite only 14% faster (docs/testing.md). -n of your own wins.
+    case " $* " in
+      *" -n"*|*" --numprocesses"*|*"no:xdist"*) ;;
+      *) if [ "$(nproc)" -ge 4 ]; then set -- -n 2 --dist loadfile "$@"; fi ;;
+    esac
     exec "$VENV/bin/python" -m pytest "$@" ;;
   *) say "usage: ./dev.sh run|test|setup [args]"; exit 2 ;;
 esac

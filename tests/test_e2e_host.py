@@ -146,6 +146,7 @@ def test_a_crashing_worker_is_a_diagnosed_run_and_bench_survives(tmp_path: Path,
     assert (run_dir / "report.md").is_file()
 
 
+@pytest.mark.alone  # its 3 s request timeout must not fire on an honest request slowed by a neighbour
 def test_a_hung_worker_is_killed_after_the_request_timeout(tmp_path: Path, smollm2_path):
     process, run_dir = long_run("host", tmp_path, 1, scenario_extra="request_timeout_s = 3\n")
     worker = _worker_pid(run_dir)

@@ -84,16 +84,19 @@ def test_a_mask_that_holds_draws_no_warning(host_runtime, smollm2_path, tmp_path
     assert placement["cluster_shares"]["cpu1"] > 0.95
 
 
-def _telemetry_loop_masks(seen: set[str], stop) -> None:
-    """Cpus_allowed_list of every telemetry loop (the sim runs the phone's processes on this host)."""
+def _telemetry_loop_masks(mount_ns: str, seen: set[str], stop) -> None:
+    """Cpus_allowed_list of every telemetry loop of one sim (it runs the phone's processes on this
+    host; another test's sim, beside it under pytest -n, runs loops of its own)."""
+    from bench.sim.physics import namespace_members
+
     while not stop.is_set():
-        for entry in os.scandir("/proc"):
+        for pid in namespace_members(mount_ns, set()):
             try:
-                argv = open(f"/proc/{entry.name}/cmdline", "rb").read().split(b"\0") if entry.name.isdigit() else []
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
                 # the shell running the loop, `sh .../telemetry.sh ...`: not adbd's `sh -c "exec taskset ..."`
                 # nor taskset itself, for the instants before each execs the next
                 if len(argv) > 1 and argv[1].endswith(b"telemetry.sh"):
-                    status = open(f"/proc/{entry.name}/status").read()
+                    status = open(f"/proc/{pid}/status").read()
                     seen.add(status.split("Cpus_allowed_list:")[1].split()[0])
             except (OSError, IndexError):
                 continue
@@ -105,9 +108,11 @@ def _telemetry_loop_masks(seen: set[str], stop) -> None:
 def test_the_telemetry_loop_runs_off_the_cores_the_runtime_is_pinned_to(start_sim, host_runtime, smollm2_path, tmp_path):
     # item 20.13: the loop must not take a core from the threads it measures when the phone has others
     info = start_sim(name="loop-pinned")
+    holder = json.loads((info.state_dir / "sim.json").read_text())["holder_pid"]
     seen: set[str] = set()
     stop = threading.Event()
-    watcher = threading.Thread(target=_telemetry_loop_masks, args=(seen, stop), daemon=True)
+    watcher = threading.Thread(target=_telemetry_loop_masks, args=(os.readlink(f"/proc/{holder}/ns/mnt"), seen, stop),
+                               daemon=True)
     watcher.start()
     try:
         result = bench_cli("run", "--device", info.serial, "--affinity", "1", "--threads", "1", "--repetitions", "1",
