@@ -175,7 +175,6 @@ def _process_rows(summary: dict, runtime: dict) -> list[str]:
     return lines
 
 
-
 def _gpu_rows(run: dict, samples) -> list[str]:
     summary, telemetry = run.get("summary") or {}, run.get("telemetry") or {}
     lines = []
@@ -193,6 +192,7 @@ def _gpu_rows(run: dict, samples) -> list[str]:
                      f"{telemetry['hz']:g} Hz, but no sample fell inside a measured request (each was shorter than "
                      f"{1000 / telemetry['hz']:.0f} ms): raise --telemetry-hz or n_predict |")
     return lines
+
 
 _LLAMA_BENCH_DEFINITION = (
     "These rows come from llama.cpp's llama-bench (pp and tg tests, one row per repetition), and keep "

@@ -2,10 +2,10 @@
 
 The root is a folder (under the sim's state dir) with /data/local/tmp (writable, executable),
 /system/bin shims (getprop, dumpsys, logcat), a /sys tree of plain files the physics loop keeps
-current, and the host's /usr, /etc (read-only) and /dev bound in, /proc its own where the host allows. A long-lived holder
-process owns an unprivileged user + mount namespace with those binds; each command enters it with
-nsenter and chroots into the root, so commands see Android paths and nothing of the host outside
-the sandbox is written."""
+current, and the host's /usr, /etc (read-only) and /dev bound in; /proc is its own where the host
+allows. A long-lived holder process owns an unprivileged user + mount (+ PID) namespace with those
+binds; each command enters it with nsenter and chroots into the root, so commands see Android
+paths and nothing of the host outside the sandbox is written."""
 
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ if [ "$3" = pid ]; then
   # PID 1 of the phone: it reaps the processes whose parents exit (a backgrounded llama-server
   # would otherwise stay a zombie that `kill -0` calls alive), and ends on SIGTERM, which takes
   # every process of the namespace with it
-  exec "$4" -c "$_INIT"
+  exec "$4" -c "$5"
 fi
 exec sleep 2147483647
 """
@@ -396,8 +396,8 @@ class Sandbox:
         pid_flags = ["--pid", "--fork", "--kill-child"] if pid_namespace else []
         self.holder = subprocess.Popen(
             ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", *pid_flags,
-             "sh", "-c", f"_INIT='{_INIT}'\n{_SETUP}", "setup", str(self.root), self.binfmt,
-             "pid" if pid_namespace else "", sys.executable],
+             "sh", "-c", _SETUP, "setup", str(self.root), self.binfmt, "pid" if pid_namespace else "",
+             sys.executable, _INIT],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while not (self.root / "sim/ready").exists():
