@@ -62,7 +62,7 @@ def test_a_sim_run_samples_its_kgsl_gpu_into_the_report_plots_and_trace(start_si
     # hot from the start: the SoC's thermal mitigation lowers the GPU's highest allowed clock too
     sim = start_sim(settings=["thermal.initial_c=70"])
     scenario = tmp_path / "gpu.toml"
-    # each request (about 0.7 s) spans several sampling periods: a request shorter than one can fall
+    # each request (about 0.6 s, 4 samples at 10 Hz) spans several sampling periods: a request shorter than one can fall
     # between two samples, and then the windowed figures are rightly None
     scenario.write_text('name = "gpu"\nrepetitions = 2\nwarmup = 0\nn_predict = 48\nidle_s = 0\n'
                         'prompts = ["Tell me about the sea."]\n')
